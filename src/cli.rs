@@ -1,0 +1,416 @@
+//! Command line. Every command has `--help`; commands a script would read take `--json`.
+
+use crate::app::App;
+use crate::config::{self, LoadOptions, Problem};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "registerbrygga", version, about = "Moves care data from the journal to Svenska Artrosregistret and Primärvårdskvalitet, with retries and an audit trail.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct Global {
+    /// Extra configuration file, applied after config/default.toml and config/<RB_ENV>.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder with default.toml and <env>.toml.
+    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+    /// Environment name (selects config/<env>.toml); default RB_ENV or "local".
+    #[arg(long, global = true, value_name = "NAME")]
+    pub env: Option<String>,
+}
+
+impl Global {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions { config_dir: Some(self.config_dir.clone()), extra_file: self.config.clone(), environment: self.env.clone(), ..Default::default() }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: schedules, pulls, delivery and the admin pages, until SIGTERM.
+    Run(RunArgs),
+    /// Start the sandbox journal and registers on loopback and run the real daemon against them.
+    Demo(DemoArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Show what the daemon makes of a RIV-TA response document, as canonical records.
+    Inspect(InspectArgs),
+    /// Re-read a period from the journal (with --dry-run: report what would be sent).
+    Backfill(BackfillArgs),
+    /// Transfers (register records) and their history.
+    #[command(subcommand)]
+    Transfers(TransfersCmd),
+    /// Re-queue rejected or dead records, recording who and why.
+    Replay(ReplayArgs),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Admin users.
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Serve the sandbox journal, Stratum emulator and PVK receiver on loopback until Ctrl-C.
+    Sandbox(SandboxArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Run every connector once now, deliver, and exit (instead of following the schedules).
+    #[arg(long)]
+    pub once: bool,
+    /// Only this connector (with --once).
+    #[arg(long)]
+    pub connector: Option<String>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DemoArgs {
+    /// Size of the synthetic population.
+    #[arg(long, default_value_t = 400)]
+    pub patients: u32,
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Print the summary and exit instead of leaving the admin pages running.
+    #[arg(long)]
+    pub no_serve: bool,
+    /// Admin listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Working folder for the demo database and certificates (default: var/demo).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Check the configuration and connectors; report every problem (file, key, reason).
+    Check {
+        #[arg(long)]
+        json: bool,
+        /// Also fetch register metadata to check mapped columns and domains.
+        #[arg(long)]
+        online: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InspectArgs {
+    /// A RIV-TA response document (SOAP envelope or bare response element).
+    pub file: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackfillArgs {
+    /// First day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    pub from: chrono::NaiveDate,
+    /// Last day (YYYY-MM-DD), inclusive.
+    #[arg(long)]
+    pub to: chrono::NaiveDate,
+    #[arg(long)]
+    pub connector: Option<String>,
+    /// Validate and map without storing or sending; report what would be sent, changed, retracted.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// Also deliver what the backfill queued before exiting.
+    #[arg(long)]
+    pub deliver: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TransfersCmd {
+    /// List records (latest version of each by default).
+    List {
+        #[arg(long)]
+        connector: Option<String>,
+        #[arg(long)]
+        register: Option<String>,
+        #[arg(long)]
+        unit: Option<String>,
+        #[arg(long)]
+        form: Option<String>,
+        /// pending, sending, delivered, rejected, dead, superseded, retracted
+        #[arg(long)]
+        state: Option<String>,
+        /// Every version, not only the latest.
+        #[arg(long)]
+        all_versions: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One record with every version, attempt and audit event of its key.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// Record ids to re-queue.
+    #[arg(long = "id")]
+    pub ids: Vec<i64>,
+    /// Or: every record in this state (rejected or dead) …
+    #[arg(long)]
+    pub state: Option<String>,
+    /// … of this connector …
+    #[arg(long)]
+    pub connector: Option<String>,
+    /// … and register.
+    #[arg(long)]
+    pub register: Option<String>,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    pub reason: String,
+    /// Who (default: $USER).
+    #[arg(long)]
+    pub actor: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Check the hash chain from its anchor to the head; name the first bad event.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search events (newest first).
+    Search {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove events older than the retention (or --older-than-days), keeping the chain verifiable.
+    Prune {
+        #[arg(long)]
+        older_than_days: Option<u32>,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersCmd {
+    /// Create or update a user (password read from RB_NEW_PASSWORD or stdin).
+    Set {
+        username: String,
+        /// läsare, operatör or admin
+        #[arg(long)]
+        role: String,
+        /// May see patient-level lists (every view is recorded with a reason).
+        #[arg(long)]
+        patient_data: bool,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SandboxArgs {
+    #[arg(long, default_value_t = 400)]
+    pub patients: u32,
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Folder for the generated certificates.
+    #[arg(long, default_value = "var/sandbox")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub journal_port: u16,
+    #[arg(long, default_value_t = 0)]
+    pub stratum_port: u16,
+}
+
+fn actor_or_user(a: &Option<String>) -> String {
+    a.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into())
+}
+
+pub fn print_problems(problems: &[Problem], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+            "ok": !problems.iter().any(|p| !p.warning),
+            "problems": problems,
+        })).unwrap());
+    } else if problems.is_empty() {
+        println!("configuration OK");
+    } else {
+        for p in problems {
+            println!("{p}");
+        }
+        let errors = problems.iter().filter(|p| !p.warning).count();
+        println!("{} error(s), {} warning(s)", errors, problems.len() - errors);
+    }
+}
+
+async fn open_app(g: &Global) -> Result<App> {
+    let loaded = config::load(&g.load_options())?;
+    crate::telemetry::init(&loaded.settings.telemetry);
+    App::open(loaded).await
+}
+
+/// Entry point; returns the process exit code.
+pub async fn main(cli: Cli) -> Result<i32> {
+    let g = cli.global.clone();
+    match cli.command {
+        Command::Config(ConfigCmd::Check { json, online }) => {
+            let problems = crate::checks::check_all(&g.load_options(), online).await;
+            print_problems(&problems, json);
+            Ok(if problems.iter().any(|p| !p.warning) { 1 } else { 0 })
+        }
+        Command::Inspect(a) => crate::sources::riv::inspect::run(&a.file, a.json),
+        Command::Audit(AuditCmd::Verify { json }) => {
+            let app = open_app(&g).await?;
+            let r = app.store.audit_verify().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if r.ok {
+                println!("audit chain OK: {} events checked (anchor {}, head {})", r.events_checked, r.anchor_seq, r.head_seq);
+            } else {
+                println!("audit chain BROKEN at event {}: {}", r.first_bad_seq.unwrap_or(0), r.problem.clone().unwrap_or_default());
+            }
+            Ok(if r.ok { 0 } else { 1 })
+        }
+        Command::Audit(AuditCmd::Search { kind, subject, actor, limit, json }) => {
+            let app = open_app(&g).await?;
+            let ev = app.store.audit_search(&crate::store::AuditQuery { kind, subject, actor, limit: Some(limit), ..Default::default() }).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ev)?);
+            } else {
+                for e in ev {
+                    println!("{:>8}  {}  {:<10} {:<22} {}  {}", e.seq, e.at.format("%Y-%m-%d %H:%M:%S"), e.actor, e.kind, e.subject, e.detail);
+                }
+            }
+            Ok(0)
+        }
+        Command::Audit(AuditCmd::Prune { older_than_days, actor }) => {
+            let app = open_app(&g).await?;
+            let days = older_than_days.unwrap_or(app.settings().audit.retention_days);
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(days as i64);
+            let n = app.store.audit_prune(cutoff.timestamp_micros(), &actor_or_user(&actor)).await?;
+            println!("pruned {n} audit events older than {days} days");
+            Ok(0)
+        }
+        Command::Transfers(TransfersCmd::List { connector, register, unit, form, state, all_versions, limit, json }) => {
+            let app = open_app(&g).await?;
+            let state = state.map(|s| crate::store::RecordState::parse(&s)).transpose()?;
+            let recs = app
+                .store
+                .records(&crate::store::RecordFilter { connector, register, unit, form, state, latest_only: !all_versions, limit: Some(limit), ..Default::default() })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&recs)?);
+            } else {
+                println!("{:>7}  {:<12} {:<10} {:<20} {:<8} {:>3} {:<11} {:>4}  {}", "id", "register", "form", "unit", "op", "v", "state", "att", "last error");
+                for r in recs {
+                    println!(
+                        "{:>7}  {:<12} {:<10} {:<20} {:<8} {:>3} {:<11} {:>4}  {}",
+                        r.id, r.register, r.form, r.unit, r.op.as_str(), r.version, r.state.as_str(), r.attempts, r.last_error.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Transfers(TransfersCmd::Show { id, json }) => {
+            let app = open_app(&g).await?;
+            let Some(rec) = app.store.record(id).await? else { bail!("no record {id}") };
+            let versions = app.store.record_versions(&rec.idem_key).await?;
+            let attempts = app.store.attempts(&rec.idem_key).await?;
+            let events = app.store.audit_search(&crate::store::AuditQuery { subject: Some(rec.idem_key.clone()), limit: Some(500), ..Default::default() }).await?;
+            let reg = app.store.registration(&rec.idem_key).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"record": rec, "registration": reg, "versions": versions, "attempts": attempts, "audit": events}))?);
+            } else {
+                println!("record {} ({}), key {}", rec.id, rec.state.as_str(), rec.idem_key);
+                if let Some(reg) = reg {
+                    println!("register holds: {} (EventID {})", reg.state, reg.event_id.unwrap_or_else(|| "-".into()));
+                }
+                for v in versions {
+                    println!("  v{} {} {} attempts={} {}", v.version, v.op.as_str(), v.state.as_str(), v.attempts, v.reason.or(v.last_error).unwrap_or_default());
+                }
+                for a in attempts {
+                    println!("  attempt {} {} {} status={:?} {}", a.id, a.operation, a.outcome, a.http_status, a.detail.unwrap_or_default());
+                }
+                for e in events.iter().rev() {
+                    println!("  audit {} {} {} {}", e.seq, e.at.format("%Y-%m-%d %H:%M:%S"), e.kind, e.detail);
+                }
+            }
+            Ok(0)
+        }
+        Command::Replay(a) => {
+            let app = open_app(&g).await?;
+            let mut ids = a.ids.clone();
+            if let Some(s) = &a.state {
+                let state = crate::store::RecordState::parse(s)?;
+                if !matches!(state, crate::store::RecordState::Rejected | crate::store::RecordState::Dead) {
+                    bail!("--state must be rejected or dead");
+                }
+                let recs = app
+                    .store
+                    .records(&crate::store::RecordFilter { state: Some(state), connector: a.connector.clone(), register: a.register.clone(), limit: Some(100_000), ..Default::default() })
+                    .await?;
+                ids.extend(recs.iter().map(|r| r.id));
+            }
+            if ids.is_empty() {
+                bail!("nothing chosen: give --id or --state");
+            }
+            let done = app.store.replay(&ids, &actor_or_user(&a.actor), &a.reason).await?;
+            if a.json {
+                println!("{}", serde_json::json!({"requeued": done}));
+            } else {
+                println!("re-queued {} record(s): {:?}", done.len(), done);
+            }
+            Ok(0)
+        }
+        Command::Users(cmd) => {
+            let app = open_app(&g).await?;
+            crate::admin::users_cli(&app, cmd).await
+        }
+        Command::Run(a) => {
+            let app = open_app(&g).await?;
+            crate::daemon::run(app, a).await
+        }
+        Command::Backfill(a) => {
+            let app = open_app(&g).await?;
+            crate::daemon::backfill(app, a).await
+        }
+        Command::Demo(a) => crate::demo::run(g, a).await,
+        Command::Sandbox(a) => {
+            crate::telemetry::init(&Default::default());
+            crate::sandbox::serve_cli(a).await
+        }
+    }
+}
+
+/// Read a whole file and report it with its name.
+pub fn read_file(p: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+}

@@ -1,0 +1,9 @@
+//! Sandbox peers on loopback: the journal (RIV-TA producer), the Stratum emulator, the PVK
+//! receiver. Real protocols, real rules — for the demo, the tests, benchmarks and acceptance tests.
+
+use crate::cli::SandboxArgs;
+use anyhow::{bail, Result};
+
+pub async fn serve_cli(_args: SandboxArgs) -> Result<i32> {
+    bail!("`sandbox` is not available yet: it lands with issues #3 and #4")
+}

@@ -1,0 +1,495 @@
+//! The state store: watermarks, runs, ticks, clinical documents, the outbox, attempts,
+//! quarantine, the audit chain, worklists and PVK results.
+//!
+//! The logic lives here once, written against [`sql::Tx`]; `sqlite/` and `postgres/` are the two
+//! [`sql::Backend`]s (each with its own migrations). Every state change of one logical step goes
+//! through [`Store::apply`] as one [`ChangeSet`], in one transaction: documents, outbox records,
+//! watermarks and the audit events that explain them land together or not at all.
+//!
+//! Payload columns are encrypted here (AES-GCM) before they reach either database.
+
+pub mod sql;
+pub mod sqlite;
+pub mod postgres;
+mod outbox;
+mod audit_chain;
+mod queries;
+
+pub use audit_chain::{chain_hash, AuditQuery, VerifyReport, GENESIS_HASH};
+pub use outbox::*;
+pub use queries::*;
+
+use crate::audit::NewAuditEvent;
+use crate::config::{Backend as BackendKind, StoreSettings};
+use crate::crypto::Cipher;
+use crate::model::{PatientId, Record};
+use crate::args;
+use anyhow::{Context, Result};
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use sql::{Backend, Dialect, Tx};
+use std::sync::Arc;
+
+pub fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+pub fn to_us(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+pub fn from_us(us: i64) -> DateTime<Utc> {
+    Utc.timestamp_micros(us).single().unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    cipher: Cipher,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({:?})", self.backend.dialect())
+    }
+}
+
+/// A clinical document as stored (the canonical record, encrypted at rest).
+#[derive(Clone, Debug)]
+pub struct DocumentUpsert {
+    pub connector: String,
+    pub patient_key: String,
+    pub record: Record,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewQuarantine {
+    pub connector: String,
+    pub run_id: Option<i64>,
+    pub document: String,
+    pub field: String,
+    pub reason: String,
+    pub patient_key: Option<String>,
+    /// The offending raw bytes (encrypted at rest), when there are any worth keeping.
+    pub raw: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum WorklistChange {
+    /// A registration that cannot be sent yet because mandatory answers are missing.
+    Put { idem_key: String, connector: String, unit: String, form: String, patient_key: String, patient: PatientId, missing: Vec<String>, event_date: Option<String> },
+    Remove { idem_key: String },
+}
+
+/// A SAR episode found in the journal (for täckningsgrad): which forms are due by now.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpisodeRow {
+    pub episode_key: String,
+    pub connector: String,
+    pub unit: String,
+    pub patient_key: String,
+    pub joint: String,
+    pub first_visit_date: String,
+    /// Form names due (their window has opened) for this episode.
+    pub forms_due: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PvkResultRow {
+    pub connector: String,
+    pub rule_year: i32,
+    pub unit: String,
+    pub year: i32,
+    pub month: u32,
+    pub indicator: String,
+    pub numerator: Option<i64>,
+    pub denominator: Option<i64>,
+    pub computable: bool,
+    pub suppressed: bool,
+    pub note: Option<String>,
+    /// Patient-level list behind the numbers (personal data: encrypted, shown only with the right).
+    #[serde(skip)]
+    pub patient_list: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PvkQualityRow {
+    pub connector: String,
+    pub unit: String,
+    pub year: i32,
+    pub month: u32,
+    pub measure: String,
+    pub count: i64,
+}
+
+/// Everything one logical step writes, applied in one transaction.
+#[derive(Clone, Debug, Default)]
+pub struct ChangeSet {
+    pub documents: Vec<DocumentUpsert>,
+    pub outbox: Vec<OutboxChange>,
+    pub quarantine: Vec<NewQuarantine>,
+    pub audit: Vec<NewAuditEvent>,
+    /// (connector, unit, value)
+    pub watermarks: Vec<(String, String, DateTime<Utc>)>,
+    pub worklist: Vec<WorklistChange>,
+    /// Replace the stored episodes of (connector, patient_key) with these.
+    pub episodes: Vec<(String, String, Vec<EpisodeRow>)>,
+    pub pvk_results: Vec<PvkResultRow>,
+    pub pvk_quality: Vec<PvkQualityRow>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.documents.is_empty()
+            && self.outbox.is_empty()
+            && self.quarantine.is_empty()
+            && self.audit.is_empty()
+            && self.watermarks.is_empty()
+            && self.worklist.is_empty()
+            && self.episodes.is_empty()
+            && self.pvk_results.is_empty()
+            && self.pvk_quality.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub documents_new: u32,
+    pub documents_changed: u32,
+    pub documents_unchanged: u32,
+    pub outbox_created: u32,
+    pub outbox_updated: u32,
+    pub outbox_retracted: u32,
+    pub outbox_unchanged: u32,
+    pub quarantined: u32,
+}
+
+impl Store {
+    /// Open the configured backend and run its migrations.
+    pub async fn open(settings: &StoreSettings, cipher: Cipher) -> Result<Store> {
+        let backend: Arc<dyn Backend> = match settings.backend {
+            BackendKind::Sqlite => Arc::new(sqlite::SqliteBackend::open(&settings.sqlite_path, settings.max_connections).await?),
+            BackendKind::Postgres => {
+                let url = settings
+                    .postgres_url
+                    .as_ref()
+                    .context("store.postgres_url is not configured")?
+                    .read_string()
+                    .context("store.postgres_url")?;
+                Arc::new(postgres::PgBackend::open(&url, settings.max_connections).await?)
+            }
+        };
+        let store = Store { backend, cipher };
+        store.backend.migrate().await?;
+        store.ensure_audit_partitions(Utc::now()).await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.backend.dialect()
+    }
+
+    pub fn cipher(&self) -> &Cipher {
+        &self.cipher
+    }
+
+    pub async fn begin(&self) -> Result<Box<dyn Tx>> {
+        self.backend.begin().await
+    }
+
+    pub async fn read(&self) -> Result<Box<dyn Tx>> {
+        self.backend.read().await
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut tx = self.backend.read().await?;
+        tx.rows("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    pub async fn migrations_current(&self) -> Result<bool> {
+        self.backend.migrations_current().await
+    }
+
+    pub async fn close(&self) {
+        self.backend.close().await
+    }
+
+    pub(crate) async fn reclaim(&self) -> Result<()> {
+        self.backend.reclaim().await
+    }
+
+    /// Apply one change set in one transaction.
+    pub async fn apply(&self, cs: ChangeSet) -> Result<ApplyOutcome> {
+        if cs.is_empty() {
+            return Ok(ApplyOutcome::default());
+        }
+        let mut tx = self.backend.begin().await?;
+        let out = self.apply_in(&mut *tx, cs).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub(crate) async fn apply_in(&self, tx: &mut dyn Tx, cs: ChangeSet) -> Result<ApplyOutcome> {
+        let mut out = ApplyOutcome::default();
+        let now = now_us();
+        for d in &cs.documents {
+            let key = d.record.key();
+            let hash = d.record.content_hash();
+            let existing = tx
+                .row("SELECT content_hash FROM documents WHERE connector = $1 AND doc_key = $2", args![&d.connector, &key])
+                .await?;
+            match existing {
+                Some(r) if r.text(0)? == hash => {
+                    out.documents_unchanged += 1;
+                    continue;
+                }
+                Some(_) => out.documents_changed += 1,
+                None => out.documents_new += 1,
+            }
+            let payload = self.cipher.encrypt_json(&d.record);
+            let date = d.record.date().map(|x| x.to_string());
+            tx.exec(
+                "INSERT INTO documents (connector, doc_key, patient_key, unit, kind, content_hash, payload, nullified, record_date, first_seen_us, updated_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+                 ON CONFLICT (connector, doc_key) DO UPDATE SET patient_key = excluded.patient_key, unit = excluded.unit,
+                   content_hash = excluded.content_hash, payload = excluded.payload, nullified = excluded.nullified,
+                   record_date = excluded.record_date, updated_us = excluded.updated_us",
+                args![
+                    &d.connector,
+                    &key,
+                    &d.patient_key,
+                    d.record.unit().map(|u| u.as_str().to_string()),
+                    d.record.kind().as_str(),
+                    hash,
+                    payload,
+                    d.record.nullified(),
+                    date,
+                    now
+                ],
+            )
+            .await?;
+        }
+        for q in &cs.quarantine {
+            tx.exec(
+                "INSERT INTO quarantine (connector, run_id, at_us, document, field, reason, patient_key, raw) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                args![&q.connector, q.run_id, now, &q.document, &q.field, &q.reason, q.patient_key.clone(), q.raw.as_ref().map(|r| self.cipher.encrypt(r))],
+            )
+            .await?;
+            out.quarantined += 1;
+        }
+        for change in &cs.outbox {
+            outbox::apply_change(self, tx, change, now, &mut out).await?;
+        }
+        for (connector, unit, value) in &cs.watermarks {
+            tx.exec(
+                "INSERT INTO watermarks (connector, unit, value_us, updated_us) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (connector, unit) DO UPDATE SET value_us = excluded.value_us, updated_us = excluded.updated_us",
+                args![connector, unit, to_us(*value), now],
+            )
+            .await?;
+        }
+        for w in &cs.worklist {
+            match w {
+                WorklistChange::Put { idem_key, connector, unit, form, patient_key, patient, missing, event_date } => {
+                    tx.exec(
+                        "INSERT INTO worklist (idem_key, connector, unit, form, patient_key, patient_ref, missing, event_date, since_us, updated_us)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+                         ON CONFLICT (idem_key) DO UPDATE SET missing = excluded.missing, event_date = excluded.event_date,
+                           unit = excluded.unit, patient_ref = excluded.patient_ref, updated_us = excluded.updated_us",
+                        args![idem_key, connector, unit, form, patient_key, self.cipher.encrypt_json(patient), serde_json::to_string(missing)?, event_date.clone(), now],
+                    )
+                    .await?;
+                }
+                WorklistChange::Remove { idem_key } => {
+                    tx.exec("DELETE FROM worklist WHERE idem_key = $1", args![idem_key]).await?;
+                }
+            }
+        }
+        for (connector, patient_key, rows) in &cs.episodes {
+            tx.exec("DELETE FROM sar_episodes WHERE connector = $1 AND patient_key = $2", args![connector, patient_key]).await?;
+            for e in rows {
+                tx.exec(
+                    "INSERT INTO sar_episodes (episode_key, connector, unit, patient_key, joint, first_visit_date, forms_due, updated_us)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (episode_key) DO UPDATE SET unit = excluded.unit, joint = excluded.joint,
+                       first_visit_date = excluded.first_visit_date, forms_due = excluded.forms_due, updated_us = excluded.updated_us",
+                    args![&e.episode_key, &e.connector, &e.unit, &e.patient_key, &e.joint, &e.first_visit_date, serde_json::to_string(&e.forms_due)?, now],
+                )
+                .await?;
+            }
+        }
+        for r in &cs.pvk_results {
+            tx.exec(
+                "INSERT INTO pvk_results (connector, rule_year, unit, year, month, indicator, numerator, denominator, computable, suppressed, note, patient_list, computed_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT (connector, rule_year, unit, year, month, indicator) DO UPDATE SET numerator = excluded.numerator,
+                   denominator = excluded.denominator, computable = excluded.computable, suppressed = excluded.suppressed,
+                   note = excluded.note, patient_list = excluded.patient_list, computed_us = excluded.computed_us",
+                args![
+                    &r.connector,
+                    r.rule_year,
+                    &r.unit,
+                    r.year,
+                    r.month,
+                    &r.indicator,
+                    r.numerator,
+                    r.denominator,
+                    r.computable,
+                    r.suppressed,
+                    r.note.clone(),
+                    r.patient_list.as_ref().map(|l| self.cipher.encrypt_json(l)),
+                    now
+                ],
+            )
+            .await?;
+        }
+        for q in &cs.pvk_quality {
+            tx.exec(
+                "INSERT INTO pvk_quality (connector, unit, year, month, measure, count, computed_us) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (connector, unit, year, month, measure) DO UPDATE SET count = excluded.count, computed_us = excluded.computed_us",
+                args![&q.connector, &q.unit, q.year, q.month, &q.measure, q.count, now],
+            )
+            .await?;
+        }
+        audit_chain::append(tx, &cs.audit).await?;
+        Ok(out)
+    }
+
+    /// Append audit events on their own (for events with no other state change).
+    pub async fn audit(&self, events: Vec<NewAuditEvent>) -> Result<()> {
+        self.apply(ChangeSet { audit: events, ..Default::default() }).await.map(|_| ())
+    }
+
+    // ------------------------------------------------------------------ documents
+
+    /// Content hashes of a patient's stored documents (doc_key → hash), to skip unchanged reads.
+    pub async fn document_hashes(&self, connector: &str, patient_key: &str) -> Result<std::collections::HashMap<String, String>> {
+        let mut tx = self.backend.read().await?;
+        let rows = tx
+            .rows("SELECT doc_key, content_hash FROM documents WHERE connector = $1 AND patient_key = $2", args![connector, patient_key])
+            .await?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect()
+    }
+
+    /// All stored canonical records of a patient for a connector (decrypted).
+    pub async fn patient_documents(&self, connector: &str, patient_key: &str) -> Result<Vec<Record>> {
+        let mut tx = self.backend.read().await?;
+        let rows = tx.rows("SELECT payload FROM documents WHERE connector = $1 AND patient_key = $2 ORDER BY doc_key", args![connector, patient_key]).await?;
+        rows.iter().map(|r| self.cipher.decrypt_json(&r.bytes(0)?)).collect()
+    }
+
+    /// Patient keys with stored documents for a connector (for recomputation without a source).
+    pub async fn patient_keys(&self, connector: &str) -> Result<Vec<String>> {
+        let mut tx = self.backend.read().await?;
+        let rows = tx.rows("SELECT DISTINCT patient_key FROM documents WHERE connector = $1 ORDER BY patient_key", args![connector]).await?;
+        rows.iter().map(|r| r.text(0)).collect()
+    }
+
+    pub async fn document_count(&self, connector: &str) -> Result<i64> {
+        let mut tx = self.backend.read().await?;
+        let r = tx.row("SELECT COUNT(*) FROM documents WHERE connector = $1", args![connector]).await?;
+        Ok(r.map(|r| r.i64(0)).transpose()?.unwrap_or(0))
+    }
+
+    /// Stream every stored record of a connector, patient by patient (PVK recomputation).
+    pub async fn for_each_patient<F>(&self, connector: &str, mut f: F) -> Result<()>
+    where
+        F: FnMut(&str, Vec<Record>) -> Result<()> + Send,
+    {
+        let keys = self.patient_keys(connector).await?;
+        for chunk in keys.chunks(500) {
+            let mut tx = self.backend.read().await?;
+            let lo = chunk.first().cloned().unwrap_or_default();
+            let hi = chunk.last().cloned().unwrap_or_default();
+            let rows = tx
+                .rows(
+                    "SELECT patient_key, payload FROM documents WHERE connector = $1 AND patient_key >= $2 AND patient_key <= $3 ORDER BY patient_key, doc_key",
+                    args![connector, lo, hi],
+                )
+                .await?;
+            drop(tx);
+            let mut current: Option<String> = None;
+            let mut recs = vec![];
+            for r in rows {
+                let pk = r.text(0)?;
+                if current.as_deref() != Some(pk.as_str()) {
+                    if let Some(c) = current.take() {
+                        f(&c, std::mem::take(&mut recs))?;
+                    }
+                    current = Some(pk);
+                }
+                recs.push(self.cipher.decrypt_json(&r.bytes(1)?)?);
+            }
+            if let Some(c) = current {
+                f(&c, recs)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ watermarks
+
+    pub async fn watermark(&self, connector: &str, unit: &str) -> Result<Option<DateTime<Utc>>> {
+        let mut tx = self.backend.read().await?;
+        let r = tx.row("SELECT value_us FROM watermarks WHERE connector = $1 AND unit = $2", args![connector, unit]).await?;
+        Ok(r.map(|r| r.i64(0)).transpose()?.map(from_us))
+    }
+
+    // ------------------------------------------------------------------ key/value
+
+    pub async fn kv_get(&self, key: &str) -> Result<Option<String>> {
+        let mut tx = self.backend.read().await?;
+        let r = tx.row("SELECT value FROM kv WHERE key = $1", args![key]).await?;
+        r.map(|r| r.text(0)).transpose()
+    }
+
+    pub async fn kv_put(&self, key: &str, value: &str) -> Result<()> {
+        let mut tx = self.backend.begin().await?;
+        tx.exec(
+            "INSERT INTO kv (key, value, updated_us) VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us",
+            args![key, value, now_us()],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    // ------------------------------------------------------------------ audit partitions (PG)
+
+    /// PostgreSQL: make sure monthly audit partitions exist from last month to three ahead.
+    pub async fn ensure_audit_partitions(&self, now: DateTime<Utc>) -> Result<()> {
+        if self.dialect() != Dialect::Postgres {
+            return Ok(());
+        }
+        use chrono::Datelike;
+        let mut tx = self.backend.begin().await?;
+        for offset in -1..=3i32 {
+            let (y, m) = add_months(now.year(), now.month(), offset);
+            let (ny, nm) = add_months(y, m, 1);
+            let from = to_us(Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).unwrap());
+            let to = to_us(Utc.with_ymd_and_hms(ny, nm, 1, 0, 0, 0).unwrap());
+            let name = format!("audit_events_{y:04}{m:02}");
+            let exists = tx.row("SELECT 1 FROM pg_class WHERE relname = $1", args![&name]).await?.is_some();
+            if !exists {
+                // Skip a month that already has rows in the default partition (cannot attach).
+                let in_default = tx
+                    .row("SELECT 1 FROM audit_events_default WHERE at_us >= $1 AND at_us < $2 LIMIT 1", args![from, to])
+                    .await?
+                    .is_some();
+                if !in_default {
+                    tx.exec(&format!("CREATE TABLE {name} PARTITION OF audit_events FOR VALUES FROM ({from}) TO ({to})"), &[]).await?;
+                }
+            }
+        }
+        tx.commit().await
+    }
+}
+
+pub fn add_months(y: i32, m: u32, delta: i32) -> (i32, u32) {
+    let idx = y * 12 + (m as i32 - 1) + delta;
+    (idx.div_euclid(12), (idx.rem_euclid(12) + 1) as u32)
+}
+
+/// Helper for tests and tools: a string column list as SQL placeholders `$start..`.
+pub fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+

@@ -1,0 +1,676 @@
+//! The outbox: one `registrations` row per idempotency key (what the register holds) and one
+//! `records` row per version of what we want it to hold, with the state machine
+//! `pending → sending → delivered | rejected | dead`, plus `superseded` and `retracted`.
+//!
+//! Whether a version is sent as create (POST), update (PUT) or delete is decided at send time
+//! from the registration row, so a version that supersedes an unsent create simply becomes the
+//! create.
+
+use super::sql::{Dialect, Tx, Val};
+use super::{from_us, now_us, ApplyOutcome, Store};
+use crate::args;
+use crate::audit::{kind, NewAuditEvent};
+use anyhow::{bail, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    Pending,
+    Sending,
+    Delivered,
+    Rejected,
+    Dead,
+    Superseded,
+    Retracted,
+}
+
+impl RecordState {
+    pub const ALL: [RecordState; 7] = [
+        RecordState::Pending,
+        RecordState::Sending,
+        RecordState::Delivered,
+        RecordState::Rejected,
+        RecordState::Dead,
+        RecordState::Superseded,
+        RecordState::Retracted,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Pending => "pending",
+            RecordState::Sending => "sending",
+            RecordState::Delivered => "delivered",
+            RecordState::Rejected => "rejected",
+            RecordState::Dead => "dead",
+            RecordState::Superseded => "superseded",
+            RecordState::Retracted => "retracted",
+        }
+    }
+    pub fn parse(s: &str) -> Result<RecordState> {
+        Ok(match s {
+            "pending" => RecordState::Pending,
+            "sending" => RecordState::Sending,
+            "delivered" => RecordState::Delivered,
+            "rejected" => RecordState::Rejected,
+            "dead" => RecordState::Dead,
+            "superseded" => RecordState::Superseded,
+            "retracted" => RecordState::Retracted,
+            other => bail!("unknown record state {other}"),
+        })
+    }
+    /// Swedish label for the admin pages.
+    pub fn label_sv(self) -> &'static str {
+        match self {
+            RecordState::Pending => "väntar",
+            RecordState::Sending => "skickas",
+            RecordState::Delivered => "levererad",
+            RecordState::Rejected => "avvisad",
+            RecordState::Dead => "misslyckad",
+            RecordState::Superseded => "ersatt",
+            RecordState::Retracted => "återkallad",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Make the register hold this payload (create or update).
+    Upsert,
+    /// Make the register hold nothing for this key (delete if present).
+    Retract,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Upsert => "upsert",
+            Op::Retract => "retract",
+        }
+    }
+    fn parse(s: &str) -> Op {
+        if s == "retract" {
+            Op::Retract
+        } else {
+            Op::Upsert
+        }
+    }
+}
+
+/// Identity of a register record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordKey {
+    /// Idempotency key: register, unit, patient-episode or aggregate key, form.
+    pub idem_key: String,
+    pub register: String,
+    pub connector: String,
+    /// Journal unit HSA id.
+    pub unit: String,
+    /// Register form name (e.g. `FVPat`, `Indikatorvarde`).
+    pub form: String,
+    /// Patient pseudonym, or the aggregate's description; never a personnummer.
+    pub subject: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutboxChange {
+    /// The register should hold this payload (`ColumnName → value`) under this key.
+    Upsert {
+        key: RecordKey,
+        payload: serde_json::Map<String, serde_json::Value>,
+        /// Columns that find an existing registration if an earlier send had an unknown outcome.
+        lookup: serde_json::Map<String, serde_json::Value>,
+        correlation_id: String,
+        /// Why (audit detail, no personal data).
+        detail: serde_json::Value,
+    },
+    /// The register should no longer hold anything under this key (opt-out, nullified…).
+    Retract { idem_key: String, reason: String, correlation_id: String, actor: String },
+}
+
+pub fn payload_hash(payload: &serde_json::Map<String, serde_json::Value>) -> String {
+    // serde_json's Map is ordered by key, so the serialisation is canonical.
+    hex::encode(&Sha256::digest(serde_json::to_vec(payload).expect("json"))[..16])
+}
+
+/// A version of a register record, as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutboxRecord {
+    pub id: i64,
+    pub idem_key: String,
+    pub version: i64,
+    pub register: String,
+    pub connector: String,
+    pub unit: String,
+    pub form: String,
+    pub subject: Option<String>,
+    pub op: Op,
+    /// Decrypted payload (personal data: never log it).
+    #[serde(skip)]
+    pub payload: Option<serde_json::Map<String, serde_json::Value>>,
+    pub payload_hash: Option<String>,
+    #[serde(skip)]
+    pub lookup: Option<serde_json::Map<String, serde_json::Value>>,
+    pub state: RecordState,
+    pub reason: Option<String>,
+    pub attempts: i64,
+    pub next_attempt: DateTime<Utc>,
+    pub first_attempt: Option<DateTime<Utc>>,
+    pub lease_owner: Option<String>,
+    pub lease_expires: Option<DateTime<Utc>>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub register_ref: Option<String>,
+    pub correlation_id: String,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+    pub delivered: Option<DateTime<Utc>>,
+}
+
+/// What the register holds under a key, as far as we know.
+#[derive(Clone, Debug, Serialize)]
+pub struct Registration {
+    pub idem_key: String,
+    pub register: String,
+    pub connector: String,
+    pub unit: String,
+    pub form: String,
+    pub subject: Option<String>,
+    /// The register's reference (Stratum EventID).
+    pub event_id: Option<String>,
+    pub delivered_hash: Option<String>,
+    #[serde(skip)]
+    pub delivered_payload: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `absent`, `present` or `retracted`.
+    pub state: String,
+}
+
+/// A claimed record, ready to send.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub record: OutboxRecord,
+    pub registration: Registration,
+    pub attempt_id: i64,
+    /// An earlier attempt for this key may have reached the register without us learning the
+    /// outcome (crash, timeout, expired lease): look the registration up before creating it.
+    pub outcome_unknown_before: bool,
+    /// Lookup columns of every earlier version that may have reached the register.
+    pub earlier_lookups: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The register now holds this version (or nothing, for a retract).
+    Delivered { operation: String, http_status: Option<u16>, event_id: Option<String>, detail: Option<String> },
+    /// Transient failure: try again at `next_at`.
+    Retry { operation: String, http_status: Option<u16>, error: String, next_at: DateTime<Utc> },
+    /// The register said no (4xx) with a reason.
+    Rejected { operation: String, http_status: Option<u16>, reason: String },
+    /// Retries exhausted.
+    Dead { operation: String, http_status: Option<u16>, error: String },
+}
+
+pub(super) const RECORD_COLS: &str = "id, idem_key, version, register, connector, unit, form, subject, op, payload, payload_hash, lookup, state, reason, attempts, \
+     next_attempt_us, first_attempt_us, lease_owner, lease_expires_us, last_status, last_error, register_ref, correlation_id, created_us, updated_us, delivered_us";
+
+impl Store {
+    pub(super) fn record_from_row(&self, r: &dyn super::sql::Row) -> Result<OutboxRecord> {
+        let dec = |b: Option<Vec<u8>>| -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+            b.map(|b| self.cipher.decrypt_json(&b)).transpose()
+        };
+        Ok(OutboxRecord {
+            id: r.i64(0)?,
+            idem_key: r.text(1)?,
+            version: r.i64(2)?,
+            register: r.text(3)?,
+            connector: r.text(4)?,
+            unit: r.text(5)?,
+            form: r.text(6)?,
+            subject: r.text_opt(7)?,
+            op: Op::parse(&r.text(8)?),
+            payload: dec(r.bytes_opt(9)?)?,
+            payload_hash: r.text_opt(10)?,
+            lookup: dec(r.bytes_opt(11)?)?,
+            state: RecordState::parse(&r.text(12)?)?,
+            reason: r.text_opt(13)?,
+            attempts: r.i64(14)?,
+            next_attempt: from_us(r.i64(15)?),
+            first_attempt: r.i64_opt(16)?.map(from_us),
+            lease_owner: r.text_opt(17)?,
+            lease_expires: r.i64_opt(18)?.map(from_us),
+            last_status: r.i64_opt(19)?,
+            last_error: r.text_opt(20)?,
+            register_ref: r.text_opt(21)?,
+            correlation_id: r.text(22)?,
+            created: from_us(r.i64(23)?),
+            updated: from_us(r.i64(24)?),
+            delivered: r.i64_opt(25)?.map(from_us),
+        })
+    }
+
+    pub(super) async fn registration_in(&self, tx: &mut dyn Tx, idem_key: &str) -> Result<Option<Registration>> {
+        let r = tx
+            .row(
+                "SELECT idem_key, register, connector, unit, form, subject, event_id, delivered_hash, delivered_payload, state FROM registrations WHERE idem_key = $1",
+                args![idem_key],
+            )
+            .await?;
+        r.map(|r| {
+            Ok(Registration {
+                idem_key: r.text(0)?,
+                register: r.text(1)?,
+                connector: r.text(2)?,
+                unit: r.text(3)?,
+                form: r.text(4)?,
+                subject: r.text_opt(5)?,
+                event_id: r.text_opt(6)?,
+                delivered_hash: r.text_opt(7)?,
+                delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&b)).transpose()?,
+                state: r.text(9)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn registration(&self, idem_key: &str) -> Result<Option<Registration>> {
+        let mut tx = self.read().await?;
+        self.registration_in(&mut *tx, idem_key).await
+    }
+
+    /// Claim up to `limit` due records (optionally of some registers) for `owner` with a lease.
+    /// PostgreSQL uses `FOR UPDATE SKIP LOCKED` so replicas never claim the same row; SQLite's
+    /// single writer gives the same guarantee. A key with a version in flight is skipped so
+    /// versions of one registration are sent in order.
+    pub async fn claim(&self, owner: &str, registers: &[String], limit: u32, lease_seconds: u64) -> Result<Vec<Claimed>> {
+        let now = now_us();
+        let expires = now + (lease_seconds as i64) * 1_000_000;
+        let mut tx = self.begin().await?;
+        let mut a: Vec<Val> = vec![Val::I64(now)];
+        let reg_filter = if registers.is_empty() {
+            String::new()
+        } else {
+            let ph = registers.iter().map(|r| {
+                a.push(Val::Text(r.clone()));
+                format!("${}", a.len())
+            });
+            format!(" AND r.register IN ({})", ph.collect::<Vec<_>>().join(", "))
+        };
+        a.push(Val::I64(limit as i64));
+        let lim = a.len();
+        let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let sql = format!(
+            "SELECT r.id FROM records r WHERE r.state = 'pending' AND r.next_attempt_us <= $1{reg_filter}
+             AND NOT EXISTS (SELECT 1 FROM records s WHERE s.idem_key = r.idem_key AND s.state = 'sending')
+             ORDER BY r.next_attempt_us, r.id LIMIT ${lim}{lock}"
+        );
+        let ids: Vec<i64> = tx.rows(&sql, &a).await?.iter().map(|r| r.i64(0)).collect::<Result<_>>()?;
+        let mut out = vec![];
+        for id in ids {
+            let n = tx
+                .exec(
+                    "UPDATE records SET state = 'sending', lease_owner = $1, lease_expires_us = $2, attempts = attempts + 1,
+                       first_attempt_us = COALESCE(first_attempt_us, $3), updated_us = $3 WHERE id = $4 AND state = 'pending'",
+                    args![owner, expires, now, id],
+                )
+                .await?;
+            if n == 0 {
+                continue;
+            }
+            let row = tx.row(&format!("SELECT {RECORD_COLS} FROM records WHERE id = $1"), args![id]).await?.expect("claimed row exists");
+            let record = self.record_from_row(&*row)?;
+            let registration = match self.registration_in(&mut *tx, &record.idem_key).await? {
+                Some(r) => r,
+                None => bail!("record {} has no registration row", record.id),
+            };
+            // Earlier attempts on this key whose outcome we never learned.
+            let unknown = tx
+                .rows(
+                    "SELECT DISTINCT a.record_id FROM attempts a WHERE a.idem_key = $1 AND a.outcome IN ('in_flight', 'unknown', 'transient')",
+                    args![&record.idem_key],
+                )
+                .await?;
+            let mut earlier_lookups = vec![];
+            for u in &unknown {
+                let rid = u.i64(0)?;
+                if let Some(l) = tx.row("SELECT lookup FROM records WHERE id = $1", args![rid]).await? {
+                    if let Some(b) = l.bytes_opt(0)? {
+                        earlier_lookups.push(self.cipher.decrypt_json(&b)?);
+                    }
+                }
+            }
+            let outcome_unknown_before = !unknown.is_empty();
+            let aid = insert_returning_id(
+                &mut *tx,
+                "INSERT INTO attempts (record_id, idem_key, owner, started_us, operation, outcome) VALUES ($1, $2, $3, $4, 'send', 'in_flight')",
+                args![id, &record.idem_key, owner, now],
+            )
+            .await?;
+            out.push(Claimed { record, registration, attempt_id: aid, outcome_unknown_before, earlier_lookups });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Renew the leases of records still being sent by `owner`.
+    pub async fn heartbeat(&self, owner: &str, ids: &[i64], lease_seconds: u64) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        let mut a = vec![Val::I64(now_us() + lease_seconds as i64 * 1_000_000), Val::Text(owner.to_string())];
+        let ph: Vec<String> = ids.iter().map(|i| {
+            a.push(Val::I64(*i));
+            format!("${}", a.len())
+        }).collect();
+        let n = tx
+            .exec(&format!("UPDATE records SET lease_expires_us = $1 WHERE lease_owner = $2 AND state = 'sending' AND id IN ({})", ph.join(", ")), &a)
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Record how an attempt ended, in one transaction with its audit events. Returns false if
+    /// the lease was lost meanwhile (another replica rescued the record); the outcome is then
+    /// kept on the attempt only.
+    pub async fn finish(&self, claimed: &Claimed, owner: &str, outcome: Outcome) -> Result<bool> {
+        let now = now_us();
+        let rec = &claimed.record;
+        let mut tx = self.begin().await?;
+        let (op_name, status, detail, att_outcome, reg_ref) = match &outcome {
+            Outcome::Delivered { operation, http_status, event_id, detail } => (operation.clone(), *http_status, detail.clone(), "ok", event_id.clone()),
+            Outcome::Retry { operation, http_status, error, .. } => (operation.clone(), *http_status, Some(error.clone()), "transient", None),
+            Outcome::Rejected { operation, http_status, reason } => (operation.clone(), *http_status, Some(reason.clone()), "rejected", None),
+            Outcome::Dead { operation, http_status, error } => (operation.clone(), *http_status, Some(error.clone()), "dead", None),
+        };
+        tx.exec(
+            "UPDATE attempts SET ended_us = $1, operation = $2, outcome = $3, http_status = $4, detail = $5, register_ref = $6 WHERE id = $7",
+            args![now, &op_name, att_outcome, status.map(|s| s as i64), detail.clone(), reg_ref.clone(), claimed.attempt_id],
+        )
+        .await?;
+        let still_ours = tx
+            .row("SELECT 1 FROM records WHERE id = $1 AND state = 'sending' AND lease_owner = $2", args![rec.id, owner])
+            .await?
+            .is_some();
+        let mut events = vec![NewAuditEvent::system(
+            kind::ATTEMPT_SENT,
+            &rec.correlation_id,
+            &rec.idem_key,
+            serde_json::json!({"record": rec.id, "version": rec.version, "operation": op_name, "status": status, "outcome": att_outcome, "register_ref": reg_ref, "attempt": rec.attempts}),
+        )];
+        if !still_ours {
+            // Too late to settle the record, but what the register told us is a fact worth
+            // keeping: a create that succeeded must not be repeated by whoever sends next.
+            if let Outcome::Delivered { event_id: Some(eid), .. } = &outcome {
+                if rec.op == Op::Upsert {
+                    tx.exec(
+                        "UPDATE registrations SET event_id = $1, delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5 AND event_id IS NULL",
+                        args![eid, rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(p)), now, &rec.idem_key],
+                    )
+                    .await?;
+                }
+            }
+            append_audit(&mut *tx, &events).await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        match &outcome {
+            Outcome::Delivered { event_id, .. } => {
+                let final_state = if rec.op == Op::Retract { "retracted" } else { "delivered" };
+                tx.exec(
+                    "UPDATE records SET state = $1, lease_owner = NULL, lease_expires_us = NULL, last_status = $2, last_error = NULL,
+                       register_ref = $3, delivered_us = $4, updated_us = $4 WHERE id = $5",
+                    args![final_state, status.map(|s| s as i64), event_id.clone().or(claimed.registration.event_id.clone()), now, rec.id],
+                )
+                .await?;
+                // Earlier unknown outcomes on this key are now settled.
+                tx.exec("UPDATE attempts SET outcome = 'settled' WHERE idem_key = $1 AND outcome IN ('in_flight', 'unknown', 'transient') AND id <> $2", args![&rec.idem_key, claimed.attempt_id]).await?;
+                if rec.op == Op::Retract {
+                    tx.exec(
+                        "UPDATE registrations SET event_id = NULL, delivered_hash = NULL, delivered_payload = NULL, state = 'retracted', updated_us = $1 WHERE idem_key = $2",
+                        args![now, &rec.idem_key],
+                    )
+                    .await?;
+                } else {
+                    let payload = rec.payload.as_ref().map(|p| self.cipher.encrypt_json(p));
+                    tx.exec(
+                        "UPDATE registrations SET event_id = COALESCE($1, event_id), delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5",
+                        args![event_id.clone(), rec.payload_hash.clone(), payload, now, &rec.idem_key],
+                    )
+                    .await?;
+                }
+                events.push(NewAuditEvent::system(
+                    if rec.op == Op::Retract { kind::RECORD_RETRACTED } else { kind::RECORD_DELIVERED },
+                    &rec.correlation_id,
+                    &rec.idem_key,
+                    serde_json::json!({"record": rec.id, "version": rec.version, "register": rec.register, "form": rec.form, "register_ref": event_id.clone().or(claimed.registration.event_id.clone())}),
+                ));
+            }
+            Outcome::Retry { next_at, error, .. } => {
+                tx.exec(
+                    "UPDATE records SET state = 'pending', lease_owner = NULL, lease_expires_us = NULL, next_attempt_us = $1, last_status = $2, last_error = $3, updated_us = $4 WHERE id = $5",
+                    args![next_at.timestamp_micros(), status.map(|s| s as i64), error, now, rec.id],
+                )
+                .await?;
+            }
+            Outcome::Rejected { reason, .. } => {
+                tx.exec(
+                    "UPDATE records SET state = 'rejected', lease_owner = NULL, lease_expires_us = NULL, last_status = $1, last_error = $2, reason = $2, updated_us = $3 WHERE id = $4",
+                    args![status.map(|s| s as i64), reason, now, rec.id],
+                )
+                .await?;
+                events.push(NewAuditEvent::system(
+                    kind::RECORD_REJECTED,
+                    &rec.correlation_id,
+                    &rec.idem_key,
+                    serde_json::json!({"record": rec.id, "status": status, "reason": reason}),
+                ));
+            }
+            Outcome::Dead { error, .. } => {
+                tx.exec(
+                    "UPDATE records SET state = 'dead', lease_owner = NULL, lease_expires_us = NULL, last_status = $1, last_error = $2, updated_us = $3 WHERE id = $4",
+                    args![status.map(|s| s as i64), error, now, rec.id],
+                )
+                .await?;
+                events.push(NewAuditEvent::system(kind::RECORD_DEAD, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "error": error, "attempts": rec.attempts})));
+            }
+        }
+        append_audit(&mut *tx, &events).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Store a register reference learned before the send finished (e.g. found by lookup after an
+    /// unknown outcome), so a crash right after cannot lose it.
+    pub async fn adopt_event_id(&self, idem_key: &str, event_id: &str, payload: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<()> {
+        let mut tx = self.begin().await?;
+        tx.exec(
+            "UPDATE registrations SET event_id = $1, state = 'present', delivered_payload = COALESCE($2, delivered_payload), delivered_hash = COALESCE($3, delivered_hash), updated_us = $4 WHERE idem_key = $5",
+            args![event_id, payload.map(|p| self.cipher.encrypt_json(p)), payload.map(super::payload_hash), now_us(), idem_key],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Return expired leases to `pending` (or `superseded` when a newer version waits). Their
+    /// in-flight attempts become `unknown`, so the next send looks before it creates.
+    pub async fn rescue_expired(&self) -> Result<u64> {
+        let now = now_us();
+        let mut tx = self.begin().await?;
+        let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let rows = tx
+            .rows(&format!("SELECT id, idem_key, version, correlation_id, lease_owner FROM records WHERE state = 'sending' AND lease_expires_us < $1{lock}"), args![now])
+            .await?;
+        let mut events = vec![];
+        for r in &rows {
+            let (id, key, version, corr, owner) = (r.i64(0)?, r.text(1)?, r.i64(2)?, r.text(3)?, r.text_opt(4)?);
+            let newer = tx.row("SELECT 1 FROM records WHERE idem_key = $1 AND version > $2 AND state = 'pending'", args![&key, version]).await?.is_some();
+            let state = if newer { "superseded" } else { "pending" };
+            tx.exec("UPDATE records SET state = $1, lease_owner = NULL, lease_expires_us = NULL, updated_us = $2 WHERE id = $3", args![state, now, id]).await?;
+            tx.exec("UPDATE attempts SET outcome = 'unknown', ended_us = $1 WHERE record_id = $2 AND outcome = 'in_flight'", args![now, id]).await?;
+            events.push(NewAuditEvent::system(kind::LEASE_RESCUED, &corr, &key, serde_json::json!({"record": id, "previous_owner": owner, "now": state})));
+        }
+        append_audit(&mut *tx, &events).await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Give back every lease `owner` holds (graceful shutdown) without counting an attempt.
+    pub async fn release_leases(&self, owner: &str) -> Result<u64> {
+        let now = now_us();
+        let mut tx = self.begin().await?;
+        let ids: Vec<i64> = tx.rows("SELECT id FROM records WHERE state = 'sending' AND lease_owner = $1", args![owner]).await?.iter().map(|r| r.i64(0)).collect::<Result<_>>()?;
+        for id in &ids {
+            tx.exec("UPDATE records SET state = 'pending', lease_owner = NULL, lease_expires_us = NULL, updated_us = $1 WHERE id = $2", args![now, *id]).await?;
+            tx.exec("UPDATE attempts SET outcome = 'unknown', ended_us = $1 WHERE record_id = $2 AND outcome = 'in_flight'", args![now, *id]).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    /// Re-queue rejected or dead records (the latest version of their key only), recording who
+    /// and why. Returns the ids re-queued.
+    pub async fn replay(&self, ids: &[i64], actor: &str, reason: &str) -> Result<Vec<i64>> {
+        let now = now_us();
+        let corr = crate::audit::correlation_id();
+        let mut tx = self.begin().await?;
+        let mut done = vec![];
+        let mut events = vec![];
+        for id in ids {
+            let Some(r) = tx.row("SELECT idem_key, version, state FROM records WHERE id = $1", args![*id]).await? else { continue };
+            let (key, version, state) = (r.text(0)?, r.i64(1)?, r.text(2)?);
+            if state != "rejected" && state != "dead" {
+                continue;
+            }
+            let newer = tx.row("SELECT 1 FROM records WHERE idem_key = $1 AND version > $2", args![&key, version]).await?.is_some();
+            if newer {
+                continue;
+            }
+            tx.exec(
+                "UPDATE records SET state = 'pending', next_attempt_us = $1, first_attempt_us = NULL, attempts = 0, reason = NULL, updated_us = $1 WHERE id = $2",
+                args![now, *id],
+            )
+            .await?;
+            events.push(NewAuditEvent::by(actor, kind::REPLAY, &corr, &key, serde_json::json!({"record": id, "from_state": state, "reason": reason})));
+            done.push(*id);
+        }
+        append_audit(&mut *tx, &events).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+}
+
+async fn append_audit(tx: &mut dyn Tx, events: &[NewAuditEvent]) -> Result<()> {
+    super::audit_chain::append(tx, events).await
+}
+
+pub(super) async fn insert_returning_id(tx: &mut dyn Tx, sql: &str, a: &[Val]) -> Result<i64> {
+    let r = tx.row(&format!("{sql} RETURNING id"), a).await?.expect("RETURNING gives a row");
+    r.i64(0)
+}
+
+/// The outbox half of `Store::apply`.
+pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &OutboxChange, now: i64, out: &mut ApplyOutcome) -> Result<()> {
+    match change {
+        OutboxChange::Upsert { key, payload, lookup, correlation_id, detail } => {
+            let hash = payload_hash(payload);
+            let latest = tx
+                .row("SELECT id, version, state, op, payload_hash FROM records WHERE idem_key = $1 ORDER BY version DESC LIMIT 1", args![&key.idem_key])
+                .await?;
+            let mut version = 1;
+            let mut is_update = false;
+            if let Some(l) = &latest {
+                let (state, op, lhash) = (l.text(2)?, l.text(3)?, l.text_opt(4)?);
+                if op == "upsert" && lhash.as_deref() == Some(hash.as_str()) && state != "superseded" {
+                    out.outbox_unchanged += 1;
+                    return Ok(());
+                }
+                version = l.i64(1)? + 1;
+                is_update = true;
+            } else {
+                tx.exec(
+                    "INSERT INTO registrations (idem_key, register, connector, unit, form, subject, state, updated_us) VALUES ($1, $2, $3, $4, $5, $6, 'absent', $7)
+                     ON CONFLICT (idem_key) DO NOTHING",
+                    args![&key.idem_key, &key.register, &key.connector, &key.unit, &key.form, key.subject.clone(), now],
+                )
+                .await?;
+            }
+            // Unsent and failed older versions are replaced by this one; one in flight finishes first.
+            tx.exec(
+                "UPDATE records SET state = 'superseded', updated_us = $1 WHERE idem_key = $2 AND state IN ('pending', 'rejected', 'dead')",
+                args![now, &key.idem_key],
+            )
+            .await?;
+            tx.exec(
+                "INSERT INTO records (idem_key, version, register, connector, unit, form, subject, op, payload, payload_hash, lookup, state, next_attempt_us, correlation_id, created_us, updated_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'upsert', $8, $9, $10, 'pending', $11, $12, $11, $11)",
+                args![
+                    &key.idem_key,
+                    version,
+                    &key.register,
+                    &key.connector,
+                    &key.unit,
+                    &key.form,
+                    key.subject.clone(),
+                    store.cipher.encrypt_json(payload),
+                    &hash,
+                    store.cipher.encrypt_json(lookup),
+                    now,
+                    correlation_id
+                ],
+            )
+            .await?;
+            let (k, counter) = if is_update { (kind::RECORD_UPDATED, &mut out.outbox_updated) } else { (kind::RECORD_CREATED, &mut out.outbox_created) };
+            *counter += 1;
+            append_audit(
+                tx,
+                &[NewAuditEvent::system(k, correlation_id, &key.idem_key, serde_json::json!({"version": version, "register": key.register, "form": key.form, "unit": key.unit, "why": detail}))],
+            )
+            .await?;
+        }
+        OutboxChange::Retract { idem_key, reason, correlation_id, actor } => {
+            let latest = tx.row("SELECT id, version, state, op FROM records WHERE idem_key = $1 ORDER BY version DESC LIMIT 1", args![idem_key]).await?;
+            let Some(l) = latest else {
+                out.outbox_unchanged += 1;
+                return Ok(());
+            };
+            let (version, state, op) = (l.i64(1)?, l.text(2)?, l.text(3)?);
+            if op == "retract" && state != "superseded" {
+                out.outbox_unchanged += 1;
+                return Ok(());
+            }
+            let reg = store.registration_in(tx, idem_key).await?.expect("registration exists for a record");
+            let in_flight = tx.row("SELECT 1 FROM records WHERE idem_key = $1 AND state = 'sending'", args![idem_key]).await?.is_some();
+            let unknown = tx
+                .row("SELECT 1 FROM attempts WHERE idem_key = $1 AND outcome IN ('in_flight', 'unknown', 'transient')", args![idem_key])
+                .await?
+                .is_some();
+            tx.exec(
+                "UPDATE records SET state = 'superseded', updated_us = $1 WHERE idem_key = $2 AND state IN ('pending', 'rejected', 'dead')",
+                args![now, idem_key],
+            )
+            .await?;
+            // Nothing can be in the register: the retraction is complete at once.
+            let needs_send = reg.event_id.is_some() || in_flight || unknown;
+            let state = if needs_send { "pending" } else { "retracted" };
+            tx.exec(
+                "INSERT INTO records (idem_key, version, register, connector, unit, form, subject, op, state, reason, next_attempt_us, correlation_id, created_us, updated_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'retract', $8, $9, $10, $11, $10, $10)",
+                args![idem_key, version + 1, &reg.register, &reg.connector, &reg.unit, &reg.form, reg.subject.clone(), state, reason, now, correlation_id],
+            )
+            .await?;
+            if !needs_send {
+                tx.exec("UPDATE registrations SET state = 'retracted', updated_us = $1 WHERE idem_key = $2", args![now, idem_key]).await?;
+            }
+            out.outbox_retracted += 1;
+            append_audit(
+                tx,
+                &[NewAuditEvent::by(actor, kind::RECORD_RETRACTED, correlation_id, idem_key, serde_json::json!({"version": version + 1, "reason": reason, "send_delete": needs_send}))],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
