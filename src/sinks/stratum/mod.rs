@@ -1,0 +1,4 @@
+//! The Stratum register API client (SAR registrations, PVK aggregates): metadata-driven
+//! validation, one session per unit context, POST/PUT/DELETE, EventID kept per registration.
+
+pub mod metadata;
