@@ -1,1 +1,273 @@
-//! See ARCHITECTURE.md.
+//! The delivery engine: workers claim due outbox records with a lease, send them outside the
+//! claim transaction (heartbeating long sends), and record each outcome with its audit event.
+//! Per register: a retry policy (backon), a circuit breaker and a rate limit (governor). A
+//! rescuer returns expired leases to `pending`. Replicas share the work through the store only.
+
+pub mod policy;
+
+use crate::audit::{kind, NewAuditEvent};
+use crate::config::{DeliverySettings, RegisterSettings};
+use crate::sinks::{SendResult, Sink};
+use crate::store::{Claimed, Store};
+use anyhow::Result;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use policy::{Breaker, BreakerEvent};
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// One register as the engine sees it.
+pub struct Lane {
+    pub name: String,
+    pub sink: Arc<dyn Sink>,
+    pub settings: RegisterSettings,
+    pub breaker: Breaker,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Lane {
+    pub fn new(name: &str, sink: Arc<dyn Sink>, settings: RegisterSettings) -> Lane {
+        let rate = NonZeroU32::new(settings.rate_limit_per_second.max(1)).expect("non-zero");
+        Lane {
+            name: name.to_string(),
+            sink,
+            breaker: Breaker::new(settings.circuit.clone()),
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(rate)),
+            settings,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub rejected: AtomicU64,
+    pub dead: AtomicU64,
+    pub rescued: AtomicU64,
+    pub lost_leases: AtomicU64,
+}
+
+pub struct DeliveryEngine {
+    store: Store,
+    lanes: BTreeMap<String, Arc<Lane>>,
+    settings: DeliverySettings,
+    owner: String,
+    /// Wakes idle workers when new records are queued (same process).
+    pub wake: Arc<Notify>,
+    pub counters: Arc<Counters>,
+}
+
+impl DeliveryEngine {
+    pub fn new(store: Store, lanes: Vec<Lane>, settings: DeliverySettings, owner: &str) -> DeliveryEngine {
+        DeliveryEngine {
+            store,
+            lanes: lanes.into_iter().map(|l| (l.name.clone(), Arc::new(l))).collect(),
+            settings,
+            owner: owner.to_string(),
+            wake: Arc::new(Notify::new()),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    pub fn registers(&self) -> Vec<String> {
+        self.lanes.keys().cloned().collect()
+    }
+
+    /// Run workers and the rescuer until `shutdown` turns true; then finish in-flight sends
+    /// (bounded by the grace period) and release leases.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>, grace: Duration) -> Result<()> {
+        let mut tasks = vec![];
+        for i in 0..self.settings.workers.max(1) {
+            let me = self.clone();
+            let sd = shutdown.clone();
+            tasks.push(tokio::spawn(async move { me.worker(i, sd).await }));
+        }
+        let me = self.clone();
+        let sd = shutdown.clone();
+        let rescuer = tokio::spawn(async move { me.rescuer(sd).await });
+        let mut sd = shutdown.clone();
+        while !*sd.borrow() {
+            if sd.changed().await.is_err() {
+                break;
+            }
+        }
+        self.wake.notify_waiters();
+        let deadline = Instant::now() + grace;
+        for t in tasks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, t).await.is_err() {
+                tracing::warn!("a delivery worker did not finish within the grace period");
+            }
+        }
+        rescuer.abort();
+        let released = self.store.release_leases(&self.owner).await?;
+        if released > 0 {
+            tracing::info!(released, "released delivery leases on shutdown");
+        }
+        Ok(())
+    }
+
+    async fn rescuer(&self, shutdown: watch::Receiver<bool>) {
+        let every = Duration::from_secs(self.settings.rescue_interval_seconds.max(1));
+        while !*shutdown.borrow() {
+            match self.store.rescue_expired().await {
+                Ok(n) if n > 0 => {
+                    self.counters.rescued.fetch_add(n, Ordering::Relaxed);
+                    metrics::counter!("registerbrygga_lease_rescues_total").increment(n);
+                    tracing::info!(rescued = n, "returned expired leases to pending");
+                    self.wake.notify_waiters();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "lease rescue failed"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Registers we may send to right now (circuit closed or half-open trial).
+    fn open_lanes(&self) -> Vec<String> {
+        self.lanes.values().filter(|l| l.breaker.allow()).map(|l| l.name.clone()).collect()
+    }
+
+    async fn worker(&self, _n: usize, shutdown: watch::Receiver<bool>) {
+        let idle = Duration::from_millis(self.settings.poll_interval_ms.max(10));
+        while !*shutdown.borrow() {
+            let lanes = self.open_lanes();
+            if lanes.is_empty() {
+                tokio::time::sleep(idle).await;
+                continue;
+            }
+            match self.deliver_batch(&lanes).await {
+                Ok(0) => {
+                    let notified = self.wake.notified();
+                    tokio::select! {
+                        _ = notified => {},
+                        _ = tokio::time::sleep(idle) => {},
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery batch failed; retrying");
+                    tokio::time::sleep(idle).await;
+                }
+            }
+        }
+    }
+
+    /// Claim and send one batch. Returns how many records were handled.
+    pub async fn deliver_batch(&self, lanes: &[String]) -> Result<usize> {
+        let claimed = self.store.claim(&self.owner, lanes, self.settings.batch_size, self.settings.lease_seconds).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let n = claimed.len();
+        // Heartbeat the whole batch while it is being sent.
+        let ids: Vec<i64> = claimed.iter().map(|c| c.record.id).collect();
+        let hb_store = self.store.clone();
+        let hb_owner = self.owner.clone();
+        let lease = self.settings.lease_seconds;
+        let every = Duration::from_secs(self.settings.heartbeat_seconds.max(1));
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = hb_store.heartbeat(&hb_owner, &ids, lease).await {
+                    tracing::warn!(error = %e, "lease heartbeat failed");
+                }
+            }
+        });
+        // Send concurrently within the batch; one register's records stay rate-limited.
+        let sends = claimed.iter().map(|c| self.send_one(c));
+        let results = futures::future::join_all(sends).await;
+        heartbeat.abort();
+        let now = chrono::Utc::now();
+        let mut done = Vec::with_capacity(n);
+        let mut circuit_events = vec![];
+        for (c, result) in claimed.iter().zip(results) {
+            let lane = &self.lanes[&c.record.register];
+            let ev = match &result {
+                SendResult::Transient { .. } => lane.breaker.failure(),
+                _ => lane.breaker.success(),
+            };
+            if ev != BreakerEvent::None {
+                circuit_events.push((lane.name.clone(), ev));
+            }
+            let outcome = policy::outcome_for(c, result, &lane.settings.retry, now);
+            let label = match &outcome {
+                crate::store::Outcome::Delivered { .. } => {
+                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    "delivered"
+                }
+                crate::store::Outcome::Retry { .. } => {
+                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                    "retry"
+                }
+                crate::store::Outcome::Rejected { .. } => {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    "rejected"
+                }
+                crate::store::Outcome::Dead { .. } => {
+                    self.counters.dead.fetch_add(1, Ordering::Relaxed);
+                    "dead"
+                }
+            };
+            metrics::counter!("registerbrygga_attempts_total", "register" => c.record.register.clone(), "outcome" => label).increment(1);
+            done.push((c, outcome));
+        }
+        let kept = self.store.finish_many(&self.owner, done).await?;
+        let lost = kept.iter().filter(|k| !**k).count() as u64;
+        if lost > 0 {
+            self.counters.lost_leases.fetch_add(lost, Ordering::Relaxed);
+        }
+        for (register, ev) in circuit_events {
+            let (k, state) = match ev {
+                BreakerEvent::Opened => (kind::CIRCUIT_OPEN, "open"),
+                _ => (kind::CIRCUIT_CLOSED, "closed"),
+            };
+            tracing::warn!(register = %register, state, "circuit breaker changed");
+            let _ = self.store.audit(vec![NewAuditEvent::system(k, &crate::audit::correlation_id(), &register, serde_json::json!({"owner": self.owner}))]).await;
+        }
+        Ok(n)
+    }
+
+    async fn send_one(&self, c: &Claimed) -> SendResult {
+        let Some(lane) = self.lanes.get(&c.record.register) else {
+            return SendResult::Rejected { operation: "NONE".into(), http_status: None, reason: format!("no register named '{}' is configured", c.record.register) };
+        };
+        lane.limiter.until_ready().await;
+        let started = Instant::now();
+        let r = lane.sink.send(c).await;
+        let outcome = match &r {
+            SendResult::Delivered { .. } => "delivered",
+            SendResult::Transient { .. } => "transient",
+            SendResult::Rejected { .. } => "rejected",
+        };
+        metrics::histogram!("registerbrygga_send_seconds", "register" => lane.name.clone(), "outcome" => outcome).record(started.elapsed().as_secs_f64());
+        r
+    }
+
+    /// Deliver until nothing is due (or `deadline` passes): for `run --once`, backfills and tests.
+    /// Records waiting for a later retry are left for the running daemon.
+    pub async fn drain(&self, deadline: Duration) -> Result<usize> {
+        let end = Instant::now() + deadline;
+        let mut total = 0;
+        loop {
+            let lanes = self.open_lanes();
+            let n = if lanes.is_empty() { 0 } else { self.deliver_batch(&lanes).await? };
+            total += n;
+            if n == 0 {
+                let due_later = self.store.queue_depth().await?;
+                if due_later == 0 || Instant::now() >= end {
+                    return Ok(total);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if Instant::now() >= end {
+                return Ok(total);
+            }
+        }
+    }
+}

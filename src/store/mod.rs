@@ -228,6 +228,18 @@ impl Store {
         Ok(out)
     }
 
+    /// What `apply` would do, without doing it: the change set is applied inside a transaction
+    /// that is then rolled back (backfill --dry-run).
+    pub async fn preview(&self, cs: ChangeSet) -> Result<ApplyOutcome> {
+        if cs.is_empty() {
+            return Ok(ApplyOutcome::default());
+        }
+        let mut tx = self.backend.begin().await?;
+        let out = self.apply_in(&mut *tx, cs).await?;
+        drop(tx); // rollback
+        Ok(out)
+    }
+
     pub(crate) async fn apply_in(&self, tx: &mut dyn Tx, cs: ChangeSet) -> Result<ApplyOutcome> {
         let mut out = ApplyOutcome::default();
         let now = now_us();

@@ -376,9 +376,30 @@ impl Store {
     /// the lease was lost meanwhile (another replica rescued the record); the outcome is then
     /// kept on the attempt only.
     pub async fn finish(&self, claimed: &Claimed, owner: &str, outcome: Outcome) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let ok = self.finish_in(&mut *tx, claimed, owner, outcome).await?;
+        tx.commit().await?;
+        Ok(ok)
+    }
+
+    /// Finish many attempts in one transaction (the delivery engine's batches). Returns, per
+    /// attempt, whether the lease was still ours.
+    pub async fn finish_many(&self, owner: &str, done: Vec<(&Claimed, Outcome)>) -> Result<Vec<bool>> {
+        if done.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(done.len());
+        for (c, o) in done {
+            out.push(self.finish_in(&mut *tx, c, owner, o).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn finish_in(&self, tx: &mut dyn Tx, claimed: &Claimed, owner: &str, outcome: Outcome) -> Result<bool> {
         let now = now_us();
         let rec = &claimed.record;
-        let mut tx = self.begin().await?;
         let (op_name, status, detail, att_outcome, reg_ref) = match &outcome {
             Outcome::Delivered { operation, http_status, event_id, detail } => (operation.clone(), *http_status, detail.clone(), "ok", event_id.clone()),
             Outcome::Retry { operation, http_status, error, .. } => (operation.clone(), *http_status, Some(error.clone()), "transient", None),
@@ -413,7 +434,6 @@ impl Store {
                 }
             }
             append_audit(&mut *tx, &events).await?;
-            tx.commit().await?;
             return Ok(false);
         }
         match &outcome {
@@ -478,7 +498,6 @@ impl Store {
             }
         }
         append_audit(&mut *tx, &events).await?;
-        tx.commit().await?;
         Ok(true)
     }
 

@@ -427,6 +427,13 @@ impl Store {
             .collect()
     }
 
+    /// Worklist keys of one subject (patient pseudonym) under a connector.
+    pub async fn worklist_keys_of_subject(&self, connector: &str, patient_key: &str) -> Result<Vec<String>> {
+        let mut tx = self.read().await?;
+        let rows = tx.rows("SELECT idem_key FROM worklist WHERE connector = $1 AND patient_key = $2", args![connector, patient_key]).await?;
+        rows.iter().map(|r| r.text(0)).collect()
+    }
+
     // ------------------------------------------------------------------ SAR coverage
 
     /// Stored episodes: (unit, first_visit_date, forms_due) for coverage.

@@ -100,7 +100,7 @@ impl<T: Into<Val> + Default> From<Option<T>> for Val {
 }
 
 /// A result row with typed, index-based getters.
-pub trait Row: Send {
+pub trait Row: Send + Sync {
     fn i64_opt(&self, idx: usize) -> Result<Option<i64>>;
     fn f64_opt(&self, idx: usize) -> Result<Option<f64>>;
     fn text_opt(&self, idx: usize) -> Result<Option<String>>;
