@@ -570,6 +570,8 @@ fn default_catch_up() -> CatchUp {
 #[derive(Clone, Debug)]
 pub struct Loaded {
     pub settings: Settings,
+    /// Sections that failed to deserialise (their defaults are in `settings`; checks skip them).
+    pub failed_sections: Vec<String>,
     pub connectors: Vec<ConnectorDef>,
     /// Files that contributed, in order (for messages).
     pub files: Vec<PathBuf>,
@@ -619,7 +621,35 @@ fn layered(opts: &LoadOptions) -> (config::ConfigBuilder<config::builder::Defaul
     (b, files)
 }
 
+/// Never echo configuration values in messages: a secret pasted by mistake must not reach a
+/// terminal or a log. Quoted values are elided.
+fn scrub(msg: &str) -> String {
+    if msg.contains("struct Secret") {
+        return "a secret must be { file = \"…\" } or { env = \"VAR\" }, never a literal value".to_string();
+    }
+    let mut out = String::with_capacity(msg.len());
+    let mut in_quote = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if in_quote {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            in_quote = !in_quote;
+        } else if !in_quote {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn config_error_problem(e: &config::ConfigError, default_file: &str) -> Problem {
+    let p = config_error_problem_raw(e, default_file);
+    Problem { reason: scrub(&p.reason), ..p }
+}
+
+fn config_error_problem_raw(e: &config::ConfigError, default_file: &str) -> Problem {
     match e {
         config::ConfigError::Type { origin, unexpected, expected, key } => Problem::error(
             origin.clone().unwrap_or_else(|| default_file.to_string()),
@@ -654,16 +684,27 @@ pub fn load_collect(opts: &LoadOptions) -> (Option<Loaded>, Vec<Problem>) {
     }
     // Deserialise section by section so one mistake does not hide the next.
     let mut settings = Settings::default();
+    let mut failed: Vec<String> = vec![];
     macro_rules! section {
         ($name:literal, $field:ident) => {
-            match cfg.get(concat!($name)) {
-                Ok(v) => settings.$field = v,
+            match cfg.get::<config::Value>($name) {
+                Ok(v) => match serde_path_to_error::deserialize(v) {
+                    Ok(x) => settings.$field = x,
+                    Err(e) => {
+                        failed.push($name.to_string());
+                        // The path names the key inside the section; the inner error keeps the
+                        // origin (file) when the config crate knows it.
+                        let path = e.path().to_string();
+                        let mut p = config_error_problem(e.inner(), &files_label);
+                        p.key = if path.is_empty() || path == "." { $name.to_string() } else { format!("{}.{}", $name, path) };
+                        problems.push(p)
+                    }
+                },
                 Err(config::ConfigError::NotFound(_)) => {}
                 Err(e) => {
+                    failed.push($name.to_string());
                     let mut p = config_error_problem(&e, &files_label);
-                    if !p.key.starts_with($name) {
-                        p.key = if p.key.is_empty() { $name.to_string() } else { format!("{}.{}", $name, p.key) };
-                    }
+                    p.key = $name.to_string();
                     problems.push(p)
                 }
             }
@@ -683,7 +724,7 @@ pub fn load_collect(opts: &LoadOptions) -> (Option<Loaded>, Vec<Problem>) {
 
     let (connectors, mut cproblems) = load_connectors(&settings.service.connectors_dir);
     problems.append(&mut cproblems);
-    (Some(Loaded { settings, connectors, files }), problems)
+    (Some(Loaded { settings, failed_sections: failed, connectors, files }), problems)
 }
 
 /// Load, failing on the first error (for `run`; `config check` uses `check`).
@@ -753,7 +794,8 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
     if let Some(secret) = &s.store.postgres_url {
         check_secret(&mut p, &main_file, "store.postgres_url", secret);
     }
-    if s.security.encryption_keys.is_empty() {
+    let security_ok = !loaded.failed_sections.iter().any(|f| f == "security");
+    if security_ok && s.security.encryption_keys.is_empty() {
         p.push(Problem::error(&main_file, "security.encryption_keys", "no encryption key configured (payloads are encrypted at rest)"));
     }
     for (i, k) in s.security.encryption_keys.iter().enumerate() {
@@ -768,6 +810,7 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         }
     }
     match &s.security.pseudonym_key {
+        None if !security_ok => {}
         None => p.push(Problem::error(&main_file, "security.pseudonym_key", "no pseudonym key configured")),
         Some(k) => check_secret(&mut p, &main_file, "security.pseudonym_key", k),
     }
