@@ -787,3 +787,115 @@ pub fn offline_metadata(c: &ConnectorDef) -> Result<RegisterMetadata, Problem> {
     RegisterMetadata::from_json(&bytes)
         .map_err(|e| Problem::error(path.display().to_string(), "", format!("not register metadata: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::stratum::metadata::DomainValue;
+
+    fn shipped() -> (ConnectorDef, RegisterMetadata) {
+        let (connectors, problems) = crate::config::load_connectors(Path::new("connectors"));
+        assert!(problems.is_empty(), "{problems:?}");
+        let c = connectors.into_iter().find(|c| c.name == "artrosregistret").expect("shipped SAR connector");
+        let m = RegisterMetadata::from_json(&std::fs::read("conformance/stratum/sar-104.json").unwrap()).unwrap();
+        (c, m)
+    }
+
+    /// Every column the shipped mapping fills exists in sar-104.json, every conversion fits its
+    /// domain, every mandatory column is mapped: no problem at all, not even a warning.
+    #[test]
+    fn shipped_mapping_fits_the_register_metadata() {
+        let (c, meta) = shipped();
+        assert_eq!(offline_metadata(&c).unwrap(), meta, "metadata_file points at the conformance file");
+        let (mapping, problems) = load(&c, &meta);
+        assert!(problems.is_empty(), "{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"));
+        let mapping = mapping.unwrap();
+        let names: Vec<_> = mapping.forms.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["FVPat", "FVPT", "M3Pat", "M3PT", "Y1Pat"]);
+        for f in &mapping.forms {
+            let meta_form = meta.form(&f.name).unwrap();
+            for col in &f.columns {
+                let q = meta_form.questions.iter().find(|q| q.column_name == col.column).expect("column exists in the form");
+                assert_eq!(q.domain.domain_id, col.domain.domain_id);
+                if let Conversion::Codes { values, .. } = &col.conversion {
+                    for v in values.values() {
+                        assert_eq!(fit(&col.domain, v), Ok(()), "{}: {v}", col.column);
+                    }
+                }
+            }
+            for m in &f.mandatory {
+                assert!(f.columns.iter().any(|c| &c.column == m), "{}: {m} mapped", f.name);
+            }
+        }
+        assert_eq!(mapping.three_months, Window { from_day: 75, to_day: 150 });
+        assert_eq!(mapping.one_year, Window { from_day: 330, to_day: 540 });
+        assert_eq!(mapping.joint_of("M17.1"), Some("knee"));
+        assert_eq!(mapping.joint_of("M16"), Some("hip"));
+        assert_eq!(mapping.joint_of("M180"), Some("hand"));
+        assert_eq!(mapping.joint_of("M54"), None);
+    }
+
+    #[test]
+    fn shipped_mapping_uses_the_sandbox_vocabulary() {
+        use crate::sandbox::vocabulary::{act, obs, LOCAL_TERMS};
+        let (c, meta) = shipped();
+        let mapping = load(&c, &meta).0.unwrap();
+        assert_eq!(mapping.opt_out.term, Code::new(LOCAL_TERMS, obs::REGISTER_OBJECTION));
+        let mut terms = BTreeSet::new();
+        for col in mapping.forms.iter().flat_map(|f| f.columns.iter()) {
+            match &col.source {
+                Source::Observation(t) => {
+                    assert_eq!(t.system, LOCAL_TERMS);
+                    terms.insert(t.code.clone());
+                }
+                Source::CountActivities(codes) => terms.extend(codes.iter().map(|c| c.code.clone())),
+                Source::EpisodeJoint => {}
+            }
+        }
+        for t in [obs::PAIN_NRS, obs::EQ_VAS, obs::SIDE, obs::MAIN_JOINT, obs::EXERCISE_ADHERENCE, act::ARTROSSKOLA, act::SUPERVISED_EXERCISE] {
+            assert!(terms.contains(t), "{t} is mapped");
+        }
+    }
+
+    fn domain(data_type: &str, values: &[i64], min: Option<f64>, max: Option<f64>) -> Domain {
+        Domain {
+            domain_id: 1,
+            domain_name: "d".into(),
+            data_type: data_type.into(),
+            is_enumerated: !values.is_empty(),
+            domain_values: values.iter().map(|v| DomainValue { value_code: Value::from(*v), value_name: v.to_string(), sequence: None, is_active: true }).collect(),
+            min,
+            max,
+        }
+    }
+
+    #[test]
+    fn values_are_checked_against_type_list_and_range() {
+        let nrs = domain("integer", &[], Some(0.0), Some(10.0));
+        assert_eq!(fit(&nrs, &Value::from(10)), Ok(()));
+        assert_eq!(fit(&nrs, &Value::from(11)), Err(Misfit::AboveMax(10.0)));
+        assert!(matches!(fit(&nrs, &Value::from(true)), Err(Misfit::WrongType { .. })));
+        assert!(matches!(fit(&nrs, &serde_json::json!(2.5)), Err(Misfit::WrongType { .. })));
+        let joint = domain("integer", &[1, 2, 3], None, None);
+        assert_eq!(fit(&joint, &Value::from(4)), Err(Misfit::NotListed));
+        let toggle = domain("boolean", &[], None, None);
+        assert!(matches!(fit(&toggle, &Value::from(1)), Err(Misfit::WrongType { .. })));
+        let date = domain("date", &[], None, None);
+        assert_eq!(fit(&date, &Value::from("2026-02-30")), Err(Misfit::NotADate));
+        assert_eq!(fit(&date, &Value::from("2026-02-28")), Ok(()));
+        // The reason never repeats the value.
+        assert!(!Misfit::AboveMax(10.0).reason().contains("11"));
+    }
+
+    #[test]
+    fn numbers_round_as_configured() {
+        assert_eq!(convert_number(6.5, None, Rounding::Nearest, true), Ok(Value::from(7)));
+        assert_eq!(convert_number(6.5, None, Rounding::Down, true), Ok(Value::from(6)));
+        assert_eq!(convert_number(6.2, None, Rounding::Up, true), Ok(Value::from(7)));
+        assert_eq!(convert_number(6.2, None, Rounding::Reject, true), Err(Misfit::TooManyDecimals));
+        assert_eq!(convert_number(6.0, None, Rounding::Reject, true), Ok(Value::from(6)));
+        assert_eq!(convert_number(82.46, Some(1), Rounding::Nearest, false), Ok(serde_json::json!(82.5)));
+        assert_eq!(convert_number(82.46, None, Rounding::Nearest, false), Ok(serde_json::json!(82.46)));
+        assert!(convert_number(f64::NAN, None, Rounding::Nearest, true).is_err());
+    }
+}
