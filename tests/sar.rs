@@ -944,3 +944,66 @@ fn config_check_runs_every_sar_connector() {
     let problems = sar::check(&loaded, Some(&online));
     assert!(problems.iter().any(|p| p.key == "forms.Y1Pat" && p.reason.contains("unknown form")), "{problems:?}");
 }
+
+// ------------------------------------------------------------- through the outbox's reconcile
+
+/// What `outbox::reconcile` makes of an outcome, given that all five registrations of the
+/// complete path were delivered before: (upserted keys' forms, retracted forms, worklist forms).
+fn reconciled(out: &SarOutcome, before: &SarOutcome, patient: &PatientId) -> (Vec<String>, Vec<(String, String)>, Vec<String>) {
+    use registerbrygga::outbox::{reconcile, Existing};
+    use registerbrygga::store::{ChangeSet, OutboxChange, WorklistChange};
+    let existing = Existing {
+        intents: before.intents.iter().map(|i| (i.key.idem_key.clone(), ("upsert".to_string(), "delivered".to_string()))).collect(),
+        worklist: Default::default(),
+    };
+    let mut cs = ChangeSet::default();
+    reconcile(&mut cs, "artrosregistret", PATIENT_KEY, Some(patient), out.intents.clone(), out.incomplete.clone(), &existing, out.opted_out, "corr-1");
+    let form = |k: &str| k.rsplit('|').next().unwrap().to_string();
+    let mut upserts = vec![];
+    let mut retracts = vec![];
+    for ch in &cs.outbox {
+        match ch {
+            OutboxChange::Upsert { key, .. } => upserts.push(form(&key.idem_key)),
+            OutboxChange::Retract { idem_key, reason, .. } => retracts.push((form(idem_key), reason.clone())),
+        }
+    }
+    let worklist = cs.worklist.iter().filter_map(|w| if let WorklistChange::Put { idem_key, .. } = w { Some(form(idem_key)) } else { None }).collect();
+    (upserts, retracts, worklist)
+}
+
+#[test]
+fn reconcile_retracts_what_lost_its_basis_and_keeps_what_waits() {
+    use registerbrygga::outbox::RetractReason;
+    let mapper = shipped_mapper();
+    let c = complete_patient();
+    let today = c.fv + Duration::days(400);
+    let before = map(&mapper, &c.j, today);
+    assert_eq!(before.intents.len(), 5);
+
+    // Opt-out: everything sent is retracted as an opt-out.
+    let mut j = Journal { patient: c.j.patient.clone(), records: c.j.records.clone(), seq: 1000, contacts: c.j.contacts.clone() };
+    j.loose_coded(FT01, c.fv + Duration::days(380), 8, obs::REGISTER_OBJECTION, answer::YES);
+    let (up, re, wl) = reconciled(&map(&mapper, &j, today), &before, &j.patient);
+    assert!(up.is_empty() && wl.is_empty());
+    assert_eq!(re.len(), 5);
+    assert!(re.iter().all(|(_, r)| r == RetractReason::OptOut.text()));
+
+    // The 3-month answers are nullified: the two M3 registrations are retracted, the rest stay.
+    let mut j = Journal { patient: c.j.patient.clone(), records: c.j.records.clone(), seq: 1000, contacts: c.j.contacts.clone() };
+    for doc in c.m3_docs.values() {
+        j.nullify(doc);
+    }
+    let (up, re, wl) = reconciled(&map(&mapper, &j, today), &before, &j.patient);
+    assert_eq!(up, ["FVPat", "FVPT", "Y1Pat"]);
+    assert_eq!(re, [("M3PT".to_string(), RetractReason::NoLongerSupported.text().to_string()), ("M3Pat".to_string(), RetractReason::NoLongerSupported.text().to_string())]);
+    assert!(wl.is_empty());
+
+    // A first-visit answer is nullified: FVPat goes to the worklist and so do its follow-ups;
+    // nothing already in the register is retracted for it.
+    let mut j = Journal { patient: c.j.patient.clone(), records: c.j.records.clone(), seq: 1000, contacts: c.j.contacts.clone() };
+    j.nullify(&c.fv_docs[obs::PAIN_NRS]);
+    let (up, re, wl) = reconciled(&map(&mapper, &j, today), &before, &j.patient);
+    assert_eq!(up, ["FVPT"]);
+    assert!(re.is_empty(), "{re:?}");
+    assert_eq!(wl, ["FVPat", "M3Pat", "M3PT", "Y1Pat"]);
+}
