@@ -1,0 +1,901 @@
+//! The SAR mapping: `connectors/<name>/mapping.toml` (which journal term fills which register
+//! column, code tables, episode-opening diagnoses, the opt-out term) plus the connector's
+//! `[options]` (mapping file, occasion windows, offline metadata file), loaded and validated
+//! against the register's metadata. The file format is documented at the top of the shipped
+//! `connectors/artrosregistret/mapping.toml`.
+//!
+//! Loading resolves everything the mapper needs (domains, mandatory columns, envelope columns)
+//! once, so building a registration never consults the metadata again.
+
+use crate::config::{ConnectorDef, Problem};
+use crate::model::{normalise_icd, Code, OID_ICD10SE};
+use crate::sinks::stratum::metadata::{Domain, RegisterMetadata};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+// ------------------------------------------------------------------------------ resolved form
+
+/// The three SAR measurement occasions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Occasion {
+    FirstVisit,
+    ThreeMonths,
+    OneYear,
+}
+
+impl Occasion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Occasion::FirstVisit => "first_visit",
+            Occasion::ThreeMonths => "three_months",
+            Occasion::OneYear => "one_year",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Occasion> {
+        match s {
+            "first_visit" => Some(Occasion::FirstVisit),
+            "three_months" => Some(Occasion::ThreeMonths),
+            "one_year" => Some(Occasion::OneYear),
+            _ => None,
+        }
+    }
+}
+
+/// Days after the first visit, both ends inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub from_day: i64,
+    pub to_day: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JointRule {
+    pub name: String,
+    /// Normalised ICD-10-SE prefixes (`M17`, `M151`).
+    pub icd_prefixes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptOutRule {
+    pub term: Code,
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    Nearest,
+    Down,
+    Up,
+    Reject,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// The answer documented at the occasion.
+    Observation(Code),
+    /// The episode's joint name.
+    EpisodeJoint,
+    /// Activities at the unit from the first visit through the occasion date.
+    CountActivities(Vec<Code>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Conversion {
+    Codes { table: String, values: BTreeMap<String, Value> },
+    Number { decimals: Option<u32>, rounding: Rounding, integer: bool },
+    Text,
+    Date,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColumnSpec {
+    pub column: String,
+    pub source: Source,
+    pub conversion: Conversion,
+    pub domain: Domain,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FormSpec {
+    pub name: String,
+    pub occasion: Occasion,
+    pub subject_column: String,
+    pub event_date_column: String,
+    /// Mandatory columns other than the envelope (SubjectKey, EventDate), in metadata order.
+    pub mandatory: Vec<String>,
+    pub columns: Vec<ColumnSpec>,
+}
+
+/// A loaded, validated mapping.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mapping {
+    pub file: String,
+    pub answer_system: Option<String>,
+    pub diagnosis_system: String,
+    pub joints: Vec<JointRule>,
+    pub opt_out: OptOutRule,
+    pub three_months: Window,
+    pub one_year: Window,
+    /// By occasion, then in the metadata's form order.
+    pub forms: Vec<FormSpec>,
+}
+
+impl Mapping {
+    /// The window of an occasion; the first visit is day 0.
+    pub fn window(&self, occasion: Occasion) -> Window {
+        match occasion {
+            Occasion::FirstVisit => Window { from_day: 0, to_day: 0 },
+            Occasion::ThreeMonths => self.three_months,
+            Occasion::OneYear => self.one_year,
+        }
+    }
+    /// Which joint (if any) an ICD-10-SE code opens an episode for.
+    pub fn joint_of(&self, icd: &str) -> Option<&str> {
+        let code = normalise_icd(icd);
+        self.joints.iter().find(|j| j.icd_prefixes.iter().any(|p| code.starts_with(p.as_str()))).map(|j| j.name.as_str())
+    }
+}
+
+// --------------------------------------------------------------------------------- file types
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptionsFile {
+    mapping: PathBuf,
+    #[serde(default)]
+    metadata_file: Option<PathBuf>,
+    #[serde(default)]
+    windows: BTreeMap<String, WindowFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowFile {
+    from_day: i64,
+    to_day: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingFile {
+    terms: TermsFile,
+    episodes: EpisodesFile,
+    opt_out: OptOutFile,
+    #[serde(default)]
+    codes: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    forms: BTreeMap<String, FormFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TermsFile {
+    observations: String,
+    #[serde(default)]
+    answers: Option<String>,
+    activities: String,
+}
+
+fn default_icd() -> String {
+    OID_ICD10SE.to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EpisodesFile {
+    #[serde(default = "default_icd")]
+    diagnosis_system: String,
+    joints: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptOutFile {
+    term: String,
+    #[serde(default)]
+    system: Option<String>,
+    values: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormFile {
+    occasion: String,
+    columns: BTreeMap<String, ColumnFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ColumnFile {
+    #[serde(default)]
+    observation: Option<String>,
+    #[serde(default)]
+    episode: Option<String>,
+    #[serde(default)]
+    count_activities: Option<Vec<String>>,
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    codes: Option<String>,
+    #[serde(default)]
+    convert: Option<String>,
+    #[serde(default)]
+    decimals: Option<u32>,
+    #[serde(default)]
+    rounding: Option<String>,
+    #[serde(default)]
+    range: Option<[f64; 2]>,
+}
+
+// ------------------------------------------------------------------------------ domain checks
+
+/// Why a value does not fit a column's domain. The reason text never contains the value (it may
+/// be a patient's answer).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Misfit {
+    WrongType { expected: String },
+    NotListed,
+    Inactive,
+    BelowMin(f64),
+    AboveMax(f64),
+    NotADate,
+    TooManyDecimals,
+}
+
+impl Misfit {
+    pub fn reason(&self) -> String {
+        match self {
+            Misfit::WrongType { expected } => format!("wrong type: the domain takes {expected}"),
+            Misfit::NotListed => "not one of the domain's values".into(),
+            Misfit::Inactive => "an inactive value of the domain".into(),
+            Misfit::BelowMin(m) => format!("below the domain's minimum {m}"),
+            Misfit::AboveMax(m) => format!("above the domain's maximum {m}"),
+            Misfit::NotADate => "not a date YYYY-MM-DD".into(),
+            Misfit::TooManyDecimals => "more decimals than the mapping allows (rounding = reject)".into(),
+        }
+    }
+}
+
+/// Does `v` fit `domain` (type, enumeration, range)?
+pub fn fit(domain: &Domain, v: &Value) -> Result<(), Misfit> {
+    let wrong = |expected: &str| Err(Misfit::WrongType { expected: expected.to_string() });
+    match domain.data_type.as_str() {
+        "boolean" => {
+            if !v.is_boolean() {
+                return wrong("true/false");
+            }
+        }
+        "string" => {
+            if !v.is_string() {
+                return wrong("text");
+            }
+        }
+        "date" => {
+            let Some(s) = v.as_str() else { return wrong("a date YYYY-MM-DD") };
+            if s.len() != 10 || chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_err() {
+                return Err(Misfit::NotADate);
+            }
+        }
+        "integer" => {
+            if !(v.is_i64() || v.is_u64()) {
+                return wrong("an integer");
+            }
+        }
+        "decimal" => {
+            if !v.is_number() {
+                return wrong("a number");
+            }
+        }
+        other => return wrong(&format!("an unknown data type `{other}`")),
+    }
+    if domain.is_enumerated {
+        match domain.domain_values.iter().find(|dv| &dv.value_code == v) {
+            None => return Err(Misfit::NotListed),
+            Some(dv) if !dv.is_active => return Err(Misfit::Inactive),
+            Some(_) => {}
+        }
+    }
+    if let Some(x) = v.as_f64() {
+        if let Some(min) = domain.min {
+            if x < min {
+                return Err(Misfit::BelowMin(min));
+            }
+        }
+        if let Some(max) = domain.max {
+            if x > max {
+                return Err(Misfit::AboveMax(max));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Apply a number conversion. `Err` when the value cannot be represented (rounding = reject, NaN).
+pub fn convert_number(x: f64, decimals: Option<u32>, rounding: Rounding, integer: bool) -> Result<Value, Misfit> {
+    if !x.is_finite() {
+        return Err(Misfit::WrongType { expected: "a finite number".into() });
+    }
+    let d = if integer { Some(decimals.unwrap_or(0)) } else { decimals };
+    let rounded = match d {
+        None => x,
+        Some(d) => {
+            let f = 10f64.powi(d as i32);
+            let scaled = x * f;
+            let r = match rounding {
+                Rounding::Nearest => scaled.round(),
+                Rounding::Down => scaled.floor(),
+                Rounding::Up => scaled.ceil(),
+                Rounding::Reject => {
+                    if (scaled - scaled.round()).abs() > 1e-9 {
+                        return Err(Misfit::TooManyDecimals);
+                    }
+                    scaled.round()
+                }
+            };
+            r / f
+        }
+    };
+    if integer {
+        Ok(Value::from(rounded as i64))
+    } else {
+        serde_json::Number::from_f64(rounded).map(Value::Number).ok_or(Misfit::WrongType { expected: "a finite number".into() })
+    }
+}
+
+// ------------------------------------------------------------------------------------ loading
+
+/// `options` of a SAR connector, parsed.
+pub struct SarOptions {
+    pub mapping_path: PathBuf,
+    pub metadata_file: Option<PathBuf>,
+    windows: BTreeMap<String, WindowFile>,
+}
+
+fn connector_file(c: &ConnectorDef) -> String {
+    c.dir.join("connector.toml").display().to_string()
+}
+
+fn resolve(dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+/// Parse the connector's `[options]` (problems name connector.toml and the `options.` key).
+pub fn options(c: &ConnectorDef) -> Result<SarOptions, Problem> {
+    let parsed: OptionsFile = toml::Value::Table(c.options.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| Problem::error(connector_file(c), "options", e.message().to_string()))?;
+    Ok(SarOptions {
+        mapping_path: resolve(&c.dir, &parsed.mapping),
+        metadata_file: parsed.metadata_file.map(|p| resolve(&c.dir, &p)),
+        windows: parsed.windows,
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+    let content = text.lines().nth(line - 1).unwrap_or("").trim();
+    format!("line {line} `{content}`")
+}
+
+fn toml_to_json(v: &toml::Value) -> Option<Value> {
+    match v {
+        toml::Value::Integer(i) => Some(Value::from(*i)),
+        toml::Value::Boolean(b) => Some(Value::from(*b)),
+        toml::Value::String(s) => Some(Value::from(s.clone())),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number),
+        _ => None,
+    }
+}
+
+fn is_numeric(domain: &Domain) -> bool {
+    matches!(domain.data_type.as_str(), "integer" | "decimal")
+}
+
+/// Load the connector's mapping and validate it against `metadata`. Returns the mapping when
+/// there is no error, and every problem found (errors and warnings) either way.
+pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, Vec<Problem>) {
+    let mut problems = vec![];
+    let opts = match options(c) {
+        Ok(o) => o,
+        Err(p) => return (None, vec![p]),
+    };
+    let cfile = connector_file(c);
+    let file = opts.mapping_path.display().to_string();
+    let text = match std::fs::read_to_string(&opts.mapping_path) {
+        Ok(t) => t,
+        Err(e) => return (None, vec![Problem::error(&cfile, "options.mapping", format!("cannot read {file}: {e}"))]),
+    };
+    let raw: MappingFile = match toml::from_str(&text) {
+        Ok(m) => m,
+        Err(e) => {
+            let key = e.span().map(|s| line_of(&text, s.start)).unwrap_or_default();
+            return (None, vec![Problem::error(&file, key, e.message().to_string())]);
+        }
+    };
+    let err = |p: &mut Vec<Problem>, key: String, reason: String| p.push(Problem::error(&file, key, reason));
+
+    // Windows (connector.toml).
+    let mut windows: BTreeMap<Occasion, Window> = BTreeMap::new();
+    for (name, w) in &opts.windows {
+        let key = format!("options.windows.{name}");
+        match Occasion::parse(name) {
+            Some(Occasion::FirstVisit) | None => {
+                problems.push(Problem::error(&cfile, key, "unknown occasion window (three_months or one_year)"));
+            }
+            Some(o) => {
+                if w.from_day < 1 || w.to_day < w.from_day {
+                    problems.push(Problem::error(&cfile, key, format!("invalid window {}–{} days: needs 1 ≤ from_day ≤ to_day", w.from_day, w.to_day)));
+                } else {
+                    windows.insert(o, Window { from_day: w.from_day, to_day: w.to_day });
+                }
+            }
+        }
+    }
+    if let (Some(a), Some(b)) = (windows.get(&Occasion::ThreeMonths), windows.get(&Occasion::OneYear)) {
+        if a.to_day >= b.from_day {
+            problems.push(Problem::error(&cfile, "options.windows", "the three_months and one_year windows overlap (one visit would count for both)"));
+        }
+    }
+
+    // Terms, episodes, opt-out.
+    for (k, v) in [("terms.observations", &raw.terms.observations), ("terms.activities", &raw.terms.activities)] {
+        if v.trim().is_empty() {
+            err(&mut problems, k.into(), "empty code system".into());
+        }
+    }
+    let mut joints = vec![];
+    let mut seen_prefixes: Vec<(String, String)> = vec![];
+    if raw.episodes.joints.is_empty() {
+        err(&mut problems, "episodes.joints".into(), "no joint configured: no episode can open".into());
+    }
+    for (name, prefixes) in &raw.episodes.joints {
+        let key = format!("episodes.joints.{name}");
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            err(&mut problems, key.clone(), "a joint name is lower-case ASCII letters, digits and _ (it is part of idempotency keys)".into());
+        }
+        if prefixes.is_empty() {
+            err(&mut problems, key.clone(), "no ICD-10-SE code prefix".into());
+        }
+        let mut norm = vec![];
+        for p in prefixes {
+            let n = normalise_icd(p);
+            if n.is_empty() {
+                err(&mut problems, key.clone(), "empty ICD-10-SE code prefix".into());
+                continue;
+            }
+            for (other_joint, other) in &seen_prefixes {
+                if other_joint != name && (n.starts_with(other.as_str()) || other.starts_with(n.as_str())) {
+                    err(&mut problems, key.clone(), format!("prefix {n} overlaps {other} of joint {other_joint}: a diagnosis must open one joint only"));
+                }
+            }
+            seen_prefixes.push((name.clone(), n.clone()));
+            norm.push(n);
+        }
+        joints.push(JointRule { name: name.clone(), icd_prefixes: norm });
+    }
+    if raw.opt_out.term.trim().is_empty() {
+        err(&mut problems, "opt_out.term".into(), "empty term: opt-outs would never be seen".into());
+    }
+    if raw.opt_out.values.is_empty() {
+        err(&mut problems, "opt_out.values".into(), "no value: opt-outs would never be seen".into());
+    }
+    let opt_out = OptOutRule {
+        term: Code::new(raw.opt_out.system.as_deref().unwrap_or(&raw.terms.observations), raw.opt_out.term.trim()),
+        values: raw.opt_out.values.clone(),
+    };
+
+    // Code tables.
+    let mut tables: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for (name, entries) in &raw.codes {
+        let mut t = BTreeMap::new();
+        for (code, v) in entries {
+            match toml_to_json(v) {
+                Some(j) => {
+                    t.insert(code.clone(), j);
+                }
+                None => err(&mut problems, format!("codes.{name}.{code}"), "a ValueCode is an integer, boolean, decimal or string".into()),
+            }
+        }
+        tables.insert(name.clone(), t);
+    }
+
+    // Forms, against the metadata.
+    let mut forms = vec![];
+    let mut used_tables = BTreeSet::new();
+    for (fname, f) in &raw.forms {
+        let fkey = format!("forms.{fname}");
+        let Some(meta) = metadata.form(fname) else {
+            let known = metadata.forms.iter().map(|f| f.form_name.as_str()).collect::<Vec<_>>().join(", ");
+            err(&mut problems, fkey, format!("unknown form (register {} has {known})", metadata.register.register_id));
+            continue;
+        };
+        let Some(occasion) = Occasion::parse(&f.occasion) else {
+            err(&mut problems, format!("{fkey}.occasion"), format!("unknown occasion `{}` (first_visit, three_months or one_year)", f.occasion));
+            continue;
+        };
+        if let Some(hint) = &meta.occasion {
+            if hint != occasion.as_str() {
+                err(&mut problems, format!("{fkey}.occasion"), format!("the register metadata gives this form the occasion {hint}"));
+            }
+        }
+        if occasion != Occasion::FirstVisit && !windows.contains_key(&occasion) {
+            problems.push(Problem::error(&cfile, format!("options.windows.{}", occasion.as_str()), format!("form {fname} needs this window")));
+        }
+        let subject = metadata.subject_column(meta).map(str::to_string);
+        let event_date = metadata.event_date_column(meta).map(str::to_string);
+        if subject.is_none() || event_date.is_none() {
+            err(&mut problems, fkey.clone(), "the metadata gives this form no SubjectKey or EventDate column".into());
+        }
+        let envelope: BTreeSet<&str> = [subject.as_deref(), event_date.as_deref()].into_iter().flatten().collect();
+        let mut columns = vec![];
+        for (col, spec) in &f.columns {
+            let key = format!("{fkey}.columns.{col}");
+            let Some(q) = meta.questions.iter().find(|q| &q.column_name == col) else {
+                err(&mut problems, key, format!("no column {col} in form {fname}"));
+                continue;
+            };
+            if envelope.contains(col.as_str()) {
+                err(&mut problems, key, "an envelope column (SubjectKey/EventDate) is filled by the mapper, not mapped".into());
+                continue;
+            }
+            let Some(domain) = metadata.domain(q.domain.domain_id) else {
+                err(&mut problems, key, format!("the metadata has no domain {}", q.domain.domain_id));
+                continue;
+            };
+            match column_spec(col, spec, domain, &raw.terms, &tables, &joints) {
+                Ok((c, table)) => {
+                    if let Some(t) = table {
+                        used_tables.insert(t);
+                    }
+                    columns.push(c);
+                }
+                Err(reasons) => {
+                    for r in reasons {
+                        err(&mut problems, key.clone(), r);
+                    }
+                }
+            }
+        }
+        let mandatory: Vec<String> =
+            meta.questions.iter().filter(|q| q.is_mandatory && !envelope.contains(q.column_name.as_str())).map(|q| q.column_name.clone()).collect();
+        for m in &mandatory {
+            if !f.columns.contains_key(m) {
+                err(&mut problems, format!("{fkey}.columns"), format!("mandatory column {m} is not mapped: every {fname} registration would stay incomplete"));
+            }
+        }
+        forms.push((
+            metadata.forms.iter().position(|x| x.form_name == *fname).unwrap_or(usize::MAX),
+            FormSpec {
+                name: fname.clone(),
+                occasion,
+                subject_column: subject.unwrap_or_default(),
+                event_date_column: event_date.unwrap_or_default(),
+                mandatory,
+                columns,
+            },
+        ));
+    }
+    // First-visit forms come first: follow-ups wait for them (see `super::map_patient`).
+    forms.sort_by_key(|(i, f)| (f.occasion, *i));
+    let forms: Vec<FormSpec> = forms.into_iter().map(|(_, f)| f).collect();
+    if raw.forms.is_empty() {
+        err(&mut problems, "forms".into(), "no form mapped".into());
+    }
+    for t in tables.keys() {
+        if !used_tables.contains(t) {
+            problems.push(Problem::warning(&file, format!("codes.{t}"), "code table is not used by any column"));
+        }
+    }
+    for mf in &metadata.forms {
+        if !raw.forms.contains_key(&mf.form_name) {
+            problems.push(Problem::warning(&file, "forms", format!("form {} is not mapped: its registrations are left to manual entry", mf.form_name)));
+        }
+    }
+    for (i, u) in c.units.iter().enumerate() {
+        if !metadata.units.is_empty() && !metadata.units.iter().any(|m| m.hsa_id.as_deref() == Some(u.as_str())) {
+            problems.push(Problem::warning(&cfile, format!("units[{i}]"), format!("unit {u} is not among the register's units")));
+        }
+    }
+
+    if problems.iter().any(|p| !p.warning) {
+        return (None, problems);
+    }
+    let mapping = Mapping {
+        file,
+        answer_system: raw.terms.answers.clone(),
+        diagnosis_system: raw.episodes.diagnosis_system.clone(),
+        joints,
+        opt_out,
+        three_months: windows.get(&Occasion::ThreeMonths).copied().unwrap_or(Window { from_day: 75, to_day: 150 }),
+        one_year: windows.get(&Occasion::OneYear).copied().unwrap_or(Window { from_day: 330, to_day: 540 }),
+        forms,
+    };
+    (Some(mapping), problems)
+}
+
+/// Resolve one column's source and conversion and check that every value it can produce fits
+/// the column's domain. Returns the spec and the code table it uses, or every reason it is wrong.
+fn column_spec(
+    col: &str,
+    spec: &ColumnFile,
+    domain: &Domain,
+    terms: &TermsFile,
+    tables: &BTreeMap<String, BTreeMap<String, Value>>,
+    joints: &[JointRule],
+) -> Result<(ColumnSpec, Option<String>), Vec<String>> {
+    let mut reasons = vec![];
+    let sources = [spec.observation.is_some(), spec.episode.is_some(), spec.count_activities.is_some()].iter().filter(|b| **b).count();
+    if sources != 1 {
+        return Err(vec!["give exactly one source: observation, episode or count_activities".into()]);
+    }
+    let source = if let Some(term) = &spec.observation {
+        Source::Observation(Code::new(spec.system.as_deref().unwrap_or(&terms.observations), term.trim()))
+    } else if let Some(what) = &spec.episode {
+        if what != "joint" {
+            return Err(vec![format!("unknown episode value `{what}` (only `joint`)")]);
+        }
+        Source::EpisodeJoint
+    } else {
+        let codes = spec.count_activities.as_ref().expect("one source");
+        if codes.is_empty() {
+            return Err(vec!["count_activities lists no activity code".into()]);
+        }
+        let system = spec.system.as_deref().unwrap_or(&terms.activities);
+        Source::CountActivities(codes.iter().map(|c| Code::new(system, c.trim())).collect())
+    };
+    let dt = domain.data_type.as_str();
+    let mut table_used = None;
+    let conversion = if let Some(t) = &spec.codes {
+        if matches!(source, Source::CountActivities(_)) {
+            reasons.push("a count is a number: `codes` does not apply".into());
+        }
+        if spec.convert.is_some() || spec.decimals.is_some() || spec.rounding.is_some() || spec.range.is_some() {
+            reasons.push("`codes` cannot be combined with convert, decimals, rounding or range".into());
+        }
+        match tables.get(t) {
+            None => {
+                reasons.push(format!("no code table [codes.{t}]"));
+                Conversion::Codes { table: t.clone(), values: BTreeMap::new() }
+            }
+            Some(values) => {
+                table_used = Some(t.clone());
+                for (code, v) in values {
+                    if let Err(m) = fit(domain, v) {
+                        reasons.push(format!("code table {t}: {code} → {v} does not fit domain {} `{}`: {}", domain.domain_id, domain.domain_name, m.reason()));
+                    }
+                }
+                if source == Source::EpisodeJoint {
+                    for j in joints {
+                        if !values.contains_key(&j.name) {
+                            reasons.push(format!("code table {t} has no value for joint {}", j.name));
+                        }
+                    }
+                }
+                Conversion::Codes { table: t.clone(), values: values.clone() }
+            }
+        }
+    } else {
+        if source == Source::EpisodeJoint {
+            reasons.push("the episode's joint needs a code table (`codes`)".into());
+        }
+        match spec.convert.as_deref() {
+            Some("text") | Some("date") => {
+                let want = if spec.convert.as_deref() == Some("text") { "string" } else { "date" };
+                if dt != want {
+                    reasons.push(format!("convert = {} cannot fill a {dt} column (domain {})", spec.convert.as_deref().unwrap_or(""), domain.domain_id));
+                }
+                if !matches!(source, Source::Observation(_)) {
+                    reasons.push("text and date conversions take an observation".into());
+                }
+                if spec.decimals.is_some() || spec.rounding.is_some() || spec.range.is_some() {
+                    reasons.push("decimals, rounding and range apply to numbers only".into());
+                }
+                if spec.convert.as_deref() == Some("text") {
+                    Conversion::Text
+                } else {
+                    Conversion::Date
+                }
+            }
+            Some("number") | None => {
+                let integer = dt == "integer";
+                if !is_numeric(domain) {
+                    reasons.push(format!("a number cannot fill a {dt} column (domain {} `{}`)", domain.domain_id, domain.domain_name));
+                }
+                if integer && spec.decimals.unwrap_or(0) > 0 {
+                    reasons.push("decimals > 0 into an integer column".into());
+                }
+                let rounding = match spec.rounding.as_deref() {
+                    None | Some("nearest") => Rounding::Nearest,
+                    Some("down") => Rounding::Down,
+                    Some("up") => Rounding::Up,
+                    Some("reject") => Rounding::Reject,
+                    Some(other) => {
+                        reasons.push(format!("unknown rounding `{other}` (nearest, down, up or reject)"));
+                        Rounding::Nearest
+                    }
+                };
+                if matches!(source, Source::CountActivities(_)) && (spec.range.is_some() || spec.decimals.is_some() || spec.rounding.is_some()) {
+                    reasons.push("a count takes no range, decimals or rounding".into());
+                }
+                if domain.is_enumerated && is_numeric(domain) {
+                    if matches!(source, Source::CountActivities(_)) {
+                        reasons.push(format!("a count cannot fill an enumerated column (domain {} `{}`)", domain.domain_id, domain.domain_name));
+                    } else {
+                        match spec.range {
+                            None => reasons.push(format!(
+                                "a number into an enumerated column (domain {} `{}`) needs `range = [min, max]` of the journal's values",
+                                domain.domain_id, domain.domain_name
+                            )),
+                            Some([lo, hi]) if lo > hi || hi - lo > 1000.0 || lo.fract() != 0.0 || hi.fract() != 0.0 => {
+                                reasons.push("range must be two integers, min ≤ max, at most 1000 apart".into())
+                            }
+                            Some([lo, hi]) => {
+                                for x in lo as i64..=hi as i64 {
+                                    let v = convert_number(x as f64, spec.decimals, rounding, integer).unwrap_or(Value::Null);
+                                    if let Err(m) = fit(domain, &v) {
+                                        reasons.push(format!("journal value {x} (range {lo}–{hi}) does not fit domain {} `{}`: {}", domain.domain_id, domain.domain_name, m.reason()));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                } else if let Some([lo, hi]) = spec.range {
+                    if lo > hi {
+                        reasons.push("range min is above max".into());
+                    }
+                    if let Some(min) = domain.min {
+                        if lo < min {
+                            reasons.push(format!("range starts at {lo}, below the domain's minimum {min}"));
+                        }
+                    }
+                    if let Some(max) = domain.max {
+                        if hi > max {
+                            reasons.push(format!("range ends at {hi}, above the domain's maximum {max}"));
+                        }
+                    }
+                }
+                Conversion::Number { decimals: spec.decimals, rounding, integer }
+            }
+            Some(other) => {
+                reasons.push(format!("unknown convert `{other}` (number, text or date)"));
+                Conversion::Text
+            }
+        }
+    };
+    if !reasons.is_empty() {
+        return Err(reasons);
+    }
+    Ok((ColumnSpec { column: col.to_string(), source, conversion, domain: domain.clone() }, table_used))
+}
+
+/// The register metadata for an offline check: the connector's `metadata_file` option, else
+/// `conformance/stratum/sar-104.json` under the working directory.
+pub fn offline_metadata(c: &ConnectorDef) -> Result<RegisterMetadata, Problem> {
+    let opts = options(c)?;
+    let (path, key) = match &opts.metadata_file {
+        Some(p) => (p.clone(), "options.metadata_file"),
+        None => (PathBuf::from("conformance/stratum/sar-104.json"), "options"),
+    };
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Problem::error(connector_file(c), key, format!("cannot read register metadata {} for the offline check: {e}", path.display()))
+    })?;
+    RegisterMetadata::from_json(&bytes)
+        .map_err(|e| Problem::error(path.display().to_string(), "", format!("not register metadata: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::stratum::metadata::DomainValue;
+
+    fn shipped() -> (ConnectorDef, RegisterMetadata) {
+        let (connectors, problems) = crate::config::load_connectors(Path::new("connectors"));
+        assert!(problems.is_empty(), "{problems:?}");
+        let c = connectors.into_iter().find(|c| c.name == "artrosregistret").expect("shipped SAR connector");
+        let m = RegisterMetadata::from_json(&std::fs::read("conformance/stratum/sar-104.json").unwrap()).unwrap();
+        (c, m)
+    }
+
+    /// Every column the shipped mapping fills exists in sar-104.json, every conversion fits its
+    /// domain, every mandatory column is mapped: no problem at all, not even a warning.
+    #[test]
+    fn shipped_mapping_fits_the_register_metadata() {
+        let (c, meta) = shipped();
+        assert_eq!(offline_metadata(&c).unwrap(), meta, "metadata_file points at the conformance file");
+        let (mapping, problems) = load(&c, &meta);
+        assert!(problems.is_empty(), "{}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"));
+        let mapping = mapping.unwrap();
+        let names: Vec<_> = mapping.forms.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["FVPat", "FVPT", "M3Pat", "M3PT", "Y1Pat"]);
+        for f in &mapping.forms {
+            let meta_form = meta.form(&f.name).unwrap();
+            for col in &f.columns {
+                let q = meta_form.questions.iter().find(|q| q.column_name == col.column).expect("column exists in the form");
+                assert_eq!(q.domain.domain_id, col.domain.domain_id);
+                if let Conversion::Codes { values, .. } = &col.conversion {
+                    for v in values.values() {
+                        assert_eq!(fit(&col.domain, v), Ok(()), "{}: {v}", col.column);
+                    }
+                }
+            }
+            for m in &f.mandatory {
+                assert!(f.columns.iter().any(|c| &c.column == m), "{}: {m} mapped", f.name);
+            }
+        }
+        assert_eq!(mapping.three_months, Window { from_day: 75, to_day: 150 });
+        assert_eq!(mapping.one_year, Window { from_day: 330, to_day: 540 });
+        assert_eq!(mapping.joint_of("M17.1"), Some("knee"));
+        assert_eq!(mapping.joint_of("M16"), Some("hip"));
+        assert_eq!(mapping.joint_of("M180"), Some("hand"));
+        assert_eq!(mapping.joint_of("M54"), None);
+    }
+
+    #[test]
+    fn shipped_mapping_uses_the_sandbox_vocabulary() {
+        use crate::sandbox::vocabulary::{act, obs, LOCAL_TERMS};
+        let (c, meta) = shipped();
+        let mapping = load(&c, &meta).0.unwrap();
+        assert_eq!(mapping.opt_out.term, Code::new(LOCAL_TERMS, obs::REGISTER_OBJECTION));
+        let mut terms = BTreeSet::new();
+        for col in mapping.forms.iter().flat_map(|f| f.columns.iter()) {
+            match &col.source {
+                Source::Observation(t) => {
+                    assert_eq!(t.system, LOCAL_TERMS);
+                    terms.insert(t.code.clone());
+                }
+                Source::CountActivities(codes) => terms.extend(codes.iter().map(|c| c.code.clone())),
+                Source::EpisodeJoint => {}
+            }
+        }
+        for t in [obs::PAIN_NRS, obs::EQ_VAS, obs::SIDE, obs::MAIN_JOINT, obs::EXERCISE_ADHERENCE, act::ARTROSSKOLA, act::SUPERVISED_EXERCISE] {
+            assert!(terms.contains(t), "{t} is mapped");
+        }
+    }
+
+    fn domain(data_type: &str, values: &[i64], min: Option<f64>, max: Option<f64>) -> Domain {
+        Domain {
+            domain_id: 1,
+            domain_name: "d".into(),
+            data_type: data_type.into(),
+            is_enumerated: !values.is_empty(),
+            domain_values: values.iter().map(|v| DomainValue { value_code: Value::from(*v), value_name: v.to_string(), sequence: None, is_active: true }).collect(),
+            min,
+            max,
+        }
+    }
+
+    #[test]
+    fn values_are_checked_against_type_list_and_range() {
+        let nrs = domain("integer", &[], Some(0.0), Some(10.0));
+        assert_eq!(fit(&nrs, &Value::from(10)), Ok(()));
+        assert_eq!(fit(&nrs, &Value::from(11)), Err(Misfit::AboveMax(10.0)));
+        assert!(matches!(fit(&nrs, &Value::from(true)), Err(Misfit::WrongType { .. })));
+        assert!(matches!(fit(&nrs, &serde_json::json!(2.5)), Err(Misfit::WrongType { .. })));
+        let joint = domain("integer", &[1, 2, 3], None, None);
+        assert_eq!(fit(&joint, &Value::from(4)), Err(Misfit::NotListed));
+        let toggle = domain("boolean", &[], None, None);
+        assert!(matches!(fit(&toggle, &Value::from(1)), Err(Misfit::WrongType { .. })));
+        let date = domain("date", &[], None, None);
+        assert_eq!(fit(&date, &Value::from("2026-02-30")), Err(Misfit::NotADate));
+        assert_eq!(fit(&date, &Value::from("2026-02-28")), Ok(()));
+        // The reason never repeats the value.
+        assert!(!Misfit::AboveMax(10.0).reason().contains("11"));
+    }
+
+    #[test]
+    fn numbers_round_as_configured() {
+        assert_eq!(convert_number(6.5, None, Rounding::Nearest, true), Ok(Value::from(7)));
+        assert_eq!(convert_number(6.5, None, Rounding::Down, true), Ok(Value::from(6)));
+        assert_eq!(convert_number(6.2, None, Rounding::Up, true), Ok(Value::from(7)));
+        assert_eq!(convert_number(6.2, None, Rounding::Reject, true), Err(Misfit::TooManyDecimals));
+        assert_eq!(convert_number(6.0, None, Rounding::Reject, true), Ok(Value::from(6)));
+        assert_eq!(convert_number(82.46, Some(1), Rounding::Nearest, false), Ok(serde_json::json!(82.5)));
+        assert_eq!(convert_number(82.46, None, Rounding::Nearest, false), Ok(serde_json::json!(82.46)));
+        assert!(convert_number(f64::NAN, None, Rounding::Nearest, true).is_err());
+    }
+}
