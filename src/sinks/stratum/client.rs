@@ -37,6 +37,22 @@ impl std::fmt::Debug for FoundRegistration {
     }
 }
 
+/// A metadata call the register answered with an error status.
+#[derive(Debug)]
+struct MetadataHttpError {
+    status: u16,
+    retry_after: Option<Duration>,
+    message: String,
+}
+
+impl std::fmt::Display for MetadataHttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for MetadataHttpError {}
+
 /// What one HTTP exchange returned (an answer of any status; transport failures are `Err`).
 struct Reply {
     status: u16,
@@ -235,10 +251,11 @@ impl StratumClient {
     async fn get_data<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let r = self.call(&self.http, Method::GET, path, &[], None).await.map_err(|e| anyhow!("GET {path}: {e}"))?;
         if r.status == 401 {
-            bail!("GET {path}: the register refused the API key (401); check registers.{}.api_key", self.name);
+            let message = format!("GET {path}: the register refused the API key (401); check registers.{}.api_key", self.name);
+            return Err(MetadataHttpError { status: r.status, retry_after: r.retry_after, message }.into());
         }
         if !r.ok() {
-            bail!("GET {path}: {}", r.reason());
+            return Err(MetadataHttpError { status: r.status, retry_after: r.retry_after, message: format!("GET {path}: {}", r.reason()) }.into());
         }
         serde_json::from_value(r.data).with_context(|| format!("GET {path}: unexpected answer"))
     }
@@ -485,7 +502,16 @@ impl StratumClient {
     async fn send_claimed(&self, c: &Claimed) -> SendResult {
         let meta = match self.metadata_or_load().await {
             Ok(m) => m,
-            Err(e) => return Self::transient("METADATA", format!("register metadata not available: {e:#}")),
+            Err(e) => {
+                // Without metadata nothing can be checked, whatever the status: try again later.
+                let http = e.downcast_ref::<MetadataHttpError>();
+                return SendResult::Transient {
+                    operation: "METADATA".into(),
+                    http_status: http.map(|h| h.status),
+                    error: format!("register metadata not available: {e:#}"),
+                    retry_after: http.and_then(|h| h.retry_after),
+                };
+            }
         };
         let Some(form) = meta.form(&c.record.form) else {
             return Self::rejected("VALIDATE", format!("form {} is not in the metadata of register {}", c.record.form, self.register_id));
