@@ -460,6 +460,29 @@ async fn overload_errors_and_broken_connections_are_transient() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_selects_its_context_again_and_a_stopped_register_is_transient() {
+    let e = env().await;
+    let (s, c) = (e.store(), e.client(104));
+    let claimed = fv_claim(s, "ks1", fv("194001010012", "2026-03-02", 6)).await;
+    let r = c.send(&claimed).await;
+    assert_eq!(delivered(&r).0, "POST");
+    finish(s, &claimed, &r).await;
+    e.emu.expire_sessions();
+    let claimed = fv_claim(s, "ks2", fv("194001010013", "2026-03-02", 6)).await;
+    let r = c.send(&claimed).await;
+    assert_eq!(delivered(&r).0, "POST");
+    finish(s, &claimed, &r).await;
+    let held = e.emu.registrations(104, "FVPat");
+    assert_eq!(held.iter().map(|r| r.unit_code.as_str()).collect::<Vec<_>>(), vec!["1701", "1701"]);
+    // The register goes away entirely: connection errors are transient.
+    let claimed = fv_claim(s, "ks3", fv("194001010014", "2026-03-02", 6)).await;
+    e.emu.shutdown().await;
+    let (st, error, _) = transient(&c.send(&claimed).await);
+    assert_eq!(st, None);
+    assert!(!error.contains("194001010014"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_pauses_and_a_unit_without_rights_is_rejected() {
     let limited = "limited-key-0001".to_string();
     let e = env_with(vec![ApiKeyRights { key: limited.clone(), contexts: Some(vec![(104, "1701".into())]) }]).await;

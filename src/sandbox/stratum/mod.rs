@@ -120,6 +120,11 @@ impl EmulatorHandle {
     pub fn registrations(&self, register_id: u32, form: &str) -> Vec<EmulatedRegistration> {
         self.shared.emu.registrations(register_id, form)
     }
+    /// Forget every session (a register restart or session timeout): clients must select
+    /// their unit context again.
+    pub fn expire_sessions(&self) {
+        self.shared.emu.expire_sessions()
+    }
     pub fn session_count(&self) -> usize {
         self.shared.emu.session_count()
     }

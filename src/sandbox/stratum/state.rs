@@ -437,6 +437,11 @@ impl Emulated {
         v
     }
 
+    /// Forget every session, as a register restart or session timeout would.
+    pub fn expire_sessions(&self) {
+        self.sessions.lock().expect("sessions").clear();
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.lock().expect("sessions").len()
     }

@@ -142,16 +142,13 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> String {
     } else {
         "connection closed or reset before an answer".to_string()
     };
+    // The innermost cause (hyper, io, rustls) says what happened and carries no URL.
     let e = e.without_url();
-    let mut root: &dyn std::error::Error = &e;
+    let Some(mut root) = std::error::Error::source(&e) else { return kind };
     while let Some(s) = root.source() {
         root = s;
     }
-    if std::ptr::eq(root as *const _ as *const u8, &e as *const _ as *const u8) {
-        kind
-    } else {
-        format!("{kind} ({root})")
-    }
+    format!("{kind} ({root})")
 }
 
 /// The Stratum client for one configured register.
@@ -216,6 +213,10 @@ impl StratumClient {
     /// them. On failure the metadata held so far stays in use.
     pub async fn load_metadata(&self) -> Result<Arc<RegisterMetadata>> {
         let _one_at_a_time = self.meta_loading.lock().await;
+        self.load_locked().await
+    }
+
+    async fn load_locked(&self) -> Result<Arc<RegisterMetadata>> {
         let m = Arc::new(self.fetch_metadata().await?);
         *self.meta.write().expect("metadata lock") = Some(m.clone());
         tracing::info!(register = %self.name, forms = m.forms.len(), domains = m.domains.len(), units = m.units.len(), "Stratum metadata loaded");
@@ -264,7 +265,12 @@ impl StratumClient {
         if let Some(m) = self.metadata() {
             return Ok(m);
         }
-        self.load_metadata().await
+        // Concurrent first sends wait for one load instead of each loading.
+        let _one_at_a_time = self.meta_loading.lock().await;
+        if let Some(m) = self.metadata() {
+            return Ok(m);
+        }
+        self.load_locked().await
     }
 
     /// Problems with the unit bindings against the loaded metadata (for `config check`).
