@@ -45,12 +45,19 @@ impl Env {
             api_key: Some(Secret::from_file(key_file)),
             tls: sandbox_client_settings(&self.certs),
             units: UNITS.iter().map(|(h, c)| UnitBinding { hsa_id: h.to_string(), unit_code: c.to_string() }).collect(),
-            timeout_seconds: 1,
+            // Generous: the test machine is shared; the timeout tests use `quick_client`.
+            timeout_seconds: 5,
             ..Default::default()
         }
     }
     fn client(&self, register_id: u32) -> StratumClient {
         StratumClient::new("sar", &self.settings_with_key(register_id, &self.emu.api_key()), Some(self.ts.store.clone())).unwrap()
+    }
+    /// A client that gives up after one second (for the timeout faults).
+    fn quick_client(&self) -> StratumClient {
+        let mut s = self.settings_with_key(104, &self.emu.api_key());
+        s.timeout_seconds = 1;
+        StratumClient::new("sar", &s, Some(self.ts.store.clone())).unwrap()
     }
     fn store(&self) -> &Store {
         &self.ts.store
@@ -356,7 +363,7 @@ async fn conflict_on_create_adopts_the_existing_registration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_outcome_is_looked_up_before_creating() {
     let e = env().await;
-    let (s, c) = (e.store(), e.client(104));
+    let (s, c) = (e.store(), e.quick_client());
     c.load_metadata().await.unwrap();
     let v1 = fv("194001010006", "2026-03-02", 6);
     let claimed = fv_claim(s, "ku", v1.clone()).await;
@@ -424,7 +431,7 @@ async fn an_unknown_outcome_is_looked_up_before_creating() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_errors_and_broken_connections_are_transient() {
     let e = env().await;
-    let (s, c) = (e.store(), e.client(104));
+    let (s, c) = (e.store(), e.quick_client());
     let claimed = fv_claim(s, "kf", fv("194001010009", "2026-03-02", 6)).await;
     c.load_metadata().await.unwrap();
     c.query(UNITS[0].0, "FVPat", &[("SubjectKey".into(), json!("000000000000"))]).await.unwrap();
