@@ -125,6 +125,18 @@ impl RegisterMetadata {
     pub fn event_date_column<'a>(&self, form: &'a Form) -> Option<&'a str> {
         form.questions.iter().find(|q| q.mapped_to.as_deref() == Some("EventDate")).map(|q| q.column_name.as_str())
     }
+    pub fn form_by_id(&self, id: u32) -> Option<&Form> {
+        self.forms.iter().find(|f| f.form_id == id)
+    }
+    pub fn unit_by_code(&self, code: &str) -> Option<&Unit> {
+        self.units.iter().find(|u| u.unit_code == code)
+    }
+}
+
+impl Form {
+    pub fn question(&self, column: &str) -> Option<&Question> {
+        self.questions.iter().find(|q| q.column_name == column)
+    }
 }
 
 #[cfg(test)]
