@@ -934,7 +934,7 @@ fn check_catches_invalid_windows() {
 #[test]
 fn config_check_runs_every_sar_connector() {
     let (tmp, bad) = edited_connector(|m| replace_once(m, "\nHOFT = 1\n", "\nHOFT = 4\n"), |c| c);
-    let loaded = Loaded { settings: Default::default(), connectors: vec![shipped_connector(), bad], files: vec![PathBuf::from("config/default.toml")] };
+    let loaded = Loaded { settings: Default::default(), failed_sections: vec![], connectors: vec![shipped_connector(), bad], files: vec![PathBuf::from("config/default.toml")] };
     let problems = sar::check(&loaded, None);
     assert_eq!(errors(&problems).len(), 1, "{problems:?}");
     assert!(problems[0].file.starts_with(tmp.path().to_str().unwrap()));

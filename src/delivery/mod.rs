@@ -103,7 +103,7 @@ impl DeliveryEngine {
                 tracing::warn!("a delivery worker did not finish within the grace period");
             }
         }
-        rescuer.abort();
+        let _ = rescuer.await;
         let released = self.store.release_leases(&self.owner).await?;
         if released > 0 {
             tracing::info!(released, "released delivery leases on shutdown");
@@ -111,7 +111,7 @@ impl DeliveryEngine {
         Ok(())
     }
 
-    async fn rescuer(&self, shutdown: watch::Receiver<bool>) {
+    async fn rescuer(&self, mut shutdown: watch::Receiver<bool>) {
         let every = Duration::from_secs(self.settings.rescue_interval_seconds.max(1));
         while !*shutdown.borrow() {
             match self.store.rescue_expired().await {
@@ -124,7 +124,10 @@ impl DeliveryEngine {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "lease rescue failed"),
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {},
+                _ = shutdown.changed() => {},
+            }
         }
     }
 
@@ -171,9 +174,15 @@ impl DeliveryEngine {
         let hb_owner = self.owner.clone();
         let lease = self.settings.lease_seconds;
         let every = Duration::from_secs(self.settings.heartbeat_seconds.max(1));
+        // Stopped by a signal, never aborted: cancelling a store call mid-transaction could
+        // leave a pooled connection inside that transaction.
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let heartbeat = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {},
+                    _ = &mut stop_rx => return,
+                }
                 if let Err(e) = hb_store.heartbeat(&hb_owner, &ids, lease).await {
                     tracing::warn!(error = %e, "lease heartbeat failed");
                 }
@@ -182,7 +191,8 @@ impl DeliveryEngine {
         // Send concurrently within the batch; one register's records stay rate-limited.
         let sends = claimed.iter().map(|c| self.send_one(c));
         let results = futures::future::join_all(sends).await;
-        heartbeat.abort();
+        let _ = stop_tx.send(());
+        let _ = heartbeat.await;
         let now = chrono::Utc::now();
         let mut done = Vec::with_capacity(n);
         let mut circuit_events = vec![];

@@ -110,9 +110,14 @@ pub async fn run_under_lease(app: &App, rt: &ConnectorRuntime, scheduled_for: Da
     let renew_store = app.store.clone();
     let renew_owner = app.instance_id.clone();
     let renew_name = name.clone();
+    // Stopped by a signal, never aborted (a cancelled store call could strand a transaction).
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let renew = tokio::spawn(async move {
         loop {
-            tokio::time::sleep(Duration::from_secs(ttl / 3)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(ttl / 3)) => {},
+                _ = &mut stop_rx => return,
+            }
             let _ = renew_store.acquire_connector_lease(&renew_name, &renew_owner, ttl).await;
         }
     });
@@ -121,6 +126,7 @@ pub async fn run_under_lease(app: &App, rt: &ConnectorRuntime, scheduled_for: Da
         Ok(r) => tracing::info!(connector = %name, run = r.run_id, status = %r.status, patients = r.patients, created = r.records_created, updated = r.records_updated, retracted = r.records_retracted, "run finished"),
         Err(e) => tracing::warn!(connector = %name, error = %e, "run failed"),
     }
-    renew.abort();
+    let _ = stop_tx.send(());
+    let _ = renew.await;
     let _ = app.store.release_connector_lease(&name, &app.instance_id).await;
 }

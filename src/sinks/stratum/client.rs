@@ -249,16 +249,36 @@ impl StratumClient {
         Ok(RegisterMetadata { register: reg.info, forms, domains, units })
     }
 
+    /// A metadata GET. These are idempotent, so transient failures (transport errors, 5xx, 429)
+    /// are retried here a few times with backoff: a register that drops one request in five must
+    /// not keep the metadata — a dozen requests — from ever loading.
     async fn get_data<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let r = self.call(&self.http, Method::GET, path, &[], None).await.map_err(|e| anyhow!("GET {path}: {e}"))?;
-        if r.status == 401 {
-            let message = format!("GET {path}: the register refused the API key (401); check registers.{}.api_key", self.name);
-            return Err(MetadataHttpError { status: r.status, retry_after: r.retry_after, message }.into());
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let wait = Duration::from_millis(100u64 << attempt.min(6));
+            let r = match self.call(&self.http, Method::GET, path, &[], None).await {
+                Ok(r) => r,
+                Err(e) if attempt < METADATA_ATTEMPTS => {
+                    tracing::debug!(path, attempt, "metadata request failed, retrying: {e}");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(e) => return Err(anyhow!("GET {path}: {e}")),
+            };
+            if r.status == 401 {
+                let message = format!("GET {path}: the register refused the API key (401); check registers.{}.api_key", self.name);
+                return Err(MetadataHttpError { status: r.status, retry_after: r.retry_after, message }.into());
+            }
+            if (r.status >= 500 || r.status == 429) && attempt < METADATA_ATTEMPTS {
+                tokio::time::sleep(r.retry_after.map(|ra| ra.min(Duration::from_secs(5))).unwrap_or(wait)).await;
+                continue;
+            }
+            if !r.ok() {
+                return Err(MetadataHttpError { status: r.status, retry_after: r.retry_after, message: format!("GET {path}: {}", r.reason()) }.into());
+            }
+            return serde_json::from_value(r.data).with_context(|| format!("GET {path}: unexpected answer"));
         }
-        if !r.ok() {
-            return Err(MetadataHttpError { status: r.status, retry_after: r.retry_after, message: format!("GET {path}: {}", r.reason()) }.into());
-        }
-        serde_json::from_value(r.data).with_context(|| format!("GET {path}: unexpected answer"))
     }
 
     async fn metadata_or_load(&self) -> Result<Arc<RegisterMetadata>> {
@@ -622,6 +642,9 @@ impl StratumClient {
 /// Columns to PUT: those whose value differs from what the register holds, and `null` for
 /// optional answers it holds that the new version no longer has. Without a record of what it
 /// holds, the whole payload.
+/// How many times one metadata GET is tried before the load fails.
+const METADATA_ATTEMPTS: u32 = 6;
+
 pub fn diff(form: &Form, payload: &Columns, held: Option<&Columns>) -> Columns {
     let Some(held) = held else { return payload.clone() };
     let mut out = Columns::new();
