@@ -567,7 +567,7 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
         local: String,
         ns: NsId,
         depth: usize,
-        expected: &dyn Fn(usize) -> Option<NsId>,
+        expected: &(dyn Fn(usize) -> Option<NsId> + Sync),
     ) -> Result<Node, DocumentError> {
         let mut stack: Vec<(Node, usize)> = vec![(self.node(local, ns, expected(depth)), depth)];
         let mut bytes = 0usize;
@@ -1452,7 +1452,7 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
 
     /// An activity or observation group, read one item at a time: the group header (patient,
     /// performer, source system) precedes the items in the schema's sequence.
-    async fn group(&mut self, contract: Contract, name: &str, index: usize, expected: &dyn Fn(usize) -> Option<NsId>) -> Result<(), DocumentError> {
+    async fn group(&mut self, contract: Contract, name: &str, index: usize, expected: &(dyn Fn(usize) -> Option<NsId> + Sync)) -> Result<(), DocumentError> {
         let item_name = if contract == Contract::GetActivities { "activity" } else { "observation" };
         let mut head = Node::empty(name);
         let mut head_bytes = 0usize;
