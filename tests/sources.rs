@@ -1,0 +1,564 @@
+//! Source connectors: RIV-TA consumer over real mTLS on loopback, the files drop directory, the
+//! FHIR source against the sandbox FHIR server. Fixtures are built here and validated against the
+//! official XSDs with xmllint. No test prints or asserts a personnummer in a log line.
+
+mod common;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use registerbrygga::config::{PatientDiscovery, RetrySettings, Secret, SourceKind, SourceSettings};
+use registerbrygga::model::*;
+use registerbrygga::sandbox::tls::{sandbox_client_settings, CertSet};
+use registerbrygga::sandbox::vocabulary::LOCAL_TERMS;
+use registerbrygga::sources::riv::{parse_bytes, Contract, ParseContext, RivSource};
+use registerbrygga::sources::{PatientBatch, PullRequest, PullSummary, Source, SourceItem};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+// ---------------------------------------------------------------------------------------------
+// Identities and fixed dates
+
+fn today() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 5, 1).unwrap()
+}
+
+/// A valid personnummer for a birth date and serial (check digit computed).
+fn pnr(birth: &str, serial: &str) -> String {
+    let short = format!("{}{}", &birth[2..], serial);
+    let digits: Vec<u8> = short.bytes().map(|b| b - b'0').collect();
+    format!("{birth}{serial}{}", luhn_check_digit(&digits))
+}
+
+fn pid(p: &str) -> PatientId {
+    PatientId::parse_national(p, today()).unwrap()
+}
+
+const SS: &str = "SE2321000156-SRC1";
+const FT01: &str = "SE2321000156-FT01";
+const FT02: &str = "SE2321000156-FT02";
+const ELSEWHERE: &str = "SE2321000156-XX99";
+const PHYSIO: &str = "FYSIOTERAPEUT";
+
+// ---------------------------------------------------------------------------------------------
+// RIV-TA response fixtures (each shaped per its XSD; validated with xmllint below)
+
+mod fx {
+    use super::*;
+
+    pub const CC_NS: &str = "urn:riv:clinicalprocess:logistics:logistics:GetCareContactsResponder:3";
+    pub const CC_CORE: &str = "urn:riv:clinicalprocess:logistics:logistics:3";
+    pub const DIA_NS: &str = "urn:riv:clinicalprocess:healthcond:description:GetDiagnosisResponder:2";
+    pub const DIA_CORE: &str = "urn:riv:clinicalprocess:healthcond:description:2";
+    pub const ACT_NS: &str = "urn:riv:clinicalprocess:activity:actions:GetActivitiesResponder:1";
+    pub const ACT_CORE: &str = "urn:riv:clinicalprocess:activity:actions:1";
+    pub const OBS_NS: &str = "urn:riv:clinicalprocess:healthcond:basic:GetObservationsResponder:1";
+    pub const OBS_CORE: &str = "urn:riv:clinicalprocess:healthcond:basic:1";
+    pub const EI_NS: &str = "urn:riv:itintegration:engagementindex:GetUpdatesResponder:1";
+    pub const EI_CORE: &str = "urn:riv:itintegration:engagementindex:1";
+
+    #[derive(Clone)]
+    pub struct Contact {
+        pub doc: String,
+        pub patient: String,
+        pub patient_type: String,
+        pub unit: String,
+        pub start: String,
+        pub end: Option<String>,
+        pub code: String,
+        pub care_contact_id: Option<String>,
+        pub nullified: bool,
+        /// Leave out `accountableHealthcareProfessional` (mandatory).
+        pub drop_professional: bool,
+    }
+
+    impl Contact {
+        pub fn new(doc: &str, patient: &str, unit: &str, start: &str) -> Contact {
+            Contact {
+                doc: doc.into(),
+                patient: patient.into(),
+                patient_type: OID_PERSONNUMMER.into(),
+                unit: unit.into(),
+                start: start.into(),
+                end: None,
+                code: "1".into(),
+                care_contact_id: Some(format!("KK-{doc}")),
+                nullified: false,
+                drop_professional: false,
+            }
+        }
+    }
+
+    pub fn care_contact(c: &Contact) -> String {
+        let professional = if c.drop_professional {
+            String::new()
+        } else {
+            format!(
+                "<c:accountableHealthcareProfessional><c:authorTime>{start}</c:authorTime>\
+                 <c:healthcareProfessionalRoleCode><c:code>{PHYSIO}</c:code><c:codeSystem>{LOCAL_TERMS}</c:codeSystem></c:healthcareProfessionalRoleCode>\
+                 <c:healthcareProfessionalCareUnitHSAId>{unit}</c:healthcareProfessionalCareUnitHSAId></c:accountableHealthcareProfessional>",
+                start = c.start,
+                unit = c.unit
+            )
+        };
+        let end = c.end.as_ref().map(|e| format!("<c:end>{e}</c:end>")).unwrap_or_default();
+        let nullified = if c.nullified { "<c:nullified>true</c:nullified><c:nullifiedReason>Felregistrerad</c:nullifiedReason>" } else { "" };
+        let ccid = c.care_contact_id.as_ref().map(|i| format!("<c:careContactId>{i}</c:careContactId>")).unwrap_or_default();
+        format!(
+            "<careContact><c:careContactHeader><c:documentId>{doc}</c:documentId><c:sourceSystemHSAId>{SS}</c:sourceSystemHSAId>\
+             <c:documentTime>{start}</c:documentTime><c:patientId><c:id>{p}</c:id><c:type>{pt}</c:type></c:patientId>{professional}\
+             <c:approvedForPatient>true</c:approvedForPatient>{nullified}{ccid}</c:careContactHeader>\
+             <c:careContactBody><c:careContactCode><c:code>{code}</c:code><c:codeSystem>1.2.752.129.2.2.2.25</c:codeSystem><c:displayName>Besök</c:displayName></c:careContactCode>\
+             <c:careContactOrgUnit><c:orgUnitHSAId>{unit}</c:orgUnitHSAId><c:orgUnitName>Fysioterapin</c:orgUnitName></c:careContactOrgUnit>\
+             <c:careContactTimePeriod><c:start>{start}</c:start>{end}</c:careContactTimePeriod></c:careContactBody></careContact>",
+            doc = c.doc,
+            p = c.patient,
+            pt = c.patient_type,
+            start = c.start,
+            unit = c.unit,
+            code = c.code,
+        )
+    }
+
+    pub fn care_contacts_response(items: &[String]) -> String {
+        format!(
+            "<GetCareContactsResponse xmlns=\"{CC_NS}\" xmlns:c=\"{CC_CORE}\">{}<result><c:resultCode>OK</c:resultCode><c:logId>log-cc-1</c:logId></result></GetCareContactsResponse>",
+            items.concat()
+        )
+    }
+
+    pub fn care_contacts_error(error_code: Option<&str>, log_id: &str) -> String {
+        let ec = error_code.map(|e| format!("<c:errorCode>{e}</c:errorCode>")).unwrap_or_default();
+        format!(
+            "<GetCareContactsResponse xmlns=\"{CC_NS}\" xmlns:c=\"{CC_CORE}\"><result><c:resultCode>ERROR</c:resultCode>{ec}<c:logId>{log_id}</c:logId><c:message>Tekniskt fel</c:message></result></GetCareContactsResponse>"
+        )
+    }
+
+    #[derive(Clone)]
+    pub struct Diag {
+        pub doc: String,
+        pub patient: String,
+        pub unit: String,
+        pub time: String,
+        pub code: String,
+        pub system: String,
+        pub main: bool,
+        pub care_contact_id: Option<String>,
+    }
+
+    impl Diag {
+        pub fn new(doc: &str, patient: &str, unit: &str, time: &str, code: &str) -> Diag {
+            Diag {
+                doc: doc.into(),
+                patient: patient.into(),
+                unit: unit.into(),
+                time: time.into(),
+                code: code.into(),
+                system: OID_ICD10SE.into(),
+                main: true,
+                care_contact_id: None,
+            }
+        }
+    }
+
+    pub fn diagnosis(d: &Diag) -> String {
+        let ccid = d.care_contact_id.as_ref().map(|i| format!("<c:careContactId>{i}</c:careContactId>")).unwrap_or_default();
+        let kind = if d.main { "Huvuddiagnos" } else { "Bidiagnos" };
+        format!(
+            "<diagnosis><c:diagnosisHeader><c:documentId>{doc}</c:documentId><c:sourceSystemHSAId>{SS}</c:sourceSystemHSAId>\
+             <c:patientId><c:id>{p}</c:id><c:type>{OID_PERSONNUMMER}</c:type></c:patientId>\
+             <c:accountableHealthcareProfessional><c:authorTime>{t}</c:authorTime><c:healthcareProfessionalCareUnitHSAId>{unit}</c:healthcareProfessionalCareUnitHSAId></c:accountableHealthcareProfessional>\
+             <c:approvedForPatient>true</c:approvedForPatient>{ccid}</c:diagnosisHeader>\
+             <c:diagnosisBody><c:typeOfDiagnosis>{kind}</c:typeOfDiagnosis><c:chronicDiagnosis>true</c:chronicDiagnosis><c:diagnosisTime>{t}</c:diagnosisTime>\
+             <c:diagnosisCode><c:code>{code}</c:code><c:codeSystem>{sys}</c:codeSystem><c:displayName>Knäledsartros</c:displayName></c:diagnosisCode></c:diagnosisBody></diagnosis>",
+            doc = d.doc,
+            p = d.patient,
+            t = d.time,
+            unit = d.unit,
+            code = d.code,
+            sys = d.system,
+        )
+    }
+
+    pub fn diagnosis_response(items: &[String]) -> String {
+        format!(
+            "<GetDiagnosisResponse xmlns=\"{DIA_NS}\" xmlns:c=\"{DIA_CORE}\">{}<result><c:resultCode>OK</c:resultCode><c:logId>log-dia-1</c:logId></result></GetDiagnosisResponse>",
+            items.concat()
+        )
+    }
+
+    fn ii(root: &str, ext: &str) -> String {
+        format!("<c:root>{root}</c:root><c:extension>{ext}</c:extension>")
+    }
+
+    /// Group header shared by activities and observations.
+    fn group_head(patient: &str, unit: &str) -> String {
+        format!(
+            "<c:patient><c:id>{pid}</c:id><c:dateOfBirth>{dob}</c:dateOfBirth></c:patient>\
+             <c:performerRole><c:code><c:code>{PHYSIO}</c:code><c:codeSystem>{LOCAL_TERMS}</c:codeSystem></c:code>\
+             <c:careUnit><c:id>{unit_ii}</c:id><c:careGiver><c:id>{cg}</c:id></c:careGiver></c:careUnit></c:performerRole>\
+             <c:sourceSystem><c:id>{ss}</c:id></c:sourceSystem>",
+            pid = ii(OID_PERSONNUMMER, patient),
+            dob = &patient[..8],
+            unit_ii = ii(OID_HSA, unit),
+            cg = ii(OID_HSA, "SE2321000156-0001"),
+            ss = ii(OID_HSA, SS),
+        )
+    }
+
+    /// A relation to the care contact `ccid` (the engagement-index categorisation `vko`).
+    fn relation(ccid: &str, unit: &str, time_format: &str, time: &str) -> String {
+        format!(
+            "<c:relation><c:code><c:code>REFR</c:code><c:codeSystem>2.16.840.1.113883.5.1002</c:codeSystem></c:code>\
+             <c:referredInformation><c:id>{id}</c:id><c:time><c:format>{time_format}</c:format><c:value>{time}</c:value></c:time>\
+             <c:type>vko</c:type><c:informationOwner><c:id>{owner}</c:id></c:informationOwner></c:referredInformation></c:relation>",
+            id = ii(SS, ccid),
+            owner = ii(OID_HSA, unit),
+        )
+    }
+
+    /// One activity; `time` is YYYYMMDDhhmmss (the actions enum has no day-only format).
+    pub fn activity(id: &str, code: &str, system: &str, time: &str, ccid: Option<(&str, &str)>) -> String {
+        let rel = ccid.map(|(c, unit)| relation(c, unit, "YYYYMMDDhhmmss", time)).unwrap_or_default();
+        format!(
+            "<c:activity><c:id>{idii}</c:id><c:code><c:code>{code}</c:code><c:codeSystem>{system}</c:codeSystem></c:code>\
+             <c:time><c:start><c:format>YYYYMMDDhhmmss</c:format><c:value>{time}</c:value></c:start></c:time>\
+             <c:approvedForPatient>true</c:approvedForPatient><c:registrationTime>{time}</c:registrationTime>{rel}</c:activity>",
+            idii = ii(SS, id),
+        )
+    }
+
+    pub fn activity_group(patient: &str, unit: &str, activities: &[String]) -> String {
+        format!("<activityGroup>{}{}</activityGroup>", group_head(patient, unit), activities.concat())
+    }
+
+    pub fn activities_response(groups: &[String]) -> String {
+        format!("<GetActivitiesResponse xmlns=\"{ACT_NS}\" xmlns:c=\"{ACT_CORE}\">{}</GetActivitiesResponse>", groups.concat())
+    }
+
+    /// One observation with a value element's inner XML (`<c:pq>…</c:pq>` etc.).
+    pub fn observation(id: &str, term: &str, system: &str, time: &str, value: &str, ccid: Option<(&str, &str)>) -> String {
+        let rel = ccid.map(|(c, unit)| relation(c, unit, "YYYYMMDD", &time[..8])).unwrap_or_default();
+        format!(
+            "<c:observation><c:id>{idii}</c:id><c:type><c:code>{term}</c:code><c:codeSystem>{system}</c:codeSystem></c:type>\
+             <c:time><c:start><c:format>YYYYMMDDhhmm</c:format><c:value>{t12}</c:value></c:start></c:time>\
+             <c:value>{value}</c:value><c:valueNegation>false</c:valueNegation><c:approvedForPatient>true</c:approvedForPatient>{rel}</c:observation>",
+            idii = ii(SS, id),
+            t12 = &time[..12],
+        )
+    }
+
+    pub fn pq(value: &str, unit: &str) -> String {
+        format!("<c:pq><c:value>{value}</c:value><c:unit>{unit}</c:unit></c:pq>")
+    }
+
+    pub fn cv(code: &str) -> String {
+        format!("<c:cv><c:code>{code}</c:code><c:codeSystem>{LOCAL_TERMS}</c:codeSystem></c:cv>")
+    }
+
+    pub fn ts(format: &str, value: &str) -> String {
+        format!("<c:ts><c:format>{format}</c:format><c:value>{value}</c:value></c:ts>")
+    }
+
+    pub fn ivl(start: &str, end: &str) -> String {
+        format!(
+            "<c:ivl_ts><c:start><c:format>YYYYMMDD</c:format><c:value>{start}</c:value></c:start><c:end><c:format>YYYYMMDD</c:format><c:value>{end}</c:value></c:end></c:ivl_ts>"
+        )
+    }
+
+    pub fn observation_group(patient: &str, unit: &str, observations: &[String]) -> String {
+        format!("<observationGroup>{}{}</observationGroup>", group_head(patient, unit), observations.concat())
+    }
+
+    pub fn observations_response(groups: &[String]) -> String {
+        format!("<GetObservationsResponse xmlns=\"{OBS_NS}\" xmlns:c=\"{OBS_CORE}\">{}</GetObservationsResponse>", groups.concat())
+    }
+
+    /// A resident with engagements given as (logical address, source system).
+    pub fn resident(patient: &str, engagements: &[(&str, &str)]) -> String {
+        let e: String = engagements
+            .iter()
+            .map(|(la, ss)| {
+                format!(
+                    "<engagement><c:registeredResidentIdentification>{patient}</c:registeredResidentIdentification>\
+                     <c:serviceDomain>riv:clinicalprocess:logistics:logistics</c:serviceDomain><c:categorization>vko</c:categorization>\
+                     <c:logicalAddress>{la}</c:logicalAddress><c:businessObjectInstanceIdentifier>NA</c:businessObjectInstanceIdentifier>\
+                     <c:clinicalProcessInterestId>NA</c:clinicalProcessInterestId><c:mostRecentContent>20260301100000</c:mostRecentContent>\
+                     <c:sourceSystem>{ss}</c:sourceSystem><c:dataController>2321000156</c:dataController><c:owner>{la}</c:owner></engagement>"
+                )
+            })
+            .collect();
+        format!("<registeredResidentEngagement><registeredResidentIdentification>{patient}</registeredResidentIdentification>{e}</registeredResidentEngagement>")
+    }
+
+    pub fn updates_response(complete: bool, residents: &[String]) -> String {
+        format!(
+            "<GetUpdatesResponse xmlns=\"{EI_NS}\" xmlns:c=\"{EI_CORE}\"><responseIsComplete>{complete}</responseIsComplete>{}</GetUpdatesResponse>",
+            residents.concat()
+        )
+    }
+
+    pub fn envelope(body: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\">\n<soap:Header/>\n<soap:Body>\n{body}\n</soap:Body>\n</soap:Envelope>\n"
+        )
+    }
+
+    pub fn fault(code: &str, text: &str) -> String {
+        envelope(&format!("<soap:Fault><faultcode>soap:{code}</faultcode><faultstring>{text}</faultstring></soap:Fault>"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// xmllint
+
+fn conformance(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/riv").join(rel)
+}
+
+fn response_xsd(c: Contract) -> PathBuf {
+    conformance(match c {
+        Contract::GetCareContacts => "GetCareContacts-3.0/interactions/GetCareContactsInteraction/GetCareContactsResponder_3.0.xsd",
+        Contract::GetDiagnosis => "GetDiagnosis-2.0/interactions/GetDiagnosisInteraction/GetDiagnosisResponder_2.0.xsd",
+        Contract::GetActivities => "GetActivities-1.0/interactions/GetActivitiesInteraction/GetActivitiesResponder_1.0.xsd",
+        Contract::GetObservations => "GetObservations-1.1/interactions/GetObservationsInteraction/GetObservationsResponder_1.1.xsd",
+        Contract::GetUpdates => "EngagementIndex-1.0/interactions/GetUpdatesInteraction/GetUpdatesResponder_1.0.xsd",
+    })
+}
+
+/// Validate a standalone document against an XSD. xmllint's messages quote values, so they are
+/// redacted before a failure shows them.
+fn assert_valid(xsd: &Path, xml: &str, what: &str) {
+    let dir = common::test_dir();
+    let f = dir.path().join("doc.xml");
+    std::fs::write(&f, xml).unwrap();
+    let out = std::process::Command::new("xmllint").arg("--noout").arg("--schema").arg(xsd).arg(&f).output().expect("xmllint runs (install libxml2-utils)");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} does not validate against {}:\n{}", xsd.display(), registerbrygga::telemetry::redact(&msg));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+fn contacts(b: &PatientBatch) -> Vec<&CareContact> {
+    b.records.iter().filter_map(|r| if let Record::CareContact(c) = r { Some(c) } else { None }).collect()
+}
+fn diagnoses(b: &PatientBatch) -> Vec<&Diagnosis> {
+    b.records.iter().filter_map(|r| if let Record::Diagnosis(c) = r { Some(c) } else { None }).collect()
+}
+fn activities(b: &PatientBatch) -> Vec<&Activity> {
+    b.records.iter().filter_map(|r| if let Record::Activity(c) = r { Some(c) } else { None }).collect()
+}
+fn observations(b: &PatientBatch) -> Vec<&Observation> {
+    b.records.iter().filter_map(|r| if let Record::Observation(c) = r { Some(c) } else { None }).collect()
+}
+
+fn local(y: i32, m: u32, d: u32, h: u32, mi: u32) -> LocalTime {
+    stockholm(NaiveDate::from_ymd_opt(y, m, d).unwrap().and_hms_opt(h, mi, 0).unwrap())
+}
+
+fn parse_ctx() -> ParseContext {
+    let mut c = ParseContext::new("test", today());
+    c.known_code_systems.push(LOCAL_TERMS.into());
+    c
+}
+
+/// No refusal text may carry an identity.
+fn assert_no_identity(texts: &[String], ids: &[&str]) {
+    for t in texts {
+        for id in ids {
+            assert!(!t.contains(id) && !t.contains(&id[2..]), "a refusal carries a patient identity");
+        }
+    }
+}
+
+fn refusal_texts(items: &[SourceItem]) -> Vec<String> {
+    let mut out = vec![];
+    for i in items {
+        match i {
+            SourceItem::Refused { refusal, .. } => out.push(refusal.to_string()),
+            SourceItem::Patient(b) => out.extend(b.refusals.iter().map(|r| r.to_string())),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// RIV-TA: documents
+
+fn good_documents(p: &str) -> Vec<(Contract, String)> {
+    let mut c2 = fx::Contact::new("CC-2", p, FT02, "20260310140000");
+    c2.end = Some("20260310143000".into());
+    c2.nullified = true;
+    c2.care_contact_id = None;
+    let mut d2 = fx::Diag::new("DIA-2", p, FT01, "20260301101500", "M19.9");
+    d2.main = false;
+    d2.care_contact_id = Some("KK-CC-1".into());
+    let mut d1 = fx::Diag::new("DIA-1", p, FT01, "20260301101000", "m17.1");
+    d1.care_contact_id = Some("KK-CC-1".into());
+    vec![
+        (
+            Contract::GetCareContacts,
+            fx::care_contacts_response(&[fx::care_contact(&fx::Contact::new("CC-1", p, FT01, "20260301100000")), fx::care_contact(&c2)]),
+        ),
+        (Contract::GetDiagnosis, fx::diagnosis_response(&[fx::diagnosis(&d1), fx::diagnosis(&d2)])),
+        (
+            Contract::GetActivities,
+            fx::activities_response(&[fx::activity_group(
+                p,
+                FT01,
+                &[
+                    fx::activity("ACT-1", "DV200", OID_KVA, "20260301103000", Some(("KK-CC-1", FT01))),
+                    fx::activity("ACT-2", "ARTROSSKOLA", LOCAL_TERMS, "20260301104500", Some(("CC-2", FT01))),
+                ],
+            )]),
+        ),
+        (
+            Contract::GetObservations,
+            fx::observations_response(&[fx::observation_group(
+                p,
+                FT01,
+                &[
+                    fx::observation("OBS-1", "NRS-SMARTA", LOCAL_TERMS, "20260301100500", &fx::pq("6", "1"), Some(("KK-CC-1", FT01))),
+                    fx::observation("OBS-2", "MEST-BESVARANDE-LED", LOCAL_TERMS, "20260301100600", &fx::cv("KNA"), None),
+                    fx::observation("OBS-3", "RONTGEN-GJORD", LOCAL_TERMS, "20260301100700", &fx::ts("YYYYMMDD", "20250115"), None),
+                    fx::observation("OBS-4", "SJUKSKRIVEN-LEDBESVAR", LOCAL_TERMS, "20260301100800", &fx::ivl("20260101", "20260131"), None),
+                ],
+            )]),
+        ),
+    ]
+}
+
+#[test]
+fn riv_fixtures_validate_against_the_xsds() {
+    let p = pnr("19500101", "123");
+    for (c, doc) in good_documents(&p) {
+        assert_valid(&response_xsd(c), &doc, c.name());
+    }
+    assert_valid(&response_xsd(Contract::GetCareContacts), &fx::care_contacts_error(Some("INVALID_REQUEST"), "l"), "error response");
+    let upd = fx::updates_response(false, &[fx::resident(&p, &[(FT01, SS)])]);
+    assert_valid(&response_xsd(Contract::GetUpdates), &upd, "GetUpdates");
+}
+
+#[test]
+fn riv_requests_validate_against_the_xsds() {
+    use registerbrygga::sources::riv::request;
+    let p = pid(&pnr("19500101", "123"));
+    let units = vec![HsaId::parse(FT01).unwrap(), HsaId::parse(FT02).unwrap()];
+    let q = request::PatientQuery {
+        patient: &p,
+        units: &units,
+        care_giver: Some("SE2321000156-0001"),
+        from: NaiveDate::from_ymd_opt(2025, 5, 1).unwrap(),
+        to: today(),
+    };
+    let xsd = |c: Contract| {
+        let s = response_xsd(c).display().to_string();
+        PathBuf::from(s.replace("Response", ""))
+    };
+    let bodies = [
+        (Contract::GetCareContacts, request::get_care_contacts(&q)),
+        (Contract::GetDiagnosis, request::get_diagnosis(&q)),
+        (Contract::GetActivities, request::get_activities(&q, Some(&units[0]))),
+        (Contract::GetActivities, request::get_activities(&q, None)),
+        (Contract::GetObservations, request::get_observations(&q, Some(&units[1]))),
+        (Contract::GetUpdates, request::get_updates("riv:clinicalprocess:logistics:logistics", Utc::now(), None)),
+        (Contract::GetUpdates, request::get_updates("riv:clinicalprocess:logistics:logistics", Utc::now(), Some("191212121212"))),
+    ];
+    for (c, body) in bodies {
+        let body = String::from_utf8(body).unwrap();
+        assert_valid(&xsd(c), &body, &format!("{} request", c.name()));
+    }
+    // A fresh interactionAgreementId per request.
+    let a = String::from_utf8(request::get_activities(&q, None)).unwrap();
+    let b = String::from_utf8(request::get_activities(&q, None)).unwrap();
+    assert_ne!(a, b);
+}
+
+#[test]
+fn riv_each_contract_parses_into_canonical_records() {
+    let p = pnr("19500101", "123");
+    let ctx = parse_ctx();
+    let docs = good_documents(&p);
+
+    // Care contacts, bare and in an envelope alike.
+    let cc = parse_bytes(docs[0].1.as_bytes(), "cc.xml", &ctx).unwrap();
+    let cc_env = parse_bytes(fx::envelope(&docs[0].1).as_bytes(), "cc.xml", &ctx).unwrap();
+    assert_eq!(cc.records, cc_env.records);
+    assert_eq!(cc.contract, Contract::GetCareContacts);
+    assert!(cc.refused.is_empty(), "{:?}", cc.refused);
+    assert_eq!(cc.log_ids(), vec!["log-cc-1".to_string()]);
+    let Record::CareContact(c1) = &cc.records[0] else { panic!("care contact expected") };
+    assert_eq!(c1.patient, pid(&p));
+    assert_eq!(c1.provenance.document_id, "CC-1");
+    assert_eq!(c1.provenance.source_system, SS);
+    assert_eq!(c1.provenance.connector, "test");
+    assert_eq!(c1.care_contact_id.as_deref(), Some("KK-CC-1"));
+    assert_eq!(c1.unit.as_ref().map(|u| u.as_str()), Some(FT01));
+    assert_eq!(c1.start, Some(local(2026, 3, 1, 10, 0)));
+    assert_eq!(c1.contact_type.as_ref().map(|c| c.code.as_str()), Some("1"));
+    assert_eq!(c1.profession.as_ref().map(|c| c.code.as_str()), Some(PHYSIO));
+    assert!(!c1.nullified);
+    let Record::CareContact(c2) = &cc.records[1] else { panic!("care contact expected") };
+    assert!(c2.nullified);
+    assert_eq!(c2.end, Some(local(2026, 3, 10, 14, 30)));
+    // Without careContactId the contact is known by its document id.
+    assert_eq!(c2.care_contact_id.as_deref(), Some("CC-2"));
+
+    let dia = parse_bytes(docs[1].1.as_bytes(), "dia.xml", &ctx).unwrap();
+    assert!(dia.refused.is_empty(), "{:?}", dia.refused);
+    let Record::Diagnosis(d1) = &dia.records[0] else { panic!("diagnosis expected") };
+    assert_eq!(d1.code, Code { system: OID_ICD10SE.into(), code: "M171".into(), display: Some("Knäledsartros".into()) });
+    assert_eq!(d1.kind, DiagnosisKind::Main);
+    assert_eq!(d1.chronic, Some(true));
+    assert_eq!(d1.care_contact_id.as_deref(), Some("KK-CC-1"));
+    assert_eq!(d1.time, Some(local(2026, 3, 1, 10, 10)));
+    let Record::Diagnosis(d2) = &dia.records[1] else { panic!("diagnosis expected") };
+    assert_eq!((d2.kind, d2.code.code.as_str()), (DiagnosisKind::Secondary, "M199"));
+
+    let act = parse_bytes(docs[2].1.as_bytes(), "act.xml", &ctx).unwrap();
+    assert!(act.refused.is_empty(), "{:?}", act.refused);
+    let Record::Activity(a1) = &act.records[0] else { panic!("activity expected") };
+    assert_eq!(a1.code, Code::new(OID_KVA, "DV200"));
+    assert_eq!(a1.provenance.document_id, "ACT-1");
+    assert_eq!(a1.care_contact_id.as_deref(), Some("KK-CC-1"));
+    assert_eq!(a1.unit.as_ref().map(|u| u.as_str()), Some(FT01));
+    assert_eq!(a1.profession.as_ref().map(|c| c.code.as_str()), Some(PHYSIO));
+    assert_eq!(a1.time, Some(local(2026, 3, 1, 10, 30)));
+    assert_eq!(act.records.len(), 2);
+
+    let obs = parse_bytes(docs[3].1.as_bytes(), "obs.xml", &ctx).unwrap();
+    assert!(obs.refused.is_empty(), "{:?}", obs.refused);
+    let values: Vec<_> = obs.records.iter().map(|r| if let Record::Observation(o) = r { o.value.clone() } else { None }).collect();
+    assert_eq!(values[0], Some(ObservationValue::Quantity { value: 6.0, unit: Some("1".into()) }));
+    assert_eq!(values[1], Some(ObservationValue::Code { code: Code::new(LOCAL_TERMS, "KNA") }));
+    assert_eq!(values[2], Some(ObservationValue::Date { value: local(2025, 1, 15, 0, 0) }));
+    assert_eq!(values[3], Some(ObservationValue::Period { start: Some(local(2026, 1, 1, 0, 0)), end: Some(local(2026, 1, 31, 0, 0)) }));
+    let Record::Observation(o1) = &obs.records[0] else { panic!("observation expected") };
+    assert_eq!(o1.term, Code::new(LOCAL_TERMS, "NRS-SMARTA"));
+    assert_eq!(o1.care_contact_id.as_deref(), Some("KK-CC-1"));
+    assert_eq!(o1.time, Some(local(2026, 3, 1, 10, 5)));
+
+    // Records of units not asked for are left out and counted.
+    let mut only_ft02 = parse_ctx();
+    only_ft02.units = vec![HsaId::parse(FT02).unwrap()];
+    let cc = parse_bytes(docs[0].1.as_bytes(), "cc.xml", &only_ft02).unwrap();
+    assert_eq!((cc.records.len(), cc.outside_units), (1, 1));
+}
+
+#[test]
+fn riv_unknown_code_systems_are_refused_naming_the_field() {
+    let p = pnr("19500101", "123");
+    let doc = fx::activities_response(&[fx::activity_group(
+        &p,
+        FT01,
+        &[fx::activity("ACT-1", "DV200", OID_KVA, "20260301103000", None), fx::activity("ACT-9", "QX001", "1.2.3.4.5", "20260301103000", None)],
+    )]);
+    assert_valid(&response_xsd(Contract::GetActivities), &doc, "activities");
+    // Default known systems: KVÅ is kept, the unknown one refused.
+    let parsed = parse_bytes(doc.as_bytes(), "act.xml", &ParseContext::new("t", today())).unwrap();
+    assert_eq!(parsed.records.len(), 1);
+    assert_eq!(parsed.refused.len(), 1);
+    let r = &parsed.refused[0];
+    assert_eq!(r.field, "activityGroup/activity/code/codeSystem");
+    assert!(r.document.contains("act.xml") && r.document.contains("ACT-9"), "{r}");
+    assert!(r.reason.contains("not in known_code_systems"), "{r}");
+}
