@@ -4,7 +4,7 @@
 
 mod common;
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono::{NaiveDate, TimeZone, Utc};
 use registerbrygga::config::{PatientDiscovery, RetrySettings, Secret, SourceKind, SourceSettings};
 use registerbrygga::model::*;
 use registerbrygga::sandbox::tls::{sandbox_client_settings, CertSet};
@@ -26,6 +26,12 @@ fn pnr(birth: &str, serial: &str) -> String {
     let short = format!("{}{}", &birth[2..], serial);
     let digits: Vec<u8> = short.bytes().map(|b| b - b'0').collect();
     format!("{birth}{serial}{}", luhn_check_digit(&digits))
+}
+
+/// The same number with a wrong check digit.
+fn wrong_check_digit(p: &str) -> String {
+    let last = p.as_bytes()[11] - b'0';
+    format!("{}{}", &p[..11], (last + 1) % 10)
 }
 
 fn pid(p: &str) -> PatientId {
@@ -407,7 +413,7 @@ fn good_documents(p: &str) -> Vec<(Contract, String)> {
                 FT01,
                 &[
                     fx::activity("ACT-1", "DV200", OID_KVA, "20260301103000", Some(("KK-CC-1", FT01))),
-                    fx::activity("ACT-2", "ARTROSSKOLA", LOCAL_TERMS, "20260301104500", Some(("CC-2", FT01))),
+                    fx::activity("ACT-2", "ARTROSSKOLA", LOCAL_TERMS, "20260301104500", Some(("CC-1", FT01))),
                 ],
             )]),
         ),
@@ -561,4 +567,283 @@ fn riv_unknown_code_systems_are_refused_naming_the_field() {
     assert_eq!(r.field, "activityGroup/activity/code/codeSystem");
     assert!(r.document.contains("act.xml") && r.document.contains("ACT-9"), "{r}");
     assert!(r.reason.contains("not in known_code_systems"), "{r}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// RIV-TA over HTTPS with mTLS: a small producer on loopback serving canned documents
+
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    soap_action: String,
+    consumer: String,
+    correlation: String,
+    content_type: String,
+    body: String,
+}
+
+impl Seen {
+    /// The operation from the SOAPAction (`…:GetCareContacts`).
+    fn op(&self) -> &str {
+        self.soap_action.trim_matches('"').rsplit(':').next().unwrap_or("")
+    }
+    /// The patient the request asks about.
+    fn patient(&self) -> String {
+        let Some(i) = self.body.find("<r:patientId>") else { return String::new() };
+        let rest = &self.body[i..];
+        let end = rest.find("</r:patientId>").unwrap_or(rest.len());
+        let inner = &rest[..end];
+        for tag in ["<c:id>", "<c:extension>"] {
+            if let Some(j) = inner.find(tag) {
+                let v = &inner[j + tag.len()..];
+                return v[..v.find('<').unwrap_or(v.len())].to_string();
+            }
+        }
+        String::new()
+    }
+    /// The single care unit asked for (GetActivities/GetObservations), if any.
+    fn care_unit(&self) -> Option<String> {
+        let i = self.body.find("<r:careUnitId>")?;
+        let rest = &self.body[i..];
+        let j = rest.find("<c:extension>")? + "<c:extension>".len();
+        Some(rest[j..j + rest[j..].find('<')?].to_string())
+    }
+}
+
+enum Reply {
+    Xml(String),
+    Status(u16, String),
+    /// `head`, then `chunk` `repeat` times, generated lazily; counts chunks produced.
+    Stream { head: String, chunk: String, repeat: usize, produced: Arc<std::sync::atomic::AtomicUsize> },
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+struct RivServer {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl RivServer {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    fn count(&self, op: &str, patient: &str) -> usize {
+        self.seen().iter().filter(|s| s.op() == op && s.patient() == patient).count()
+    }
+}
+
+async fn riv_server(tls: Arc<rustls::ServerConfig>, handler: Handler) -> RivServer {
+    use axum::body::Body;
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let st = (seen.clone(), handler);
+    let app = axum::Router::new().fallback(
+        |axum::extract::State((seen, handler)): axum::extract::State<(Arc<Mutex<Vec<Seen>>>, Handler)>,
+         uri: Uri,
+         headers: HeaderMap,
+         body: String| async move {
+            let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let s = Seen {
+                path: uri.path().to_string(),
+                soap_action: h("soapaction"),
+                consumer: h("x-rivta-original-serviceconsumer-hsaid"),
+                correlation: h("x-skltp-correlation-id"),
+                content_type: h("content-type"),
+                body,
+            };
+            seen.lock().unwrap().push(s.clone());
+            let xml = [("content-type", "text/xml; charset=UTF-8")];
+            let r: Response = match handler(&s) {
+                Reply::Xml(x) => (xml, x).into_response(),
+                Reply::Status(code, x) => (StatusCode::from_u16(code).unwrap(), xml, x).into_response(),
+                Reply::Stream { head, chunk, repeat, produced } => {
+                    let chunks = std::iter::once(head).chain((0..repeat).map(move |_| {
+                        produced.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        chunk.clone()
+                    }));
+                    let stream = futures::stream::iter(chunks.map(|c| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(c))));
+                    (xml, Body::from_stream(stream)).into_response()
+                }
+            };
+            r
+        },
+    );
+    let app = app.with_state(st);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cfg = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    tokio::spawn(axum_server::from_tcp_rustls(listener, cfg).serve(app.into_make_service()));
+    RivServer { url: format!("https://127.0.0.1:{port}"), seen }
+}
+
+fn certs() -> (common::TestDir, CertSet) {
+    let dir = common::test_dir();
+    let set = CertSet::ensure(&dir.path().join("certs")).unwrap();
+    (dir, set)
+}
+
+fn riv_settings(server: &RivServer, certs: &CertSet) -> SourceSettings {
+    let mut known = SourceSettings::default().known_code_systems;
+    known.push(LOCAL_TERMS.into());
+    SourceSettings {
+        kind: SourceKind::Riv,
+        base_url: format!("{}/vp", server.url),
+        consumer_hsa_id: "SE2321000156-RBRG".into(),
+        care_giver_hsa_id: "SE2321000156-0001".into(),
+        tls: sandbox_client_settings(certs),
+        timeout_seconds: 10,
+        concurrency: 4,
+        known_code_systems: known,
+        retry: RetrySettings { initial_delay_ms: 5, multiplier: 2.0, max_delay_ms: 20, max_attempts: 3, max_elapsed_seconds: 0, jitter: false },
+        ..SourceSettings::default()
+    }
+}
+
+fn pull_request(discovery: PatientDiscovery, dir: &Path) -> PullRequest {
+    PullRequest {
+        connector: "sar-test".into(),
+        units: vec![HsaId::parse(FT01).unwrap(), HsaId::parse(FT02).unwrap()],
+        changed_since: Some(Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap()),
+        window_from: NaiveDate::from_ymd_opt(2025, 5, 1).unwrap(),
+        window_to: today(),
+        discovery,
+        connector_dir: dir.to_path_buf(),
+        correlation_id: "corr-test-1".into(),
+        today: today(),
+    }
+}
+
+async fn run_pull(src: &dyn Source, req: &PullRequest) -> (anyhow::Result<PullSummary>, Vec<SourceItem>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let collect = tokio::spawn(async move {
+        let mut items = vec![];
+        while let Some(i) = rx.recv().await {
+            items.push(i);
+        }
+        items
+    });
+    let summary = src.pull(req, tx).await;
+    (summary, collect.await.unwrap())
+}
+
+fn batch_of<'a>(items: &'a [SourceItem], p: &str) -> Option<&'a PatientBatch> {
+    let id = pid(p);
+    items.iter().find_map(|i| match i {
+        SourceItem::Patient(b) if b.patient == id => Some(b),
+        _ => None,
+    })
+}
+
+fn refused_for<'a>(items: &'a [SourceItem], p: &str) -> Vec<(&'a Refusal, bool)> {
+    let id = pid(p);
+    items
+        .iter()
+        .filter_map(|i| match i {
+            SourceItem::Refused { refusal, patient: Some(pp), transient, .. } if *pp == id => Some((refusal, *transient)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The good answer for any patient: the documents of `good_documents`, activities and
+/// observations only for FT01 (the unit the fixtures name).
+fn good_reply(s: &Seen) -> Reply {
+    let p = s.patient();
+    let docs = good_documents(&p);
+    let pick = |c: Contract| docs.iter().find(|(cc, _)| *cc == c).map(|(_, d)| d.clone()).unwrap();
+    let other_unit = s.care_unit().is_some_and(|u| u != FT01);
+    Reply::Xml(fx::envelope(&match s.op() {
+        "GetCareContacts" => pick(Contract::GetCareContacts),
+        "GetDiagnosis" => pick(Contract::GetDiagnosis),
+        "GetActivities" if other_unit => fx::activities_response(&[]),
+        "GetActivities" => pick(Contract::GetActivities),
+        "GetObservations" if other_unit => fx::observations_response(&[]),
+        "GetObservations" => pick(Contract::GetObservations),
+        _ => String::new(),
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riv_pull_over_mtls_pages_the_engagement_index_and_fetches_each_patient() {
+    let (dir, certs) = certs();
+    let (a, b, c, d) = (pnr("19500101", "123"), pnr("19610202", "234"), pnr("19720303", "345"), pnr("19830404", "456"));
+    let bad = wrong_check_digit(&pnr("19400505", "567"));
+    let (a2, b2, c2, d2, bad2) = (a.clone(), b.clone(), c.clone(), d.clone(), bad.clone());
+    let handler: Handler = Arc::new(move |s: &Seen| {
+        if s.op() != "GetUpdates" {
+            return good_reply(s);
+        }
+        if !s.body.contains("registeredResidentLastFetched") {
+            Reply::Xml(fx::envelope(&fx::updates_response(
+                false,
+                &[fx::resident(&a2, &[(FT01, SS)]), fx::resident(&b2, &[(ELSEWHERE, SS)]), fx::resident(&c2, &[(ELSEWHERE, SS), (FT02, SS)])],
+            )))
+        } else {
+            Reply::Xml(fx::envelope(&fx::updates_response(
+                true,
+                &[fx::resident(&d2, &[(FT01, SS)]), fx::resident(&a2, &[(FT01, SS)]), fx::resident(&bad2, &[(FT01, SS)])],
+            )))
+        }
+    });
+    let server = riv_server(certs.server_config_mtls().unwrap(), handler).await;
+    let mut settings = riv_settings(&server, &certs);
+    settings.engagement_index_url = format!("{}/ei", server.url);
+    let src = RivSource::new(&settings).unwrap();
+    let domains = vec!["riv:clinicalprocess:logistics:logistics".to_string(), "riv:clinicalprocess:healthcond:basic".to_string()];
+    let req = pull_request(PatientDiscovery::EngagementIndex { service_domains: domains }, dir.path());
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+
+    // A and C (and D) have engagements at our units; B only elsewhere; the invalid id is refused.
+    assert!(summary.complete);
+    assert_eq!(summary.patients, 3);
+    assert!(batch_of(&items, &a).is_some() && batch_of(&items, &c).is_some() && batch_of(&items, &d).is_some());
+    assert!(batch_of(&items, &b).is_none());
+    // 2 domains x 2 pages, then 3 patients x (contacts + diagnoses + 2 units x (activities + observations)).
+    assert_eq!(summary.documents, 4 + 3 * 6);
+    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    assert_eq!(refused.len(), 2, "the invalid resident is refused once per domain");
+    assert_eq!(refused[0].field, "registeredResidentEngagement/registeredResidentIdentification");
+    assert!(refused[0].reason.contains("invalid patient identity"), "{}", refused[0]);
+    assert_no_identity(&refusal_texts(&items), &[&a, &b, &c, &d, &bad]);
+
+    // The batch: every contract's records, joined to the contacts.
+    let ba = batch_of(&items, &a).unwrap();
+    assert_eq!((contacts(ba).len(), diagnoses(ba).len(), activities(ba).len(), observations(ba).len()), (2, 2, 2, 4));
+    assert!(ba.refusals.is_empty(), "{:?}", ba.refusals);
+    assert_eq!(ba.log_ids, vec!["log-cc-1".to_string(), "log-dia-1".to_string()]);
+    let act2 = activities(ba).into_iter().find(|x| x.provenance.document_id == "ACT-2").unwrap();
+    assert_eq!(act2.care_contact_id.as_deref(), Some("KK-CC-1"), "a reference to the contact's document id is joined to its care-contact id");
+    assert!(ba.records.iter().all(|r| r.provenance().connector == "sar-test"));
+
+    // What went over the wire.
+    let seen = server.seen();
+    let updates: Vec<&Seen> = seen.iter().filter(|s| s.op() == "GetUpdates").collect();
+    assert_eq!(updates.len(), 4);
+    assert!(updates.iter().all(|s| s.path == "/ei/itintegration/engagementindex/GetUpdates/1/rivtabp21"));
+    assert_eq!(updates.iter().filter(|s| s.body.contains(&format!("<r:registeredResidentLastFetched>{c}</r:registeredResidentLastFetched>"))).count(), 2);
+    assert!(updates[0].body.contains("<r:timeStamp>20260401020000</r:timeStamp>"), "changed_since is sent as Swedish local time");
+    for s in &seen {
+        assert_eq!(s.consumer, "SE2321000156-RBRG");
+        assert_eq!(s.correlation, "corr-test-1");
+        assert!(s.content_type.starts_with("text/xml"));
+        assert!(s.body.contains("<add:LogicalAddress xmlns:add=\"urn:riv:itintegration:registry:1\">5565594230</add:LogicalAddress>"));
+        assert!(s.soap_action.starts_with('"') && s.soap_action.ends_with('"'));
+    }
+    let cc = seen.iter().find(|s| s.op() == "GetCareContacts").unwrap();
+    assert_eq!(cc.path, "/vp/clinicalprocess/logistics/logistics/GetCareContacts/3/rivtabp21");
+    assert_eq!(cc.soap_action, "\"urn:riv:clinicalprocess:logistics:logistics:GetCareContactsResponder:3:GetCareContacts\"");
+    assert!(cc.body.contains(&format!("<r:careUnitHSAId>{FT01}</r:careUnitHSAId><r:careUnitHSAId>{FT02}</r:careUnitHSAId>")));
+    assert!(cc.body.contains("<r:datePeriod><c:start>20250501</c:start><c:end>20260501</c:end></r:datePeriod>"));
+    let paths: std::collections::BTreeSet<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    for p in [
+        "/vp/clinicalprocess/healthcond/description/GetDiagnosis/2/rivtabp21",
+        "/vp/clinicalprocess/activity/actions/GetActivities/1/rivtabp21",
+        "/vp/clinicalprocess/healthcond/basic/GetObservations/1/rivtabp21",
+    ] {
+        assert!(paths.contains(p), "{p} not called");
+    }
+    assert_eq!(server.count("GetActivities", &a), 2, "activities are asked once per unit");
 }
