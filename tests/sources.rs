@@ -847,3 +847,165 @@ async fn riv_pull_over_mtls_pages_the_engagement_index_and_fetches_each_patient(
     }
     assert_eq!(server.count("GetActivities", &a), 2, "activities are asked once per unit");
 }
+
+fn write_patient_list(dir: &Path, patients: &[&str]) -> PathBuf {
+    let f = dir.join("patients.txt");
+    let mut text = String::from("# patients for the test connector\n\n");
+    for p in patients {
+        text.push_str(p);
+        text.push('\n');
+    }
+    std::fs::write(&f, text).unwrap();
+    f
+}
+
+/// An entity-expansion bomb: a DTD whose entities expand to gigabytes.
+fn entity_bomb() -> String {
+    let mut dtd = String::from("<!ENTITY lol \"lol\">");
+    for i in 1..=9 {
+        let prev = if i == 1 { "lol".to_string() } else { format!("lol{}", i - 1) };
+        dtd.push_str(&format!("<!ENTITY lol{i} \"{}\">", format!("&{prev};").repeat(10)));
+    }
+    format!("<?xml version=\"1.0\"?>\n<!DOCTYPE GetDiagnosisResponse [{dtd}]>\n<GetDiagnosisResponse xmlns=\"{}\">&lol9;</GetDiagnosisResponse>", fx::DIA_NS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riv_bad_input_is_refused_clearly_and_the_rest_comes_through() {
+    use std::collections::HashMap;
+    let (dir, certs) = certs();
+    let names = [
+        "good", "malformed", "wrong_ns", "missing", "bad_id", "unknown_code", "future", "oversized", "bomb", "fault", "http500", "client_fault",
+    ];
+    let ids: HashMap<&str, String> = names.iter().enumerate().map(|(i, n)| (*n, pnr(&format!("19{:02}0{}1{}", 40 + i, 1 + i % 9, i % 10), "123"))).collect();
+    let by_pnr: HashMap<String, &str> = ids.iter().map(|(k, v)| (v.clone(), *k)).collect();
+    let produced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let produced2 = produced.clone();
+    let handler: Handler = Arc::new(move |s: &Seen| {
+        let p = s.patient();
+        let who = by_pnr.get(&p).copied().unwrap_or("good");
+        match (who, s.op()) {
+            ("malformed", "GetDiagnosis") => {
+                let good = fx::envelope(&fx::diagnosis_response(&[fx::diagnosis(&fx::Diag::new("D1", &p, FT01, "20260301100000", "M17.1"))]));
+                Reply::Xml(good.replace("</c:diagnosisBody>", "</c:diagnosisBdy>"))
+            }
+            ("wrong_ns", "GetCareContacts") => Reply::Xml(fx::envelope(
+                &fx::care_contacts_response(&[]).replace(fx::CC_NS, "urn:riv:clinicalprocess:logistics:logistics:GetCareContactsResponder:2"),
+            )),
+            ("missing", "GetCareContacts") => {
+                let mut c = fx::Contact::new("CC-M", &p, FT01, "20260301100000");
+                c.drop_professional = true;
+                Reply::Xml(fx::envelope(&fx::care_contacts_response(&[fx::care_contact(&c), fx::care_contact(&fx::Contact::new("CC-OK", &p, FT01, "20260302100000"))])))
+            }
+            ("bad_id", "GetObservations") if s.care_unit().as_deref() == Some(FT01) => Reply::Xml(fx::envelope(&fx::observations_response(&[fx::observation_group(
+                &wrong_check_digit(&p),
+                FT01,
+                &[fx::observation("O1", "NRS-SMARTA", LOCAL_TERMS, "20260301100500", &fx::pq("4", "1"), None)],
+            )]))),
+            ("unknown_code", "GetActivities") if s.care_unit().as_deref() == Some(FT01) => Reply::Xml(fx::envelope(&fx::activities_response(&[fx::activity_group(
+                &p,
+                FT01,
+                &[fx::activity("A-OK", "DV200", OID_KVA, "20260301103000", None), fx::activity("A-BAD", "ZZ999", "1.2.752.999.1", "20260301103000", None)],
+            )]))),
+            ("future", "GetCareContacts") => Reply::Xml(fx::envelope(&fx::care_contacts_response(&[
+                fx::care_contact(&fx::Contact::new("CC-F", &p, FT01, "20270101100000")),
+                fx::care_contact(&fx::Contact::new("CC-N", &p, FT01, "20260301100000")),
+            ]))),
+            ("oversized", "GetObservations") => Reply::Stream {
+                head: format!("<GetObservationsResponse xmlns=\"{}\" xmlns:c=\"{}\"><!--", fx::OBS_NS, fx::OBS_CORE),
+                chunk: "x".repeat(64 * 1024),
+                repeat: 1024,
+                produced: produced2.clone(),
+            },
+            ("bomb", "GetDiagnosis") => Reply::Xml(entity_bomb()),
+            ("fault", "GetActivities") => Reply::Status(500, fx::fault("Server", &format!("Internal error while reading patient {p}"))),
+            ("http500", "GetCareContacts") => Reply::Status(500, "<html>Internal Server Error</html>".into()),
+            ("client_fault", "GetDiagnosis") => Reply::Status(500, fx::fault("Client", "Invalid request: unknown logical address")),
+            _ => good_reply(s),
+        }
+    });
+    let server = riv_server(certs.server_config_mtls().unwrap(), handler).await;
+    let mut settings = riv_settings(&server, &certs);
+    settings.max_response_bytes = 256 * 1024;
+    let src = RivSource::new(&settings).unwrap();
+    let list: Vec<&str> = names.iter().map(|n| ids[n].as_str()).collect();
+    write_patient_list(dir.path(), &list);
+    let req = pull_request(PatientDiscovery::File { path: "patients.txt".into() }, dir.path());
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+    let all: Vec<&str> = ids.values().map(|s| s.as_str()).collect();
+    assert_no_identity(&refusal_texts(&items), &all);
+    assert!(!summary.complete, "transient failures keep the watermark back");
+
+    // Whole documents refused: the patient's batch is withheld, the document and reason named.
+    let one = |n: &str| {
+        let r = refused_for(&items, &ids[n]);
+        assert_eq!(r.len(), 1, "{n}: {r:?}");
+        assert!(batch_of(&items, &ids[n]).is_none(), "{n}: batch must be withheld");
+        (r[0].0.clone(), r[0].1)
+    };
+    let (r, transient) = one("malformed");
+    assert_eq!(r.document, "GetDiagnosis 2 at /vp/clinicalprocess/healthcond/description/GetDiagnosis/2/rivtabp21");
+    assert!(r.reason.starts_with("malformed XML at line 5, column"), "{r}");
+    assert!(!transient);
+    let (r, transient) = one("wrong_ns");
+    assert!(r.document.starts_with("GetCareContacts 3 at /vp/"), "{r}");
+    assert_eq!(r.field, "GetCareContactsResponse");
+    assert!(r.reason.contains("GetCareContactsResponder:2") && r.reason.contains("expected urn:riv:clinicalprocess:logistics:logistics:GetCareContactsResponder:3"), "{r}");
+    assert!(!transient);
+    let (r, transient) = one("oversized");
+    assert!(r.document.starts_with("GetObservations 1 at"), "{r}");
+    assert!(r.reason.contains("larger than max_response_bytes") && r.reason.contains("reading stopped"), "{r}");
+    assert!(!transient);
+    assert!(produced.load(std::sync::atomic::Ordering::SeqCst) < 512, "the client stops reading an oversized response");
+    let (r, transient) = one("bomb");
+    assert_eq!(r.field, "<!DOCTYPE>");
+    assert!(r.reason.contains("no DTDs, no entity expansion"), "{r}");
+    assert!(!transient);
+    let (r, transient) = one("fault");
+    assert_eq!(r.field, "Envelope/Body/Fault");
+    assert!(r.reason.starts_with("SOAP fault (soap:Server): Internal error while reading patient <pnr>"), "{r}");
+    assert!(r.reason.contains("gave up after 3 attempts"), "{r}");
+    assert!(transient);
+    assert_eq!(server.count("GetActivities", &ids["fault"]), 3);
+    let (r, transient) = one("http500");
+    assert_eq!(r.document, "GetCareContacts 3 at /vp/clinicalprocess/logistics/logistics/GetCareContacts/3/rivtabp21");
+    assert!(r.reason.starts_with("HTTP 500 Internal Server Error") && r.reason.contains("gave up after 3 attempts"), "{r}");
+    assert!(transient);
+    assert_eq!(server.count("GetCareContacts", &ids["http500"]), 3);
+    let (r, transient) = one("client_fault");
+    assert!(r.reason.contains("SOAP fault (soap:Client): Invalid request"), "{r}");
+    assert!(!transient, "a Client fault is not retried");
+    assert_eq!(server.count("GetDiagnosis", &ids["client_fault"]), 1);
+
+    // Item-level refusals: the rest of the patient's documents still come through.
+    let item = |n: &str| {
+        let b = batch_of(&items, &ids[n]).unwrap_or_else(|| panic!("{n}: batch expected"));
+        assert_eq!(b.refusals.len(), 1, "{n}: {:?}", b.refusals);
+        (b.refusals[0].clone(), b)
+    };
+    let (r, b) = item("missing");
+    assert_eq!(r.field, "careContact/careContactHeader/accountableHealthcareProfessional");
+    assert_eq!(r.reason, "mandatory element is missing");
+    assert!(r.document.contains("careContact[0] documentId CC-M"), "{r}");
+    assert_eq!(contacts(b).len(), 1);
+    assert_eq!(diagnoses(b).len(), 2);
+    let (r, b) = item("bad_id");
+    assert_eq!(r.field, "observationGroup/patient/id/extension");
+    assert!(r.reason.starts_with("invalid patient identity: check digit"), "{r}");
+    assert!(r.reason.contains("1 observation(s) were not read"), "{r}");
+    assert!(observations(b).is_empty() && contacts(b).len() == 2);
+    let (r, b) = item("unknown_code");
+    assert_eq!(r.field, "activityGroup/activity/code/codeSystem");
+    assert!(r.document.contains("id A-BAD"), "{r}");
+    assert_eq!(activities(b).len(), 1);
+    let (r, b) = item("future");
+    assert_eq!(r.field, "careContact/careContactBody/careContactTimePeriod/start");
+    assert_eq!(r.reason, "date lies in the future");
+    assert_eq!(contacts(b).len(), 1);
+
+    let good = batch_of(&items, &ids["good"]).unwrap();
+    assert!(good.refusals.is_empty());
+    assert_eq!(good.records.len(), 10);
+    assert_eq!(summary.patients, 5);
+    assert_eq!(summary.refused, 7 + 4);
+}
