@@ -1009,3 +1009,189 @@ async fn riv_bad_input_is_refused_clearly_and_the_rest_comes_through() {
     assert_eq!(summary.patients, 5);
     assert_eq!(summary.refused, 7 + 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riv_tls_failures_are_clear_transient_refusals() {
+    let (dir, certs) = certs();
+    let p = pnr("19500101", "123");
+    write_patient_list(dir.path(), &[&p]);
+    let req = pull_request(PatientDiscovery::File { path: "patients.txt".into() }, dir.path());
+
+    // The server asks for a client certificate the client does not present.
+    let server = riv_server(certs.server_config_mtls().unwrap(), Arc::new(good_reply)).await;
+    let mut settings = riv_settings(&server, &certs);
+    settings.tls.client_cert_file = None;
+    settings.tls.client_key = None;
+    let (summary, items) = run_pull(&RivSource::new(&settings).unwrap(), &req).await;
+    assert!(!summary.unwrap().complete);
+    let r = refused_for(&items, &p);
+    assert_eq!(r.len(), 1);
+    let (refusal, transient) = r[0];
+    assert!(transient);
+    assert_eq!(refusal.document, "GetCareContacts 3 at /vp/clinicalprocess/logistics/logistics/GetCareContacts/3/rivtabp21");
+    assert_eq!(refusal.field, "transport");
+    assert!(refusal.reason.starts_with("TLS failure"), "{refusal}");
+    assert!(server.seen().is_empty(), "no request reached the producer");
+
+    // The server presents a certificate from a CA the client does not trust.
+    let other = common::test_dir();
+    let foreign = CertSet::ensure(&other.path().join("foreign")).unwrap();
+    let server = riv_server(foreign.server_config_mtls().unwrap(), Arc::new(good_reply)).await;
+    let settings = riv_settings(&server, &certs);
+    let (summary, items) = run_pull(&RivSource::new(&settings).unwrap(), &req).await;
+    assert!(!summary.unwrap().complete);
+    let r = refused_for(&items, &p);
+    assert_eq!(r.len(), 1);
+    assert!(r[0].1);
+    assert!(r[0].0.reason.starts_with("TLS failure") && r[0].0.reason.contains("certificate"), "{}", r[0].0);
+    assert!(r[0].0.reason.contains("gave up after 3 attempts"), "{}", r[0].0);
+    assert_no_identity(&refusal_texts(&items), &[&p]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riv_result_error_keeps_the_log_id_and_only_invalid_request_is_permanent() {
+    let (dir, certs) = certs();
+    let (inv, tech) = (pnr("19500101", "123"), pnr("19610202", "234"));
+    let inv2 = inv.clone();
+    let handler: Handler = Arc::new(move |s: &Seen| match s.op() {
+        "GetCareContacts" if s.patient() == inv2 => Reply::Xml(fx::envelope(&fx::care_contacts_error(Some("INVALID_REQUEST"), "log-inv-7"))),
+        "GetCareContacts" => Reply::Xml(fx::envelope(&fx::care_contacts_error(None, "log-tech-8"))),
+        _ => good_reply(s),
+    });
+    let server = riv_server(certs.server_config_mtls().unwrap(), handler).await;
+    let src = RivSource::new(&riv_settings(&server, &certs)).unwrap();
+    write_patient_list(dir.path(), &[&inv, &tech]);
+    let req = pull_request(PatientDiscovery::File { path: "patients.txt".into() }, dir.path());
+    let (summary, items) = run_pull(&src, &req).await;
+    assert!(!summary.unwrap().complete);
+    let (r, transient) = refused_for(&items, &inv)[0];
+    assert!(!transient);
+    assert_eq!(r.field, "result/resultCode");
+    assert!(r.reason.starts_with("resultCode ERROR (INVALID_REQUEST), logId log-inv-7"), "{r}");
+    assert_eq!(server.count("GetCareContacts", &inv), 1);
+    let (r, transient) = refused_for(&items, &tech)[0];
+    assert!(transient);
+    assert!(r.reason.contains("logId log-tech-8") && r.reason.contains("gave up after 3 attempts"), "{r}");
+    assert_eq!(server.count("GetCareContacts", &tech), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riv_patient_lists_from_a_file_and_from_sql() {
+    let (dir, certs) = certs();
+    let (a, b, c) = (pnr("19500101", "123"), pnr("19610202", "234"), pnr("19720303", "345"));
+    let server = riv_server(certs.server_config_mtls().unwrap(), Arc::new(good_reply)).await;
+    let src = RivSource::new(&riv_settings(&server, &certs)).unwrap();
+
+    // File: comments, blank lines, a duplicate, an invalid line (refused by line number).
+    let bad = wrong_check_digit(&c);
+    std::fs::write(dir.path().join("list.txt"), format!("# artros patients\n{a}\n\n{b}  # second\n{bad}\n{a}\n")).unwrap();
+    let req = pull_request(PatientDiscovery::File { path: "list.txt".into() }, dir.path());
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+    assert!(summary.complete);
+    assert_eq!(summary.patients, 2);
+    assert!(batch_of(&items, &a).is_some() && batch_of(&items, &b).is_some());
+    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!((refused[0].document.as_str(), refused[0].field.as_str()), ("patient list list.txt", "line 5"));
+    assert_no_identity(&refusal_texts(&items), &[&a, &b, &c]);
+
+    // SQL: one text column from a SQLite database.
+    let db = dir.path().join("patients.db");
+    let url = format!("sqlite:{}?mode=rwc", db.display());
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE pat (pnr TEXT, unit TEXT)").execute(&mut conn).await.unwrap();
+        for (p, u) in [(&a, FT01), (&c, FT02), (&bad, FT01), (&b, ELSEWHERE)] {
+            sqlx::query("INSERT INTO pat VALUES (?, ?)").bind(p).bind(u).execute(&mut conn).await.unwrap();
+        }
+    }
+    let var = format!("RB_TEST_PATIENT_DB_{}", uuid::Uuid::new_v4().simple());
+    std::env::set_var(&var, &url);
+    let req = pull_request(
+        PatientDiscovery::Sql { url: Secret::from_env(&var), query: "SELECT pnr FROM pat WHERE unit LIKE 'SE2321000156-FT%' ORDER BY pnr".into() },
+        dir.path(),
+    );
+    let (summary, items) = run_pull(&src, &req).await;
+    assert_eq!(summary.unwrap().patients, 2);
+    assert!(batch_of(&items, &a).is_some() && batch_of(&items, &c).is_some() && batch_of(&items, &b).is_none());
+    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].document, "patient query");
+    assert!(refused[0].field.starts_with("row "));
+
+    // `all` makes no sense for per-patient contracts.
+    let req = pull_request(PatientDiscovery::All, dir.path());
+    let (summary, _) = run_pull(&src, &req).await;
+    let e = summary.unwrap_err().to_string();
+    assert!(e.contains("`all` is not supported by a RIV-TA source"), "{e}");
+}
+
+#[tokio::test]
+async fn riv_parser_streams_items_while_the_document_is_still_arriving() {
+    use registerbrygga::sources::riv::parse::{parse_response_with, Item};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let p = pnr("19500101", "123");
+    let contact = fx::care_contact(&fx::Contact::new("CC-X", &p, FT01, "20260301100000"));
+    let n = 4000; // about 5 MB
+    let total = n * contact.len();
+    let written = Arc::new(AtomicUsize::new(0));
+    // A pipe much smaller than the document: the writer can only be ahead by 64 KiB.
+    let (mut w, r) = tokio::io::duplex(64 * 1024);
+    let w2 = written.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(format!("<GetCareContactsResponse xmlns=\"{}\" xmlns:c=\"{}\">", fx::CC_NS, fx::CC_CORE).as_bytes()).await.unwrap();
+        for _ in 0..n {
+            w.write_all(contact.as_bytes()).await.unwrap();
+            w2.fetch_add(contact.len(), Ordering::SeqCst);
+        }
+        w.write_all(b"<result><c:resultCode>OK</c:resultCode><c:logId>l</c:logId></result></GetCareContactsResponse>").await.unwrap();
+    });
+    let mut first_at = None;
+    let mut count = 0usize;
+    let summary = parse_response_with(tokio::io::BufReader::new(r), "big.xml", &parse_ctx(), |item| {
+        if let Item::Record(_) = item {
+            count += 1;
+            if first_at.is_none() {
+                first_at = Some(written.load(Ordering::SeqCst));
+            }
+        }
+    })
+    .await
+    .unwrap();
+    writer.await.unwrap();
+    assert_eq!(count, n);
+    assert!(summary.bytes as usize > total);
+    let first_at = first_at.unwrap();
+    assert!(first_at < total / 20, "the first record arrived after {first_at} of {total} bytes were written");
+}
+
+#[test]
+fn inspect_reports_records_and_refusals_apart() {
+    use registerbrygga::sources::riv::inspect;
+    let dir = common::test_dir();
+    let p = pnr("19500101", "123");
+    let good = dir.path().join("cc.xml");
+    let mut c = fx::Contact::new("CC-9", &p, FT01, "20270101100000");
+    c.care_contact_id = None;
+    std::fs::write(&good, fx::envelope(&fx::care_contacts_response(&[fx::care_contact(&fx::Contact::new("CC-1", &p, FT01, "20260301100000")), fx::care_contact(&c)]))).unwrap();
+    let today = chrono::Utc::now().with_timezone(&chrono_tz::Europe::Stockholm).date_naive();
+    let parsed = registerbrygga::sources::riv::parse_bytes(&std::fs::read(&good).unwrap(), "cc.xml", &ParseContext::new("inspect", today));
+    let (v, code) = inspect::report("cc.xml", &parsed);
+    assert_eq!(code, 0);
+    assert_eq!(v["document"], "cc.xml");
+    assert_eq!(v["records"].as_array().unwrap().len(), 1);
+    assert_eq!(v["records"][0]["patient"]["id"], "<redacted>");
+    assert_eq!(v["refused"][0]["field"], "careContact/careContactBody/careContactTimePeriod/start");
+    assert!(!v.to_string().contains(&p[2..]), "inspect output never carries the identity");
+    assert_eq!(inspect::run(&good, true).unwrap(), 0);
+
+    let bad = dir.path().join("bad.xml");
+    std::fs::write(&bad, "<GetCareContactsResponse xmlns=\"urn:wrong\"/>").unwrap();
+    assert_eq!(inspect::run(&bad, false).unwrap(), 1);
+    let bomb = dir.path().join("bomb.xml");
+    std::fs::write(&bomb, entity_bomb()).unwrap();
+    assert_eq!(inspect::run(&bomb, true).unwrap(), 1);
+}
