@@ -1195,3 +1195,125 @@ fn inspect_reports_records_and_refusals_apart() {
     std::fs::write(&bomb, entity_bomb()).unwrap();
     assert_eq!(inspect::run(&bomb, true).unwrap(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files source
+
+fn age(path: &Path, secs: u64) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(secs)).unwrap();
+}
+
+fn files_settings(dir: &Path, settle: u64) -> SourceSettings {
+    let mut known = SourceSettings::default().known_code_systems;
+    known.push(LOCAL_TERMS.into());
+    SourceSettings { kind: SourceKind::Files, directory: Some(dir.to_path_buf()), settle_seconds: settle, known_code_systems: known, ..SourceSettings::default() }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn files_source_reads_settled_documents_groups_per_patient_and_moves_them_on_commit() {
+    let root = common::test_dir();
+    let drop = root.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let (p1, p2) = (pnr("19500101", "123"), pnr("19610202", "234"));
+    let write = |name: &str, text: &str, old: bool| {
+        let p = drop.join(name);
+        std::fs::write(&p, text).unwrap();
+        if old {
+            age(&p, 600);
+        }
+    };
+    write(
+        "a-contacts.xml",
+        &fx::envelope(&fx::care_contacts_response(&[fx::care_contact(&fx::Contact::new("CC-1", &p1, FT01, "20260301100000")), fx::care_contact(&fx::Contact::new("CC-2", &p2, FT02, "20260302100000"))])),
+        true,
+    );
+    let mut d = fx::Diag::new("DIA-1", &p1, FT01, "20260301101000", "M17.1");
+    d.care_contact_id = Some("KK-CC-1".into());
+    write("b-diagnoses.xml", &fx::diagnosis_response(&[fx::diagnosis(&d)]), true);
+    write("c-halfway.xml.tmp", "<GetCareContactsResponse", true);
+    write("d-fresh.xml", &fx::care_contacts_response(&[fx::care_contact(&fx::Contact::new("CC-3", &p2, FT01, "20260303100000"))]), false);
+    write("e-broken.xml", "<GetCareContactsResponse xmlns=\"urn:x\"><careContact>", true);
+    let mut future = fx::Contact::new("CC-F", &p2, FT01, "20300101100000");
+    future.care_contact_id = None;
+    write("f-mixed.xml", &fx::care_contacts_response(&[fx::care_contact(&future), fx::care_contact(&fx::Contact::new("CC-4", &p2, ELSEWHERE, "20260304100000"))]), true);
+
+    let src = registerbrygga::sources::files::FilesSource::new(&files_settings(&drop, 30)).unwrap();
+    let req = pull_request(PatientDiscovery::All, root.path());
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+    assert!(summary.complete);
+    assert_eq!(summary.patients, 2);
+    assert_eq!(summary.documents, 3);
+    let read: Vec<String> = summary.files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(read, vec!["a-contacts.xml", "b-diagnoses.xml", "e-broken.xml", "f-mixed.xml"], "the fresh and the .tmp file are not read");
+
+    // Grouped per patient across files; records of other units left out.
+    let b1 = batch_of(&items, &p1).unwrap();
+    assert_eq!((contacts(b1).len(), diagnoses(b1).len()), (1, 1));
+    assert_eq!(b1.log_ids, vec!["log-cc-1".to_string(), "log-dia-1".to_string()]);
+    let b2 = batch_of(&items, &p2).unwrap();
+    assert_eq!(b2.records.len(), 1);
+    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    assert_eq!(refused.len(), 2);
+    assert!(refused.iter().any(|r| r.document == "e-broken.xml" && r.reason.contains("namespace")), "{refused:?}");
+    assert!(refused.iter().any(|r| r.document.starts_with("f-mixed.xml careContact[0]") && r.reason == "date lies in the future"), "{refused:?}");
+    assert_no_identity(&refusal_texts(&items), &[&p1, &p2]);
+
+    // Commit moves them aside: processed and refused apart.
+    src.commit(&summary).await.unwrap();
+    assert_eq!(names_in(&drop.join("processed")), vec!["a-contacts.xml", "b-diagnoses.xml", "f-mixed.xml"]);
+    assert_eq!(names_in(&drop.join("refused")), vec!["e-broken.xml"]);
+    assert_eq!(names_in(&drop), vec!["c-halfway.xml.tmp", "d-fresh.xml", "processed", "refused"]);
+
+    // Never read twice: the next pull sees only the file that has settled since.
+    age(&drop.join("d-fresh.xml"), 600);
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+    assert_eq!(summary.files.len(), 1);
+    assert_eq!(summary.patients, 1);
+    assert_eq!(contacts(batch_of(&items, &p2).unwrap())[0].provenance.document_id, "CC-3");
+    src.commit(&summary).await.unwrap();
+    let (summary, items) = run_pull(&src, &req).await;
+    assert!(summary.unwrap().files.is_empty() && items.is_empty());
+}
+
+#[tokio::test]
+async fn files_source_waits_for_a_file_to_stop_changing_and_rereads_an_uncommitted_pull() {
+    let root = common::test_dir();
+    let drop = root.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let p = pnr("19500101", "123");
+    let full = fx::care_contacts_response(&[fx::care_contact(&fx::Contact::new("CC-1", &p, FT01, "20260301100000"))]);
+    let f = drop.join("export.xml");
+    // Half-written: the writer is still at it.
+    std::fs::write(&f, &full[..full.len() / 2]).unwrap();
+    let src = registerbrygga::sources::files::FilesSource::new(&files_settings(&drop, 1)).unwrap();
+    let req = pull_request(PatientDiscovery::All, root.path());
+    let (summary, items) = run_pull(&src, &req).await;
+    assert!(summary.unwrap().files.is_empty() && items.is_empty(), "a file still being written is not read");
+    std::fs::write(&f, &full).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+    assert_eq!(summary.files.len(), 1);
+    assert!(batch_of(&items, &p).is_some());
+
+    // The run failed before commit: the connector's next pull reads the file again (the same
+    // document is the same record), and once committed it is gone.
+    let (again, items) = run_pull(&src, &req).await;
+    let again = again.unwrap();
+    assert_eq!(again.files.len(), 1);
+    assert!(batch_of(&items, &p).is_some());
+    src.commit(&again).await.unwrap();
+    assert!(!f.exists());
+    assert_eq!(names_in(&drop.join("processed")), vec!["export.xml"]);
+    let (summary, _) = run_pull(&src, &req).await;
+    assert!(summary.unwrap().files.is_empty());
+}
