@@ -389,6 +389,8 @@ pub struct SourceSettings {
     pub retry: RetrySettings,
     /// RIV-TA engagement index: source systems (HSA ids) whose engagements count; empty = all.
     pub source_systems: Vec<String>,
+    /// FHIR: resources asked for per search page (`_count`).
+    pub page_size: u32,
 }
 
 impl Default for SourceSettings {
@@ -416,6 +418,7 @@ impl Default for SourceSettings {
             bearer_token: None,
             retry: RetrySettings { initial_delay_ms: 200, max_attempts: 4, max_delay_ms: 5_000, ..RetrySettings::default() },
             source_systems: vec![],
+            page_size: 100,
         }
     }
 }

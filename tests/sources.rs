@@ -1317,3 +1317,186 @@ async fn files_source_waits_for_a_file_to_stop_changing_and_rereads_an_uncommitt
     let (summary, _) = run_pull(&src, &req).await;
     assert!(summary.unwrap().files.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// FHIR source against the sandbox FHIR server
+
+fn prov(doc: &str) -> Provenance {
+    Provenance { connector: "journal".into(), source_system: SS.into(), document_id: doc.into(), fetched_at: Utc::now() }
+}
+
+/// One patient's journal: a visit with two ranked diagnoses, a KVÅ procedure, two observations.
+fn journal(p: &str, n: u32) -> Vec<Record> {
+    let patient = pid(p);
+    let unit = Some(HsaId::parse(FT01).unwrap());
+    let cc = Some(format!("KK-{n}"));
+    let at = local(2026, 3, n, 10, 0);
+    let physio = Some(Code::new(LOCAL_TERMS, PHYSIO));
+    let dia = |doc: &str, code: &str, kind| {
+        Record::Diagnosis(Diagnosis {
+            provenance: prov(doc),
+            patient: patient.clone(),
+            care_contact_id: cc.clone(),
+            unit: None,
+            code: Code::new(OID_ICD10SE, code),
+            kind,
+            chronic: None,
+            time: Some(at),
+            profession: None,
+            nullified: false,
+        })
+    };
+    let obs = |doc: &str, term: &str, value| {
+        Record::Observation(Observation {
+            provenance: prov(doc),
+            patient: patient.clone(),
+            care_contact_id: cc.clone(),
+            unit: unit.clone(),
+            term: Code::new(LOCAL_TERMS, term),
+            value: Some(value),
+            time: Some(at),
+            profession: None,
+            nullified: false,
+        })
+    };
+    vec![
+        Record::CareContact(CareContact {
+            provenance: prov(&format!("CC-{n}")),
+            patient: patient.clone(),
+            care_contact_id: cc.clone(),
+            unit: unit.clone(),
+            start: Some(at),
+            end: Some(local(2026, 3, n, 10, 45)),
+            contact_type: Some(Code::new("1.2.752.129.2.2.2.25", "1")),
+            status: None,
+            profession: physio.clone(),
+            nullified: false,
+        }),
+        dia(&format!("DIA-{n}-1"), "M171", DiagnosisKind::Main),
+        dia(&format!("DIA-{n}-2"), "M199", DiagnosisKind::Secondary),
+        Record::Activity(Activity {
+            provenance: prov(&format!("ACT-{n}")),
+            patient: patient.clone(),
+            care_contact_id: cc.clone(),
+            unit: unit.clone(),
+            code: Code::new(OID_KVA, "DV200"),
+            time: Some(at),
+            status: None,
+            profession: physio.clone(),
+            nullified: false,
+        }),
+        obs(&format!("OBS-{n}-1"), "NRS-SMARTA", ObservationValue::Quantity { value: 6.0, unit: Some("1".into()) }),
+        obs(&format!("OBS-{n}-2"), "MEST-BESVARANDE-LED", ObservationValue::Code { code: Code::new(LOCAL_TERMS, "KNA") }),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_source_pages_filters_by_last_updated_and_maps_to_canonical_records() {
+    use registerbrygga::sandbox::fhir::{spawn, FhirSandbox};
+    use registerbrygga::sources::fhir::FhirSource;
+    let (dir, certs) = certs();
+    let (p1, p2, p3) = (pnr("19500101", "123"), pnr("19610202", "234"), pnr("19720303", "345"));
+    let since = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap();
+    let after = since + chrono::Duration::hours(5);
+    let before = since - chrono::Duration::days(3);
+    let mut feed: Vec<(Record, chrono::DateTime<Utc>)> = vec![];
+    for (p, n) in [(&p1, 1), (&p2, 2), (&p3, 3)] {
+        for (i, r) in journal(p, n).into_iter().enumerate() {
+            // Patient 3's visit and its second observation have not changed since the watermark.
+            let lu = if n == 3 && (i == 0 || i == 5) { before } else { after + chrono::Duration::minutes(i as i64) };
+            feed.push((r, lu));
+        }
+    }
+    let mut elsewhere = journal(&p2, 9).remove(0);
+    if let Record::CareContact(c) = &mut elsewhere {
+        c.unit = Some(HsaId::parse(ELSEWHERE).unwrap());
+        c.care_contact_id = Some("KK-9".into());
+    }
+    feed.push((elsewhere, after));
+    let feed = Arc::new(feed);
+    let mut sb = FhirSandbox::new(Arc::new(move || feed.as_ref().clone()));
+    sb.bearer_token = Some("sandbox-token".into());
+    sb.extra = vec![
+        serde_json::json!({ "resourceType": "Condition", "id": "no-ident", "meta": { "lastUpdated": "2026-04-02T00:00:00Z" },
+            "code": { "coding": [{ "system": "urn:oid:1.2.752.116.1.1.1.1.3", "code": "M17.0" }] }, "subject": { "reference": "Patient/77" } }),
+        serde_json::json!({ "resourceType": "Observation", "id": "odd-code", "meta": { "lastUpdated": "2026-04-02T00:00:00Z" }, "status": "final",
+            "code": { "coding": [{ "system": "http://loinc.org", "code": "72514-3" }] },
+            "subject": { "identifier": { "system": "urn:oid:1.2.752.129.2.1.3.1", "value": p1.clone() } }, "effectiveDateTime": "2026-03-01" }),
+    ];
+    let requests = sb.requests.clone();
+    let url = spawn(sb, std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Some(certs.server_config_mtls().unwrap())).unwrap();
+
+    let var = format!("RB_TEST_FHIR_TOKEN_{}", uuid::Uuid::new_v4().simple());
+    std::env::set_var(&var, "sandbox-token");
+    let mut known = SourceSettings::default().known_code_systems;
+    known.push(LOCAL_TERMS.into());
+    let settings = SourceSettings {
+        kind: SourceKind::Fhir,
+        base_url: url.clone(),
+        tls: sandbox_client_settings(&certs),
+        bearer_token: Some(Secret::from_env(&var)),
+        page_size: 2,
+        known_code_systems: known.clone(),
+        retry: RetrySettings { initial_delay_ms: 5, multiplier: 2.0, max_delay_ms: 20, max_attempts: 3, max_elapsed_seconds: 0, jitter: false },
+        ..SourceSettings::default()
+    };
+    let src = FhirSource::new(&settings).unwrap();
+    let mut req = pull_request(PatientDiscovery::All, dir.path());
+    req.changed_since = Some(since);
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+    assert!(summary.complete);
+    assert_eq!(summary.patients, 3);
+
+    let b1 = batch_of(&items, &p1).unwrap();
+    let c1 = contacts(b1)[0];
+    assert_eq!(c1.provenance.document_id, "Encounter/KK-1");
+    assert_eq!(c1.provenance.source_system, SS);
+    assert_eq!(c1.provenance.connector, "sar-test");
+    assert_eq!((c1.start, c1.end), (Some(local(2026, 3, 1, 10, 0)), Some(local(2026, 3, 1, 10, 45))));
+    assert_eq!(c1.unit.as_ref().map(|u| u.as_str()), Some(FT01));
+    assert_eq!(c1.contact_type, Some(Code::new("1.2.752.129.2.2.2.25", "1")));
+    assert_eq!(c1.profession, Some(Code::new(LOCAL_TERMS, PHYSIO)));
+    let mut kinds: Vec<(String, DiagnosisKind)> = diagnoses(b1).iter().map(|d| (d.code.code.clone(), d.kind)).collect();
+    kinds.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(kinds, vec![("M171".to_string(), DiagnosisKind::Main), ("M199".to_string(), DiagnosisKind::Secondary)]);
+    assert!(diagnoses(b1).iter().all(|d| d.care_contact_id.as_deref() == Some("KK-1") && d.unit.as_ref().map(|u| u.as_str()) == Some(FT01)));
+    let a1 = activities(b1)[0];
+    assert_eq!((a1.code.clone(), a1.time, a1.profession.clone()), (Code::new(OID_KVA, "DV200"), Some(local(2026, 3, 1, 10, 0)), Some(Code::new(LOCAL_TERMS, PHYSIO))));
+    let values: Vec<_> = observations(b1).iter().map(|o| o.value.clone().unwrap()).collect();
+    assert!(values.contains(&ObservationValue::Quantity { value: 6.0, unit: Some("1".into()) }));
+    assert!(values.contains(&ObservationValue::Code { code: Code::new(LOCAL_TERMS, "KNA") }));
+
+    // Patient 3: only what changed since the watermark, yet the secondary diagnosis is still
+    // ranked (its encounter looked up by _id).
+    let b3 = batch_of(&items, &p3).unwrap();
+    assert!(contacts(b3).is_empty());
+    assert_eq!(observations(b3).len(), 1);
+    assert_eq!(diagnoses(b3).iter().find(|d| d.code.code == "M199").unwrap().kind, DiagnosisKind::Secondary);
+    // Patient 2's visit at another unit is left out.
+    assert_eq!(contacts(batch_of(&items, &p2).unwrap()).len(), 1);
+
+    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.iter().any(|r| r.document == "FHIR Condition/no-ident" && r.field == "Condition.subject.identifier"), "{refused:?}");
+    assert!(refused.iter().any(|r| r.document == "FHIR Observation/odd-code" && r.field == "Observation.code.coding.system"), "{refused:?}");
+    assert_no_identity(&refusal_texts(&items), &[&p1, &p2, &p3]);
+
+    // Paging and the watermark went over the wire.
+    let reqs = requests.lock().unwrap().clone();
+    let searches: Vec<&String> = reqs.iter().filter(|r| !r.contains("_id=")).collect();
+    assert!(searches.iter().all(|r| r.contains("_count=2") && r.contains("_lastUpdated=ge2026-04-01T00%3A00%3A00Z")), "{searches:?}");
+    assert!(searches.iter().any(|r| r.contains("_offset=2")), "paging follows next links");
+    assert!(reqs.iter().any(|r| r.starts_with("/Encounter?") && r.contains("_id=KK-3")), "{reqs:?}");
+    assert_eq!(summary.documents, reqs.len());
+
+    // A wrong token: every search refused, nothing passes the watermark.
+    std::env::set_var(&var, "wrong");
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+    assert!(!summary.complete);
+    assert_eq!(summary.patients, 0);
+    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    assert_eq!(refused.len(), 4);
+    assert!(refused.iter().all(|r| r.reason.starts_with("HTTP 401") && r.reason.contains("bearer_token")), "{refused:?}");
+}

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::mpsc;
 
+pub mod fhir;
 pub mod files;
 pub mod riv;
 
