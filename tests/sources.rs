@@ -612,6 +612,8 @@ impl Seen {
 
 enum Reply {
     Xml(String),
+    /// Answer after a pause (for concurrency checks).
+    Slow(u64, Box<Reply>),
     Status(u16, String),
     /// `head`, then `chunk` `repeat` times, generated lazily; counts chunks produced.
     Stream { head: String, chunk: String, repeat: usize, produced: Arc<std::sync::atomic::AtomicUsize> },
@@ -622,6 +624,8 @@ type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 struct RivServer {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Most requests in flight at once.
+    max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RivServer {
@@ -637,10 +641,13 @@ async fn riv_server(tls: Arc<rustls::ServerConfig>, handler: Handler) -> RivServ
     use axum::body::Body;
     use axum::http::{HeaderMap, StatusCode, Uri};
     use axum::response::{IntoResponse, Response};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let st = (seen.clone(), handler);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let st = (seen.clone(), handler, in_flight, max_in_flight.clone());
     let app = axum::Router::new().fallback(
-        |axum::extract::State((seen, handler)): axum::extract::State<(Arc<Mutex<Vec<Seen>>>, Handler)>,
+        |axum::extract::State((seen, handler, in_flight, max_in_flight)): axum::extract::State<(Arc<Mutex<Vec<Seen>>>, Handler, Arc<AtomicUsize>, Arc<AtomicUsize>)>,
          uri: Uri,
          headers: HeaderMap,
          body: String| async move {
@@ -654,8 +661,17 @@ async fn riv_server(tls: Arc<rustls::ServerConfig>, handler: Handler) -> RivServ
                 body,
             };
             seen.lock().unwrap().push(s.clone());
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            max_in_flight.fetch_max(now, Ordering::SeqCst);
             let xml = [("content-type", "text/xml; charset=UTF-8")];
-            let r: Response = match handler(&s) {
+            let mut reply = handler(&s);
+            while let Reply::Slow(ms, inner) = reply {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                reply = *inner;
+            }
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            let r: Response = match reply {
+                Reply::Slow(..) => unreachable!("unwrapped above"),
                 Reply::Xml(x) => (xml, x).into_response(),
                 Reply::Status(code, x) => (StatusCode::from_u16(code).unwrap(), xml, x).into_response(),
                 Reply::Stream { head, chunk, repeat, produced } => {
@@ -675,7 +691,7 @@ async fn riv_server(tls: Arc<rustls::ServerConfig>, handler: Handler) -> RivServ
     let port = listener.local_addr().unwrap().port();
     let cfg = axum_server::tls_rustls::RustlsConfig::from_config(tls);
     tokio::spawn(axum_server::from_tcp_rustls(listener, cfg).serve(app.into_make_service()));
-    RivServer { url: format!("https://127.0.0.1:{port}"), seen }
+    RivServer { url: format!("https://127.0.0.1:{port}"), seen, max_in_flight }
 }
 
 fn certs() -> (common::TestDir, CertSet) {
@@ -1499,4 +1515,48 @@ async fn fhir_source_pages_filters_by_last_updated_and_maps_to_canonical_records
     let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
     assert_eq!(refused.len(), 4);
     assert!(refused.iter().all(|r| r.reason.starts_with("HTTP 401") && r.reason.contains("bearer_token")), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riv_patients_are_fetched_with_bounded_concurrency() {
+    let (dir, certs) = certs();
+    let server = riv_server(certs.server_config_mtls().unwrap(), Arc::new(|s: &Seen| Reply::Slow(30, Box::new(good_reply(s))))).await;
+    let mut settings = riv_settings(&server, &certs);
+    settings.concurrency = 3;
+    let patients: Vec<String> = (1..=8).map(|i| pnr(&format!("1960010{i}"), "222")).collect();
+    write_patient_list(dir.path(), &patients.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let mut req = pull_request(PatientDiscovery::File { path: "patients.txt".into() }, dir.path());
+    req.units = vec![HsaId::parse(FT01).unwrap()];
+    let (summary, _) = run_pull(&RivSource::new(&settings).unwrap(), &req).await;
+    assert_eq!(summary.unwrap().patients, 8);
+    let max = server.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=3).contains(&max), "{max} requests were in flight at once (concurrency 3)");
+}
+
+#[test]
+fn riv_parser_never_panics_on_truncated_or_corrupted_input() {
+    let p = pnr("19500101", "123");
+    let ctx = parse_ctx();
+    // A tiny deterministic generator: the same corruptions every run.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for (_, doc) in good_documents(&p) {
+        let doc = fx::envelope(&doc).into_bytes();
+        for cut in (0..doc.len()).step_by(13) {
+            let _ = parse_bytes(&doc[..cut], "cut.xml", &ctx);
+        }
+        for _ in 0..300 {
+            let mut d = doc.clone();
+            for _ in 0..(1 + next() % 4) {
+                let i = (next() as usize) % d.len();
+                d[i] = b"<>/&;\"x\0\xff:="[(next() % 11) as usize];
+            }
+            let _ = parse_bytes(&d, "corrupt.xml", &ctx);
+        }
+    }
 }

@@ -140,6 +140,8 @@ pub struct UpdatesPage {
 }
 
 /// One thing read from a document, in document order.
+// Records are the common case; boxing them would only add an allocation per item.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Item {
     Record(Record),
