@@ -336,7 +336,8 @@ fn assert_valid(xsd: &Path, xml: &str, what: &str) {
     let dir = common::test_dir();
     let f = dir.path().join("doc.xml");
     std::fs::write(&f, xml).unwrap();
-    let out = std::process::Command::new("xmllint").arg("--noout").arg("--schema").arg(xsd).arg(&f).output().expect("xmllint runs (install libxml2-utils)");
+    let out =
+        std::process::Command::new("xmllint").arg("--noout").arg("--schema").arg(xsd).arg(&f).output().expect("xmllint runs (install libxml2-utils)");
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{what} does not validate against {}:\n{}", xsd.display(), registerbrygga::telemetry::redact(&msg));
 }
@@ -616,7 +617,12 @@ enum Reply {
     Slow(u64, Box<Reply>),
     Status(u16, String),
     /// `head`, then `chunk` `repeat` times, generated lazily; counts chunks produced.
-    Stream { head: String, chunk: String, repeat: usize, produced: Arc<std::sync::atomic::AtomicUsize> },
+    Stream {
+        head: String,
+        chunk: String,
+        repeat: usize,
+        produced: Arc<std::sync::atomic::AtomicUsize>,
+    },
 }
 
 type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
@@ -647,7 +653,12 @@ async fn riv_server(tls: Arc<rustls::ServerConfig>, handler: Handler) -> RivServ
     let max_in_flight = Arc::new(AtomicUsize::new(0));
     let st = (seen.clone(), handler, in_flight, max_in_flight.clone());
     let app = axum::Router::new().fallback(
-        |axum::extract::State((seen, handler, in_flight, max_in_flight)): axum::extract::State<(Arc<Mutex<Vec<Seen>>>, Handler, Arc<AtomicUsize>, Arc<AtomicUsize>)>,
+        |axum::extract::State((seen, handler, in_flight, max_in_flight)): axum::extract::State<(
+            Arc<Mutex<Vec<Seen>>>,
+            Handler,
+            Arc<AtomicUsize>,
+            Arc<AtomicUsize>,
+        )>,
          uri: Uri,
          headers: HeaderMap,
          body: String| async move {
@@ -819,7 +830,8 @@ async fn riv_pull_over_mtls_pages_the_engagement_index_and_fetches_each_patient(
     assert!(batch_of(&items, &b).is_none());
     // 2 domains x 2 pages, then 3 patients x (contacts + diagnoses + 2 units x (activities + observations)).
     assert_eq!(summary.documents, 4 + 3 * 6);
-    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    let refused: Vec<&Refusal> =
+        items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
     assert_eq!(refused.len(), 2, "the invalid resident is refused once per domain");
     assert_eq!(refused[0].field, "registeredResidentEngagement/registeredResidentIdentification");
     assert!(refused[0].reason.contains("invalid patient identity"), "{}", refused[0]);
@@ -839,7 +851,10 @@ async fn riv_pull_over_mtls_pages_the_engagement_index_and_fetches_each_patient(
     let updates: Vec<&Seen> = seen.iter().filter(|s| s.op() == "GetUpdates").collect();
     assert_eq!(updates.len(), 4);
     assert!(updates.iter().all(|s| s.path == "/ei/itintegration/engagementindex/GetUpdates/1/rivtabp21"));
-    assert_eq!(updates.iter().filter(|s| s.body.contains(&format!("<r:registeredResidentLastFetched>{c}</r:registeredResidentLastFetched>"))).count(), 2);
+    assert_eq!(
+        updates.iter().filter(|s| s.body.contains(&format!("<r:registeredResidentLastFetched>{c}</r:registeredResidentLastFetched>"))).count(),
+        2
+    );
     assert!(updates[0].body.contains("<r:timeStamp>20260401020000</r:timeStamp>"), "changed_since is sent as Swedish local time");
     for s in &seen {
         assert_eq!(s.consumer, "SE2321000156-RBRG");
@@ -882,17 +897,20 @@ fn entity_bomb() -> String {
         let prev = if i == 1 { "lol".to_string() } else { format!("lol{}", i - 1) };
         dtd.push_str(&format!("<!ENTITY lol{i} \"{}\">", format!("&{prev};").repeat(10)));
     }
-    format!("<?xml version=\"1.0\"?>\n<!DOCTYPE GetDiagnosisResponse [{dtd}]>\n<GetDiagnosisResponse xmlns=\"{}\">&lol9;</GetDiagnosisResponse>", fx::DIA_NS)
+    format!(
+        "<?xml version=\"1.0\"?>\n<!DOCTYPE GetDiagnosisResponse [{dtd}]>\n<GetDiagnosisResponse xmlns=\"{}\">&lol9;</GetDiagnosisResponse>",
+        fx::DIA_NS
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn riv_bad_input_is_refused_clearly_and_the_rest_comes_through() {
     use std::collections::HashMap;
     let (dir, certs) = certs();
-    let names = [
-        "good", "malformed", "wrong_ns", "missing", "bad_id", "unknown_code", "future", "oversized", "bomb", "fault", "http500", "client_fault",
-    ];
-    let ids: HashMap<&str, String> = names.iter().enumerate().map(|(i, n)| (*n, pnr(&format!("19{:02}0{}1{}", 40 + i, 1 + i % 9, i % 10), "123"))).collect();
+    let names =
+        ["good", "malformed", "wrong_ns", "missing", "bad_id", "unknown_code", "future", "oversized", "bomb", "fault", "http500", "client_fault"];
+    let ids: HashMap<&str, String> =
+        names.iter().enumerate().map(|(i, n)| (*n, pnr(&format!("19{:02}0{}1{}", 40 + i, 1 + i % 9, i % 10), "123"))).collect();
     let by_pnr: HashMap<String, &str> = ids.iter().map(|(k, v)| (v.clone(), *k)).collect();
     let produced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let produced2 = produced.clone();
@@ -910,18 +928,28 @@ async fn riv_bad_input_is_refused_clearly_and_the_rest_comes_through() {
             ("missing", "GetCareContacts") => {
                 let mut c = fx::Contact::new("CC-M", &p, FT01, "20260301100000");
                 c.drop_professional = true;
-                Reply::Xml(fx::envelope(&fx::care_contacts_response(&[fx::care_contact(&c), fx::care_contact(&fx::Contact::new("CC-OK", &p, FT01, "20260302100000"))])))
+                Reply::Xml(fx::envelope(&fx::care_contacts_response(&[
+                    fx::care_contact(&c),
+                    fx::care_contact(&fx::Contact::new("CC-OK", &p, FT01, "20260302100000")),
+                ])))
             }
-            ("bad_id", "GetObservations") if s.care_unit().as_deref() == Some(FT01) => Reply::Xml(fx::envelope(&fx::observations_response(&[fx::observation_group(
-                &wrong_check_digit(&p),
-                FT01,
-                &[fx::observation("O1", "NRS-SMARTA", LOCAL_TERMS, "20260301100500", &fx::pq("4", "1"), None)],
-            )]))),
-            ("unknown_code", "GetActivities") if s.care_unit().as_deref() == Some(FT01) => Reply::Xml(fx::envelope(&fx::activities_response(&[fx::activity_group(
-                &p,
-                FT01,
-                &[fx::activity("A-OK", "DV200", OID_KVA, "20260301103000", None), fx::activity("A-BAD", "ZZ999", "1.2.752.999.1", "20260301103000", None)],
-            )]))),
+            ("bad_id", "GetObservations") if s.care_unit().as_deref() == Some(FT01) => {
+                Reply::Xml(fx::envelope(&fx::observations_response(&[fx::observation_group(
+                    &wrong_check_digit(&p),
+                    FT01,
+                    &[fx::observation("O1", "NRS-SMARTA", LOCAL_TERMS, "20260301100500", &fx::pq("4", "1"), None)],
+                )])))
+            }
+            ("unknown_code", "GetActivities") if s.care_unit().as_deref() == Some(FT01) => {
+                Reply::Xml(fx::envelope(&fx::activities_response(&[fx::activity_group(
+                    &p,
+                    FT01,
+                    &[
+                        fx::activity("A-OK", "DV200", OID_KVA, "20260301103000", None),
+                        fx::activity("A-BAD", "ZZ999", "1.2.752.999.1", "20260301103000", None),
+                    ],
+                )])))
+            }
             ("future", "GetCareContacts") => Reply::Xml(fx::envelope(&fx::care_contacts_response(&[
                 fx::care_contact(&fx::Contact::new("CC-F", &p, FT01, "20270101100000")),
                 fx::care_contact(&fx::Contact::new("CC-N", &p, FT01, "20260301100000")),
@@ -966,7 +994,11 @@ async fn riv_bad_input_is_refused_clearly_and_the_rest_comes_through() {
     let (r, transient) = one("wrong_ns");
     assert!(r.document.starts_with("GetCareContacts 3 at /vp/"), "{r}");
     assert_eq!(r.field, "GetCareContactsResponse");
-    assert!(r.reason.contains("GetCareContactsResponder:2") && r.reason.contains("expected urn:riv:clinicalprocess:logistics:logistics:GetCareContactsResponder:3"), "{r}");
+    assert!(
+        r.reason.contains("GetCareContactsResponder:2")
+            && r.reason.contains("expected urn:riv:clinicalprocess:logistics:logistics:GetCareContactsResponder:3"),
+        "{r}"
+    );
     assert!(!transient);
     let (r, transient) = one("oversized");
     assert!(r.document.starts_with("GetObservations 1 at"), "{r}");
@@ -1107,7 +1139,8 @@ async fn riv_patient_lists_from_a_file_and_from_sql() {
     assert!(summary.complete);
     assert_eq!(summary.patients, 2);
     assert!(batch_of(&items, &a).is_some() && batch_of(&items, &b).is_some());
-    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    let refused: Vec<&Refusal> =
+        items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
     assert_eq!(refused.len(), 1);
     assert_eq!((refused[0].document.as_str(), refused[0].field.as_str()), ("patient list list.txt", "line 5"));
     assert_no_identity(&refusal_texts(&items), &[&a, &b, &c]);
@@ -1132,7 +1165,8 @@ async fn riv_patient_lists_from_a_file_and_from_sql() {
     let (summary, items) = run_pull(&src, &req).await;
     assert_eq!(summary.unwrap().patients, 2);
     assert!(batch_of(&items, &a).is_some() && batch_of(&items, &c).is_some() && batch_of(&items, &b).is_none());
-    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    let refused: Vec<&Refusal> =
+        items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].document, "patient query");
     assert!(refused[0].field.starts_with("row "));
@@ -1192,7 +1226,11 @@ fn inspect_reports_records_and_refusals_apart() {
     let good = dir.path().join("cc.xml");
     let mut c = fx::Contact::new("CC-9", &p, FT01, "20270101100000");
     c.care_contact_id = None;
-    std::fs::write(&good, fx::envelope(&fx::care_contacts_response(&[fx::care_contact(&fx::Contact::new("CC-1", &p, FT01, "20260301100000")), fx::care_contact(&c)]))).unwrap();
+    std::fs::write(
+        &good,
+        fx::envelope(&fx::care_contacts_response(&[fx::care_contact(&fx::Contact::new("CC-1", &p, FT01, "20260301100000")), fx::care_contact(&c)])),
+    )
+    .unwrap();
     let today = chrono::Utc::now().with_timezone(&chrono_tz::Europe::Stockholm).date_naive();
     let parsed = registerbrygga::sources::riv::parse_bytes(&std::fs::read(&good).unwrap(), "cc.xml", &ParseContext::new("inspect", today));
     let (v, code) = inspect::report("cc.xml", &parsed);
@@ -1223,11 +1261,19 @@ fn age(path: &Path, secs: u64) {
 fn files_settings(dir: &Path, settle: u64) -> SourceSettings {
     let mut known = SourceSettings::default().known_code_systems;
     known.push(LOCAL_TERMS.into());
-    SourceSettings { kind: SourceKind::Files, directory: Some(dir.to_path_buf()), settle_seconds: settle, known_code_systems: known, ..SourceSettings::default() }
+    SourceSettings {
+        kind: SourceKind::Files,
+        directory: Some(dir.to_path_buf()),
+        settle_seconds: settle,
+        known_code_systems: known,
+        ..SourceSettings::default()
+    }
 }
 
 fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -1247,7 +1293,10 @@ async fn files_source_reads_settled_documents_groups_per_patient_and_moves_them_
     };
     write(
         "a-contacts.xml",
-        &fx::envelope(&fx::care_contacts_response(&[fx::care_contact(&fx::Contact::new("CC-1", &p1, FT01, "20260301100000")), fx::care_contact(&fx::Contact::new("CC-2", &p2, FT02, "20260302100000"))])),
+        &fx::envelope(&fx::care_contacts_response(&[
+            fx::care_contact(&fx::Contact::new("CC-1", &p1, FT01, "20260301100000")),
+            fx::care_contact(&fx::Contact::new("CC-2", &p2, FT02, "20260302100000")),
+        ])),
         true,
     );
     let mut d = fx::Diag::new("DIA-1", &p1, FT01, "20260301101000", "M17.1");
@@ -1258,7 +1307,11 @@ async fn files_source_reads_settled_documents_groups_per_patient_and_moves_them_
     write("e-broken.xml", "<GetCareContactsResponse xmlns=\"urn:x\"><careContact>", true);
     let mut future = fx::Contact::new("CC-F", &p2, FT01, "20300101100000");
     future.care_contact_id = None;
-    write("f-mixed.xml", &fx::care_contacts_response(&[fx::care_contact(&future), fx::care_contact(&fx::Contact::new("CC-4", &p2, ELSEWHERE, "20260304100000"))]), true);
+    write(
+        "f-mixed.xml",
+        &fx::care_contacts_response(&[fx::care_contact(&future), fx::care_contact(&fx::Contact::new("CC-4", &p2, ELSEWHERE, "20260304100000"))]),
+        true,
+    );
 
     let src = registerbrygga::sources::files::FilesSource::new(&files_settings(&drop, 30)).unwrap();
     let req = pull_request(PatientDiscovery::All, root.path());
@@ -1276,7 +1329,8 @@ async fn files_source_reads_settled_documents_groups_per_patient_and_moves_them_
     assert_eq!(b1.log_ids, vec!["log-cc-1".to_string(), "log-dia-1".to_string()]);
     let b2 = batch_of(&items, &p2).unwrap();
     assert_eq!(b2.records.len(), 1);
-    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    let refused: Vec<&Refusal> =
+        items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
     assert_eq!(refused.len(), 2);
     assert!(refused.iter().any(|r| r.document == "e-broken.xml" && r.reason.contains("namespace")), "{refused:?}");
     assert!(refused.iter().any(|r| r.document.starts_with("f-mixed.xml careContact[0]") && r.reason == "date lies in the future"), "{refused:?}");
@@ -1478,7 +1532,10 @@ async fn fhir_source_pages_filters_by_last_updated_and_maps_to_canonical_records
     assert_eq!(kinds, vec![("M171".to_string(), DiagnosisKind::Main), ("M199".to_string(), DiagnosisKind::Secondary)]);
     assert!(diagnoses(b1).iter().all(|d| d.care_contact_id.as_deref() == Some("KK-1") && d.unit.as_ref().map(|u| u.as_str()) == Some(FT01)));
     let a1 = activities(b1)[0];
-    assert_eq!((a1.code.clone(), a1.time, a1.profession.clone()), (Code::new(OID_KVA, "DV200"), Some(local(2026, 3, 1, 10, 0)), Some(Code::new(LOCAL_TERMS, PHYSIO))));
+    assert_eq!(
+        (a1.code.clone(), a1.time, a1.profession.clone()),
+        (Code::new(OID_KVA, "DV200"), Some(local(2026, 3, 1, 10, 0)), Some(Code::new(LOCAL_TERMS, PHYSIO)))
+    );
     let values: Vec<_> = observations(b1).iter().map(|o| o.value.clone().unwrap()).collect();
     assert!(values.contains(&ObservationValue::Quantity { value: 6.0, unit: Some("1".into()) }));
     assert!(values.contains(&ObservationValue::Code { code: Code::new(LOCAL_TERMS, "KNA") }));
@@ -1492,7 +1549,8 @@ async fn fhir_source_pages_filters_by_last_updated_and_maps_to_canonical_records
     // Patient 2's visit at another unit is left out.
     assert_eq!(contacts(batch_of(&items, &p2).unwrap()).len(), 1);
 
-    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    let refused: Vec<&Refusal> =
+        items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
     assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(refused.iter().any(|r| r.document == "FHIR Condition/no-ident" && r.field == "Condition.subject.identifier"), "{refused:?}");
     assert!(refused.iter().any(|r| r.document == "FHIR Observation/odd-code" && r.field == "Observation.code.coding.system"), "{refused:?}");
@@ -1512,7 +1570,8 @@ async fn fhir_source_pages_filters_by_last_updated_and_maps_to_canonical_records
     let summary = summary.unwrap();
     assert!(!summary.complete);
     assert_eq!(summary.patients, 0);
-    let refused: Vec<&Refusal> = items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
+    let refused: Vec<&Refusal> =
+        items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
     assert_eq!(refused.len(), 4);
     assert!(refused.iter().all(|r| r.reason.starts_with("HTTP 401") && r.reason.contains("bearer_token")), "{refused:?}");
 }

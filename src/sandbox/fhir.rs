@@ -72,7 +72,13 @@ fn outcome(status: StatusCode, text: &str) -> Response {
     (status, [("content-type", "application/fhir+json")], body.to_string()).into_response()
 }
 
-async fn search(State(sb): State<FhirSandbox>, Path(ty): Path<String>, OriginalUri(uri): OriginalUri, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+async fn search(
+    State(sb): State<FhirSandbox>,
+    Path(ty): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     if let Ok(mut r) = sb.requests.lock() {
         r.push(uri.to_string());
     }
@@ -106,7 +112,12 @@ async fn search(State(sb): State<FhirSandbox>, Path(ty): Path<String>, OriginalU
     let mut all: Vec<(DateTime<Utc>, String, Value)> = build(&(sb.feed)(), &ty);
     for v in &sb.extra {
         if v.get("resourceType").and_then(|t| t.as_str()) == Some(ty.as_str()) {
-            let lu = v.pointer("/meta/lastUpdated").and_then(|t| t.as_str()).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+            let lu = v
+                .pointer("/meta/lastUpdated")
+                .and_then(|t| t.as_str())
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
             let id = v.get("id").and_then(|i| i.as_str()).unwrap_or("").to_string();
             all.push((lu, id, v.clone()));
         }
@@ -214,10 +225,12 @@ pub fn build(records: &[(Record, DateTime<Utc>)], ty: &str) -> Vec<(DateTime<Utc
                 let diagnoses: Vec<Value> = records
                     .iter()
                     .filter_map(|(x, _)| match x {
-                        Record::Diagnosis(d) if d.care_contact_id.is_some() && d.care_contact_id == c.care_contact_id && d.patient == c.patient => Some(json!({
-                            "condition": { "reference": format!("Condition/{}", fhir_id(&d.provenance.document_id)) },
-                            "rank": if d.kind == DiagnosisKind::Main { 1 } else { 2 }
-                        })),
+                        Record::Diagnosis(d) if d.care_contact_id.is_some() && d.care_contact_id == c.care_contact_id && d.patient == c.patient => {
+                            Some(json!({
+                                "condition": { "reference": format!("Condition/{}", fhir_id(&d.provenance.document_id)) },
+                                "rank": if d.kind == DiagnosisKind::Main { 1 } else { 2 }
+                            }))
+                        }
                         _ => None,
                     })
                     .collect();

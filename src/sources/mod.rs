@@ -83,3 +83,13 @@ pub trait Source: Send + Sync {
     /// Every batch of the pull is committed: finish (e.g. move processed files aside).
     async fn commit(&self, summary: &PullSummary) -> Result<()>;
 }
+
+/// The source a `[sources.<name>]` section describes.
+pub fn from_settings(settings: &crate::config::SourceSettings) -> Result<std::sync::Arc<dyn Source>> {
+    use crate::config::SourceKind;
+    Ok(match settings.kind {
+        SourceKind::Riv => std::sync::Arc::new(riv::RivSource::new(settings)?),
+        SourceKind::Files => std::sync::Arc::new(files::FilesSource::new(settings)?),
+        SourceKind::Fhir => std::sync::Arc::new(fhir::FhirSource::new(settings)?),
+    })
+}

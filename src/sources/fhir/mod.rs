@@ -129,12 +129,17 @@ impl FhirSource {
             match stream.try_next().await {
                 Ok(Some(chunk)) => {
                     if (body.len() + chunk.len()) as u64 > max {
-                        return Err(PageError { reason: format!("page larger than max_response_bytes ({max}): refused as hostile, reading stopped"), transient: false });
+                        return Err(PageError {
+                            reason: format!("page larger than max_response_bytes ({max}): refused as hostile, reading stopped"),
+                            transient: false,
+                        });
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Err(PageError { reason: format!("connection failed while reading: {}", sanitise(&e.to_string(), 300)), transient: true }),
+                Err(e) => {
+                    return Err(PageError { reason: format!("connection failed while reading: {}", sanitise(&e.to_string(), 300)), transient: true })
+                }
             }
         }
         // serde_json's messages can quote values; say where, not what.
@@ -259,7 +264,8 @@ impl Source for FhirSource {
             if ranks.contains_key(cid) {
                 continue;
             }
-            let reference = resources::Reference { reference: v.pointer("/encounter/reference").and_then(|r| r.as_str()).map(str::to_string), identifier: None };
+            let reference =
+                resources::Reference { reference: v.pointer("/encounter/reference").and_then(|r| r.as_str()).map(str::to_string), identifier: None };
             if let Some(eid) = reference.id_of("Encounter") {
                 if !missing.contains(&eid) {
                     missing.push(eid);
@@ -307,7 +313,11 @@ impl Source for FhirSource {
                         continue;
                     }
                     Ok(Err(r)) => Refusal { document: format!("FHIR {ty}/{id}"), field: r.field, reason: r.reason },
-                    Err(cat) => Refusal { document: format!("FHIR {ty}/{id}"), field: ty.to_string(), reason: format!("fields do not have FHIR R4 types ({cat:?})") },
+                    Err(cat) => Refusal {
+                        document: format!("FHIR {ty}/{id}"),
+                        field: ty.to_string(),
+                        reason: format!("fields do not have FHIR R4 types ({cat:?})"),
+                    },
                 };
                 summary.refused += 1;
                 send(&out, SourceItem::Refused { refusal, patient: None, raw: None, transient: false }).await?;

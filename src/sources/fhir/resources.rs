@@ -3,8 +3,8 @@
 //! Observation → Observation.
 
 use crate::model::{
-    normalise_icd, stockholm, Activity, CareContact, Code, Diagnosis, DiagnosisKind, HsaId, LocalTime, Observation, ObservationValue,
-    PatientId, Provenance, Record, OID_HSA, OID_ICD10SE,
+    normalise_icd, stockholm, Activity, CareContact, Code, Diagnosis, DiagnosisKind, HsaId, LocalTime, Observation, ObservationValue, PatientId,
+    Provenance, Record, OID_HSA, OID_ICD10SE,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Deserialize;

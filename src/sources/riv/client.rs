@@ -122,7 +122,10 @@ impl RivClient {
                     return Err(DocumentError::permanent(
                         &doc,
                         "",
-                        format!("response of {len} bytes is larger than max_response_bytes ({}): refused as hostile, not read", ctx.max_response_bytes),
+                        format!(
+                            "response of {len} bytes is larger than max_response_bytes ({}): refused as hostile, not read",
+                            ctx.max_response_bytes
+                        ),
                     ));
                 }
             }

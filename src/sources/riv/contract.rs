@@ -18,8 +18,7 @@ pub enum Contract {
 }
 
 impl Contract {
-    pub const CLINICAL: [Contract; 4] =
-        [Contract::GetCareContacts, Contract::GetDiagnosis, Contract::GetActivities, Contract::GetObservations];
+    pub const CLINICAL: [Contract; 4] = [Contract::GetCareContacts, Contract::GetDiagnosis, Contract::GetActivities, Contract::GetObservations];
 
     /// Namespace of the request/response elements and their direct children.
     pub fn responder_ns(self) -> &'static str {
@@ -98,15 +97,9 @@ impl Contract {
     }
 
     pub fn from_response_element(local: &str) -> Option<Contract> {
-        [
-            Contract::GetCareContacts,
-            Contract::GetDiagnosis,
-            Contract::GetActivities,
-            Contract::GetObservations,
-            Contract::GetUpdates,
-        ]
-        .into_iter()
-        .find(|c| c.response_element() == local)
+        [Contract::GetCareContacts, Contract::GetDiagnosis, Contract::GetActivities, Contract::GetObservations, Contract::GetUpdates]
+            .into_iter()
+            .find(|c| c.response_element() == local)
     }
 
     /// SOAPAction: `urn:riv:<domain>:<Contract>Responder:<major>:<Contract>`.
@@ -151,20 +144,11 @@ mod tests {
 
     #[test]
     fn soap_action_and_path_follow_the_pattern() {
-        assert_eq!(
-            Contract::GetCareContacts.soap_action(),
-            "urn:riv:clinicalprocess:logistics:logistics:GetCareContactsResponder:3:GetCareContacts"
-        );
-        assert_eq!(
-            Contract::GetDiagnosis.soap_action(),
-            "urn:riv:clinicalprocess:healthcond:description:GetDiagnosisResponder:2:GetDiagnosis"
-        );
+        assert_eq!(Contract::GetCareContacts.soap_action(), "urn:riv:clinicalprocess:logistics:logistics:GetCareContactsResponder:3:GetCareContacts");
+        assert_eq!(Contract::GetDiagnosis.soap_action(), "urn:riv:clinicalprocess:healthcond:description:GetDiagnosisResponder:2:GetDiagnosis");
         assert_eq!(Contract::GetCareContacts.path(), "/clinicalprocess/logistics/logistics/GetCareContacts/3/rivtabp21");
         assert_eq!(Contract::GetObservations.path(), "/clinicalprocess/healthcond/basic/GetObservations/1/rivtabp21");
         assert_eq!(Contract::GetUpdates.path(), "/itintegration/engagementindex/GetUpdates/1/rivtabp21");
-        assert_eq!(
-            Contract::GetUpdates.soap_action(),
-            "urn:riv:itintegration:engagementindex:GetUpdatesResponder:1:GetUpdates"
-        );
+        assert_eq!(Contract::GetUpdates.soap_action(), "urn:riv:itintegration:engagementindex:GetUpdatesResponder:1:GetUpdates");
     }
 }

@@ -92,9 +92,8 @@ impl RivSource {
         out: &mpsc::Sender<SourceItem>,
         summary: &mut PullSummary,
     ) -> Result<Vec<PatientId>> {
-        let since: DateTime<Utc> = req.changed_since.unwrap_or_else(|| {
-            crate::model::stockholm(req.window_from.and_time(chrono::NaiveTime::MIN)).with_timezone(&Utc)
-        });
+        let since: DateTime<Utc> =
+            req.changed_since.unwrap_or_else(|| crate::model::stockholm(req.window_from.and_time(chrono::NaiveTime::MIN)).with_timezone(&Utc));
         let mut ctx = self.context(req);
         ctx.expected = Some(Contract::GetUpdates);
         let mut seen = HashSet::new();

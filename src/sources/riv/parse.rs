@@ -14,8 +14,8 @@
 
 use super::contract::{Contract, SOAP11_NS};
 use crate::model::{
-    normalise_icd, stockholm, Activity, CareContact, Code, Diagnosis, DiagnosisKind, HsaId, IdError, LocalTime,
-    Observation, ObservationValue, PatientId, Provenance, Record, Refusal, OID_ICD10SE,
+    normalise_icd, stockholm, Activity, CareContact, Code, Diagnosis, DiagnosisKind, HsaId, IdError, LocalTime, Observation, ObservationValue,
+    PatientId, Provenance, Record, Refusal, OID_ICD10SE,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use quick_xml::events::Event;
@@ -313,16 +313,7 @@ struct Limited<R> {
 
 impl<R> Limited<R> {
     fn new(inner: R, max: u64) -> Limited<R> {
-        Limited {
-            inner,
-            max,
-            consumed: 0,
-            token_start: 0,
-            scanned: 0,
-            newlines_dropped: 0,
-            ring: VecDeque::new(),
-            failure: None,
-        }
+        Limited { inner, max, consumed: 0, token_start: 0, scanned: 0, newlines_dropped: 0, ring: VecDeque::new(), failure: None }
     }
 
     /// 1-based line and column of a byte offset.
@@ -1347,7 +1338,10 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                             let label = self.item_label(contract, index, None);
                             index += 1;
                             let actual = node.wrong_ns.clone().unwrap_or_default();
-                            self.refuse(label, ferr(&l, format!("element is in namespace {}, expected {}", sanitise(&actual, 120), contract.responder_ns())));
+                            self.refuse(
+                                label,
+                                ferr(&l, format!("element is in namespace {}, expected {}", sanitise(&actual, 120), contract.responder_ns())),
+                            );
                         } else {
                             // Extension elements (xs:any ##other) are allowed and not ours to read.
                             self.x.skip().await?;
@@ -1391,7 +1385,8 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                         }
                         (Contract::GetUpdates, "responseIsComplete") => {
                             let node = self.x.subtree(l.clone(), n, 1, &expected).await?;
-                            let v = parse_bool(node.text.trim(), "responseIsComplete").map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?;
+                            let v = parse_bool(node.text.trim(), "responseIsComplete")
+                                .map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?;
                             seen_complete = true;
                             if let Some(u) = updates.as_mut() {
                                 u.complete = v;
@@ -1454,7 +1449,13 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
 
     /// An activity or observation group, read one item at a time: the group header (patient,
     /// performer, source system) precedes the items in the schema's sequence.
-    async fn group(&mut self, contract: Contract, name: &str, index: usize, expected: &(dyn Fn(usize) -> Option<NsId> + Sync)) -> Result<(), DocumentError> {
+    async fn group(
+        &mut self,
+        contract: Contract,
+        name: &str,
+        index: usize,
+        expected: &(dyn Fn(usize) -> Option<NsId> + Sync),
+    ) -> Result<(), DocumentError> {
         let item_name = if contract == Contract::GetActivities { "activity" } else { "observation" };
         let mut head = Node::empty(name);
         let mut head_bytes = 0usize;
@@ -1479,7 +1480,12 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                                 let wrap = Node { name: name.to_string(), text: String::new(), children: vec![node], wrong_ns: None };
                                 let at = At::root(&wrap, name);
                                 let label = format!("{group_label} {item_name}[{i}]");
-                                let label = match wrap.children.first().and_then(|n| n.children.iter().find(|c| c.name == "id")).and_then(|id| id.children.iter().find(|c| c.name == "extension")) {
+                                let label = match wrap
+                                    .children
+                                    .first()
+                                    .and_then(|n| n.children.iter().find(|c| c.name == "id"))
+                                    .and_then(|id| id.children.iter().find(|c| c.name == "extension"))
+                                {
                                     Some(ext) => format!("{label} id {}", sanitise(ext.text.trim(), 80)),
                                     None => label,
                                 };
@@ -1505,7 +1511,11 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                     } else {
                         head_bytes += node_size(&node);
                         if head_bytes > MAX_ITEM_BYTES {
-                            return Err(DocumentError::permanent(&self.doc, name, format!("group header larger than {MAX_ITEM_BYTES} bytes: refused as hostile")));
+                            return Err(DocumentError::permanent(
+                                &self.doc,
+                                name,
+                                format!("group header larger than {MAX_ITEM_BYTES} bytes: refused as hostile"),
+                            ));
                         }
                         head.children.push(node);
                     }
@@ -1557,11 +1567,8 @@ fn soap_fault(doc: &str, fault: &Node) -> DocumentError {
     // SOAP 1.1: `Client` faults are the request's fault (permanent); anything else may pass.
     let local_code = code.rsplit(':').next().unwrap_or("").to_string();
     let transient = !local_code.starts_with("Client");
-    let reason = if text.is_empty() {
-        format!("SOAP fault ({})", sanitise(&code, 60))
-    } else {
-        format!("SOAP fault ({}): {text}", sanitise(&code, 60))
-    };
+    let reason =
+        if text.is_empty() { format!("SOAP fault ({})", sanitise(&code, 60)) } else { format!("SOAP fault ({}): {text}", sanitise(&code, 60)) };
     DocumentError { refusal: refusal(doc, "Envelope/Body/Fault", reason), transient, log_id: None }
 }
 
@@ -1601,7 +1608,10 @@ mod tests {
     fn oversized_is_refused() {
         let mut c = ctx();
         c.max_response_bytes = 100;
-        let doc = format!("<GetDiagnosisResponse xmlns=\"urn:riv:clinicalprocess:healthcond:description:GetDiagnosisResponder:2\">{}</GetDiagnosisResponse>", " ".repeat(1000));
+        let doc = format!(
+            "<GetDiagnosisResponse xmlns=\"urn:riv:clinicalprocess:healthcond:description:GetDiagnosisResponder:2\">{}</GetDiagnosisResponse>",
+            " ".repeat(1000)
+        );
         let e = parse_bytes(doc.as_bytes(), "doc", &c).unwrap_err();
         assert!(e.refusal.reason.contains("max_response_bytes"), "{e}");
     }
