@@ -387,6 +387,10 @@ pub struct SourceSettings {
     /// FHIR: OAuth2 bearer token source (client credentials handled by the region's gateway).
     pub bearer_token: Option<Secret>,
     pub retry: RetrySettings,
+    /// RIV-TA engagement index: source systems (HSA ids) whose engagements count; empty = all.
+    pub source_systems: Vec<String>,
+    /// FHIR: resources asked for per search page (`_count`).
+    pub page_size: u32,
 }
 
 impl Default for SourceSettings {
@@ -413,6 +417,8 @@ impl Default for SourceSettings {
             settle_seconds: 5,
             bearer_token: None,
             retry: RetrySettings { initial_delay_ms: 200, max_attempts: 4, max_delay_ms: 5_000, ..RetrySettings::default() },
+            source_systems: vec![],
+            page_size: 100,
         }
     }
 }

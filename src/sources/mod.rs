@@ -13,6 +13,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio::sync::mpsc;
 
+pub mod fhir;
+pub mod files;
 pub mod riv;
 
 /// What to pull.
@@ -80,4 +82,14 @@ pub trait Source: Send + Sync {
     async fn pull(&self, req: &PullRequest, out: mpsc::Sender<SourceItem>) -> Result<PullSummary>;
     /// Every batch of the pull is committed: finish (e.g. move processed files aside).
     async fn commit(&self, summary: &PullSummary) -> Result<()>;
+}
+
+/// The source a `[sources.<name>]` section describes.
+pub fn from_settings(settings: &crate::config::SourceSettings) -> Result<std::sync::Arc<dyn Source>> {
+    use crate::config::SourceKind;
+    Ok(match settings.kind {
+        SourceKind::Riv => std::sync::Arc::new(riv::RivSource::new(settings)?),
+        SourceKind::Files => std::sync::Arc::new(files::FilesSource::new(settings)?),
+        SourceKind::Fhir => std::sync::Arc::new(fhir::FhirSource::new(settings)?),
+    })
 }
