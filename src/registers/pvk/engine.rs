@@ -425,7 +425,7 @@ impl<'a> Computation<'a> {
                                         row.suppressed = true;
                                         notes.push(format!("suppressed: a count is below {t} (small-cell protection); kept locally, not sent"));
                                     }
-                                    SmallCellMode::Flag => notes.push(format!("small cell: a count is below {t} (flagged; sent as computed)")),
+                                    SmallCellMode::Flag => notes.push(format!("{} a count is below {t} (flagged; sent as computed)", super::SMALL_CELL_FLAG)),
                                 }
                             }
                             if m.partial {

@@ -39,6 +39,9 @@ use std::path::{Path, PathBuf};
 
 // ------------------------------------------------------------------------------- options
 
+/// Start of the note on a small cell that is sent flagged (the export marks it `SmallCell`).
+pub const SMALL_CELL_FLAG: &str = "small cell:";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SmallCellMode {
