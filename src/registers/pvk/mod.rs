@@ -233,6 +233,8 @@ impl PvkEngine {
             ));
         }
         if !errors.is_empty() {
+            // Warnings travel with the errors so `config check` shows them all at once.
+            errors.append(&mut warnings);
             return Err(errors);
         }
         rule_sets.sort_by_key(|r| r.year);
