@@ -113,6 +113,21 @@ struct Ev {
     prof: Option<u16>,
 }
 
+/// An activity or observation of the patient being added (borrows the records).
+struct Coded<'r> {
+    date: NaiveDate,
+    unit: Option<u16>,
+    prof: Option<u16>,
+    system: &'r str,
+    code: &'r str,
+}
+
+impl Coded<'_> {
+    fn ev(&self) -> Ev {
+        Ev { date: self.date, unit: self.unit, prof: self.prof }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Visit {
     date: NaiveDate,
@@ -283,8 +298,8 @@ impl<'a> Computation<'a> {
 
         let mut visits = vec![];
         let mut diags: Vec<(NaiveDate, Option<u16>, &str, String)> = vec![];
-        let mut acts: Vec<(NaiveDate, Option<u16>, Option<u16>, &str, &str)> = vec![];
-        let mut obs: Vec<(NaiveDate, Option<u16>, Option<u16>, &str, &str)> = vec![];
+        let mut acts: Vec<Coded> = vec![];
+        let mut obs: Vec<Coded> = vec![];
         for r in records.iter().filter(|r| !r.nullified()) {
             let Some(date) = r.date() else { continue };
             let unit = unit_of(r.unit());
@@ -293,13 +308,13 @@ impl<'a> Computation<'a> {
                 Record::Diagnosis(d) => diags.push((date, unit, d.code.system.as_str(), normalise_icd(&d.code.code))),
                 Record::Activity(a) => {
                     let p = Self::prof_id(&mut self.profs, &mut self.prof_index, a.profession.as_ref());
-                    acts.push((date, unit, p, a.code.system.as_str(), a.code.code.as_str()));
+                    acts.push(Coded { date, unit, prof: p, system: a.code.system.as_str(), code: a.code.code.as_str() });
                 }
                 Record::Observation(o) => {
                     // An observation counts as performed only when it carries a value.
                     if o.value.is_some() {
                         let p = Self::prof_id(&mut self.profs, &mut self.prof_index, o.profession.as_ref());
-                        obs.push((date, unit, p, o.term.system.as_str(), o.term.code.as_str()));
+                        obs.push(Coded { date, unit, prof: p, system: o.term.system.as_str(), code: o.term.code.as_str() });
                     }
                 }
             }
@@ -329,8 +344,8 @@ impl<'a> Computation<'a> {
                 .map(|cs| {
                     let mut v: Vec<Ev> = match cs.kind {
                         CodeSetKind::Diagnosis => diags.iter().filter(|d| cs.matches(d.2, &d.3)).map(|d| Ev { date: d.0, unit: d.1, prof: None }).collect(),
-                        CodeSetKind::Activity => acts.iter().filter(|a| cs.matches(a.3, a.4)).map(|a| Ev { date: a.0, unit: a.1, prof: a.2 }).collect(),
-                        CodeSetKind::Observation => obs.iter().filter(|o| cs.matches(o.3, o.4)).map(|o| Ev { date: o.0, unit: o.1, prof: o.2 }).collect(),
+                        CodeSetKind::Activity => acts.iter().filter(|a| cs.matches(a.system, a.code)).map(Coded::ev).collect(),
+                        CodeSetKind::Observation => obs.iter().filter(|o| cs.matches(o.system, o.code)).map(Coded::ev).collect(),
                         CodeSetKind::Drug => vec![],
                     };
                     v.sort_by_key(|e| e.date);
@@ -339,9 +354,20 @@ impl<'a> Computation<'a> {
                 .collect();
             for &u in &relevant {
                 let kind = self.units[u].1;
+                // Visit dates at the unit, sorted: the common base test is a binary search.
+                let unit_dates: Vec<NaiveDate> = visits.iter().filter(|v| v.unit == Some(u as u16)).map(|v| v.date).collect();
                 for (ii, ind) in rs.indicators.iter().enumerate() {
                     let plan = &self.plans[ri][ii];
                     if !plan.applies[u] || plan.blocked[u].is_some() {
+                        continue;
+                    }
+                    // Nothing to count for a proportion when the patient has none of its diagnoses.
+                    let p = &ind.population;
+                    if ind.kind == IndicatorKind::Proportion
+                        && !p.everyone
+                        && p.drugs.as_ref().map_or(true, |d| d.combine != Combine::Or)
+                        && p.diagnoses.iter().all(|s| sets[*s].is_empty())
+                    {
                         continue;
                     }
                     for mi in 0..self.months.len() {
@@ -349,19 +375,18 @@ impl<'a> Computation<'a> {
                         if m.future {
                             continue;
                         }
-                        let ctx = Ctx { rs, ind, sets: &sets, visits: &visits, drugs: drug_rows, unit: u as u16, kind, m, birth, profs: &self.profs };
-                        let Some(entry) = ctx.evaluate() else { continue };
-                        let (den, num, mut entry) = entry;
-                        let pno = *patient_no.get_or_insert_with(|| {
-                            self.patients.push((patient_key.to_string(), patient.clone()));
-                            (self.patients.len() - 1) as u32
+                        let ctx = Ctx { rs, ind, sets: &sets, visits: &visits, unit_dates: &unit_dates, drugs: drug_rows, unit: u as u16, kind, m, birth, profs: &self.profs };
+                        let Some((den, num, entry)) = ctx.evaluate() else { continue };
+                        let entry = entry.map(|mut e| {
+                            e.patient = *patient_no.get_or_insert_with(|| {
+                                self.patients.push((patient_key.to_string(), patient.clone()));
+                                (self.patients.len() - 1) as u32
+                            });
+                            e
                         });
                         let cell = self.cell(ri, ii, u, mi);
                         cell.den += den as i64;
                         cell.num += num as i64;
-                        if let Some(e) = entry.as_mut() {
-                            e.patient = pno;
-                        }
                         if let Some(e) = entry {
                             cell.entries.push(e);
                         }
@@ -488,7 +513,7 @@ impl<'a> Computation<'a> {
             "indicator": ind.register_code,
             "indicator_id": ind.id,
             "title": ind.title,
-            "lists": if ind.kind == IndicatorKind::Proportion { "denominator" } else { "numerator" },
+            "lists": if ind.kind == IndicatorKind::Proportion && !ind.population.everyone { "denominator" } else { "numerator" },
             "numerator": cell.num,
             "denominator": cell.den,
             "by_profession": by_prof,
@@ -526,6 +551,8 @@ struct Ctx<'c> {
     ind: &'c Indicator,
     sets: &'c [Vec<Ev>],
     visits: &'c [Visit],
+    /// Sorted dates of the visits at `unit`.
+    unit_dates: &'c [NaiveDate],
     drugs: &'c [(String, NaiveDate)],
     unit: u16,
     kind: UnitKind,
@@ -550,6 +577,10 @@ impl Ctx<'_> {
             UnitKind::Rehab => {
                 let p = &self.ind.population;
                 let from = self.m.window_start(p.visit_window_months);
+                if p.visit_contact_types.is_empty() {
+                    let i = self.unit_dates.partition_point(|d| *d < from);
+                    return i < self.unit_dates.len() && self.unit_dates[i] <= self.m.end;
+                }
                 self.visits.iter().any(|v| v.unit == Some(self.unit) && v.date >= from && v.date <= self.m.end && Self::type_ok(&p.visit_contact_types, &v.ctype))
             }
         }
@@ -675,7 +706,9 @@ impl Ctx<'_> {
                 let index = self.population()?;
                 let profs = self.measure(index);
                 let num = profs.is_some();
-                Some((true, num, Some(Entry { numerator: num, index, profs: profs.unwrap_or_default(), ..Default::default() })))
+                // A whole-population denominator (FaR) is not listed: only who got the action.
+                let listed = num || !self.ind.population.everyone;
+                Some((true, num, listed.then(|| Entry { numerator: num, index, profs: profs.unwrap_or_default(), ..Default::default() })))
             }
             IndicatorKind::FrequentAttenders => {
                 let fa = self.ind.frequent_attenders.as_ref()?;

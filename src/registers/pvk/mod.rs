@@ -411,7 +411,7 @@ impl DrugList {
             }
         }
         for v in d.by_id.values_mut() {
-            v.sort_by(|a, b| a.1.cmp(&b.1));
+            v.sort_by_key(|a| a.1);
         }
         d
     }

@@ -683,7 +683,7 @@ pub fn parse(text: &str, path: &Path) -> Result<(RuleSet, Vec<Problem>), Vec<Pro
                 if window_months == 0 || window_months > 120 {
                     err(&mut errors, format!("{key}.measure.window_months"), "must be between 1 and 120 months".into());
                 }
-                if m.anchor == Anchor::Index && new_onset.is_none() && p.everyone {
+                if m.anchor == Anchor::Index && p.everyone {
                     err(&mut errors, format!("{key}.measure.anchor"), "anchor = \"index\" needs a diagnosis population".into());
                 }
                 Some(Measure { activities, observations, window_months, anchor: m.anchor, scope: m.scope, professions: m.professions.clone() })
