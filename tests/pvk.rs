@@ -399,7 +399,7 @@ fn vardcentral_variants_need_listing_data_and_count_listed_patients_without_reco
     let x = pnr("19550101", 151); // not listed, heart failure at VC01
     let pats = vec![
         patient(&a, vec![diag(&a, "SE2321000156-SJH1", "2025-12-01", "I50.9")]),
-        patient(&b, vec![visit(&b, VC01, "2026-01-05", "1", profession::PHYSICIAN), diag(&b, VC01, "2026-01-05", "I63.4"), diag(&b, VC01, "2026-01-05", "G45.9")]),
+        patient(&b, vec![visit(&b, VC01, "2026-01-05", "1", profession::PHYSICIAN), diag(&b, VC01, "2026-01-05", "I63.4"), diag(&b, VC01, "2026-01-05", "G45.9"), diag(&b, VC01, "2026-02-05", "F32.1"), diag(&b, VC01, "2026-02-05", "F43.8A")]),
         patient(&x, vec![visit(&x, VC01, "2026-01-05", "1", profession::PHYSICIAN), diag(&x, VC01, "2026-01-05", "I50.1")]),
     ];
     // Without listing: every vårdcentral indicator is reported, as not computable.
@@ -416,10 +416,14 @@ fn vardcentral_variants_need_listing_data_and_count_listed_patients_without_reco
 
     let listing = Listing::from_rows(vec![(a.raw(), VC01), (b.raw(), VC01), (c.raw(), VC01), ("191212121213", VC01), (x.raw(), "not-an-hsa-id")], today(), &pseudo());
     assert_eq!(listing.refused_lines, vec![4, 5], "invalid rows are refused by line, without their values");
-    let out = compute(&engine, &pats, Some(&listing), None, &[FT01, VC01], &[MAR]);
+    let out = compute(&engine, &pats, Some(&listing), None, &[FT01, VC01], &[(2026, 1), MAR]);
     assert_eq!(counts(row(&out, 2026, VC01, MAR, "Hj1")), (Some(1), Some(3)), "listed a (diagnosed anywhere) of a, b, c; x is not listed");
     assert_eq!(counts(row(&out, 2026, VC01, MAR, "TS01")), (Some(1), Some(3)));
     assert_eq!(counts(row(&out, 2026, VC01, MAR, "TS05")), (Some(1), Some(3)));
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Dep1")), (Some(1), Some(3)));
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "St01")), (Some(1), Some(3)));
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "St02")), (Some(1), Some(3)));
+    assert_eq!(counts(row(&out, 2026, VC01, (2026, 1), "Dep1")), (Some(0), Some(3)), "diagnosed in February");
     assert_eq!(listed(row(&out, 2026, VC01, MAR, "Hj1"), "numerator"), vec![pseudo().patient_key(&a)]);
 }
 
