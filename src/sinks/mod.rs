@@ -5,6 +5,7 @@ use crate::store::Claimed;
 use async_trait::async_trait;
 use std::time::Duration;
 
+pub mod export;
 pub mod stratum;
 
 /// The result of one send, classified for the delivery engine's state machine.

@@ -1,0 +1,731 @@
+//! The PVK engine: canonical records → unit-by-month numerators, denominators and patient lists.
+//!
+//! Patients are processed one at a time ([`Computation::add`]) and only counters and compact
+//! list entries are kept, so a region's ~100k patients can be streamed from the store without
+//! holding their records. Month windows are calendar-aligned: a 12-month window for March 2026
+//! is 2025-04-01 … 2026-03-31 (or up to `today` while the month is running).
+//!
+//! Semantics (the exact SKR definitions are not public; research/pvk.md):
+//! - base population: a vårdcentral's listed patients (listing snapshot) or a rehab unit's
+//!   visitors (a care contact at the unit in the visit window);
+//! - population: base ∩ age limits ∩ a diagnosis from the code sets in the look-back window
+//!   (scope: the unit's own records for rehab units, all records for vårdcentraler, unless the
+//!   rule says otherwise), optionally a drug criterion and a new-onset condition;
+//! - proportion: numerator = population members with a measure event in the window;
+//! - prevalence: numerator = base members in the population, denominator = base;
+//! - mångsökare: numerator = base members with more than `threshold` visits in the window.
+
+use super::quality::{self, KnownCodes, QualityTally};
+use super::rules::{Anchor, CodeSetKind, Combine, CountMode, Indicator, IndicatorKind, RuleSet, Scope, Variant, ATC};
+use super::{DrugList, Listing, PvkEngine, SmallCellMode, UnitKind};
+use crate::model::{normalise_icd, HsaId, PatientId, Record};
+use crate::store::{add_months, PvkQualityRow, PvkResultRow};
+use chrono::{Datelike, Months, NaiveDate};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// One patient's canonical records, as the pipeline (or the sandbox's ground truth) has them.
+#[derive(Clone, Debug)]
+pub struct PatientRecords {
+    /// The keyed pseudonym (`Pseudonymizer::patient_key`).
+    pub patient_key: String,
+    pub patient: PatientId,
+    pub records: Vec<Record>,
+}
+
+/// Everything one computation needs. For streaming from the store use [`PvkEngine::begin`].
+#[derive(Clone, Copy, Debug)]
+pub struct ComputeInput<'a> {
+    pub patients: &'a [PatientRecords],
+    /// Listed patients per vårdcentral; without it vårdcentral variants are not computable.
+    pub listing: Option<&'a Listing>,
+    /// Prescriptions; without it drug-based sub-cohorts are not computable.
+    pub drugs: Option<&'a DrugList>,
+    /// Units to compute for (vårdcentral or rehab per the connector's `vardcentraler`).
+    pub units: &'a [HsaId],
+    /// Reported months `(year, month)`.
+    pub months: &'a [(i32, u32)],
+    /// Computation date: the end of a running month, and the century rule of identities.
+    pub today: NaiveDate,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PvkOutput {
+    pub results: Vec<PvkResultRow>,
+    pub quality: Vec<PvkQualityRow>,
+}
+
+impl PvkEngine {
+    /// Compute every rule year × unit × month × indicator for the given patients.
+    pub fn compute(&self, input: &ComputeInput) -> PvkOutput {
+        let mut c = self.begin(input.listing, input.drugs, input.units, input.months, input.today);
+        for p in input.patients {
+            c.add(&p.patient_key, &p.patient, &p.records);
+        }
+        c.finish()
+    }
+
+    /// Start a streaming computation: `add` each patient once, then `finish`.
+    pub fn begin<'a>(
+        &'a self,
+        listing: Option<&'a Listing>,
+        drugs: Option<&'a DrugList>,
+        units: &[HsaId],
+        months: &[(i32, u32)],
+        today: NaiveDate,
+    ) -> Computation<'a> {
+        Computation::new(self, listing, drugs, units, months, today)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MonthCtx {
+    year: i32,
+    month: u32,
+    /// Last day counted: the month's last day, or `today` in a running month.
+    end: NaiveDate,
+    future: bool,
+    partial: bool,
+}
+
+fn first_of(y: i32, m: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, 1).expect("valid month")
+}
+
+impl MonthCtx {
+    fn new(year: i32, month: u32, today: NaiveDate) -> MonthCtx {
+        let first = first_of(year, month);
+        let (ny, nm) = add_months(year, month, 1);
+        let last = first_of(ny, nm).pred_opt().expect("a day before");
+        MonthCtx { year, month, end: last.min(today), future: first > today, partial: last > today && first <= today }
+    }
+    /// First day of the `n`-month window that ends with this month.
+    fn window_start(&self, n: u32) -> NaiveDate {
+        let (y, m) = add_months(self.year, self.month, -(n.max(1) as i32 - 1));
+        first_of(y, m)
+    }
+}
+
+/// An event matched to a code set: when, where (index into the computed units), by whom.
+#[derive(Clone, Copy, Debug)]
+struct Ev {
+    date: NaiveDate,
+    unit: Option<u16>,
+    prof: Option<u16>,
+}
+
+/// An activity or observation of the patient being added (borrows the records).
+struct Coded<'r> {
+    date: NaiveDate,
+    unit: Option<u16>,
+    prof: Option<u16>,
+    system: &'r str,
+    code: &'r str,
+}
+
+impl Coded<'_> {
+    fn ev(&self) -> Ev {
+        Ev { date: self.date, unit: self.unit, prof: self.prof }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Visit {
+    date: NaiveDate,
+    unit: Option<u16>,
+    ctype: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Entry {
+    patient: u32,
+    numerator: bool,
+    index: Option<NaiveDate>,
+    profs: Vec<u16>,
+    visits: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Cell {
+    num: i64,
+    den: i64,
+    entries: Vec<Entry>,
+}
+
+/// Per rule set and indicator: which units it applies to and why it cannot be computed.
+#[derive(Clone, Debug)]
+struct Plan {
+    applies: Vec<bool>,
+    blocked: Vec<Option<String>>,
+}
+
+pub struct Computation<'a> {
+    engine: &'a PvkEngine,
+    listing: Option<&'a Listing>,
+    drugs: Option<&'a DrugList>,
+    units: Vec<(HsaId, UnitKind)>,
+    unit_index: HashMap<String, u16>,
+    months: Vec<MonthCtx>,
+    month_index: HashMap<(i32, u32), u16>,
+    today: NaiveDate,
+    plans: Vec<Vec<Plan>>,
+    offsets: Vec<usize>,
+    cells: Vec<Cell>,
+    patients: Vec<(String, PatientId)>,
+    profs: Vec<String>,
+    prof_index: HashMap<String, u16>,
+    seen: HashSet<String>,
+    known: KnownCodes,
+    quality: QualityTally,
+}
+
+impl std::fmt::Debug for Computation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Computation({} units, {} months, {} patients listed)", self.units.len(), self.months.len(), self.patients.len())
+    }
+}
+
+fn default_scope(kind: UnitKind) -> Scope {
+    match kind {
+        UnitKind::Rehab => Scope::Unit,
+        UnitKind::Vardcentral => Scope::Any,
+    }
+}
+
+fn variant_applies(v: Variant, kind: UnitKind) -> bool {
+    matches!((v, kind), (Variant::Any, _) | (Variant::Rehab, UnitKind::Rehab) | (Variant::Vardcentral, UnitKind::Vardcentral))
+}
+
+fn sub_months(d: NaiveDate, n: u32) -> NaiveDate {
+    d.checked_sub_months(Months::new(n)).unwrap_or(NaiveDate::MIN)
+}
+
+fn age_at(birth: NaiveDate, at: NaiveDate) -> i32 {
+    let mut age = at.year() - birth.year();
+    if (at.month(), at.day()) < (birth.month(), birth.day()) {
+        age -= 1;
+    }
+    age
+}
+
+impl<'a> Computation<'a> {
+    fn new(engine: &'a PvkEngine, listing: Option<&'a Listing>, drugs: Option<&'a DrugList>, units: &[HsaId], months: &[(i32, u32)], today: NaiveDate) -> Self {
+        let mut uniq_units: Vec<HsaId> = vec![];
+        for u in units {
+            if !uniq_units.contains(u) {
+                uniq_units.push(u.clone());
+            }
+        }
+        let units: Vec<(HsaId, UnitKind)> = uniq_units.into_iter().map(|u| {
+            let k = engine.unit_kind(&u);
+            (u, k)
+        }).collect();
+        let unit_index = units.iter().enumerate().map(|(i, (u, _))| (u.as_str().to_string(), i as u16)).collect();
+        let mut ms: Vec<(i32, u32)> = months.iter().copied().filter(|(_, m)| (1..=12).contains(m)).collect();
+        ms.sort_unstable();
+        ms.dedup();
+        let months: Vec<MonthCtx> = ms.iter().map(|(y, m)| MonthCtx::new(*y, *m, today)).collect();
+        let month_index = ms.iter().enumerate().map(|(i, k)| (*k, i as u16)).collect();
+        let mut plans = vec![];
+        let mut offsets = vec![];
+        let mut total = 0;
+        for rs in &engine.rule_sets {
+            offsets.push(total);
+            total += rs.indicators.len() * units.len() * months.len();
+            plans.push(rs.indicators.iter().map(|ind| plan_for(rs, ind, &units, listing.is_some(), drugs.is_some())).collect());
+        }
+        Computation {
+            engine,
+            listing,
+            drugs,
+            known: KnownCodes::from_rule_sets(&engine.rule_sets),
+            quality: QualityTally::default(),
+            units,
+            unit_index,
+            months,
+            month_index,
+            today,
+            plans,
+            offsets,
+            cells: vec![Cell::default(); total],
+            patients: vec![],
+            profs: vec![],
+            prof_index: HashMap::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    fn cell(&mut self, rs: usize, ind: usize, u: usize, m: usize) -> &mut Cell {
+        let nu = self.units.len();
+        let nm = self.months.len();
+        &mut self.cells[self.offsets[rs] + (ind * nu + u) * nm + m]
+    }
+
+    fn prof_id(profs: &mut Vec<String>, index: &mut HashMap<String, u16>, code: Option<&crate::model::Code>) -> Option<u16> {
+        let c = code?.code.trim();
+        if c.is_empty() {
+            return None;
+        }
+        if let Some(i) = index.get(c) {
+            return Some(*i);
+        }
+        let i = profs.len() as u16;
+        profs.push(c.to_string());
+        index.insert(c.to_string(), i);
+        Some(i)
+    }
+
+    /// Add a patient whose identity is taken from the records (no-op for an empty slice).
+    pub fn add_records(&mut self, patient_key: &str, records: &[Record]) {
+        if let Some(first) = records.first() {
+            let patient = first.patient().clone();
+            self.add(patient_key, &patient, records);
+        }
+    }
+
+    /// Add one patient (each patient once per computation).
+    pub fn add(&mut self, patient_key: &str, patient: &PatientId, records: &[Record]) {
+        if self.listing.is_some() {
+            self.seen.insert(patient.raw().to_string());
+        }
+        let unit_index = &self.unit_index;
+        let unit_of = |h: Option<&HsaId>| h.and_then(|h| unit_index.get(h.as_str()).copied());
+        // Data quality counts every record, nullified or not.
+        {
+            let month_index = &self.month_index;
+            let month_of = |d: NaiveDate| month_index.get(&(d.year(), d.month())).copied();
+            quality::tally(&mut self.quality, records, &unit_of, &month_of, &self.known, &self.engine.options.physician_professions);
+        }
+
+        let mut visits = vec![];
+        let mut diags: Vec<(NaiveDate, Option<u16>, &str, String)> = vec![];
+        let mut acts: Vec<Coded> = vec![];
+        let mut obs: Vec<Coded> = vec![];
+        for r in records.iter().filter(|r| !r.nullified()) {
+            let Some(date) = r.date() else { continue };
+            let unit = unit_of(r.unit());
+            match r {
+                Record::CareContact(c) => visits.push(Visit { date, unit, ctype: c.contact_type.as_ref().map(|t| t.code.trim().to_string()) }),
+                Record::Diagnosis(d) => diags.push((date, unit, d.code.system.as_str(), normalise_icd(&d.code.code))),
+                Record::Activity(a) => {
+                    let p = Self::prof_id(&mut self.profs, &mut self.prof_index, a.profession.as_ref());
+                    acts.push(Coded { date, unit, prof: p, system: a.code.system.as_str(), code: a.code.code.as_str() });
+                }
+                Record::Observation(o) => {
+                    // An observation counts as performed only when it carries a value.
+                    if o.value.is_some() {
+                        let p = Self::prof_id(&mut self.profs, &mut self.prof_index, o.profession.as_ref());
+                        obs.push(Coded { date, unit, prof: p, system: o.term.system.as_str(), code: o.term.code.as_str() });
+                    }
+                }
+            }
+        }
+        visits.sort_by_key(|v| v.date);
+
+        let listed_at: Option<u16> = self.listing.and_then(|l| l.unit_of(patient)).and_then(|h| self.unit_index.get(h.as_str()).copied());
+        let relevant: Vec<usize> = (0..self.units.len())
+            .filter(|&u| match self.units[u].1 {
+                UnitKind::Vardcentral => listed_at == Some(u as u16),
+                UnitKind::Rehab => visits.iter().any(|v| v.unit == Some(u as u16)),
+            })
+            .collect();
+        if relevant.is_empty() {
+            return;
+        }
+        let birth = patient.birth_date();
+        let drug_rows: &[(String, NaiveDate)] = self.drugs.map(|d| d.of(patient)).unwrap_or(&[]);
+        let mut patient_no: Option<u32> = None;
+
+        let engine = self.engine;
+        for (ri, rs) in engine.rule_sets.iter().enumerate() {
+            // Events per code set, sorted by date.
+            let sets: Vec<Vec<Ev>> = rs
+                .code_sets
+                .iter()
+                .map(|cs| {
+                    let mut v: Vec<Ev> = match cs.kind {
+                        CodeSetKind::Diagnosis => diags.iter().filter(|d| cs.matches(d.2, &d.3)).map(|d| Ev { date: d.0, unit: d.1, prof: None }).collect(),
+                        CodeSetKind::Activity => acts.iter().filter(|a| cs.matches(a.system, a.code)).map(Coded::ev).collect(),
+                        CodeSetKind::Observation => obs.iter().filter(|o| cs.matches(o.system, o.code)).map(Coded::ev).collect(),
+                        CodeSetKind::Drug => vec![],
+                    };
+                    v.sort_by_key(|e| e.date);
+                    v
+                })
+                .collect();
+            for &u in &relevant {
+                let kind = self.units[u].1;
+                // Visit dates at the unit, sorted: the common base test is a binary search.
+                let unit_dates: Vec<NaiveDate> = visits.iter().filter(|v| v.unit == Some(u as u16)).map(|v| v.date).collect();
+                for (ii, ind) in rs.indicators.iter().enumerate() {
+                    let plan = &self.plans[ri][ii];
+                    if !plan.applies[u] || plan.blocked[u].is_some() {
+                        continue;
+                    }
+                    // Nothing to count for a proportion when the patient has none of its diagnoses.
+                    let p = &ind.population;
+                    if ind.kind == IndicatorKind::Proportion
+                        && !p.everyone
+                        && p.drugs.as_ref().map_or(true, |d| d.combine != Combine::Or)
+                        && p.diagnoses.iter().all(|s| sets[*s].is_empty())
+                    {
+                        continue;
+                    }
+                    for mi in 0..self.months.len() {
+                        let m = self.months[mi];
+                        if m.future {
+                            continue;
+                        }
+                        let ctx = Ctx { rs, ind, sets: &sets, visits: &visits, unit_dates: &unit_dates, drugs: drug_rows, unit: u as u16, kind, m, birth, profs: &self.profs };
+                        let Some((den, num, entry)) = ctx.evaluate() else { continue };
+                        let entry = entry.map(|mut e| {
+                            e.patient = *patient_no.get_or_insert_with(|| {
+                                self.patients.push((patient_key.to_string(), patient.clone()));
+                                (self.patients.len() - 1) as u32
+                            });
+                            e
+                        });
+                        let cell = self.cell(ri, ii, u, mi);
+                        cell.den += den as i64;
+                        cell.num += num as i64;
+                        if let Some(e) = entry {
+                            cell.entries.push(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Listed patients with no records still count in their vårdcentral's base population;
+    /// then build the rows.
+    pub fn finish(mut self) -> PvkOutput {
+        if let Some(listing) = self.listing {
+            for e in listing.entries() {
+                if !self.seen.contains(e.patient.raw()) && self.unit_index.contains_key(e.unit.as_str()) {
+                    self.add(&e.patient_key, &e.patient, &[]);
+                }
+            }
+        }
+        let policy = self.engine.options.small_cells;
+        let t = policy.threshold as i64;
+        let small = |n: i64| n > 0 && n < t;
+        let mut results = vec![];
+        for (ri, rs) in self.engine.rule_sets.iter().enumerate() {
+            for (u, (unit, _)) in self.units.iter().enumerate() {
+                for (ii, ind) in rs.indicators.iter().enumerate() {
+                    let plan = &self.plans[ri][ii];
+                    if !plan.applies[u] {
+                        continue;
+                    }
+                    for (mi, m) in self.months.iter().enumerate() {
+                        let mut row = PvkResultRow {
+                            connector: self.engine.connector.clone(),
+                            rule_year: rs.year,
+                            unit: unit.as_str().to_string(),
+                            year: m.year,
+                            month: m.month,
+                            indicator: ind.register_code.clone(),
+                            numerator: None,
+                            denominator: None,
+                            computable: false,
+                            suppressed: false,
+                            note: None,
+                            patient_list: None,
+                        };
+                        if let Some(reason) = &plan.blocked[u] {
+                            row.note = Some(format!("not computable: {reason}"));
+                        } else if m.future {
+                            row.note = Some("not computable: the month lies after the computation date".into());
+                        } else {
+                            let nu = self.units.len();
+                            let nm = self.months.len();
+                            let cell = &self.cells[self.offsets[ri] + (ii * nu + u) * nm + mi];
+                            let mut notes = vec![];
+                            row.computable = true;
+                            row.numerator = Some(cell.num);
+                            row.denominator = Some(cell.den);
+                            if small(cell.num) || small(cell.den) {
+                                match policy.mode {
+                                    SmallCellMode::Suppress => {
+                                        row.suppressed = true;
+                                        notes.push(format!("suppressed: a count is below {t} (small-cell protection); kept locally, not sent"));
+                                    }
+                                    SmallCellMode::Flag => notes.push(format!("{} a count is below {t} (flagged; sent as computed)", super::SMALL_CELL_FLAG)),
+                                }
+                            }
+                            if m.partial {
+                                notes.push(format!("partial month: data up to {}", self.today));
+                            }
+                            row.note = (!notes.is_empty()).then(|| notes.join("; "));
+                            row.patient_list = Some(self.patient_list(rs, ind, cell));
+                        }
+                        results.push(row);
+                    }
+                }
+            }
+        }
+        let quality = quality::rows(&self.quality, &self.engine.connector, &self.units, &self.months.iter().map(|m| (m.year, m.month)).collect::<Vec<_>>());
+        PvkOutput { results, quality }
+    }
+
+    /// The local patient list behind a cell. Personal data by design: it carries the
+    /// pseudonym and the identity so authorised staff can follow up patients; the store keeps
+    /// it encrypted and nothing that leaves the region reads it.
+    fn patient_list(&self, rs: &RuleSet, ind: &Indicator, cell: &Cell) -> serde_json::Value {
+        let mut entries: Vec<&Entry> = cell.entries.iter().collect();
+        entries.sort_by(|a, b| self.patients[a.patient as usize].0.cmp(&self.patients[b.patient as usize].0));
+        let mut by_prof: BTreeMap<&str, i64> = BTreeMap::new();
+        let patients: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                let (key, id) = &self.patients[e.patient as usize];
+                // Every listed patient is in the denominator; prevalence and mångsökare lists
+                // hold only numerator patients (listing a whole base population helps nobody).
+                let mut roles = vec!["denominator"];
+                if e.numerator {
+                    roles.push("numerator");
+                }
+                let profs: Vec<&str> = e.profs.iter().map(|p| self.profs[*p as usize].as_str()).collect();
+                for p in &profs {
+                    *by_prof.entry(p).or_default() += 1;
+                }
+                let mut o = serde_json::json!({
+                    "patient_key": key,
+                    "id": id.raw(),
+                    "id_kind": format!("{:?}", id.kind()).to_lowercase(),
+                    "roles": roles,
+                });
+                if let Some(d) = e.index {
+                    o["index_date"] = serde_json::json!(d.to_string());
+                }
+                if !profs.is_empty() {
+                    o["professions"] = serde_json::json!(profs);
+                }
+                if let Some(v) = e.visits {
+                    o["visits"] = serde_json::json!(v);
+                }
+                o
+            })
+            .collect();
+        serde_json::json!({
+            "list_format": 1,
+            "rule_year": rs.year,
+            "indicator": ind.register_code,
+            "indicator_id": ind.id,
+            "title": ind.title,
+            "lists": if ind.kind == IndicatorKind::Proportion && !ind.population.everyone { "denominator" } else { "numerator" },
+            "numerator": cell.num,
+            "denominator": cell.den,
+            "by_profession": by_prof,
+            "patients": patients,
+        })
+    }
+}
+
+fn plan_for(rs: &RuleSet, ind: &Indicator, units: &[(HsaId, UnitKind)], has_listing: bool, has_drugs: bool) -> Plan {
+    let missing = rs.missing_code_lists(ind);
+    let mut applies = vec![];
+    let mut blocked = vec![];
+    for (_, kind) in units {
+        applies.push(variant_applies(ind.variant, *kind));
+        let mut reasons = vec![];
+        if !missing.is_empty() {
+            reasons.push(format!("code list missing ({})", missing.join(", ")));
+        }
+        if *kind == UnitKind::Vardcentral && !has_listing {
+            reasons.push("no listing data (listed patients per vårdcentral) configured".to_string());
+        }
+        if let Some(d) = &ind.population.drugs {
+            if !has_drugs {
+                reasons.push(format!("needs drug data ({}); no drug list source configured", d.description));
+            }
+        }
+        blocked.push((!reasons.is_empty()).then(|| reasons.join("; ")));
+    }
+    Plan { applies, blocked }
+}
+
+/// One indicator evaluated for one patient, unit and month.
+struct Ctx<'c> {
+    rs: &'c RuleSet,
+    ind: &'c Indicator,
+    sets: &'c [Vec<Ev>],
+    visits: &'c [Visit],
+    /// Sorted dates of the visits at `unit`.
+    unit_dates: &'c [NaiveDate],
+    drugs: &'c [(String, NaiveDate)],
+    unit: u16,
+    kind: UnitKind,
+    m: MonthCtx,
+    birth: Option<NaiveDate>,
+    profs: &'c [String],
+}
+
+impl Ctx<'_> {
+    fn in_scope(&self, scope: Scope, unit: Option<u16>) -> bool {
+        scope == Scope::Any || unit == Some(self.unit)
+    }
+
+    fn type_ok(types: &[String], t: &Option<String>) -> bool {
+        types.is_empty() || t.as_ref().is_some_and(|t| types.iter().any(|x| x == t))
+    }
+
+    fn in_base(&self) -> bool {
+        match self.kind {
+            // The caller only evaluates vårdcentraler for patients listed there.
+            UnitKind::Vardcentral => true,
+            UnitKind::Rehab => {
+                let p = &self.ind.population;
+                let from = self.m.window_start(p.visit_window_months);
+                if p.visit_contact_types.is_empty() {
+                    let i = self.unit_dates.partition_point(|d| *d < from);
+                    return i < self.unit_dates.len() && self.unit_dates[i] <= self.m.end;
+                }
+                self.visits.iter().any(|v| v.unit == Some(self.unit) && v.date >= from && v.date <= self.m.end && Self::type_ok(&p.visit_contact_types, &v.ctype))
+            }
+        }
+    }
+
+    fn age_ok(&self) -> bool {
+        let p = &self.ind.population;
+        if p.min_age.is_none() && p.max_age.is_none() {
+            return true;
+        }
+        // Unknown age (reserve numbers) cannot satisfy an age limit.
+        let Some(b) = self.birth else { return false };
+        let age = age_at(b, self.m.end);
+        p.min_age.map_or(true, |lo| age >= lo as i32) && p.max_age.map_or(true, |hi| age <= hi as i32)
+    }
+
+    /// Earliest date in [from, to] the drug criterion is met from, if it is.
+    fn drug_first(&self, from: NaiveDate, to: NaiveDate) -> Option<NaiveDate> {
+        let d = self.ind.population.drugs.as_ref()?;
+        let set = &self.rs.code_sets[d.code_set];
+        let mut distinct: Vec<&str> = vec![];
+        let mut first = None;
+        for (atc, date) in self.drugs {
+            if *date < from || *date > to || !set.matches(ATC, atc) {
+                continue;
+            }
+            first = Some(first.map_or(*date, |f: NaiveDate| f.min(*date)));
+            if !distinct.contains(&atc.as_str()) {
+                distinct.push(atc);
+            }
+        }
+        (distinct.len() as u32 >= d.min_distinct).then_some(first).flatten()
+    }
+
+    /// `Some(index date)` if the patient is in the indicator's population.
+    fn population(&self) -> Option<Option<NaiveDate>> {
+        let p = &self.ind.population;
+        if p.everyone {
+            return Some(None);
+        }
+        let scope = p.scope.unwrap_or(default_scope(self.kind));
+        let from = self.m.window_start(p.lookback_months);
+        let end = self.m.end;
+        let diag = |scoped: bool| {
+            p.diagnoses
+                .iter()
+                .flat_map(|s| self.sets[*s].iter())
+                .filter(|e| e.date >= from && e.date <= end && (!scoped || self.in_scope(scope, e.unit)))
+                .map(|e| e.date)
+                .min()
+        };
+        // Membership needs a diagnosis in scope; the index (onset) date is the earliest anywhere.
+        let diag_in_scope = diag(true);
+        let diag_onset = diag_in_scope.and(diag(false));
+        let index = match &p.drugs {
+            None => diag_onset,
+            Some(d) => {
+                let drug = self.drug_first(self.m.window_start(d.lookback_months), end);
+                match d.combine {
+                    Combine::And => diag_onset.filter(|_| drug.is_some()),
+                    Combine::Or => match (diag_onset, drug) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    },
+                }
+            }
+        }?;
+        if let Some(n) = &p.new_onset {
+            let clear_from = sub_months(index, n.clear_months);
+            let earlier = n.exclude.iter().flat_map(|s| self.sets[*s].iter()).any(|e| e.date >= clear_from && e.date < index);
+            let earlier_drug = p.drugs.as_ref().is_some_and(|d| {
+                d.combine == Combine::Or
+                    && self.drugs.iter().any(|(atc, date)| *date >= clear_from && *date < index && self.rs.code_sets[d.code_set].matches(ATC, atc))
+            });
+            if earlier || earlier_drug {
+                return None;
+            }
+        }
+        Some(Some(index))
+    }
+
+    /// Professions behind the qualifying measure events, if any event qualifies.
+    fn measure(&self, index: Option<NaiveDate>) -> Option<Vec<u16>> {
+        let me = self.ind.measure.as_ref()?;
+        let scope = me.scope.unwrap_or(default_scope(self.kind));
+        let (from, to) = match (me.anchor, index) {
+            (Anchor::Index, Some(i)) => (i, self.m.end.min(i.checked_add_months(Months::new(me.window_months)).unwrap_or(NaiveDate::MAX))),
+            _ => (self.m.window_start(me.window_months), self.m.end),
+        };
+        let mut found = false;
+        let mut profs: Vec<u16> = vec![];
+        for s in me.activities.iter().chain(&me.observations) {
+            for e in &self.sets[*s] {
+                if e.date < from || e.date > to || !self.in_scope(scope, e.unit) {
+                    continue;
+                }
+                if !me.professions.is_empty() && !e.prof.is_some_and(|p| me.professions.iter().any(|x| *x == self.profs[p as usize])) {
+                    continue;
+                }
+                found = true;
+                if let Some(p) = e.prof {
+                    if !profs.contains(&p) {
+                        profs.push(p);
+                    }
+                }
+            }
+        }
+        found.then_some(profs)
+    }
+
+    /// (counts in denominator, counts in numerator, list entry)
+    fn evaluate(&self) -> Option<(bool, bool, Option<Entry>)> {
+        if !self.in_base() || !self.age_ok() {
+            return None;
+        }
+        match self.ind.kind {
+            IndicatorKind::Prevalence => {
+                let index = self.population();
+                let in_pop = index.is_some();
+                Some((true, in_pop, in_pop.then(|| Entry { numerator: true, index: index.flatten(), ..Default::default() })))
+            }
+            IndicatorKind::Proportion => {
+                let index = self.population()?;
+                let profs = self.measure(index);
+                let num = profs.is_some();
+                // A whole-population denominator (FaR) is not listed: only who got the action.
+                let listed = num || !self.ind.population.everyone;
+                Some((true, num, listed.then(|| Entry { numerator: num, index, profs: profs.unwrap_or_default(), ..Default::default() })))
+            }
+            IndicatorKind::FrequentAttenders => {
+                let fa = self.ind.frequent_attenders.as_ref()?;
+                let scope = fa.scope.unwrap_or(default_scope(self.kind));
+                let from = self.m.window_start(fa.window_months);
+                let counted = self.visits.iter().filter(|v| v.date >= from && v.date <= self.m.end && self.in_scope(scope, v.unit) && Self::type_ok(&fa.contact_types, &v.ctype));
+                let n = match fa.count {
+                    CountMode::Contacts => counted.count() as u32,
+                    CountMode::Days => {
+                        let mut days: Vec<NaiveDate> = counted.map(|v| v.date).collect();
+                        days.dedup();
+                        days.len() as u32
+                    }
+                };
+                let num = n > fa.threshold;
+                Some((true, num, num.then(|| Entry { numerator: true, visits: Some(n), ..Default::default() })))
+            }
+        }
+    }
+}
