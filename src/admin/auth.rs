@@ -163,6 +163,12 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
 }
 
+/// The patient-data right counts only above läsare: a läsare never sees a patient identity,
+/// whatever flag the user row carries.
+pub fn effective_patient_data(u: &User) -> bool {
+    u.patient_data && u.role >= Role::Operator
+}
+
 /// Resolve the caller from a bearer token (preferred when present) or the session cookie.
 async fn resolve(state: &AdminState, headers: &HeaderMap) -> Result<Option<Principal>> {
     let store = &state.app.store;
@@ -171,7 +177,7 @@ async fn resolve(state: &AdminState, headers: &HeaderMap) -> Result<Option<Princ
         return Ok(match db::token_user(store, &token_hash(&t)).await? {
             Some((id, u)) => {
                 db::touch_token(store, id).await.ok();
-                Some(Principal { username: u.username, role: u.role, patient_data: u.patient_data, via: Via::Token, csrf: None, session_hash: None })
+                Some(Principal { patient_data: effective_patient_data(&u), username: u.username, role: u.role, via: Via::Token, csrf: None, session_hash: None })
             }
             None => None,
         });
@@ -180,9 +186,9 @@ async fn resolve(state: &AdminState, headers: &HeaderMap) -> Result<Option<Princ
         let h = token_hash(&c);
         if let Some(s) = db::session(store, &h).await? {
             return Ok(Some(Principal {
+                patient_data: effective_patient_data(&s.user),
                 username: s.user.username,
                 role: s.user.role,
-                patient_data: s.user.patient_data,
                 via: Via::Session,
                 csrf: Some(s.csrf),
                 session_hash: Some(h),

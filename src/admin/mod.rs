@@ -251,6 +251,9 @@ pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
         UsersCmd::Set { username, role, patient_data } => {
             let role = Role::parse(&role).with_context(|| format!("unknown role {role:?}: use läsare, operatör or admin"))?;
             auth::check_username(&username)?;
+            if patient_data && role == Role::Reader {
+                eprintln!("note: --patient-data has no effect for a läsare (läsare never see patient identities)");
+            }
             let pw = match std::env::var("RB_NEW_PASSWORD") {
                 Ok(p) => p,
                 Err(_) => {
