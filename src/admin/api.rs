@@ -26,9 +26,21 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
 
-/// Redact identity-shaped digit runs in external free text.
+/// Redact identity-shaped digit runs in external free text. HSA ids (`SE` + a ten-digit
+/// organisation number + `-…`) are kept whole: they name units, not patients, and the plain
+/// redactor would garble every one of them.
 pub fn scrub(s: &str) -> String {
-    crate::telemetry::redact(s).into_owned()
+    static HSA: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let hsa = HSA.get_or_init(|| regex::Regex::new(r"SE[0-9]{10}-[A-Za-z0-9]+").expect("valid regex"));
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for m in hsa.find_iter(s) {
+        out.push_str(&crate::telemetry::redact(&s[last..m.start()]));
+        out.push_str(m.as_str());
+        last = m.end();
+    }
+    out.push_str(&crate::telemetry::redact(&s[last..]));
+    out
 }
 
 pub fn scrub_opt(s: &Option<String>) -> Option<String> {

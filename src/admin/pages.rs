@@ -100,6 +100,8 @@ fn pct(n: i64, d: i64) -> String {
 fn value_text(v: &Value) -> String {
     match v {
         Value::Null => "–".into(),
+        Value::Bool(true) => "ja".into(),
+        Value::Bool(false) => "nej".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
@@ -917,6 +919,8 @@ struct MonthView {
 struct IndicatorView {
     name: String,
     svg: String,
+    /// First and last month shown.
+    range: String,
     months: Vec<MonthView>,
 }
 
@@ -947,12 +951,14 @@ pub struct PvkPageQuery {
 }
 
 /// Share per month as small bars (0–100 %); months without a computable share get a grey tick.
+/// At least twelve slots wide so a short series does not crowd its labels; each bar is labelled
+/// with its month number.
 pub fn share_chart(points: &[(String, Option<f64>, String)]) -> String {
-    let (bw, gap, h, left) = (14.0_f64, 4.0_f64, 60.0_f64, 30.0_f64);
-    let w = left + points.len().max(1) as f64 * (bw + gap);
+    let (bw, gap, h, left) = (14.0_f64, 5.0_f64, 60.0_f64, 34.0_f64);
+    let w = left + points.len().max(12) as f64 * (bw + gap);
     let total_h = h + 16.0;
     let mut s = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{total_h:.0}" viewBox="0 0 {w:.0} {total_h:.0}" role="img" aria-label="Andel per månad"><text x="0" y="9" font-size="10" fill="#5b6b7a">100 %</text><text x="0" y="{h:.0}" font-size="10" fill="#5b6b7a">0</text><line x1="{left}" y1="{h}" x2="{w:.0}" y2="{h}" stroke="#b9c3cc"/>"##
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{total_h:.0}" viewBox="0 0 {w:.0} {total_h:.0}" role="img" aria-label="Andel per månad"><text x="0" y="9" font-size="10" fill="#5b6b7a">100 %</text><text x="0" y="{h:.0}" font-size="10" fill="#5b6b7a">0 %</text><line x1="{left}" y1="{h}" x2="{w:.0}" y2="{h}" stroke="#b9c3cc"/>"##
     );
     for (i, (month, share, tip)) in points.iter().enumerate() {
         let x = left + i as f64 * (bw + gap);
@@ -964,12 +970,8 @@ pub fn share_chart(points: &[(String, Option<f64>, String)]) -> String {
             }
             None => s.push_str(&format!(r##"<g><title>{month}: {tip}</title><rect x="{x:.1}" y="{:.1}" width="{bw}" height="2" fill="#b9c3cc"/></g>"##, h - 2.0)),
         }
-    }
-    if let (Some(first), Some(last)) = (points.first(), points.last()) {
-        s.push_str(&format!(r##"<text x="{left}" y="{:.0}" font-size="10" fill="#5b6b7a">{}</text>"##, h + 13.0, first.0));
-        if points.len() > 1 {
-            s.push_str(&format!(r##"<text x="{w:.0}" y="{:.0}" font-size="10" fill="#5b6b7a" text-anchor="end">{}</text>"##, h + 13.0, last.0));
-        }
+        let mm = month.get(5..7).unwrap_or(month);
+        s.push_str(&format!(r##"<text x="{:.1}" y="{:.0}" font-size="9" fill="#5b6b7a" text-anchor="middle">{mm}</text>"##, x + bw / 2.0, h + 12.0));
     }
     s.push_str("</svg>");
     s
@@ -1044,7 +1046,12 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                             }
                         })
                         .collect();
-                    IndicatorView { name, svg: share_chart(&points), months }
+                    let range = match (points.first(), points.last()) {
+                        (Some(a), Some(b)) if a.0 != b.0 => format!("{} – {}", a.0, b.0),
+                        (Some(a), _) => a.0.clone(),
+                        _ => String::new(),
+                    };
+                    IndicatorView { name, svg: share_chart(&points), months, range }
                 })
                 .collect();
             PvkBlock { connector, rule_year, unit, indicators }
