@@ -250,6 +250,14 @@ both_backends!(an_operator_replay_requeues_and_is_audited, |ts: TestStore| async
     let c = Client::login(&srv.base, "oper", PASSWORD).await;
     let failed = c.get("/misslyckade").await;
     assert!(failed.body.contains(&format!("rad-{}", seeded.dead_id)) && failed.body.contains("Försök igen"));
+    let dl: Value = serde_json::from_str(&c.get("/api/v1/dead-letters").await.body).unwrap();
+    assert_eq!((dl["total"].as_i64(), dl["items"][0]["id"].as_i64()), (Some(1), Some(seeded.dead_id)));
+    assert_eq!(dl["items"][0]["reason"], json!(REJECT_REASON));
+    let delivered: Value = serde_json::from_str(&c.get("/api/v1/records?state=delivered&register=sar&unit=SE2321000156-FT01&form=FVPat").await.body).unwrap();
+    assert_eq!((delivered["total"].as_i64(), delivered["items"][0]["id"].as_i64()), (Some(1), Some(seeded.delivered_id)));
+    let none: Value = serde_json::from_str(&c.get("/api/v1/records?from=2001-01-01&to=2001-12-31").await.body).unwrap();
+    assert_eq!(none["total"], json!(0));
+    assert_eq!(c.get("/api/v1/records?state=borta").await.status, 400);
     // Without a reason, nothing happens.
     let no_reason = c.post_form_csrf("/misslyckade/forsok-igen", &[("id", &seeded.dead_id.to_string()), ("reason", " ")]).await;
     assert_eq!(no_reason.status, 400);
@@ -271,6 +279,12 @@ both_backends!(an_operator_replay_requeues_and_is_audited, |ts: TestStore| async
     assert_eq!(ev[0].detail["reason"], json!(why));
     assert_eq!(ev[0].detail["from_state"], json!("rejected"));
     assert!(!c.get("/misslyckade").await.body.contains(&format!("rad-{}", seeded.dead_id)));
+    let dl: Value = serde_json::from_str(&c.get("/api/v1/dead-letters").await.body).unwrap();
+    assert_eq!(dl["total"], json!(0));
+    let hist: Value = serde_json::from_str(&c.get(&format!("/api/v1/records/{}", seeded.dead_id)).await.body).unwrap();
+    assert_eq!(hist["record"]["state"], json!("pending"));
+    assert!(hist["audit"].as_array().unwrap().iter().any(|e| e["kind"] == "replay" && e["actor"] == "oper"));
+    assert_eq!(hist["attempts"].as_array().unwrap().len(), 1);
     // The chain still verifies after all of this.
     assert!(ts.store.audit_verify().await.unwrap().ok);
     // The API: a second replay of a record that is no longer failed is skipped, not an error.

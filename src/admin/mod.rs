@@ -166,6 +166,7 @@ pub fn router(state: AdminState) -> Router {
         // authenticated too and reveal nothing to a client without credentials.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))
         .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }
 
@@ -175,6 +176,26 @@ async fn not_found(req: axum::extract::Request) -> Response {
     } else {
         Fail::NotFound.page()
     }
+}
+
+/// One log line per request: method, the route *template* (never the raw path or query, which
+/// may carry search text or a stated reason), status and time. Reads at debug level; changes,
+/// refusals and errors at info/warn, so Prometheus scrapes do not flood the log.
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "(unrouted)".into());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    if status >= 500 {
+        tracing::warn!(%method, route, status, ms, "admin request");
+    } else if method != axum::http::Method::GET || status >= 400 {
+        tracing::info!(%method, route, status, ms, "admin request");
+    } else {
+        tracing::debug!(%method, route, status, ms, "admin request");
+    }
+    res
 }
 
 /// Headers on every response: no caching of pages that may hold personal data, no framing, no
