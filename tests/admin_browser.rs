@@ -48,7 +48,7 @@ async fn start_driver() -> Driver {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start chromedriver {}: {e}", bin.display()));
+        .unwrap_or_else(|e| panic!("cannot start chromedriver {}: {e} (install Debian's chromium-driver, or point RB_CHROMEDRIVER at one)", bin.display()));
     let driver = Driver { child, url: format!("http://127.0.0.1:{port}") };
     let http = reqwest::Client::new();
     for _ in 0..100 {

@@ -807,12 +807,7 @@ pub struct WorklistPageQuery {
 }
 
 async fn worklist_page(state: &AdminState, p: &Principal, unit: Option<String>, why: Option<String>) -> PageResult {
-    let all_units: Vec<String> = {
-        let mut u: Vec<String> = state.app.store.worklist(None, None).await?.into_iter().map(|i| i.unit).collect();
-        u.sort();
-        u.dedup();
-        u
-    };
+    let all_units = db::distinct_units(&state.app.store, "worklist").await?;
     let showing = why.is_some();
     let entries = api::worklist_entries(state, p, None, unit.clone(), why).await?;
     let mut groups: BTreeMap<String, Vec<WorkItemView>> = BTreeMap::new();

@@ -376,6 +376,11 @@ pub async fn connector_registers(store: &Store) -> Result<Vec<(String, String)>>
     rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?))).collect()
 }
 
+pub async fn distinct_units(store: &Store, table: &'static str) -> Result<Vec<String>> {
+    let mut tx = store.read().await?;
+    texts(&mut *tx, &format!("SELECT DISTINCT unit FROM {table} ORDER BY unit")).await
+}
+
 pub async fn distinct_connectors(store: &Store, table: &'static str) -> Result<Vec<String>> {
     let mut tx = store.read().await?;
     let rows = tx.rows(&format!("SELECT DISTINCT connector FROM {table} ORDER BY connector"), &[]).await?;
