@@ -1,11 +1,415 @@
 //! Admin side: HTTP API, Swedish web pages, users and roles, metrics, health.
+//!
+//! One axum router serves everything. Every route except `/healthz`, `/readyz` and `/login`
+//! needs a session cookie (pages) or `Authorization: Bearer <token>` (scripts, Prometheus); the
+//! check runs in front of routing, so an unauthenticated client gets the same 401 for a route
+//! that exists and one that does not. The route table below is also what the OpenAPI test
+//! compares `/api/v1/openapi.json` against.
+
+pub mod api;
+pub mod auth;
+pub mod metrics;
+pub mod openapi;
+pub mod pages;
+pub mod store;
 
 use crate::app::App;
+use crate::audit::{correlation_id, kind, NewAuditEvent};
 use crate::cli::UsersCmd;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-pub async fn users_cli(_app: &App, _cmd: UsersCmd) -> Result<i32> {
-    bail!("`users` is not available yet: it lands with issue #7")
+pub use auth::Principal;
+pub use metrics::{record_run, record_send};
+pub use store::Role;
+
+/// When each connector runs next (the scheduler knows; `None` = not scheduled).
+pub type NextRuns = Arc<dyn Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync>;
+/// Readiness of the daemon's own parts (e.g. each register's metadata loaded).
+pub type Readiness = Arc<dyn Fn() -> Vec<ReadinessCheck> + Send + Sync>;
+/// Warnings to show on the pages, e.g. PVK code lists not yet verified against their source.
+pub type Warnings = Arc<dyn Fn() -> Vec<Warning> + Send + Sync>;
+
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct ReadinessCheck {
+    pub name: String,
+    pub ok: bool,
+    /// Short reason when not ok (no personal data).
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct Warning {
+    /// Where it belongs: `pvk`, `sar`, `config`, …
+    pub area: String,
+    pub text: String,
+}
+
+/// Everything the admin handlers need. The daemon fills the providers; defaults say "unknown"
+/// (next runs "–", no extra readiness checks, no warnings).
+#[derive(Clone)]
+pub struct AdminState {
+    pub app: App,
+    pub next_runs: NextRuns,
+    pub readiness: Readiness,
+    pub warnings: Warnings,
+}
+
+impl AdminState {
+    pub fn new(app: App) -> AdminState {
+        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new) }
+    }
+    pub fn with_next_runs(mut self, f: impl Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync + 'static) -> Self {
+        self.next_runs = Arc::new(f);
+        self
+    }
+    pub fn with_readiness(mut self, f: impl Fn() -> Vec<ReadinessCheck> + Send + Sync + 'static) -> Self {
+        self.readiness = Arc::new(f);
+        self
+    }
+    pub fn with_warnings(mut self, f: impl Fn() -> Vec<Warning> + Send + Sync + 'static) -> Self {
+        self.warnings = Arc::new(f);
+        self
+    }
+    pub fn settings(&self) -> &crate::config::AdminSettings {
+        &self.app.settings().admin
+    }
+}
+
+type Entry = (&'static str, &'static str, MethodRouter<AdminState>);
+
+/// The route table: (method, path, handler). The router is built from it and the OpenAPI test
+/// checks it against the hand-written description.
+fn table() -> Vec<Entry> {
+    vec![
+        // Operations
+        ("GET", "/healthz", get(api::healthz)),
+        ("GET", "/readyz", get(api::readyz)),
+        ("GET", "/metrics", get(metrics::handler)),
+        // Sign-in
+        ("GET", "/login", get(auth::login_page)),
+        ("POST", "/login", post(auth::login_submit)),
+        ("POST", "/logout", post(auth::logout)),
+        // Pages
+        ("GET", "/", get(pages::overview)),
+        ("GET", "/overforingar", get(pages::transfers)),
+        ("GET", "/overforingar/{id}", get(pages::transfer)),
+        ("POST", "/overforingar/{id}/personuppgifter", post(pages::transfer_with_payload)),
+        ("POST", "/overforingar/{id}/aterkalla", post(pages::retract)),
+        ("GET", "/misslyckade", get(pages::failed)),
+        ("POST", "/misslyckade/forsok-igen", post(pages::replay)),
+        ("GET", "/att-komplettera", get(pages::worklist)),
+        ("POST", "/att-komplettera", post(pages::worklist_identities)),
+        ("GET", "/tackningsgrad", get(pages::coverage)),
+        ("GET", "/pvk", get(pages::pvk)),
+        ("GET", "/pvk/patientlista", get(pages::pvk_list_form)),
+        ("POST", "/pvk/patientlista", post(pages::pvk_list)),
+        ("GET", "/granskningslogg", get(pages::audit)),
+        ("GET", "/karantan", get(pages::quarantine)),
+        ("POST", "/karantan/{id}/losa", post(pages::resolve_quarantine)),
+        ("GET", "/anvandare", get(pages::users)),
+        ("POST", "/anvandare", post(pages::user_save)),
+        ("POST", "/anvandare/nycklar", post(pages::token_create)),
+        ("POST", "/anvandare/nycklar/{id}/aterkalla", post(pages::token_revoke)),
+        ("GET", "/installningar", get(pages::settings)),
+        // JSON API
+        ("GET", "/api/v1/openapi.json", get(openapi::handler)),
+        ("GET", "/api/v1/health", get(api::health)),
+        ("GET", "/api/v1/me", get(api::me)),
+        ("GET", "/api/v1/overview", get(api::overview)),
+        ("GET", "/api/v1/runs", get(api::runs)),
+        ("GET", "/api/v1/records", get(api::records)),
+        ("GET", "/api/v1/records/{id}", get(api::record)),
+        ("GET", "/api/v1/records/{id}/attempts", get(api::record_attempts)),
+        ("POST", "/api/v1/records/{id}/retract", post(api::retract)),
+        ("GET", "/api/v1/dead-letters", get(api::dead_letters)),
+        ("POST", "/api/v1/replay", post(api::replay)),
+        ("GET", "/api/v1/quarantine", get(api::quarantine)),
+        ("POST", "/api/v1/quarantine/{id}/resolve", post(api::resolve_quarantine)),
+        ("GET", "/api/v1/worklists", get(api::worklists)),
+        ("GET", "/api/v1/coverage/sar", get(api::sar_coverage)),
+        ("GET", "/api/v1/pvk/results", get(api::pvk_results)),
+        ("GET", "/api/v1/pvk/patient-list", get(api::pvk_patient_list)),
+        ("GET", "/api/v1/audit", get(api::audit)),
+        ("GET", "/api/v1/audit/verify", get(api::audit_verify)),
+        ("GET", "/api/v1/users", get(api::users)),
+        ("GET", "/api/v1/tokens", get(api::tokens)),
+        ("POST", "/api/v1/tokens", post(api::token_create)),
+        ("DELETE", "/api/v1/tokens/{id}", delete(api::token_revoke)),
+        ("GET", "/api/v1/config", get(api::config)),
+    ]
+}
+
+/// Every (method, path) the router serves.
+pub fn routes() -> Vec<(&'static str, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// Paths reachable without credentials.
+pub(crate) const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", "/login"];
+
+pub fn router(state: AdminState) -> Router {
+    metrics::install();
+    let mut r: Router<AdminState> = Router::new();
+    for (_, path, mr) in table() {
+        r = r.route(path, mr);
+    }
+    r.fallback(not_found)
+        // Added after the routes and the fallback, so it wraps both: unknown paths are
+        // authenticated too and reveal nothing to a client without credentials.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))
+        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn not_found(req: axum::extract::Request) -> Response {
+    if req.uri().path().starts_with("/api/") {
+        Fail::NotFound.api()
+    } else {
+        Fail::NotFound.page()
+    }
+}
+
+/// One log line per request: method, the route *template* (never the raw path or query, which
+/// may carry search text or a stated reason), status and time. Reads at debug level; changes,
+/// refusals and errors at info/warn, so Prometheus scrapes do not flood the log.
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "(unrouted)".into());
+    let started = std::time::Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    if status >= 500 {
+        tracing::warn!(%method, route, status, ms, "admin request");
+    } else if method != axum::http::Method::GET || status >= 400 {
+        tracing::info!(%method, route, status, ms, "admin request");
+    } else {
+        tracing::debug!(%method, route, status, ms, "admin request");
+    }
+    res
+}
+
+/// Headers on every response: no caching of pages that may hold personal data, no framing, no
+/// scripts (the pages need none), no referrer leaking query strings.
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    );
+    res
+}
+
+/// Serve the admin side on `listener` until `shutdown` resolves, with the default providers.
+pub async fn serve(app: App, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    serve_with(AdminState::new(app), listener, shutdown).await
+}
+
+/// Serve with providers filled by the daemon. TLS (rustls) when `admin.tls_cert_file` and
+/// `admin.tls_key_file` are set; plain HTTP otherwise.
+pub async fn serve_with(state: AdminState, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    bootstrap_admin(&state.app).await?;
+    let settings = state.settings().clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let cfg = crate::sandbox::tls::server_config_from_files(cert, key).context("admin TLS")?;
+            let std_listener = listener.into_std()?;
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+            });
+            axum_server::from_tcp_rustls(std_listener, axum_server::tls_rustls::RustlsConfig::from_config(cfg)).handle(handle).serve(app).await?;
+        }
+        (None, None) => axum::serve(listener, app).with_graceful_shutdown(shutdown).await?,
+        _ => bail!("admin TLS needs both tls_cert_file and tls_key_file"),
+    }
+    Ok(())
+}
+
+/// Create the first admin from `admin.bootstrap_admin_password` when there is no user at all.
+pub async fn bootstrap_admin(app: &App) -> Result<()> {
+    let Some(secret) = &app.settings().admin.bootstrap_admin_password else { return Ok(()) };
+    if store::user_count(&app.store).await? > 0 {
+        return Ok(());
+    }
+    let pw = secret.read_string().context("admin.bootstrap_admin_password")?;
+    auth::check_password_strength(&pw).context("admin.bootstrap_admin_password")?;
+    let hash = auth::hash_password(pw).await?;
+    store::put_user(&app.store, "admin", Some(&hash), Role::Admin, false, false).await?;
+    app.store
+        .audit(vec![NewAuditEvent::by(
+            crate::audit::SYSTEM,
+            kind::USER_CHANGED,
+            &correlation_id(),
+            "user:admin",
+            serde_json::json!({"action": "bootstrap", "role": Role::Admin.as_str(), "patient_data": false}),
+        )])
+        .await?;
+    tracing::info!("created the bootstrap admin user `admin`");
+    Ok(())
+}
+
+/// `registerbrygga users set|list`.
+pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
+    match cmd {
+        UsersCmd::Set { username, role, patient_data } => {
+            let role = Role::parse(&role).with_context(|| format!("unknown role {role:?}: use läsare, operatör or admin"))?;
+            auth::check_username(&username)?;
+            if patient_data && role == Role::Reader {
+                eprintln!("note: --patient-data has no effect for a läsare (läsare never see patient identities)");
+            }
+            let pw = match std::env::var("RB_NEW_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    eprintln!("password for {username} (one line on stdin):");
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            auth::check_password_strength(&pw)?;
+            let hash = auth::hash_password(pw).await?;
+            let created = store::put_user(&app.store, &username, Some(&hash), role, patient_data, false).await?;
+            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            app.store
+                .audit(vec![NewAuditEvent::by(
+                    &actor,
+                    kind::USER_CHANGED,
+                    &correlation_id(),
+                    format!("user:{username}"),
+                    serde_json::json!({"action": if created { "created" } else { "updated" }, "role": role.as_str(), "patient_data": patient_data, "password_set": true, "via": "cli"}),
+                )])
+                .await?;
+            println!("{} user {username} ({}{})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
+            Ok(0)
+        }
+        UsersCmd::List { json } => {
+            let users = store::users(&app.store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!("{:<24} {:<10} {:<13} {:<9} created", "username", "role", "patient_data", "disabled");
+                for u in users {
+                    println!("{:<24} {:<10} {:<13} {:<9} {}", u.username, u.role.as_str(), u.patient_data, u.disabled, u.created.format("%Y-%m-%d %H:%M"));
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors: one kind, two renderings (JSON for the API, a Swedish page for browsers)
+
+#[derive(Debug)]
+pub enum Fail {
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    BadRequest(String),
+    Csrf,
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Fail {
+    fn from(e: anyhow::Error) -> Fail {
+        Fail::Internal(e)
+    }
+}
+
+impl Fail {
+    fn status(&self) -> StatusCode {
+        match self {
+            Fail::Unauthorized => StatusCode::UNAUTHORIZED,
+            Fail::Forbidden | Fail::Csrf => StatusCode::FORBIDDEN,
+            Fail::NotFound => StatusCode::NOT_FOUND,
+            Fail::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Fail::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+    fn log(&self) {
+        if let Fail::Internal(e) = self {
+            // The telemetry writer redacts identity-shaped digits; errors carry none by design.
+            tracing::error!(error = %format!("{e:#}"), "admin request failed");
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            Fail::Unauthorized => "unauthorized",
+            Fail::Forbidden => "forbidden",
+            Fail::Csrf => "csrf",
+            Fail::NotFound => "not_found",
+            Fail::BadRequest(_) => "bad_request",
+            Fail::Internal(_) => "internal",
+        }
+    }
+    fn message_sv(&self) -> String {
+        match self {
+            Fail::Unauthorized => "Inloggning krävs.".into(),
+            Fail::Forbidden => "Du har inte behörighet till detta.".into(),
+            Fail::Csrf => "Formuläret kunde inte verifieras (CSRF). Ladda om sidan och försök igen.".into(),
+            Fail::NotFound => "Sidan eller posten finns inte.".into(),
+            Fail::BadRequest(m) => m.clone(),
+            Fail::Internal(_) => "Ett internt fel inträffade. Händelsen är loggad.".into(),
+        }
+    }
+    pub fn api(self) -> Response {
+        self.log();
+        (self.status(), axum::Json(serde_json::json!({"error": self.code(), "message": self.message_sv()}))).into_response()
+    }
+    pub fn page(self) -> Response {
+        self.log();
+        let title = match self {
+            Fail::Forbidden | Fail::Csrf => "Åtkomst nekad",
+            Fail::NotFound => "Hittades inte",
+            Fail::BadRequest(_) => "Felaktig begäran",
+            _ => "Fel",
+        };
+        (self.status(), axum::response::Html(pages::error_page(title, &self.message_sv()))).into_response()
+    }
+}
+
+/// An error rendered as JSON.
+pub struct ApiError(pub Fail);
+/// An error rendered as a Swedish HTML page.
+pub struct PageError(pub Fail);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.0.api()
+    }
+}
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        self.0.page()
+    }
+}
+impl<E: Into<Fail>> From<E> for ApiError {
+    fn from(e: E) -> ApiError {
+        ApiError(e.into())
+    }
+}
+impl<E: Into<Fail>> From<E> for PageError {
+    fn from(e: E) -> PageError {
+        PageError(e.into())
+    }
 }
 
 /// Start the admin listener if enabled. (The admin pages land with issue #7; until then the

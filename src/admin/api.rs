@@ -1,0 +1,779 @@
+//! The JSON API under `/api/v1` (described in `openapi.json`), health endpoints, and the
+//! read/act helpers the pages share with it.
+//!
+//! Nothing here returns a patient identity unless the caller has the patient-data right *and*
+//! gave a reason, and then the view is recorded as `patient_data.view` before it is returned.
+//! Free text that comes from outside (register reasons, error details) passes the identity
+//! redactor before it is shown, in case a register echoes a personnummer.
+
+use super::auth::{self, Principal};
+use super::store::{self as db, Role, TransferQuery, TransferRow};
+use super::{AdminState, ApiError, Fail, ReadinessCheck};
+use crate::audit::{correlation_id, kind, AuditEvent, NewAuditEvent};
+use crate::store::{Attempt, AuditQuery, ChangeSet, OutboxChange, OutboxRecord, RecordState, Registration, Store};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+
+/// Redact identity-shaped digit runs in external free text. HSA ids (`SE` + a ten-digit
+/// organisation number + `-…`) are kept whole: they name units, not patients, and the plain
+/// redactor would garble every one of them.
+pub fn scrub(s: &str) -> String {
+    static HSA: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let hsa = HSA.get_or_init(|| regex::Regex::new(r"SE[0-9]{10}-[A-Za-z0-9]+").expect("valid regex"));
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for m in hsa.find_iter(s) {
+        out.push_str(&crate::telemetry::redact(&s[last..m.start()]));
+        out.push_str(m.as_str());
+        last = m.end();
+    }
+    out.push_str(&crate::telemetry::redact(&s[last..]));
+    out
+}
+
+pub fn scrub_opt(s: &Option<String>) -> Option<String> {
+    s.as_deref().map(scrub)
+}
+
+pub fn scrub_json(v: &mut Value) {
+    match v {
+        Value::String(s) => *s = scrub(s),
+        Value::Array(a) => a.iter_mut().for_each(scrub_json),
+        Value::Object(o) => o.values_mut().for_each(scrub_json),
+        _ => {}
+    }
+}
+
+fn scrub_record(mut r: OutboxRecord) -> OutboxRecord {
+    r.reason = scrub_opt(&r.reason);
+    r.last_error = scrub_opt(&r.last_error);
+    r.payload = None;
+    r.lookup = None;
+    r
+}
+
+fn scrub_row(mut r: TransferRow) -> TransferRow {
+    r.reason = scrub_opt(&r.reason);
+    r.last_error = scrub_opt(&r.last_error);
+    r
+}
+
+fn scrub_attempt(mut a: Attempt) -> Attempt {
+    a.detail = scrub_opt(&a.detail);
+    a
+}
+
+fn scrub_event(mut e: AuditEvent) -> AuditEvent {
+    scrub_json(&mut e.detail);
+    e
+}
+
+/// Empty form/query values mean "no filter".
+pub fn nz(v: &Option<String>) -> Option<String> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+pub fn stockholm_day_start(d: NaiveDate) -> i64 {
+    let naive = d.and_hms_opt(0, 0, 0).expect("midnight");
+    chrono_tz::Europe::Stockholm
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc).timestamp_micros())
+        .unwrap_or_else(|| naive.and_utc().timestamp_micros())
+}
+
+pub fn parse_day(s: &Option<String>) -> Result<Option<NaiveDate>, Fail> {
+    match nz(s) {
+        None => Ok(None),
+        Some(v) => NaiveDate::parse_from_str(&v, "%Y-%m-%d").map(Some).map_err(|_| Fail::BadRequest(format!("Ogiltigt datum {v:?} (ÅÅÅÅ-MM-DD)."))),
+    }
+}
+
+pub fn parse_states(s: &Option<String>) -> Result<Vec<RecordState>, Fail> {
+    match nz(s) {
+        None => Ok(vec![]),
+        Some(v) => v.split(',').map(|x| RecordState::parse(x.trim()).map_err(|_| Fail::BadRequest(format!("Okänd status {x:?}.")))).collect(),
+    }
+}
+
+/// A stated reason for a patient-data view or a state change: required, short, redacted.
+pub fn reason(s: &Option<String>) -> Result<String, Fail> {
+    let r = nz(s).ok_or_else(|| Fail::BadRequest("Ange ett skäl.".into()))?;
+    if r.chars().count() < 3 {
+        return Err(Fail::BadRequest("Skälet är för kort.".into()));
+    }
+    if r.chars().count() > 500 {
+        return Err(Fail::BadRequest("Skälet är för långt (högst 500 tecken).".into()));
+    }
+    Ok(scrub(&r))
+}
+
+/// Record one use of the patient-data right. Called *before* the data is returned.
+pub async fn record_patient_view(state: &AdminState, p: &Principal, list: &str, subject: &str, reason: &str, rows: usize) -> Result<(), Fail> {
+    if !p.patient_data {
+        return Err(Fail::Forbidden);
+    }
+    state
+        .app
+        .store
+        .audit(vec![NewAuditEvent::by(&p.username, kind::PATIENT_DATA_VIEW, &correlation_id(), subject, json!({"list": list, "reason": reason, "rows": rows, "via": match p.via { auth::Via::Session => "page", auth::Via::Token => "api" }}))])
+        .await?;
+    Ok(())
+}
+
+/// A patient identity for display: `ÅÅÅÅMMDD-NNNN` for national ids, the raw value otherwise.
+pub fn show_identity(id: &crate::model::PatientId) -> String {
+    match id.national_12() {
+        Some(n) if n.len() == 12 => format!("{}-{}", &n[..8], &n[8..]),
+        _ => id.raw().to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[derive(Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Vec<ReadinessCheck>,
+}
+
+pub async fn readiness(state: &AdminState) -> Readiness {
+    let store = &state.app.store;
+    let mut checks = vec![];
+    let ping = tokio::time::timeout(Duration::from_secs(3), store.ping()).await;
+    let reachable = matches!(ping, Ok(Ok(())));
+    checks.push(ReadinessCheck {
+        name: "store".into(),
+        ok: reachable,
+        detail: match ping {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some("the database does not answer".into()),
+            Err(_) => Some("the database did not answer within 3 s".into()),
+        },
+    });
+    let migrations = if reachable { tokio::time::timeout(Duration::from_secs(3), store.migrations_current()).await.ok().and_then(|r| r.ok()) } else { None };
+    checks.push(ReadinessCheck {
+        name: "migrations".into(),
+        ok: migrations == Some(true),
+        detail: match migrations {
+            Some(true) => None,
+            Some(false) => Some("migrations are not current".into()),
+            None => Some("unknown (store unreachable)".into()),
+        },
+    });
+    checks.extend((state.readiness)());
+    Readiness { ready: checks.iter().all(|c| c.ok), checks }
+}
+
+pub async fn readyz(State(state): State<AdminState>) -> Response {
+    let r = readiness(&state).await;
+    let code = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(r)).into_response()
+}
+
+pub async fn health(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> Response {
+    readyz(State(state)).await
+}
+
+pub async fn me(Extension(p): Extension<Principal>) -> Json<Value> {
+    Json(json!({"username": p.username, "role": p.role.as_str(), "patient_data": p.patient_data, "via": match p.via { auth::Via::Session => "session", auth::Via::Token => "token" }}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overview
+
+#[derive(Serialize, Clone)]
+pub struct ConnectorSummary {
+    pub connector: String,
+    pub register: String,
+    pub last_run: Option<crate::store::Run>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub delivered_today: i64,
+    pub failed_today: i64,
+}
+
+#[derive(Serialize, Clone)]
+pub struct DayCount {
+    pub day: String,
+    pub register: String,
+    pub delivered: i64,
+    pub failed: i64,
+}
+
+#[derive(Serialize)]
+pub struct Overview {
+    pub connectors: Vec<ConnectorSummary>,
+    pub days: Vec<DayCount>,
+    pub queue_depth: i64,
+    pub dead_letters: i64,
+    pub quarantine_open: i64,
+    pub worklist: i64,
+}
+
+pub async fn overview_data(state: &AdminState) -> Result<Overview, Fail> {
+    let store = &state.app.store;
+    let mut pairs: Vec<(String, String)> = state.app.loaded.connectors.iter().map(|c| (c.name.clone(), c.register.clone())).collect();
+    for p in db::connector_registers(store).await? {
+        if !pairs.contains(&p) {
+            pairs.push(p);
+        }
+    }
+    pairs.sort();
+    let next: HashMap<String, Option<DateTime<Utc>>> = (state.next_runs)().into_iter().collect();
+    let today = stockholm_day_start(Utc::now().with_timezone(&chrono_tz::Europe::Stockholm).date_naive());
+    let counts: HashMap<(String, String), (i64, i64)> = db::outcomes_since(store, today).await?.into_iter().map(|(c, g, ok, bad)| ((c, g), (ok, bad))).collect();
+    let mut connectors = vec![];
+    for (c, g) in pairs {
+        let last_run = store.runs(Some(&c), 1).await?.into_iter().next();
+        let (ok, bad) = counts.get(&(c.clone(), g.clone())).copied().unwrap_or((0, 0));
+        connectors.push(ConnectorSummary { next_run: next.get(&c).copied().flatten(), connector: c, register: g, last_run, delivered_today: ok, failed_today: bad });
+    }
+    let since = (Utc::now() - chrono::Duration::days(29)).date_naive().and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_micros();
+    let days = store.daily_outcomes(since).await?.into_iter().map(|(day, register, delivered, failed)| DayCount { day, register, delivered, failed }).collect();
+    let g = db::gauges(store).await?;
+    let dead_letters = g.records.iter().filter(|(_, s, _)| s == "rejected" || s == "dead").map(|(_, _, n)| n).sum();
+    Ok(Overview { connectors, days, queue_depth: g.queue_depth, dead_letters, quarantine_open: g.quarantine_open, worklist: g.worklist })
+}
+
+pub async fn overview(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> ApiResult<Overview> {
+    Ok(Json(overview_data(&state).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs and records
+
+#[derive(Deserialize)]
+pub struct RunsQuery {
+    pub connector: Option<String>,
+    pub limit: Option<i64>,
+}
+
+pub async fn runs(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<RunsQuery>) -> ApiResult<Vec<crate::store::Run>> {
+    let mut runs = state.app.store.runs(nz(&q.connector).as_deref(), q.limit.unwrap_or(50).clamp(1, 1000)).await?;
+    for r in &mut runs {
+        r.error = scrub_opt(&r.error);
+    }
+    Ok(Json(runs))
+}
+
+#[derive(Deserialize, Default, Clone)]
+pub struct RecordsQuery {
+    pub connector: Option<String>,
+    pub register: Option<String>,
+    pub unit: Option<String>,
+    pub form: Option<String>,
+    /// One state or several, comma-separated.
+    pub state: Option<String>,
+    /// Substring of the key, or the register's reference.
+    pub q: Option<String>,
+    /// First day (YYYY-MM-DD, Europe/Stockholm), inclusive, on the last change.
+    pub from: Option<String>,
+    /// Last day, inclusive.
+    pub to: Option<String>,
+    /// `true`: every version, not only the latest of each key.
+    pub all_versions: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    pub page: Option<i64>,
+}
+
+impl RecordsQuery {
+    pub fn to_query(&self, default_limit: i64) -> Result<TransferQuery, Fail> {
+        let limit = self.limit.unwrap_or(default_limit).clamp(1, 1000);
+        let offset = match (self.offset, self.page) {
+            (Some(o), _) => o.max(0),
+            (None, Some(p)) => (p.max(1) - 1) * limit,
+            _ => 0,
+        };
+        Ok(TransferQuery {
+            connector: nz(&self.connector),
+            register: nz(&self.register),
+            unit: nz(&self.unit),
+            form: nz(&self.form),
+            states: parse_states(&self.state)?,
+            search: nz(&self.q),
+            from_us: parse_day(&self.from)?.map(stockholm_day_start),
+            to_us: parse_day(&self.to)?.map(|d| stockholm_day_start(d + chrono::Duration::days(1))),
+            latest_only: !matches!(nz(&self.all_versions).as_deref(), Some("true" | "1" | "on" | "ja")),
+            limit,
+            offset,
+        })
+    }
+}
+
+#[derive(Serialize)]
+pub struct Page<T> {
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+    pub items: Vec<T>,
+}
+
+pub async fn records(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<RecordsQuery>) -> ApiResult<Page<TransferRow>> {
+    let tq = q.to_query(100)?;
+    let (items, total) = db::transfers(&state.app.store, &tq).await?;
+    Ok(Json(Page { total, limit: tq.limit, offset: tq.offset, items: items.into_iter().map(scrub_row).collect() }))
+}
+
+pub async fn dead_letters(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<RecordsQuery>) -> ApiResult<Page<TransferRow>> {
+    let mut tq = q.to_query(100)?;
+    tq.states = vec![RecordState::Rejected, RecordState::Dead];
+    tq.latest_only = true;
+    let (items, total) = db::transfers(&state.app.store, &tq).await?;
+    Ok(Json(Page { total, limit: tq.limit, offset: tq.offset, items: items.into_iter().map(scrub_row).collect() }))
+}
+
+/// One transfer's whole story: every version of its key, every attempt, the audit events about
+/// the key, and what the register holds.
+#[derive(Serialize)]
+pub struct History {
+    pub record: OutboxRecord,
+    pub versions: Vec<OutboxRecord>,
+    pub attempts: Vec<Attempt>,
+    pub audit: Vec<AuditEvent>,
+    pub registration: Option<Registration>,
+    /// Column names of this version's payload (values are personal data; not included).
+    pub columns: Vec<String>,
+}
+
+/// The history with payloads removed, plus the raw payloads for the patient-data view.
+pub async fn history(store: &Store, id: i64) -> Result<(History, Option<serde_json::Map<String, Value>>, Option<serde_json::Map<String, Value>>), Fail> {
+    let record = store.record(id).await?.ok_or(Fail::NotFound)?;
+    let payload = record.payload.clone();
+    let versions = store.record_versions(&record.idem_key).await?;
+    let attempts = store.attempts(&record.idem_key).await?;
+    let audit = store.audit_search(&AuditQuery { subject: Some(record.idem_key.clone()), limit: Some(1000), ..Default::default() }).await?;
+    let mut registration = store.registration(&record.idem_key).await?;
+    let held = registration.as_mut().and_then(|r| r.delivered_payload.take());
+    let columns = payload.as_ref().map(|p| p.keys().cloned().collect()).unwrap_or_default();
+    Ok((
+        History {
+            record: scrub_record(record),
+            versions: versions.into_iter().map(scrub_record).collect(),
+            attempts: attempts.into_iter().map(scrub_attempt).collect(),
+            audit: audit.into_iter().map(scrub_event).collect(),
+            registration,
+            columns,
+        },
+        payload,
+        held,
+    ))
+}
+
+pub async fn record(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Path(id): Path<i64>) -> ApiResult<History> {
+    Ok(Json(history(&state.app.store, id).await?.0))
+}
+
+pub async fn record_attempts(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Path(id): Path<i64>) -> ApiResult<Vec<Attempt>> {
+    let r = state.app.store.record(id).await?.ok_or(Fail::NotFound)?;
+    Ok(Json(state.app.store.attempts(&r.idem_key).await?.into_iter().map(scrub_attempt).collect()))
+}
+
+#[derive(Deserialize)]
+pub struct ReasonBody {
+    pub reason: Option<String>,
+}
+
+/// Retract a record's key on an operator's word: the register should no longer hold it.
+pub async fn do_retract(state: &AdminState, p: &Principal, id: i64, why: &str) -> Result<String, Fail> {
+    p.require(Role::Operator)?;
+    let rec = state.app.store.record(id).await?.ok_or(Fail::NotFound)?;
+    let corr = correlation_id();
+    state
+        .app
+        .store
+        .apply(ChangeSet {
+            outbox: vec![OutboxChange::Retract { idem_key: rec.idem_key.clone(), reason: why.to_string(), correlation_id: corr.clone(), actor: p.username.clone() }],
+            audit: vec![NewAuditEvent::by(&p.username, kind::RETRACT_MANUAL, &corr, &rec.idem_key, json!({"record": id, "reason": why}))],
+            ..Default::default()
+        })
+        .await?;
+    Ok(rec.idem_key)
+}
+
+pub async fn retract(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Path(id): Path<i64>, Json(b): Json<ReasonBody>) -> ApiResult<Value> {
+    p.require(Role::Operator)?;
+    p.check_csrf(csrf_header(&headers))?;
+    let why = reason(&b.reason)?;
+    let key = do_retract(&state, &p, id, &why).await?;
+    Ok(Json(json!({"retracted": key})))
+}
+
+fn csrf_header(h: &HeaderMap) -> Option<&str> {
+    h.get(auth::CSRF_HEADER).and_then(|v| v.to_str().ok())
+}
+
+#[derive(Deserialize)]
+pub struct ReplayBody {
+    pub ids: Vec<i64>,
+    pub reason: Option<String>,
+}
+
+pub async fn replay(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Json(b): Json<ReplayBody>) -> ApiResult<Value> {
+    p.require(Role::Operator)?;
+    p.check_csrf(csrf_header(&headers))?;
+    let why = reason(&b.reason)?;
+    if b.ids.is_empty() || b.ids.len() > 10_000 {
+        return Err(Fail::BadRequest("Ange 1–10 000 id.".into()).into());
+    }
+    let done = state.app.store.replay(&b.ids, &p.username, &why).await?;
+    let skipped: Vec<i64> = b.ids.iter().filter(|i| !done.contains(i)).copied().collect();
+    Ok(Json(json!({"requeued": done, "skipped": skipped})))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quarantine
+
+#[derive(Deserialize)]
+pub struct QuarantineQuery {
+    pub connector: Option<String>,
+    /// `false` to include resolved items.
+    pub open_only: Option<bool>,
+    pub limit: Option<i64>,
+}
+
+pub async fn quarantine(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<QuarantineQuery>) -> ApiResult<Vec<crate::store::QuarantineItem>> {
+    let mut items = state.app.store.quarantine(nz(&q.connector).as_deref(), q.open_only.unwrap_or(true), q.limit.unwrap_or(200).clamp(1, 5000)).await?;
+    for i in &mut items {
+        i.reason = scrub(&i.reason);
+        i.document = scrub(&i.document);
+    }
+    Ok(Json(items))
+}
+
+#[derive(Deserialize)]
+pub struct NoteBody {
+    pub note: Option<String>,
+}
+
+pub async fn resolve_quarantine(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Path(id): Path<i64>, Json(b): Json<NoteBody>) -> ApiResult<Value> {
+    p.require(Role::Operator)?;
+    p.check_csrf(csrf_header(&headers))?;
+    let note = reason(&b.note)?;
+    let done = state.app.store.resolve_quarantine(id, &p.username, &note).await?;
+    if !done {
+        return Err(Fail::NotFound.into());
+    }
+    Ok(Json(json!({"resolved": id})))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worklists
+
+#[derive(Deserialize)]
+pub struct WorklistQuery {
+    pub connector: Option<String>,
+    pub unit: Option<String>,
+    /// With the patient-data right: show identities (recorded with this reason).
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct WorklistEntry {
+    pub idem_key: String,
+    pub connector: String,
+    pub unit: String,
+    pub form: String,
+    /// Keyed pseudonym of the patient.
+    pub patient_key: String,
+    /// The identity; only with the patient-data right and a stated reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    pub missing: Vec<String>,
+    pub event_date: Option<String>,
+    pub since: DateTime<Utc>,
+}
+
+/// The worklist; identities only when `reason` is given (the view is recorded first).
+pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Option<String>, unit: Option<String>, why: Option<String>) -> Result<Vec<WorklistEntry>, Fail> {
+    let items = state.app.store.worklist(connector.as_deref(), unit.as_deref()).await?;
+    let show = why.is_some();
+    if let Some(why) = &why {
+        let subject = format!("worklist:{}:{}", connector.as_deref().unwrap_or("*"), unit.as_deref().unwrap_or("*"));
+        record_patient_view(state, p, "worklist", &subject, why, items.len()).await?;
+    }
+    Ok(items
+        .into_iter()
+        .map(|i| WorklistEntry {
+            patient: if show { i.patient.as_ref().map(show_identity) } else { None },
+            idem_key: i.idem_key,
+            connector: i.connector,
+            unit: i.unit,
+            form: i.form,
+            patient_key: i.patient_key,
+            missing: i.missing,
+            event_date: i.event_date,
+            since: i.since,
+        })
+        .collect())
+}
+
+pub async fn worklists(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<WorklistQuery>) -> ApiResult<Vec<WorklistEntry>> {
+    let why = match nz(&q.reason) {
+        Some(_) => {
+            if !p.patient_data {
+                return Err(Fail::Forbidden.into());
+            }
+            Some(reason(&q.reason)?)
+        }
+        None => None,
+    };
+    Ok(Json(worklist_entries(&state, &p, nz(&q.connector), nz(&q.unit), why).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// SAR coverage
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct CoverageRow {
+    pub connector: String,
+    pub unit: String,
+    /// Month of the first visit (YYYY-MM).
+    pub month: String,
+    pub form: String,
+    /// Episodes whose window for this form has opened.
+    pub due: i64,
+    /// Of those, registrations the register holds.
+    pub present: i64,
+}
+
+/// Täckningsgrad: per unit × month × form, episodes due vs registrations present. A
+/// registration counts for an episode of the same patient (pseudonym), unit and form; each
+/// registration counts once, oldest episode first.
+pub async fn coverage(store: &Store) -> Result<Vec<CoverageRow>, Fail> {
+    let mut out = vec![];
+    for connector in db::distinct_connectors(store, "sar_episodes").await? {
+        let mut episodes = store.episodes(&connector).await?;
+        episodes.sort_by(|a, b| a.first_visit_date.cmp(&b.first_visit_date).then(a.episode_key.cmp(&b.episode_key)));
+        let mut held: HashMap<(String, String, String), i64> = HashMap::new();
+        for r in store.registrations_present(&connector).await? {
+            if let Some(s) = r.subject {
+                *held.entry((s, r.unit, r.form)).or_default() += 1;
+            }
+        }
+        let mut cells: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
+        for e in &episodes {
+            let month = e.first_visit_date.get(..7).unwrap_or(&e.first_visit_date).to_string();
+            for f in &e.forms_due {
+                let cell = cells.entry((e.unit.clone(), month.clone(), f.clone())).or_default();
+                cell.0 += 1;
+                if let Some(n) = held.get_mut(&(e.patient_key.clone(), e.unit.clone(), f.clone())) {
+                    if *n > 0 {
+                        *n -= 1;
+                        cell.1 += 1;
+                    }
+                }
+            }
+        }
+        out.extend(cells.into_iter().map(|((unit, month, form), (due, present))| CoverageRow { connector: connector.clone(), unit, month, form, due, present }));
+    }
+    Ok(out)
+}
+
+pub async fn sar_coverage(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> ApiResult<Vec<CoverageRow>> {
+    Ok(Json(coverage(&state.app.store).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// PVK
+
+#[derive(Deserialize)]
+pub struct PvkQuery {
+    pub connector: Option<String>,
+    pub rule_year: Option<i32>,
+    pub unit: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct PvkResults {
+    pub results: Vec<crate::store::PvkResultRow>,
+    pub quality: Vec<crate::store::PvkQualityRow>,
+    /// E.g. code lists not yet verified against their source: numbers to read with care.
+    pub warnings: Vec<super::Warning>,
+}
+
+pub async fn pvk_data(state: &AdminState, connector: Option<String>, rule_year: Option<i32>, unit: Option<String>) -> Result<PvkResults, Fail> {
+    let store = &state.app.store;
+    let connectors = match connector {
+        Some(c) => vec![c],
+        None => db::distinct_connectors(store, "pvk_results").await?,
+    };
+    let mut results = vec![];
+    let mut quality = vec![];
+    for c in &connectors {
+        results.extend(store.pvk_results(c, rule_year).await?.into_iter().filter(|r| unit.as_ref().map_or(true, |u| &r.unit == u)));
+        quality.extend(store.pvk_quality(c).await?.into_iter().filter(|r| unit.as_ref().map_or(true, |u| &r.unit == u)));
+    }
+    for r in &mut results {
+        r.note = scrub_opt(&r.note);
+        r.patient_list = None;
+    }
+    let warnings = (state.warnings)().into_iter().filter(|w| w.area == "pvk").collect();
+    Ok(PvkResults { results, quality, warnings })
+}
+
+pub async fn pvk_results(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<PvkQuery>) -> ApiResult<PvkResults> {
+    Ok(Json(pvk_data(&state, nz(&q.connector), q.rule_year, nz(&q.unit)).await?))
+}
+
+#[derive(Deserialize, Serialize, Clone, Default)]
+pub struct PatientListQuery {
+    pub connector: Option<String>,
+    pub rule_year: Option<i32>,
+    pub unit: Option<String>,
+    pub year: Option<i32>,
+    pub month: Option<u32>,
+    pub indicator: Option<String>,
+    pub reason: Option<String>,
+}
+
+pub struct ListKey {
+    pub connector: String,
+    pub rule_year: i32,
+    pub unit: String,
+    pub year: i32,
+    pub month: u32,
+    pub indicator: String,
+}
+
+impl PatientListQuery {
+    pub fn key(&self) -> Result<ListKey, Fail> {
+        let miss = || Fail::BadRequest("Ange connector, rule_year, unit, year, month och indicator.".into());
+        Ok(ListKey {
+            connector: nz(&self.connector).ok_or_else(miss)?,
+            rule_year: self.rule_year.ok_or_else(miss)?,
+            unit: nz(&self.unit).ok_or_else(miss)?,
+            year: self.year.ok_or_else(miss)?,
+            month: self.month.filter(|m| (1..=12).contains(m)).ok_or_else(miss)?,
+            indicator: nz(&self.indicator).ok_or_else(miss)?,
+        })
+    }
+}
+
+/// The patient list behind one PVK result, recorded as a patient-data view first.
+pub async fn patient_list(state: &AdminState, p: &Principal, k: &ListKey, why: &str) -> Result<Value, Fail> {
+    if !p.patient_data {
+        return Err(Fail::Forbidden);
+    }
+    let list = state.app.store.pvk_patient_list(&k.connector, k.rule_year, &k.unit, k.year, k.month, &k.indicator).await?.ok_or(Fail::NotFound)?;
+    let rows = list.as_array().map(|a| a.len()).unwrap_or(1);
+    let subject = format!("pvk:{}:{}:{}:{:04}-{:02}:{}", k.connector, k.rule_year, k.unit, k.year, k.month, k.indicator);
+    record_patient_view(state, p, "pvk_patient_list", &subject, why, rows).await?;
+    Ok(list)
+}
+
+pub async fn pvk_patient_list(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<PatientListQuery>) -> ApiResult<Value> {
+    if !p.patient_data {
+        return Err(Fail::Forbidden.into());
+    }
+    let why = reason(&q.reason)?;
+    let k = q.key()?;
+    Ok(Json(json!({"patients": patient_list(&state, &p, &k, &why).await?})))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+
+#[derive(Deserialize, Default, Clone)]
+pub struct AuditParams {
+    pub kind: Option<String>,
+    pub subject: Option<String>,
+    pub actor: Option<String>,
+    pub correlation_id: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: Option<i64>,
+}
+
+impl AuditParams {
+    pub fn to_query(&self) -> Result<AuditQuery, Fail> {
+        Ok(AuditQuery {
+            kind: nz(&self.kind),
+            subject: nz(&self.subject),
+            actor: nz(&self.actor),
+            correlation_id: nz(&self.correlation_id),
+            from_us: parse_day(&self.from)?.map(stockholm_day_start),
+            to_us: parse_day(&self.to)?.map(|d| stockholm_day_start(d + chrono::Duration::days(1))),
+            limit: Some(self.limit.unwrap_or(200).clamp(1, 5000)),
+        })
+    }
+}
+
+pub async fn audit_events(store: &Store, q: &AuditQuery) -> Result<Vec<AuditEvent>, Fail> {
+    Ok(store.audit_search(q).await?.into_iter().map(scrub_event).collect())
+}
+
+pub async fn audit(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<AuditParams>) -> ApiResult<Vec<AuditEvent>> {
+    Ok(Json(audit_events(&state.app.store, &q.to_query()?).await?))
+}
+
+pub async fn audit_verify(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> ApiResult<crate::store::VerifyReport> {
+    Ok(Json(state.app.store.audit_verify().await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users, tokens, configuration (admin)
+
+pub async fn users(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> ApiResult<Vec<db::User>> {
+    p.require(Role::Admin)?;
+    Ok(Json(db::users(&state.app.store).await?))
+}
+
+pub async fn tokens(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> ApiResult<Vec<db::ApiToken>> {
+    p.require(Role::Admin)?;
+    Ok(Json(db::tokens(&state.app.store).await?))
+}
+
+#[derive(Deserialize)]
+pub struct TokenBody {
+    pub name: String,
+    pub username: String,
+}
+
+pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Json(b): Json<TokenBody>) -> Result<Response, ApiError> {
+    p.require(Role::Admin)?;
+    p.check_csrf(csrf_header(&headers))?;
+    let (id, token) = auth::create_api_token(&state, &p, &b.name, &b.username).await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "token": token}))).into_response())
+}
+
+pub async fn token_revoke(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Path(id): Path<i64>) -> ApiResult<Value> {
+    p.require(Role::Admin)?;
+    p.check_csrf(csrf_header(&headers))?;
+    if !auth::revoke_api_token(&state, &p, id).await? {
+        return Err(Fail::NotFound.into());
+    }
+    Ok(Json(json!({"revoked": id})))
+}
+
+/// The running configuration. Secrets are references (`file`/`env`), never values.
+pub fn config_view(state: &AdminState) -> Value {
+    json!({
+        "settings": state.app.settings(),
+        "connectors": state.app.loaded.connectors,
+        "files": state.app.loaded.files,
+        "instance_id": state.app.instance_id,
+    })
+}
+
+pub async fn config(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> ApiResult<Value> {
+    p.require(Role::Admin)?;
+    Ok(Json(config_view(&state)))
+}

@@ -1,0 +1,377 @@
+//! Sign-in, sessions, API tokens, roles and CSRF.
+//!
+//! - Passwords: argon2id (PHC string in `users.password_hash`).
+//! - Sessions: random 32-byte tokens; only their SHA-256 is stored, with an expiry. The cookie is
+//!   `HttpOnly; SameSite=Strict` and `Secure` when `admin.cookie_secure`.
+//! - API tokens (`rbt_…`): random 32 bytes, stored as SHA-256, acting as their owner.
+//! - CSRF: a random token per session, required on every state-changing request that a browser
+//!   could send on its own (cookie sessions); bearer tokens are never sent implicitly.
+//! - A failed sign-in gets one answer whatever the cause (unknown user, wrong password, disabled)
+//!   and takes the same time: an unknown user is checked against a dummy hash.
+
+use super::store::{self as db, Role, User};
+use super::{AdminState, Fail, PUBLIC_PATHS};
+use crate::audit::{correlation_id, kind, NewAuditEvent};
+use anyhow::{anyhow, bail, Result};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use base64::Engine;
+use rand::RngCore;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+pub const SESSION_COOKIE: &str = "rb_session";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Session,
+    Token,
+}
+
+/// The authenticated caller, put in the request's extensions by [`middleware`].
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub username: String,
+    pub role: Role,
+    /// May see patient identities (each view recorded with a reason).
+    pub patient_data: bool,
+    pub via: Via,
+    /// The session's CSRF token (cookie sessions only).
+    pub csrf: Option<String>,
+    session_hash: Option<String>,
+}
+
+impl Principal {
+    pub fn can(&self, role: Role) -> bool {
+        self.role >= role
+    }
+    pub fn require(&self, role: Role) -> Result<(), Fail> {
+        if self.can(role) {
+            Ok(())
+        } else {
+            Err(Fail::Forbidden)
+        }
+    }
+    /// Check a submitted CSRF token. Bearer-token callers need none.
+    pub fn check_csrf(&self, submitted: Option<&str>) -> Result<(), Fail> {
+        match (&self.via, &self.csrf) {
+            (Via::Token, _) => Ok(()),
+            (Via::Session, Some(expected)) => match submitted {
+                Some(s) if constant_time_eq(s.as_bytes(), expected.as_bytes()) => Ok(()),
+                _ => Err(Fail::Csrf),
+            },
+            (Via::Session, None) => Err(Fail::Csrf),
+        }
+    }
+    pub fn csrf_value(&self) -> String {
+        self.csrf.clone().unwrap_or_default()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn check_password_strength(pw: &str) -> Result<()> {
+    if pw.chars().count() < 10 {
+        bail!("the password must have at least 10 characters");
+    }
+    if pw.len() > 1024 {
+        bail!("the password is too long");
+    }
+    Ok(())
+}
+
+pub fn check_username(name: &str) -> Result<()> {
+    let ok = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'));
+    if !ok {
+        bail!("a username is 1–64 letters, digits or . - _ @");
+    }
+    if name.chars().filter(|c| c.is_ascii_digit()).count() >= 10 {
+        // Keeps anything that could be a personnummer out of audit subjects.
+        bail!("a username must not contain ten or more digits");
+    }
+    Ok(())
+}
+
+/// Hash a password (argon2id, random salt) off the async threads.
+pub async fn hash_password(pw: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default().hash_password(pw.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| anyhow!("password hashing failed: {e}"))
+    })
+    .await?
+}
+
+/// Verify against a stored hash; `None` verifies against a dummy so an unknown user costs the
+/// same time as a wrong password.
+pub async fn verify_password(pw: String, stored: Option<String>) -> bool {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let real = stored.is_some();
+    let hash = stored.unwrap_or_else(|| {
+        DUMMY
+            .get_or_init(|| Argon2::default().hash_password(random_token().as_bytes(), &SaltString::generate(&mut OsRng)).expect("hash").to_string())
+            .clone()
+    });
+    tokio::task::spawn_blocking(move || {
+        let ok = PasswordHash::new(&hash).map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok()).unwrap_or(false);
+        ok && real
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for part in s.split(';') {
+            if let Some((k, val)) = part.trim().split_once('=') {
+                if k == name && !val.is_empty() {
+                    return Some(val.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
+/// The patient-data right counts only above läsare: a läsare never sees a patient identity,
+/// whatever flag the user row carries.
+pub fn effective_patient_data(u: &User) -> bool {
+    u.patient_data && u.role >= Role::Operator
+}
+
+/// Resolve the caller from a bearer token (preferred when present) or the session cookie.
+async fn resolve(state: &AdminState, headers: &HeaderMap) -> Result<Option<Principal>> {
+    let store = &state.app.store;
+    if let Some(t) = bearer(headers) {
+        // A wrong bearer token is a failed authentication even if a cookie is present too.
+        return Ok(match db::token_user(store, &token_hash(&t)).await? {
+            Some((id, u)) => {
+                db::touch_token(store, id).await.ok();
+                Some(Principal { patient_data: effective_patient_data(&u), username: u.username, role: u.role, via: Via::Token, csrf: None, session_hash: None })
+            }
+            None => None,
+        });
+    }
+    if let Some(c) = cookie_value(headers, SESSION_COOKIE) {
+        let h = token_hash(&c);
+        if let Some(s) = db::session(store, &h).await? {
+            return Ok(Some(Principal {
+                patient_data: effective_patient_data(&s.user),
+                username: s.user.username,
+                role: s.user.role,
+                via: Via::Session,
+                csrf: Some(s.csrf),
+                session_hash: Some(h),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// In front of every route: public paths pass, everything else needs a valid caller.
+pub async fn middleware(State(state): State<AdminState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if PUBLIC_PATHS.contains(&path.as_str()) {
+        return next.run(req).await;
+    }
+    match resolve(&state, req.headers()).await {
+        Ok(Some(p)) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Ok(None) => unauthorized(req.headers(), &path),
+        Err(e) => Fail::Internal(e).api(),
+    }
+}
+
+/// The one 401 answer. It depends only on what the client accepts and the path it asked for,
+/// never on why the credentials failed or whether the path exists.
+pub fn unauthorized(headers: &HeaderMap, path: &str) -> Response {
+    let wants_html = !path.starts_with("/api/")
+        && path != "/metrics"
+        && headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+    let mut res = if wants_html {
+        let next = safe_next(path).unwrap_or_else(|| "/".into());
+        let target = format!("/login?next={}", urlencoding::encode(&next));
+        (StatusCode::UNAUTHORIZED, Html(super::pages::login_required_page(&target))).into_response()
+    } else {
+        (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"error": "unauthorized", "message": "Inloggning krävs."}))).into_response()
+    };
+    res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"registerbrygga\""));
+    res
+}
+
+/// Only same-site relative paths may be a post-login target (no open redirect).
+pub fn safe_next(s: &str) -> Option<String> {
+    let ok = s.starts_with('/') && !s.starts_with("//") && !s.contains('\\') && !s.starts_with("/login") && s.len() < 512 && !s.chars().any(|c| c.is_control());
+    ok.then(|| s.to_string())
+}
+
+#[derive(Deserialize, Default)]
+pub struct LoginQuery {
+    pub next: Option<String>,
+}
+
+pub async fn login_page(axum::extract::Query(q): axum::extract::Query<LoginQuery>) -> Html<String> {
+    Html(super::pages::login_page(q.next.as_deref().and_then(safe_next).as_deref(), None, ""))
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+pub async fn login_submit(State(state): State<AdminState>, connect: Option<Extension<ConnectInfo<SocketAddr>>>, Form(f): Form<LoginForm>) -> Response {
+    let store = &state.app.store;
+    let remote = connect.map(|c| c.0 .0.ip().to_string());
+    let next = f.next.as_deref().and_then(safe_next);
+    let username = f.username.trim().to_string();
+    let user: Option<User> = if username.is_empty() || username.len() > 64 {
+        None
+    } else {
+        match db::user(store, &username).await {
+            Ok(u) => u,
+            Err(e) => return Fail::Internal(e).page(),
+        }
+    };
+    let known = user.is_some();
+    let usable = user.filter(|u| !u.disabled);
+    let ok = verify_password(f.password, usable.as_ref().map(|u| u.password_hash.clone())).await;
+    let corr = correlation_id();
+    let Some(u) = usable.filter(|_| ok) else {
+        // Audit who tried without ever writing what was typed as a password: a name that is
+        // not a user (perhaps a password typed in the wrong field) is kept only as a keyed hash.
+        let (subject, detail) = if known {
+            (format!("user:{username}"), serde_json::json!({"via": "password", "remote": remote}))
+        } else {
+            ("user:?".to_string(), serde_json::json!({"via": "password", "remote": remote, "username_hash": state.app.pseudo.hash_str(&username)}))
+        };
+        if let Err(e) = store.audit(vec![NewAuditEvent::by("anonymous", kind::LOGIN_FAILED, &corr, subject, detail)]).await {
+            return Fail::Internal(e).page();
+        }
+        return (StatusCode::UNAUTHORIZED, Html(super::pages::login_page(next.as_deref(), Some("Fel användarnamn eller lösenord."), ""))).into_response();
+    };
+    let token = random_token();
+    let csrf = random_token();
+    let minutes = state.settings().session_minutes.max(1);
+    let expires = crate::store::now_us() + (minutes as i64) * 60_000_000;
+    if let Err(e) = db::create_session(store, &token_hash(&token), &u.username, &csrf, expires).await {
+        return Fail::Internal(e).page();
+    }
+    if let Err(e) = store
+        .audit(vec![NewAuditEvent::by(&u.username, kind::LOGIN, &corr, format!("user:{}", u.username), serde_json::json!({"via": "password", "remote": remote}))])
+        .await
+    {
+        return Fail::Internal(e).page();
+    }
+    let cookie = session_cookie(&token, minutes * 60, state.settings().cookie_secure);
+    let mut res = Redirect::to(&next.unwrap_or_else(|| "/".into())).into_response();
+    *res.status_mut() = StatusCode::SEE_OTHER;
+    res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie is ASCII"));
+    res
+}
+
+pub fn session_cookie(token: &str, max_age_seconds: u64, secure: bool) -> String {
+    format!("{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age_seconds}; HttpOnly; SameSite=Strict{}", if secure { "; Secure" } else { "" })
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: Option<String>,
+}
+
+pub async fn logout(State(state): State<AdminState>, Extension(p): Extension<Principal>, Form(f): Form<CsrfForm>) -> Response {
+    if let Err(e) = p.check_csrf(f.csrf.as_deref()) {
+        return e.page();
+    }
+    if let Some(h) = &p.session_hash {
+        if let Err(e) = db::delete_session(&state.app.store, h).await {
+            return Fail::Internal(e).page();
+        }
+    }
+    if let Err(e) = state
+        .app
+        .store
+        .audit(vec![NewAuditEvent::by(&p.username, kind::LOGOUT, &correlation_id(), format!("user:{}", p.username), serde_json::json!({}))])
+        .await
+    {
+        return Fail::Internal(e).page();
+    }
+    let mut res = (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
+    let clear = format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{}", if state.settings().cookie_secure { "; Secure" } else { "" });
+    res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&clear).expect("ASCII"));
+    res
+}
+
+/// A new API token for `username`; returns (id, token). The token is shown once, stored hashed.
+pub async fn create_api_token(state: &AdminState, actor: &Principal, name: &str, username: &str) -> Result<(i64, String), Fail> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(Fail::BadRequest("Ange ett namn på nyckeln (högst 100 tecken).".into()));
+    }
+    if db::user(&state.app.store, username).await?.is_none() {
+        return Err(Fail::BadRequest("Användaren finns inte.".into()));
+    }
+    let token = format!("rbt_{}", random_token());
+    let id = db::create_token(&state.app.store, name, &token_hash(&token), username, &actor.username).await?;
+    state
+        .app
+        .store
+        .audit(vec![NewAuditEvent::by(
+            &actor.username,
+            kind::USER_CHANGED,
+            &correlation_id(),
+            format!("user:{username}"),
+            serde_json::json!({"action": "api_token.created", "token_id": id, "name": name}),
+        )])
+        .await?;
+    Ok((id, token))
+}
+
+pub async fn revoke_api_token(state: &AdminState, actor: &Principal, id: i64) -> Result<bool, Fail> {
+    let done = db::revoke_token(&state.app.store, id).await?;
+    if done {
+        state
+            .app
+            .store
+            .audit(vec![NewAuditEvent::by(&actor.username, kind::USER_CHANGED, &correlation_id(), format!("api_token:{id}"), serde_json::json!({"action": "api_token.revoked"}))])
+            .await?;
+    }
+    Ok(done)
+}

@@ -1,0 +1,539 @@
+//! The admin side over real HTTP on loopback with a real store (SQLite, and the key behaviours on
+//! PostgreSQL too): authentication and its single 401, CSRF, roles, patient-data views recorded
+//! with a reason, replay, OpenAPI coverage of the router, metrics and readiness.
+
+mod admin_support;
+mod common;
+
+use admin_support::*;
+use common::TestStore;
+use registerbrygga::admin::{self, AdminState, ReadinessCheck, Role};
+use registerbrygga::config::{Backend, Secret};
+use registerbrygga::store::{AuditQuery, RecordState};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+async fn setup(ts: &TestStore) -> (Running, Seeded) {
+    let app = app_for(ts, |_| {});
+    add_standard_users(&app).await;
+    let seeded = seed(&app).await;
+    (serve(AdminState::new(app)).await, seeded)
+}
+
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/login")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication
+
+both_backends!(every_protected_route_answers_401_the_same_way, |ts: TestStore| async move {
+    let (srv, seeded) = setup(&ts).await;
+    let anon = Client::anonymous(&srv.base);
+    let wrong_token = Client::with_bearer(&srv.base, "rbt_not-a-real-token");
+    let mut wrong_cookie = Client::anonymous(&srv.base);
+    wrong_cookie.cookie = Some("rb_session=forged-session-token".into());
+    let mut expected: Option<String> = None;
+    let mut checked = 0;
+    for (method, path) in admin::routes() {
+        if is_public(path) {
+            continue;
+        }
+        let p = fill(path, &seeded);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        for (who, c) in [("no credentials", &anon), ("wrong bearer token", &wrong_token), ("forged cookie", &wrong_cookie)] {
+            let r = c.request(m.clone(), &p).await;
+            assert_eq!(r.status, 401, "{method} {p} with {who}");
+            assert!(r.headers.get("www-authenticate").is_some(), "{method} {p}: WWW-Authenticate");
+            match &expected {
+                None => expected = Some(r.body.clone()),
+                Some(e) => assert_eq!(&r.body, e, "{method} {p} with {who}: the 401 body must not vary"),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 100);
+    // An unknown route looks exactly like a known one to a client without credentials.
+    for p in ["/finns-inte", "/api/v1/finns-inte", "/api/v2/records", "/.env"] {
+        let r = anon.get(p).await;
+        assert_eq!((r.status, &r.body), (401, expected.as_ref().unwrap()), "unknown route {p}");
+    }
+    // Browsers get the same status, with a page that leads to the sign-in form.
+    let known = anon.get_html("/misslyckade").await;
+    let unknown = anon.get_html("/finns-inte").await;
+    assert_eq!((known.status, unknown.status), (401, 401));
+    assert!(known.body.contains("/login?next=%2Fmisslyckade") && known.body.contains("Inloggning krävs"));
+    assert_eq!(known.body.replace("%2Fmisslyckade", "X"), unknown.body.replace("%2Ffinns-inte", "X"));
+    // Public routes stay public.
+    assert_eq!(anon.get("/healthz").await.status, 200);
+    assert_eq!(anon.get("/readyz").await.status, 200);
+    let login = anon.get("/login").await;
+    assert!(login.status == 200 && login.body.contains("Användarnamn") && login.body.contains("Lösenord") && login.body.contains("Logga in"));
+});
+
+both_backends!(sign_in_sessions_and_failed_logins, |ts: TestStore| async move {
+    let (srv, _) = setup(&ts).await;
+    let anon = Client::anonymous(&srv.base);
+    let wrong_pw = anon.post_form("/login", &[("username", "oper"), ("password", "fel-lösenord-hemligt")]).await;
+    let no_user = anon.post_form("/login", &[("username", "ingen-sadan"), ("password", "fel-lösenord-hemligt")]).await;
+    assert_eq!((wrong_pw.status, no_user.status), (401, 401));
+    assert_eq!(wrong_pw.body, no_user.body, "no hint whether the user exists");
+    assert!(wrong_pw.body.contains("Fel användarnamn eller lösenord"));
+    assert!(wrong_pw.headers.get("set-cookie").is_none());
+
+    // Failed attempts are audited, without what was typed as a password.
+    let failed = ts.store.audit_search(&AuditQuery { kind: Some("login.failed".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(failed.iter().any(|e| e.subject == "user:oper"));
+    assert!(failed.iter().any(|e| e.subject == "user:?" && e.detail["username_hash"].is_string()));
+    let all = serde_json::to_string(&ts.store.audit_search(&AuditQuery::default()).await.unwrap()).unwrap();
+    assert!(!all.contains("fel-lösenord-hemligt") && !all.contains(PASSWORD) && !all.contains("ingen-sadan"));
+
+    // A good sign-in sets a hardened cookie.
+    let ok = anon.post_form("/login", &[("username", "oper"), ("password", PASSWORD), ("next", "/misslyckade")]).await;
+    assert_eq!(ok.status, 303);
+    assert_eq!(ok.headers.get("location").unwrap(), "/misslyckade");
+    let cookie = ok.headers.get("set-cookie").unwrap().to_str().unwrap().to_string();
+    for attr in ["rb_session=", "HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(cookie.contains(attr), "cookie lacks {attr}: {cookie}");
+    }
+    // The token is stored hashed only.
+    let token = cookie.split(';').next().unwrap().trim_start_matches("rb_session=").to_string();
+    let mut tx = ts.store.read().await.unwrap();
+    let rows = tx.rows("SELECT token_hash FROM sessions", &[]).await.unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r.text(0).unwrap() != token));
+    drop(tx);
+    // An open redirect is refused.
+    let evil = anon.post_form("/login", &[("username", "oper"), ("password", PASSWORD), ("next", "//evil.example/")]).await;
+    assert_eq!(evil.headers.get("location").unwrap(), "/");
+
+    let c = Client::login(&srv.base, "oper", PASSWORD).await;
+    let page = c.get("/").await;
+    assert!(page.body.contains("Översikt") && page.body.contains("Logga ut") && page.body.contains("oper"));
+    assert!(page.headers.get("cache-control").unwrap().to_str().unwrap().contains("no-store"));
+    let logins = ts.store.audit_search(&AuditQuery { kind: Some("login".into()), actor: Some("oper".into()), ..Default::default() }).await.unwrap();
+    assert!(logins.iter().any(|e| e.kind == "login"));
+
+    // Logout needs the CSRF token, then the session is gone.
+    assert_eq!(c.post_form("/logout", &[]).await.status, 403);
+    let out = c.post_form_csrf("/logout", &[]).await;
+    assert_eq!(out.status, 303);
+    assert_eq!(c.get("/").await.status, 401);
+    let logouts = ts.store.audit_search(&AuditQuery { kind: Some("logout".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(logouts.len(), 1);
+    assert_eq!(logouts[0].actor, "oper");
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_admin_and_users_cli() {
+    let ts = common::store_for(Backend::Sqlite, "bootstrap").await;
+    std::env::set_var("RB_TEST_BOOTSTRAP_PW", "första-lösenordet-1");
+    let app = app_for(&ts, |s| s.admin.bootstrap_admin_password = Some(Secret::from_env("RB_TEST_BOOTSTRAP_PW")));
+    let srv = serve(AdminState::new(app.clone())).await;
+    // serve_with creates the admin before it accepts connections; wait for the port.
+    let anon = Client::anonymous(&srv.base);
+    for _ in 0..50 {
+        if anon.http.get(format!("{}/healthz", srv.base)).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let c = Client::login(&srv.base, "admin", "första-lösenordet-1").await;
+    assert!(c.get("/anvandare").await.body.contains("Användare och API-nycklar"));
+
+    // `users set` with the password from the environment, then `users list`.
+    std::env::set_var("RB_NEW_PASSWORD", "cli-lösenordet-12");
+    let code = admin::users_cli(&app, registerbrygga::cli::UsersCmd::Set { username: "kalle".into(), role: "operatör".into(), patient_data: true }).await.unwrap();
+    assert_eq!(code, 0);
+    let u = admin::store::user(&app.store, "kalle").await.unwrap().unwrap();
+    assert_eq!((u.role, u.patient_data), (Role::Operator, true));
+    assert!(u.password_hash.starts_with("$argon2id$"));
+    Client::login(&srv.base, "kalle", "cli-lösenordet-12").await;
+    assert_eq!(admin::users_cli(&app, registerbrygga::cli::UsersCmd::List { json: true }).await.unwrap(), 0);
+    let changed = app.store.audit_search(&AuditQuery { kind: Some("user.changed".into()), ..Default::default() }).await.unwrap();
+    assert!(changed.iter().any(|e| e.subject == "user:kalle") && changed.iter().any(|e| e.subject == "user:admin"));
+    // A second start does not create another admin or reset the password.
+    admin::bootstrap_admin(&app).await.unwrap();
+    assert_eq!(admin::store::users(&app.store).await.unwrap().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSRF and roles
+
+both_backends!(state_changes_need_the_csrf_token, |ts: TestStore| async move {
+    let (srv, seeded) = setup(&ts).await;
+    let c = Client::login(&srv.base, "oper", PASSWORD).await;
+    let id = seeded.dead_id.to_string();
+    let missing = c.post_form("/misslyckade/forsok-igen", &[("id", &id), ("reason", "rättat i journalen")]).await;
+    let wrong = c.post_form("/misslyckade/forsok-igen", &[("id", &id), ("reason", "rättat i journalen"), ("csrf", "fel-token")]).await;
+    assert_eq!((missing.status, wrong.status), (403, 403));
+    assert!(missing.body.contains("CSRF"));
+    let api = c.post_json("/api/v1/replay", json!({"ids": [seeded.dead_id], "reason": "rättat"}), false).await;
+    assert_eq!(api.status, 403);
+    assert_eq!(ts.store.record(seeded.dead_id).await.unwrap().unwrap().state, RecordState::Rejected, "nothing re-queued without the token");
+    for (path, fields) in [
+        (format!("/karantan/{}/losa", seeded.quarantine_id), vec![("note", "rättat")]),
+        (format!("/overforingar/{}/aterkalla", seeded.dead_id), vec![("reason", "patienten avböjer")]),
+    ] {
+        assert_eq!(c.post_form(&path, &fields).await.status, 403, "{path}");
+    }
+    assert_eq!(ts.store.quarantine(None, true, 10).await.unwrap().len(), 1);
+    // A bearer token is never sent by a browser on its own: no CSRF token needed.
+    let token = token_for(&srv.state, "oper").await;
+    let t = Client::with_bearer(&srv.base, &token);
+    let r = t.post_json("/api/v1/replay", json!({"ids": [seeded.dead_id], "reason": "rättat via skript"}), false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(serde_json::from_str::<Value>(&r.body).unwrap()["requeued"], json!([seeded.dead_id]));
+});
+
+/// Every GET route (pages and API) as `user`: status and body.
+async fn crawl(c: &Client, seeded: &Seeded) -> Vec<(String, u16, String)> {
+    let mut out = vec![];
+    let paths: BTreeSet<String> = admin::routes().into_iter().filter(|(m, p)| *m == "GET" && !is_public(p)).map(|(_, p)| format!("{}{}", fill(p, seeded), query_for(p))).collect();
+    for p in paths {
+        let r = c.get(&p).await;
+        out.push((p, r.status, r.body));
+    }
+    for extra in [format!("/overforingar/{}", seeded.delivered_id), "/api/v1/worklists?reason=uppf%C3%B6ljning".to_string(), "/overforingar?q=FVPat&all_versions=true".into(), "/karantan?alla=1".into()] {
+        let r = c.get(&extra).await;
+        out.push((extra, r.status, r.body));
+    }
+    out
+}
+
+both_backends!(a_reader_sees_no_identities_and_cannot_act, |ts: TestStore| async move {
+    let (srv, seeded) = setup(&ts).await;
+    let c = Client::login(&srv.base, "lasa", PASSWORD).await;
+    let pages = crawl(&c, &seeded).await;
+    for (p, status, body) in &pages {
+        assert!(*status == 200 || *status == 403, "GET {p} as läsare: {status}");
+        assert_no_identity(&format!("GET {p} (läsare)"), body);
+    }
+    // The pages a läsare reads do show the work, just not who.
+    let failed = c.get("/misslyckade").await;
+    assert!(failed.body.contains(&seeded.dead_key) && failed.body.contains("utanför 0–10"));
+    assert!(!failed.body.contains("Försök igen</button>"), "no replay button for a läsare");
+    let work = c.get("/att-komplettera").await;
+    assert!(work.body.contains(&seeded.patient_key) && work.body.contains("U3_PainNRS"));
+    assert!(!work.body.contains("Visa identiteter"));
+    // Patient lists and payload values are refused, whatever the user row says.
+    assert_eq!(c.get(&format!("/pvk/patientlista{}", query_for("/pvk/patientlista"))).await.status, 403);
+    let api_list = c.get(&format!("/api/v1/pvk/patient-list{}&reason=kontroll", query_for("/api/v1/pvk/patient-list"))).await;
+    assert_eq!(api_list.status, 403);
+    assert_no_identity("patient list API (läsare)", &api_list.body);
+    assert_eq!(c.get("/api/v1/worklists?reason=kontroll").await.status, 403);
+    let reveal = c.post_form_csrf(&format!("/overforingar/{}/personuppgifter", seeded.dead_id), &[("reason", "kontroll")]).await;
+    assert_eq!(reveal.status, 403);
+    assert_no_identity("payload reveal (läsare)", &reveal.body);
+    // No replay, retract, resolve or user admin for a läsare.
+    let replay = c.post_form_csrf("/misslyckade/forsok-igen", &[("id", &seeded.dead_id.to_string()), ("reason", "försöker")]).await;
+    assert_eq!(replay.status, 403);
+    assert_eq!(c.post_json("/api/v1/replay", json!({"ids": [seeded.dead_id], "reason": "försöker"}), true).await.status, 403);
+    assert_eq!(c.post_form_csrf(&format!("/karantan/{}/losa", seeded.quarantine_id), &[("note", "klart")]).await.status, 403);
+    assert_eq!(c.get("/anvandare").await.status, 403);
+    assert_eq!(c.get("/api/v1/config").await.status, 403);
+    assert_eq!(ts.store.record(seeded.dead_id).await.unwrap().unwrap().state, RecordState::Rejected);
+    let views = ts.store.audit_search(&AuditQuery { kind: Some("patient_data.view".into()), ..Default::default() }).await.unwrap();
+    assert!(views.is_empty(), "nothing was shown, so nothing is recorded");
+    // An operator without the patient-data right also sees no identities anywhere.
+    let o = Client::login(&srv.base, "oper", PASSWORD).await;
+    for (p, _, body) in crawl(&o, &seeded).await {
+        assert_no_identity(&format!("GET {p} (operatör)"), &body);
+    }
+});
+
+// ---------------------------------------------------------------------------------------------
+// Replay
+
+both_backends!(an_operator_replay_requeues_and_is_audited, |ts: TestStore| async move {
+    let (srv, seeded) = setup(&ts).await;
+    let c = Client::login(&srv.base, "oper", PASSWORD).await;
+    let failed = c.get("/misslyckade").await;
+    assert!(failed.body.contains(&format!("rad-{}", seeded.dead_id)) && failed.body.contains("Försök igen"));
+    let dl: Value = serde_json::from_str(&c.get("/api/v1/dead-letters").await.body).unwrap();
+    assert_eq!((dl["total"].as_i64(), dl["items"][0]["id"].as_i64()), (Some(1), Some(seeded.dead_id)));
+    assert_eq!(dl["items"][0]["reason"], json!(REJECT_REASON));
+    let delivered: Value = serde_json::from_str(&c.get("/api/v1/records?state=delivered&register=sar&unit=SE2321000156-FT01&form=FVPat").await.body).unwrap();
+    assert_eq!((delivered["total"].as_i64(), delivered["items"][0]["id"].as_i64()), (Some(1), Some(seeded.delivered_id)));
+    let none: Value = serde_json::from_str(&c.get("/api/v1/records?from=2001-01-01&to=2001-12-31").await.body).unwrap();
+    assert_eq!(none["total"], json!(0));
+    assert_eq!(c.get("/api/v1/records?state=borta").await.status, 400);
+    // Without a reason, nothing happens.
+    let no_reason = c.post_form_csrf("/misslyckade/forsok-igen", &[("id", &seeded.dead_id.to_string()), ("reason", " ")]).await;
+    assert_eq!(no_reason.status, 400);
+    assert_eq!(ts.store.record(seeded.dead_id).await.unwrap().unwrap().state, RecordState::Rejected);
+
+    let why = "Smärtskattningen rättad i journalen";
+    let r = c.post_form_csrf("/misslyckade/forsok-igen", &[("id", &seeded.dead_id.to_string()), ("reason", why)]).await;
+    assert_eq!(r.status, 303);
+    let to = r.headers.get("location").unwrap().to_str().unwrap().to_string();
+    assert_eq!(to, format!("/overforingar/{}?meddelande=koad", seeded.dead_id));
+    let page = c.get(&to).await;
+    assert!(page.body.contains("köad för ett nytt försök") && page.body.contains("väntar"));
+    assert!(page.body.contains("Nytt försök begärt") && page.body.contains(why));
+    let rec = ts.store.record(seeded.dead_id).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempts), (RecordState::Pending, 0));
+    let ev = ts.store.audit_search(&AuditQuery { kind: Some("replay".into()), subject: Some(seeded.dead_key.clone()), ..Default::default() }).await.unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].actor, "oper");
+    assert_eq!(ev[0].detail["reason"], json!(why));
+    assert_eq!(ev[0].detail["from_state"], json!("rejected"));
+    assert!(!c.get("/misslyckade").await.body.contains(&format!("rad-{}", seeded.dead_id)));
+    let dl: Value = serde_json::from_str(&c.get("/api/v1/dead-letters").await.body).unwrap();
+    assert_eq!(dl["total"], json!(0));
+    let hist: Value = serde_json::from_str(&c.get(&format!("/api/v1/records/{}", seeded.dead_id)).await.body).unwrap();
+    assert_eq!(hist["record"]["state"], json!("pending"));
+    assert!(hist["audit"].as_array().unwrap().iter().any(|e| e["kind"] == "replay" && e["actor"] == "oper"));
+    assert_eq!(hist["attempts"].as_array().unwrap().len(), 1);
+    // The chain still verifies after all of this.
+    assert!(ts.store.audit_verify().await.unwrap().ok);
+    // The API: a second replay of a record that is no longer failed is skipped, not an error.
+    let again = c.post_json("/api/v1/replay", json!({"ids": [seeded.dead_id], "reason": "igen"}), true).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&again.body).unwrap()["skipped"], json!([seeded.dead_id]));
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retract_and_quarantine_actions_are_audited() {
+    let ts = common::store_for(Backend::Sqlite, "actions").await;
+    let (srv, seeded) = setup(&ts).await;
+    let c = Client::login(&srv.base, "oper", PASSWORD).await;
+    let r = c.post_form_csrf(&format!("/karantan/{}/losa", seeded.quarantine_id), &[("note", "källan rättad")]).await;
+    assert_eq!(r.status, 303);
+    assert!(ts.store.quarantine(None, true, 10).await.unwrap().is_empty());
+    let r = c.post_form_csrf(&format!("/overforingar/{}/aterkalla", seeded.delivered_id), &[("reason", "patienten avböjer registrering")]).await;
+    assert_eq!(r.status, 303);
+    let page = c.get(r.headers.get("location").unwrap().to_str().unwrap()).await;
+    assert!(page.body.contains("Återkallelsen är köad") && page.body.contains("Manuell återkallelse"));
+    let ev = ts.store.audit_search(&AuditQuery { kind: Some("retract.manual".into()), ..Default::default() }).await.unwrap();
+    assert_eq!((ev.len(), ev[0].actor.as_str()), (1, "oper"));
+    let q = ts.store.audit_search(&AuditQuery { kind: Some("quarantine.resolved".into()), ..Default::default() }).await.unwrap();
+    assert_eq!((q.len(), q[0].actor.as_str()), (1, "oper"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Patient-data views
+
+both_backends!(patient_lists_need_a_reason_and_are_recorded, |ts: TestStore| async move {
+    let (srv, seeded) = setup(&ts).await;
+    let c = Client::login(&srv.base, "pat", PASSWORD).await;
+    let key_fields = [("connector", "pvk-vc"), ("rule_year", "2026"), ("unit", UNIT), ("year", "2026"), ("month", "3"), ("indicator", "KOL_spirometri")];
+    let views = || async { ts.store.audit_search(&AuditQuery { kind: Some("patient_data.view".into()), ..Default::default() }).await.unwrap() };
+
+    // The GET only asks why.
+    let form = c.get(&format!("/pvk/patientlista{}", query_for("/pvk/patientlista"))).await;
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains("Ange varför") && form.body.contains("Visa patientlistan"));
+    assert_no_identity("reason form", &form.body);
+    // Without a reason: refused, nothing shown, nothing recorded.
+    let refused = c.post_form_csrf("/pvk/patientlista", &key_fields).await;
+    assert_eq!(refused.status, 400);
+    assert_no_identity("list without reason", &refused.body);
+    let api_refused = c.get(&format!("/api/v1/pvk/patient-list{}", query_for("/api/v1/pvk/patient-list"))).await;
+    assert_eq!(api_refused.status, 400);
+    assert_no_identity("API list without reason", &api_refused.body);
+    assert!(views().await.is_empty());
+
+    // With a reason: shown, and recorded with who, which list and why.
+    let why = "Genomgång av KOL-patienter inför teamträff";
+    let mut fields = key_fields.to_vec();
+    fields.push(("reason", why));
+    let shown = c.post_form_csrf("/pvk/patientlista", &fields).await;
+    assert_eq!(shown.status, 200);
+    assert!(shown.body.contains(PNR_DASH) && shown.body.contains(PATIENT_NAME) && shown.body.contains("Visningen är loggad"));
+    let v = views().await;
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].actor, "pat");
+    assert_eq!(v[0].subject, format!("pvk:pvk-vc:2026:{UNIT}:2026-03:KOL_spirometri"));
+    assert_eq!(v[0].detail["reason"], json!(why));
+    assert_eq!(v[0].detail["list"], json!("pvk_patient_list"));
+
+    let api = c.get(&format!("/api/v1/pvk/patient-list{}&reason=kontroll%20av%20lista", query_for("/api/v1/pvk/patient-list"))).await;
+    assert_eq!(api.status, 200);
+    assert!(api.body.contains(PNR_DASH));
+    assert_eq!(views().await.len(), 2);
+
+    // The worklist: pseudonyms by default, identities after a reason.
+    let plain = c.get("/att-komplettera").await;
+    assert_no_identity("worklist before reason", &plain.body);
+    assert!(plain.body.contains("Visa identiteter"));
+    let ids = c.post_form_csrf("/att-komplettera", &[("unit", ""), ("reason", "ringa patienter om uppföljning")]).await;
+    assert_eq!(ids.status, 200);
+    assert!(ids.body.contains(PNR_DASH));
+    let v = views().await;
+    assert_eq!(v.len(), 3);
+    assert_eq!(v[0].detail["list"], json!("worklist"));
+    // A transfer's values, too.
+    let vals = c.post_form_csrf(&format!("/overforingar/{}/personuppgifter", seeded.dead_id), &[("reason", "kontrollera avvisat värde")]).await;
+    assert_eq!(vals.status, 200);
+    assert!(vals.body.contains(PNR) && vals.body.contains("FV_PainNRS"));
+    assert_eq!(views().await[0].subject, seeded.dead_key);
+    // An operator without the right may not, even with a reason.
+    let o = Client::login(&srv.base, "oper", PASSWORD).await;
+    assert_eq!(o.post_form_csrf("/pvk/patientlista", &fields).await.status, 403);
+    assert_eq!(views().await.len(), 4);
+});
+
+// ---------------------------------------------------------------------------------------------
+// OpenAPI, metrics, readiness, TLS
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_every_route() {
+    let ts = common::store_for(Backend::Sqlite, "openapi").await;
+    let (srv, seeded) = setup(&ts).await;
+    add_user(&srv.state.app, "chef", Role::Admin, true).await;
+    let token = token_for(&srv.state, "chef").await;
+    let c = Client::with_bearer(&srv.base, &token);
+    let r = c.get("/api/v1/openapi.json").await;
+    assert_eq!(r.status, 200);
+    let doc: Value = serde_json::from_str(&r.body).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.to_uppercase(), p.clone())))
+        .collect();
+    let routed: BTreeSet<(String, String)> = admin::routes().into_iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(routed.difference(&documented).collect::<Vec<_>>(), Vec::<&(String, String)>::new(), "routes missing from openapi.json");
+    assert_eq!(documented.difference(&routed).collect::<Vec<_>>(), Vec::<&(String, String)>::new(), "openapi.json lists routes the router does not serve");
+    // Every documented GET answers (as an admin, with seeded ids), and unknown paths are 404.
+    for (m, p) in &routed {
+        if m == "GET" {
+            let mut path = format!("{}{}", fill(p, &seeded), query_for(p));
+            if p == "/api/v1/pvk/patient-list" {
+                path.push_str("&reason=kontroll");
+            }
+            let r = c.get(&path).await;
+            assert!(r.status == 200, "GET {path}: {} {}", r.status, &r.body[..r.body.len().min(200)]);
+        }
+    }
+    assert_eq!(c.get("/api/v1/finns-inte").await.status, 404);
+    assert_eq!(c.get("/finns-inte").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_the_series_and_no_identities() {
+    let ts = common::store_for(Backend::Sqlite, "metrics").await;
+    let (srv, _) = setup(&ts).await;
+    // What the delivery engine will report per send.
+    admin::record_send("sar", "delivered", std::time::Duration::from_millis(120));
+    admin::record_send("sar", "rejected", std::time::Duration::from_millis(40));
+    admin::record_send("191212121212", "delivered", std::time::Duration::from_millis(1));
+    admin::record_run("sar-fysio", "ok", std::time::Duration::from_secs(3));
+    let token = token_for(&srv.state, "lasa").await;
+    let r = Client::with_bearer(&srv.base, &token).get("/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("content-type").unwrap().to_str().unwrap().starts_with("text/plain"));
+    let m = r.body;
+    for series in [
+        "rb_records{register=\"sar\",state=\"rejected\"} 1",
+        "rb_records{register=\"sar\",state=\"delivered\"} 1",
+        "rb_attempts_total{register=\"sar\",outcome=\"rejected\"} 1",
+        "rb_attempts_total{register=\"sar\",outcome=\"ok\"} 1",
+        "rb_runs_total{connector=\"sar-fysio\",status=\"ok\"} 1",
+        "rb_queue_depth 0",
+        "rb_lease_rescues_total 0",
+        "rb_quarantine_open 1",
+        "rb_worklist_items 1",
+        "rb_send_duration_seconds_bucket{register=\"sar\",outcome=\"delivered\",le=\"0.25\"} 1",
+        "rb_send_duration_seconds_count{register=\"sar\",outcome=\"rejected\"} 1",
+        "rb_run_duration_seconds_bucket{connector=\"sar-fysio\",status=\"ok\",le=\"5\"} 1",
+        "# TYPE rb_send_duration_seconds histogram",
+    ] {
+        assert!(m.contains(series), "missing {series:?} in\n{m}");
+    }
+    assert!(m.contains("register=\"redacted\""), "an identity-shaped label value is replaced");
+    let long_digits = regex::Regex::new(r"[0-9]{10,}").unwrap();
+    assert!(!long_digits.is_match(&m), "a 10+ digit run in /metrics: {:?}", long_digits.find(&m));
+    assert_no_identity("/metrics", &m);
+    // Without credentials: 401 (the Prometheus scrape config sends a bearer token).
+    assert_eq!(Client::anonymous(&srv.base).get("/metrics").await.status, 401);
+}
+
+both_backends!(readiness_follows_the_store_and_the_daemon, |ts: TestStore| async move {
+    let app = app_for(&ts, |_| {});
+    let metadata_ok = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = metadata_ok.clone();
+    let state = AdminState::new(app).with_readiness(move || {
+        let ok = flag.load(std::sync::atomic::Ordering::SeqCst);
+        vec![ReadinessCheck { name: "register metadata: sar".into(), ok, detail: (!ok).then(|| "not loaded yet".into()) }]
+    });
+    let srv = serve(state).await;
+    let anon = Client::anonymous(&srv.base);
+    let r = anon.get("/readyz").await;
+    assert_eq!(r.status, 503, "metadata not loaded yet");
+    assert!(r.body.contains("register metadata: sar"));
+    metadata_ok.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = anon.get("/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["ready"], json!(true));
+    // The store goes away: not ready, while the process is still alive.
+    ts.store.close().await;
+    let r = anon.get("/readyz").await;
+    assert_eq!(r.status, 503);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["checks"][0]["name"], json!("store"));
+    assert_eq!(v["checks"][0]["ok"], json!(false));
+    assert_eq!(anon.get("/healthz").await.status, 200);
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_speaks_tls_when_configured() {
+    let ts = common::store_for(Backend::Sqlite, "tls").await;
+    let certs = registerbrygga::sandbox::tls::CertSet::ensure(&ts.dir.path().join("certs")).unwrap();
+    let app = app_for(&ts, |s| {
+        s.admin.tls_cert_file = Some(certs.server_cert.clone());
+        s.admin.tls_key_file = Some(certs.server_key.clone());
+    });
+    add_user(&app, "oper", Role::Operator, false).await;
+    let srv = serve(AdminState::new(app)).await;
+    assert!(srv.base.starts_with("https://"));
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap();
+    let client = reqwest::Client::builder().add_root_certificate(ca).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(r) = client.get(format!("{}/healthz", srv.base)).send().await {
+            assert_eq!(r.status(), 200);
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the TLS listener answers");
+    let r = client.post(format!("{}/login", srv.base)).form(&[("username", "oper"), ("password", PASSWORD)]).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = srv.base.replace("https://", "http://");
+    let r = http().get(format!("{plain}/healthz")).send().await;
+    assert!(r.is_err() || r.unwrap().status() != 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_tokens_are_managed_by_admins_and_stored_hashed() {
+    let ts = common::store_for(Backend::Sqlite, "tokens").await;
+    let (srv, _) = setup(&ts).await;
+    let boss = Client::login(&srv.base, "boss", PASSWORD).await;
+    let r = boss.post_json("/api/v1/tokens", json!({"name": "prometheus", "username": "lasa"}), true).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let token = v["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("rbt_"));
+    let t = Client::with_bearer(&srv.base, &token);
+    let me: Value = serde_json::from_str(&t.get("/api/v1/me").await.body).unwrap();
+    assert_eq!((me["username"].as_str(), me["role"].as_str(), me["patient_data"].as_bool()), (Some("lasa"), Some("läsare"), Some(false)));
+    let listed = boss.get("/api/v1/tokens").await.body;
+    assert!(listed.contains("prometheus") && !listed.contains(&token));
+    let mut tx = ts.store.read().await.unwrap();
+    let stored = tx.rows("SELECT token_hash FROM api_tokens", &[]).await.unwrap();
+    assert!(stored.iter().all(|r| r.text(0).unwrap() != token));
+    drop(tx);
+    // Only admins manage tokens; a revoked token stops working.
+    let oper = Client::login(&srv.base, "oper", PASSWORD).await;
+    assert_eq!(oper.post_json("/api/v1/tokens", json!({"name": "x", "username": "oper"}), true).await.status, 403);
+    let id = v["id"].as_i64().unwrap();
+    let del = boss.http.delete(format!("{}/api/v1/tokens/{id}", srv.base)).header("cookie", boss.cookie.clone().unwrap()).header("x-csrf-token", boss.csrf.clone().unwrap()).send().await.unwrap();
+    assert_eq!(del.status(), 200);
+    assert_eq!(t.get("/api/v1/me").await.status, 401);
+}
