@@ -4,7 +4,7 @@
 
 use crate::app::App;
 use crate::cli::{BackfillArgs, RunArgs};
-use crate::config::{ConnectorKind, RegisterKind, SourceKind};
+use crate::config::{ConnectorKind, RegisterKind};
 use crate::delivery::{DeliveryEngine, Lane};
 use crate::pipeline::{run_connector, ConnectorRuntime, MapInput, MapOutput, PatientMapper, RunKind};
 use crate::registers::sar::{PatientInput, SarMapper};
@@ -20,6 +20,8 @@ use tokio::sync::watch;
 /// Everything a running process needs besides the App.
 pub struct Runtime {
     pub connectors: Arc<Vec<ConnectorRuntime>>,
+    /// Warnings for the admin pages (e.g. unverified PVK code lists).
+    pub warnings: Vec<crate::admin::Warning>,
     pub clients: BTreeMap<String, Arc<StratumClient>>,
     pub engine: Arc<DeliveryEngine>,
 }
@@ -50,11 +52,7 @@ impl PatientMapper for SarAdapter {
 /// Build the source named in a connector.
 pub fn build_source(app: &App, name: &str) -> Result<Arc<dyn Source>> {
     let s = app.settings().sources.get(name).with_context(|| format!("no source named '{name}'"))?;
-    match s.kind {
-        SourceKind::Riv | SourceKind::Files | SourceKind::Fhir => {
-            Err(anyhow!("source '{name}': the {:?} source is not wired yet", s.kind))
-        }
-    }
+    crate::sources::from_settings(s).with_context(|| format!("source '{name}'"))
 }
 
 /// Register metadata for a connector: from the register (online) when its client has it,
@@ -86,6 +84,7 @@ pub async fn build_runtime(app: &App) -> Result<Runtime> {
         clients.insert(name.clone(), c);
     }
     let mut connectors = vec![];
+    let mut warnings = vec![];
     for def in &app.loaded.connectors {
         if !def.enabled {
             continue;
@@ -97,12 +96,49 @@ pub async fn build_runtime(app: &App) -> Result<Runtime> {
                 let m = SarMapper::load(def, &meta).map_err(|ps| anyhow!("connector '{}': {}", def.name, ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
                 (Some(Arc::new(SarAdapter(m))), None)
             }
-            ConnectorKind::Pvk => (None, None),
+            ConnectorKind::Pvk => {
+                let engine = crate::registers::pvk::PvkEngine::load(def).map_err(|ps| anyhow!("connector '{}': {}", def.name, ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
+                for w in &engine.warnings {
+                    warnings.push(crate::admin::Warning { area: "pvk".into(), text: format!("{}: {}", w.key, w.reason) });
+                }
+                let reg = settings.registers.get(&def.register).with_context(|| format!("connector '{}': no register '{}'", def.name, def.register))?;
+                let metadata = if reg.kind == RegisterKind::Stratum {
+                    let client = clients.get(&def.register);
+                    let meta = match client {
+                        Some(c) => c.load_metadata().await.ok(),
+                        None => None,
+                    };
+                    match meta {
+                        Some(m) => Some(m),
+                        None => def
+                            .options
+                            .get("register_metadata")
+                            .and_then(|v| v.as_str())
+                            .and_then(|f| std::fs::read(def.dir.join(f)).ok())
+                            .and_then(|b| RegisterMetadata::from_json(&b).ok())
+                            .map(Arc::new),
+                    }
+                } else {
+                    None
+                };
+                let export_dirs = def
+                    .options
+                    .get("exports")
+                    .and_then(|v| v.as_array())
+                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|name| settings.registers.get(name).and_then(|r| r.export_dir.clone()).map(|d| (name.to_string(), d)))
+                    .collect();
+                let months_back = def.options.get("months").and_then(|v| v.as_integer()).unwrap_or(13).clamp(1, 60) as u32;
+                let after = PvkAfter { engine, def: def.clone(), metadata, bindings: reg.units.clone(), export_dirs, months_back };
+                (None, Some(Arc::new(after) as Arc<dyn crate::pipeline::AfterPull>))
+            }
         };
         connectors.push(ConnectorRuntime { def: def.clone(), source, mapper, after });
     }
     let engine = Arc::new(DeliveryEngine::new(app.store.clone(), lanes, settings.delivery.clone(), &app.instance_id));
-    Ok(Runtime { connectors: Arc::new(connectors), clients, engine })
+    Ok(Runtime { connectors: Arc::new(connectors), clients, engine, warnings })
 }
 
 async fn shutdown_signal() {
@@ -183,7 +219,7 @@ pub async fn serve(app: App, rt: Runtime, stop: impl std::future::Future<Output 
             }
         }
     });
-    let admin = crate::admin::spawn(&app, &rt, rx.clone()).await?;
+    let admin = spawn_admin(&app, &rt, rx.clone()).await?;
     tracing::info!(instance = %app.instance_id, "registerbrygga is running");
     stop.await;
     tracing::info!("shutting down: finishing in-flight work");
@@ -204,6 +240,44 @@ pub async fn serve(app: App, rt: Runtime, stop: impl std::future::Future<Output 
     }
     app.store.close().await;
     Ok(())
+}
+
+/// Start the admin listener (if enabled) with the daemon's providers: next runs, readiness of
+/// the registers' metadata, warnings (unverified PVK code lists).
+pub async fn spawn_admin(app: &App, rt: &Runtime, shutdown: watch::Receiver<bool>) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if !app.settings().admin.enabled {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&app.settings().admin.listen).await.with_context(|| format!("admin.listen {}", app.settings().admin.listen))?;
+    let connectors = rt.connectors.clone();
+    let clients: Vec<Arc<StratumClient>> = rt.clients.values().cloned().collect();
+    let warnings = rt.warnings.clone();
+    let state = crate::admin::AdminState::new(app.clone())
+        .with_next_runs(move || crate::scheduler::runner::next_runs(&connectors, chrono::Utc::now()))
+        .with_readiness(move || {
+            clients
+                .iter()
+                .map(|c| crate::admin::ReadinessCheck {
+                    name: format!("register {} metadata", c.name()),
+                    ok: c.metadata().is_some(),
+                    detail: c.metadata().is_none().then(|| "not loaded yet".to_string()),
+                })
+                .collect()
+        })
+        .with_warnings(move || warnings.clone());
+    let mut sd = shutdown;
+    let stop = async move {
+        while !*sd.borrow() {
+            if sd.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = crate::admin::serve_with(state, listener, stop).await {
+            tracing::warn!(error = %e, "admin listener stopped");
+        }
+    })))
 }
 
 /// `registerbrygga backfill`.
@@ -245,4 +319,98 @@ pub async fn backfill(app: App, args: BackfillArgs) -> Result<i32> {
         }
     }
     Ok(if reports.iter().any(|r| r.status == "failed") { 1 } else { 0 })
+}
+
+/// The PVK engine as the pipeline's after-pull step: recompute every unit and month in the
+/// window from the stored records, keep results and patient lists (encrypted), queue the
+/// aggregates (a recomputed month updates its earlier aggregate), write export files.
+struct PvkAfter {
+    engine: crate::registers::pvk::PvkEngine,
+    def: crate::config::ConnectorDef,
+    metadata: Option<Arc<RegisterMetadata>>,
+    bindings: Vec<crate::config::UnitBinding>,
+    export_dirs: Vec<(String, std::path::PathBuf)>,
+    months_back: u32,
+}
+
+fn months_window(today: chrono::NaiveDate, back: u32) -> Vec<(i32, u32)> {
+    use chrono::Datelike;
+    (0..back as i32).rev().map(|i| crate::store::add_months(today.year(), today.month(), -i)).collect()
+}
+
+#[async_trait::async_trait]
+impl crate::pipeline::AfterPull for PvkAfter {
+    async fn after_pull(&self, app: &App, run: &crate::pipeline::RunInfo, dry_run: bool) -> Result<serde_json::Value> {
+        use crate::outbox::{reconcile, Existing};
+        let today = run.today;
+        let months = months_window(today, self.months_back);
+        let listing = self.engine.read_listing(today, &app.pseudo)?;
+        let drugs = self.engine.read_drug_list(today)?;
+        let units: Vec<crate::model::HsaId> = self.def.units.iter().filter_map(|u| crate::model::HsaId::parse(u).ok()).collect();
+        let out = {
+            let mut c = self.engine.begin(listing.as_ref(), drugs.as_ref(), &units, &months, today);
+            app.store
+                .for_each_patient(&self.def.name, |pk, recs| {
+                    c.add_records(pk, &recs);
+                    Ok(())
+                })
+                .await?;
+            c.finish()
+        };
+        let mut cs = crate::store::ChangeSet::default();
+        let intents = match &self.metadata {
+            Some(m) => crate::registers::pvk::aggregate_intents(&out.results, m, &self.bindings, &self.def.register, today),
+            None => vec![],
+        };
+        let n_intents = intents.len();
+        // Existing aggregates inside the recomputed months only; older months stay as they are.
+        let in_window = |key: &str| {
+            let p: Vec<&str> = key.split('|').collect();
+            p.len() == 5 && months.iter().any(|(y, m)| p[2] == y.to_string() && p[3] == m.to_string())
+        };
+        let existing = Existing {
+            intents: app.store.intents_of_connector(&self.def.name).await?.into_iter().filter(|(k, _, _)| in_window(k)).map(|(k, op, st)| (k, (op, st))).collect(),
+            worklist: Default::default(),
+        };
+        reconcile(&mut cs, &self.def.name, &self.def.name, None, intents, vec![], &existing, false, &run.correlation_id);
+        let computable = out.results.iter().filter(|r| r.computable).count();
+        cs.pvk_results = out.results.clone();
+        for r in &mut cs.pvk_results {
+            r.connector = self.def.name.clone();
+        }
+        cs.pvk_quality = out.quality;
+        cs.audit.push(crate::audit::NewAuditEvent::system(
+            crate::audit::kind::PVK_COMPUTED,
+            &run.correlation_id,
+            &self.def.name,
+            serde_json::json!({"cells": out.results.len(), "computable": computable, "aggregates": n_intents, "months": months.len()}),
+        ));
+        let mut files = vec![];
+        if !dry_run {
+            for (name, dir) in &self.export_dirs {
+                let written = crate::sinks::export::write_exports(
+                    &out.results,
+                    dir,
+                    &crate::sinks::export::RunInfo { connector: self.def.name.clone(), run_id: run.run_id.to_string(), generated_at: chrono::Utc::now() },
+                )?;
+                cs.audit.push(crate::audit::NewAuditEvent::system(
+                    crate::audit::kind::EXPORT_WRITTEN,
+                    &run.correlation_id,
+                    &self.def.name,
+                    serde_json::json!({"register": name, "files": written.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().to_string())).collect::<Vec<_>>()}),
+                ));
+                files.extend(written);
+            }
+        }
+        let applied = if dry_run { app.store.preview(cs).await? } else { app.store.apply(cs).await? };
+        Ok(serde_json::json!({
+            "cells": out.results.len(),
+            "computable": computable,
+            "aggregates": n_intents,
+            "aggregates_created": applied.outbox_created,
+            "aggregates_updated": applied.outbox_updated,
+            "aggregates_retracted": applied.outbox_retracted,
+            "export_files": files.len(),
+        }))
+    }
 }

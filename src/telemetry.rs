@@ -27,16 +27,28 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
     let mut pos = 0;
     while let Some(c) = re.captures_at(text, pos) {
         let m = c.get(1).expect("group 1");
-        out.push_str(&text[last..m.start()]);
-        out.push_str("<pnr>");
-        last = m.end();
         pos = m.end();
+        // Only digit runs that could be a birth date (MMDD, or DD+60) are identities: HSA ids
+        // (SE2321000156-…) and organisation numbers stay readable.
+        if looks_like_birth_date(m.as_str()) {
+            out.push_str(&text[last..m.start()]);
+            out.push_str("<pnr>");
+            last = m.end();
+        }
         if pos >= text.len() {
             break;
         }
     }
     out.push_str(&text[last..]);
     std::borrow::Cow::Owned(out)
+}
+
+fn looks_like_birth_date(id: &str) -> bool {
+    let digits: Vec<u32> = id.chars().filter(|c| c.is_ascii_digit()).filter_map(|c| c.to_digit(10)).collect();
+    let d = &digits[digits.len() - 10..];
+    let month = d[2] * 10 + d[3];
+    let day = d[4] * 10 + d[5];
+    (1..=12).contains(&month) && ((1..=31).contains(&day) || (61..=91).contains(&day))
 }
 
 /// A writer that redacts each formatted event before it reaches the real sink.
@@ -102,5 +114,8 @@ mod tests {
         // Other numbers survive: ports, short ids, long hashes.
         assert_eq!(redact("port 8080 id 12345"), "port 8080 id 12345");
         assert_eq!(redact("hash 1234567890123456789"), "hash 1234567890123456789");
+        // HSA ids and organisation numbers are not birth dates.
+        assert_eq!(redact("unit SE2321000156-FT01 via 5565594230"), "unit SE2321000156-FT01 via 5565594230");
+        assert_eq!(redact("samordning 701063-2391"), "samordning <pnr>");
     }
 }

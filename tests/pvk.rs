@@ -885,7 +885,7 @@ activities = ["artros"]
 "#;
     let dir = write_rules("2026.toml", bad);
     let c = connector(dir.path(), &[FT01], "rule_years = [2026]\nvardcentraler = [\"SE2321000156-VC09\"]\nlisting = { file = \"missing.csv\" }\nrule_yaers = [2025]");
-    let loaded = Loaded { settings: Settings::default(), connectors: vec![c], files: vec![] };
+    let loaded = Loaded { settings: Settings::default(), failed_sections: vec![], connectors: vec![c], files: vec![] };
     let problems = pvk::check(&loaded);
     let has = |key: &str, reason: &str| problems.iter().any(|p| !p.warning && p.key.contains(key) && p.reason.contains(reason));
     assert!(has("code_sets.artros.codes[1]", "not an ICD-10-SE code"), "{problems:#?}");
@@ -902,7 +902,7 @@ activities = ["artros"]
     // against the register metadata when it is configured.
     let meta = repo().join("conformance/stratum/pvk-aggregate.json");
     let c = connector(&shipped(), &[FT01], &format!("rule_years = [2026]\nregister_metadata = \"{}\"", meta.display()));
-    let loaded = Loaded { settings: Settings::default(), connectors: vec![c], files: vec![] };
+    let loaded = Loaded { settings: Settings::default(), failed_sections: vec![], connectors: vec![c], files: vec![] };
     let problems = pvk::check(&loaded);
     assert!(problems.iter().all(|p| p.warning), "{problems:#?}");
     let unverified = PvkEngine::load(&loaded.connectors[0]).unwrap().rule_sets[0].code_sets.iter().filter(|c| !c.verified).count();

@@ -411,9 +411,3 @@ impl<E: Into<Fail>> From<E> for PageError {
         PageError(e.into())
     }
 }
-
-/// Start the admin listener if enabled. (The admin pages land with issue #7; until then the
-/// daemon runs without them.)
-pub async fn spawn(_app: &App, _rt: &crate::daemon::Runtime, _shutdown: tokio::sync::watch::Receiver<bool>) -> Result<Option<tokio::task::JoinHandle<()>>> {
-    Ok(None)
-}

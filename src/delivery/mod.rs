@@ -117,7 +117,6 @@ impl DeliveryEngine {
             match self.store.rescue_expired().await {
                 Ok(n) if n > 0 => {
                     self.counters.rescued.fetch_add(n, Ordering::Relaxed);
-                    metrics::counter!("registerbrygga_lease_rescues_total").increment(n);
                     tracing::info!(rescued = n, "returned expired leases to pending");
                     self.wake.notify_waiters();
                 }
@@ -224,7 +223,7 @@ impl DeliveryEngine {
                     "dead"
                 }
             };
-            metrics::counter!("registerbrygga_attempts_total", "register" => c.record.register.clone(), "outcome" => label).increment(1);
+            let _ = label;
             done.push((c, outcome));
         }
         let kept = self.store.finish_many(&self.owner, done).await?;
@@ -255,7 +254,7 @@ impl DeliveryEngine {
             SendResult::Transient { .. } => "transient",
             SendResult::Rejected { .. } => "rejected",
         };
-        metrics::histogram!("registerbrygga_send_seconds", "register" => lane.name.clone(), "outcome" => outcome).record(started.elapsed().as_secs_f64());
+        crate::admin::metrics::record_send(&lane.name, outcome, started.elapsed());
         r
     }
 

@@ -122,8 +122,12 @@ pub async fn run_under_lease(app: &App, rt: &ConnectorRuntime, scheduled_for: Da
         }
     });
     let today = crate::pipeline::today_stockholm();
+    let started = std::time::Instant::now();
     match run_connector(app, rt, RunKind::Scheduled { scheduled_for }, false, today, None).await {
-        Ok(r) => tracing::info!(connector = %name, run = r.run_id, status = %r.status, patients = r.patients, created = r.records_created, updated = r.records_updated, retracted = r.records_retracted, "run finished"),
+        Ok(r) => {
+            crate::admin::metrics::record_run(&name, &r.status, started.elapsed());
+            tracing::info!(connector = %name, run = r.run_id, status = %r.status, patients = r.patients, created = r.records_created, updated = r.records_updated, retracted = r.records_retracted, "run finished")
+        }
         Err(e) => tracing::warn!(connector = %name, error = %e, "run failed"),
     }
     let _ = stop_tx.send(());

@@ -504,6 +504,20 @@ impl Store {
         rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?))).collect()
     }
 
+    /// Latest record version's (key, op, state) for every key of a connector (PVK aggregates,
+    /// whose subjects are cells rather than patients).
+    pub async fn intents_of_connector(&self, connector: &str) -> Result<Vec<(String, String, String)>> {
+        let mut tx = self.read().await?;
+        let rows = tx
+            .rows(
+                "SELECT r.idem_key, r.op, r.state FROM records r WHERE r.connector = $1
+                 AND r.version = (SELECT MAX(x.version) FROM records x WHERE x.idem_key = r.idem_key)",
+                args![connector],
+            )
+            .await?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?, r.text(2)?))).collect()
+    }
+
     // ------------------------------------------------------------------ PVK results
 
     pub async fn pvk_results(&self, connector: &str, rule_year: Option<i32>) -> Result<Vec<super::PvkResultRow>> {

@@ -26,7 +26,7 @@ pub fn app_for(ts: &TestStore, tweak: impl FnOnce(&mut Settings)) -> App {
     let mut settings = Settings::default();
     settings.admin.cookie_secure = true;
     tweak(&mut settings);
-    App { loaded: Arc::new(Loaded { settings, connectors: vec![], files: vec![] }), store: ts.store.clone(), pseudo: common::pseudo(), instance_id: "test-1".into() }
+    App { loaded: Arc::new(Loaded { settings, failed_sections: vec![], connectors: vec![], files: vec![] }), store: ts.store.clone(), pseudo: common::pseudo(), instance_id: "test-1".into() }
 }
 
 pub struct Running {

@@ -94,7 +94,7 @@ struct OptionsDef {
 }
 
 const KNOWN_OPTIONS: &[&str] =
-    &["rule_years", "rule_files", "rules_dir", "vardcentraler", "listing", "drug_list", "small_cells", "physician_professions", "register_metadata"];
+    &["rule_years", "rule_files", "rules_dir", "vardcentraler", "listing", "drug_list", "small_cells", "physician_professions", "register_metadata", "exports", "months"];
 
 /// The connector options the engine uses, validated.
 #[derive(Clone, Debug)]
