@@ -1,6 +1,7 @@
 //! Sandbox peers on loopback: the journal (RIV-TA producer), the Stratum emulator, the PVK
 //! receiver. Real protocols, real rules — for the demo, the tests, benchmarks and acceptance tests.
 
+pub mod journal;
 pub mod tls;
 pub mod vocabulary;
 
