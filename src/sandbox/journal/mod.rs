@@ -17,10 +17,11 @@ mod soap;
 pub mod truth;
 pub mod xml;
 
-pub use population::{Mutation, Population, PopulationSpec, PopulationStats, SharedPopulation, UnitSpec, VisitSpec};
-pub use server::{Faults, JournalHandle, JournalOptions, JournalServer, RequestCounts};
+pub use population::{archetype, Mutation, Population, PopulationSpec, PopulationStats, SharedPopulation, UnitSpec, VisitSpec};
+pub use server::{Faults, JournalHandle, JournalOptions, JournalServer, RequestCounts, NATIONAL_LOGICAL_ADDRESS};
+pub use xml::render_patient;
 pub use truth::{
-    ActivityTruth, Defect, DiagnosisTruth, EpisodeTruth, ExpectedRegistration, FormTruth, NullifiedDocument, ObservationTruth,
+    ActivityTruth, Condition, Defect, DiagnosisTruth, EpisodeTruth, ExpectedRegistration, FormTruth, NullifiedDocument, ObservationTruth,
     PatientTruth, Truth, VisitTruth,
 };
 

@@ -1460,7 +1460,7 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
 
     // Artrosskola: three theory sessions a week apart.
     let school = fv + days(r.range(7, 21));
-    let m3_day = fv + days(if r.chance(0.8) { r.range(80, 110) } else { r.range(75, 150) });
+    let m3_day = fv + days(if p.clean || r.chance(0.8) { r.range(80, 110) } else { r.range(75, 150) });
     let mut school_held = 0;
     for k in 0..3 {
         if !p.clean && !r.chance(0.9) {
@@ -1478,7 +1478,7 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
         }
     }
     if stop == Stop::AfterSchool {
-        finish_artros(b, r, &contacts, p.objection_at_m3, None);
+        finish_artros(b, r, &contacts, &p, None);
         return;
     }
 
@@ -1504,13 +1504,13 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
         }
     }
     if stop == Stop::AfterExercise {
-        finish_artros(b, r, &contacts, p.objection_at_m3, None);
+        finish_artros(b, r, &contacts, &p, None);
         return;
     }
 
     // Three months: the patient's follow-up and the physiotherapist's count of sessions.
     let Some(m3c) = b.contact(r, m3_day, unit, Prof::Physio, false, 45, false) else {
-        finish_artros(b, r, &contacts, false, None);
+        finish_artros(b, r, &contacts, &p, None);
         return;
     };
     contacts.push(m3c);
@@ -1533,12 +1533,12 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
         b.nullify_contact(m3c);
     }
     if stop == Stop::AfterM3 {
-        finish_artros(b, r, &contacts, p.objection_at_m3, Some(m3c));
+        finish_artros(b, r, &contacts, &p, Some(m3c));
         return;
     }
 
     // One year: the patient answers once more, often by phone.
-    let y1_day = fv + days(if r.chance(0.8) { r.range(350, 390) } else { r.range(330, 540) });
+    let y1_day = fv + days(if p.clean || r.chance(0.8) { r.range(350, 390) } else { r.range(330, 540) });
     let phone = r.chance(0.4);
     if let Some(y1c) = b.contact(r, y1_day, unit, Prof::Physio, phone, 30, false) {
         contacts.push(y1c);
@@ -1548,14 +1548,14 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
         let drop = drop_for(SarForm::Y1Pat, r);
         b.form(r, y1c, ep, SarForm::Y1Pat.bit(), y1pat, drop);
     }
-    finish_artros(b, r, &contacts, p.objection_at_m3, Some(m3c));
+    finish_artros(b, r, &contacts, &p, Some(m3c));
 }
 
 /// A register objection: where the course asks for one, or now and then at random.
-fn finish_artros(b: &mut Builder, r: &mut Rng, contacts: &[u32], at_m3: bool, m3: Option<u32>) {
-    let at = if at_m3 {
+fn finish_artros(b: &mut Builder, r: &mut Rng, contacts: &[u32], p: &ArtrosCourse, m3: Option<u32>) {
+    let at = if p.objection_at_m3 {
         m3
-    } else if r.chance(0.03) {
+    } else if !p.clean && r.chance(0.03) {
         Some(r.pick(contacts))
     } else {
         None
@@ -1807,8 +1807,9 @@ fn build_random(b: &mut Builder, r: &mut Rng, h: &Header, age: u32) {
         (Condition::Stroke, if a >= 45 { 2.5 } else { 0.0 }),
         (Condition::Tia, if a >= 45 { 1.0 } else { 0.0 }),
         (Condition::HeartFailure, if a >= 55 { 2.5 } else { 0.0 }),
-        (Condition::Osteoporosis, if a >= 50 { if f { 6.0 } else { 2.0 } } else { 0.0 }),
-        (Condition::Incontinence, if a >= 20 { if f { 5.0 } else { 1.0 } } else { 0.0 }),
+        // Old enough on every day of the history (osteoporosis from 50, incontinence from 20).
+        (Condition::Osteoporosis, if a >= 52 { if f { 6.0 } else { 2.0 } } else { 0.0 }),
+        (Condition::Incontinence, if a >= 22 { if f { 5.0 } else { 1.0 } } else { 0.0 }),
         (Condition::Depression, 6.0),
         (Condition::Stress, if (20..65).contains(&a) { 6.0 } else { 0.0 }),
         (Condition::GeneralPractice, 8.0),

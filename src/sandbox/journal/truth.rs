@@ -146,7 +146,7 @@ pub struct NullifiedDocument {
     pub carried: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PatientTruth {
     pub index: usize,
     pub id: PatientId,
