@@ -322,8 +322,9 @@ impl Contact {
     pub(crate) fn end(&self) -> NaiveDateTime {
         self.start + TimeDelta::minutes(self.minutes as i64)
     }
-    pub(crate) fn staff_hsa(&self, unit_hsa: &str) -> String {
-        format!("{unit_hsa}{}{:02}", self.prof.letter(), self.staff)
+    /// The professional's HSA id: the unit's id, a profession letter and a number.
+    pub(crate) fn write_staff_hsa(&self, w: &mut Vec<u8>, unit_hsa: &str) {
+        write!(w, "{unit_hsa}{}{:02}", self.prof.letter(), self.staff).expect("write to Vec");
     }
 }
 
@@ -507,7 +508,9 @@ impl Population {
         // Derive every journal once, in parallel, for the engagement-index summary and counts.
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
         let chunk = pop.headers.len().div_ceil(threads).max(1);
-        let summaries: Vec<Vec<(i64, i64, [u16; 4], [u64; 4])>> = std::thread::scope(|s| {
+        // Per patient: first contact, latest registration, units per domain, document counts.
+        type Summary = (i64, i64, [u16; 4], [u64; 4]);
+        let summaries: Vec<Vec<Summary>> = std::thread::scope(|s| {
             let pop = &pop;
             let handles: Vec<_> = (0..pop.headers.len())
                 .step_by(chunk)
@@ -611,10 +614,20 @@ impl Population {
 
     /// Document ids: `<tag>-<K|D|A|O><patient>-<seq>`; care contact ids `<tag>-VK<patient>-<seq>`.
     pub(crate) fn doc_id(&self, kind: DocKind, patient: u32, seq: usize) -> String {
-        format!("{}-{}{}-{}", self.tag, kind.letter(), patient, seq)
+        let mut w = Vec::with_capacity(24);
+        self.write_doc_id(&mut w, kind, patient, seq);
+        String::from_utf8(w).expect("ASCII")
     }
     pub(crate) fn care_contact_id(&self, patient: u32, seq: usize) -> String {
-        format!("{}-VK{}-{}", self.tag, patient, seq)
+        let mut w = Vec::with_capacity(24);
+        self.write_care_contact_id(&mut w, patient, seq);
+        String::from_utf8(w).expect("ASCII")
+    }
+    pub(crate) fn write_doc_id(&self, w: &mut Vec<u8>, kind: DocKind, patient: u32, seq: usize) {
+        write!(w, "{}-{}{}-{}", self.tag, kind.letter(), patient, seq).expect("write to Vec");
+    }
+    pub(crate) fn write_care_contact_id(&self, w: &mut Vec<u8>, patient: u32, seq: usize) {
+        write!(w, "{}-VK{}-{}", self.tag, patient, seq).expect("write to Vec");
     }
     fn parse_doc_id(&self, patient: u32, id: &str) -> Option<(DocKind, u32)> {
         let rest = id.strip_prefix(self.tag.as_str())?.strip_prefix('-')?;
@@ -783,7 +796,7 @@ impl Population {
         let unit = self.unit_index(&visit.unit).ok_or_else(|| anyhow!("unknown unit"))?;
         let prof = Prof::from_code(&visit.profession).ok_or_else(|| anyhow!("unknown profession code"))?;
         for (term, value) in &visit.observations {
-            if let Some(_) = super::term_unit(term) {
+            if super::term_unit(term).is_some() {
                 ensure!(matches!(value, AnswerValue::Quantity(_)), "value kind does not match the term");
             }
         }
@@ -1121,6 +1134,7 @@ impl Builder {
     }
 
     /// A contact on `date` (moved to a weekday); `None` outside the history window.
+    #[allow(clippy::too_many_arguments)]
     fn contact(&mut self, r: &mut Rng, date: NaiveDate, unit: u8, prof: Prof, phone: bool, minutes: u16, nullable: bool) -> Option<u32> {
         let date = workday(date);
         if date < self.start || date > self.today {
@@ -1592,7 +1606,7 @@ fn course_musculoskeletal(b: &mut Builder, r: &mut Rng, code: Option<&'static st
     b.dx(c, code, true, false);
     let mut d = d0;
     for _ in 0..r.range(1, 7) {
-        d = d + days(r.range(5, 21));
+        d += days(r.range(5, 21));
         let phone = r.chance(0.25);
         if let Some(c) = b.contact(r, d, b.home, prof, phone, 30, true) {
             if r.chance(0.65) {

@@ -49,6 +49,10 @@ pub(crate) enum Outcome {
 // -- low-level writing --------------------------------------------------------------------------
 
 fn esc(w: &mut Vec<u8>, s: &str) {
+    if !s.bytes().any(|b| matches!(b, b'&' | b'<' | b'>')) {
+        w.extend_from_slice(s.as_bytes());
+        return;
+    }
     for b in s.bytes() {
         match b {
             b'&' => w.extend_from_slice(b"&amp;"),
@@ -81,17 +85,46 @@ fn close(w: &mut Vec<u8>, tag: &str) {
     w.push(b'>');
 }
 
-/// `YYYYMMDDhhmmss`.
-pub(crate) fn timestamp(t: NaiveDateTime) -> String {
-    format!("{:04}{:02}{:02}{:02}{:02}{:02}", t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second())
+/// An element whose text is written by `text` (ids and times are written in place, without a
+/// String each: a region-year is millions of them).
+fn el_with(w: &mut Vec<u8>, tag: &str, text: impl FnOnce(&mut Vec<u8>)) {
+    open(w, tag);
+    text(w);
+    close(w, tag);
 }
 
-fn date8(d: NaiveDate) -> String {
-    format!("{:04}{:02}{:02}", d.year(), d.month(), d.day())
+fn digits(w: &mut Vec<u8>, v: u32, width: usize) {
+    let mut buf = [b'0'; 10];
+    let mut v = v;
+    let mut i = buf.len();
+    while v > 0 || i == buf.len() {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let n = buf.len() - i;
+    for _ in n..width {
+        w.push(b'0');
+    }
+    w.extend_from_slice(&buf[i..]);
+}
+
+fn date8(w: &mut Vec<u8>, d: NaiveDate) {
+    digits(w, d.year() as u32, 4);
+    digits(w, d.month(), 2);
+    digits(w, d.day(), 2);
+}
+
+/// `YYYYMMDDhhmmss`.
+fn timestamp(w: &mut Vec<u8>, t: NaiveDateTime) {
+    date8(w, t.date());
+    digits(w, t.hour(), 2);
+    digits(w, t.minute(), 2);
+    digits(w, t.second(), 2);
 }
 
 fn ts_el(w: &mut Vec<u8>, tag: &str, t: NaiveDateTime) {
-    el(w, tag, &timestamp(t));
+    el_with(w, tag, |w| timestamp(w, t));
 }
 
 /// A CV: code, codeSystem, displayName (both CV flavours accept this sequence).
@@ -106,16 +139,20 @@ fn cv(w: &mut Vec<u8>, tag: &str, code: &str, system: &str, display: Option<&str
 }
 
 fn ii(w: &mut Vec<u8>, tag: &str, root: &str, extension: &str) {
+    ii_with(w, tag, root, |w| esc(w, extension));
+}
+
+fn ii_with(w: &mut Vec<u8>, tag: &str, root: &str, extension: impl FnOnce(&mut Vec<u8>)) {
     open(w, tag);
     el(w, "root", root);
-    el(w, "extension", extension);
+    el_with(w, "extension", extension);
     close(w, tag);
 }
 
 fn partial_ts(w: &mut Vec<u8>, tag: &str, t: NaiveDateTime) {
     open(w, tag);
     el(w, "format", "YYYYMMDDhhmmss");
-    el(w, "value", &timestamp(t));
+    el_with(w, "value", |w| timestamp(w, t));
     close(w, tag);
 }
 
@@ -211,7 +248,11 @@ impl ClinicalResponse {
 pub fn render_patient(pop: &SharedPopulation, contract: Contract, patient: usize) -> Vec<u8> {
     assert!(contract != Contract::GetUpdates, "GetUpdates is not per patient");
     let q = Query { ours: true, ..Query::default() };
-    ClinicalResponse::new(pop.clone(), contract, Some(patient as u32), &q, Outcome::Ok, "sandbox".into()).flatten().collect()
+    let mut out = Vec::new();
+    for chunk in ClinicalResponse::new(pop.clone(), contract, Some(patient as u32), &q, Outcome::Ok, "sandbox".into()) {
+        out.extend_from_slice(&chunk);
+    }
+    out
 }
 
 impl Iterator for ClinicalResponse {
@@ -319,12 +360,24 @@ impl Ctx<'_> {
     }
 
     /// The patient id as written in a document; a bad item carries a wrong check digit.
-    fn patient_id(&self, bad: bool) -> String {
+    fn patient_id(&self, w: &mut Vec<u8>, bad: bool) {
         let mut id = self.h.id;
         if bad {
             id[11] = b'0' + (id[11] - b'0' + 1) % 10;
         }
-        String::from_utf8(id.to_vec()).expect("ASCII")
+        w.extend_from_slice(&id);
+    }
+
+    fn doc_id(&self, w: &mut Vec<u8>, kind: DocKind, seq: u32) {
+        self.pop.write_doc_id(w, kind, self.p, seq as usize);
+    }
+
+    fn care_contact_id(&self, w: &mut Vec<u8>, contact: u32) {
+        self.pop.write_care_contact_id(w, self.p, contact as usize);
+    }
+
+    fn staff(&self, w: &mut Vec<u8>, c: &Contact) {
+        c.write_staff_hsa(w, &self.pop.unit(c.unit).hsa_id);
     }
 
     fn unit_hsa(&self, c: &Contact) -> &str {
@@ -340,7 +393,7 @@ impl Ctx<'_> {
         let unit = self.pop.unit(c.unit);
         open(w, "accountableHealthcareProfessional");
         ts_el(w, "authorTime", c.start);
-        el(w, "healthcareProfessionalHSAId", &c.staff_hsa(&unit.hsa_id));
+        el_with(w, "healthcareProfessionalHSAId", |w| self.staff(w, c));
         cv(w, "healthcareProfessionalRoleCode", c.prof.code(), LOCAL_TERMS, Some(c.prof.display()));
         open(w, "healthcareProfessionalOrgUnit");
         el(w, "orgUnitHSAId", &unit.hsa_id);
@@ -351,18 +404,18 @@ impl Ctx<'_> {
         close(w, "accountableHealthcareProfessional");
         open(w, "legalAuthenticator");
         ts_el(w, "signatureTime", c.registered);
-        el(w, "legalAuthenticatorHSAId", &c.staff_hsa(&unit.hsa_id));
+        el_with(w, "legalAuthenticatorHSAId", |w| self.staff(w, c));
         close(w, "legalAuthenticator");
     }
 
-    fn header_start(&self, w: &mut Vec<u8>, tag: &str, doc_id: &str, title: &str, time: NaiveDateTime, bad_id: bool) {
+    fn header_start(&self, w: &mut Vec<u8>, tag: &str, (kind, seq): (DocKind, u32), title: &str, time: NaiveDateTime, bad_id: bool) {
         open(w, tag);
-        el(w, "documentId", doc_id);
+        el_with(w, "documentId", |w| self.doc_id(w, kind, seq));
         el(w, "sourceSystemHSAId", SOURCE_SYSTEM);
         el(w, "documentTitle", title);
         ts_el(w, "documentTime", time);
         open(w, "patientId");
-        el(w, "id", &self.patient_id(bad_id));
+        el_with(w, "id", |w| self.patient_id(w, bad_id));
         el(w, "type", self.id_type());
         close(w, "patientId");
     }
@@ -378,11 +431,11 @@ impl Ctx<'_> {
         let c = &self.plan.contacts[ci as usize];
         let bad = c.defect == Some(super::Defect::InvalidPersonnummer);
         open(w, "tns:careContact");
-        self.header_start(w, "careContactHeader", &self.pop.doc_id(DocKind::Contact, self.p, ci as usize), "Vårdkontakt", c.registered, bad);
+        self.header_start(w, "careContactHeader", (DocKind::Contact, ci), "Vårdkontakt", c.registered, bad);
         self.professional(w, c);
         el(w, "approvedForPatient", "true");
         Self::nullified(w, c.nullified);
-        el(w, "careContactId", &self.pop.care_contact_id(self.p, ci as usize));
+        el_with(w, "careContactId", |w| self.care_contact_id(w, ci));
         close(w, "careContactHeader");
         open(w, "careContactBody");
         open(w, "careContactCode");
@@ -400,7 +453,7 @@ impl Ctx<'_> {
         open(w, "additionalPatientInformation");
         open(w, "dateOfBirth");
         el(w, "format", "YYYYMMDD");
-        el(w, "value", &date8(self.h.birth));
+        el_with(w, "value", |w| date8(w, self.h.birth));
         close(w, "dateOfBirth");
         self.gender(w);
         close(w, "additionalPatientInformation");
@@ -413,10 +466,10 @@ impl Ctx<'_> {
         let c = &self.plan.contacts[d.contact as usize];
         open(w, "tns:diagnosis");
         let bad_id = d.defect == Some(super::Defect::InvalidPersonnummer);
-        self.header_start(w, "diagnosisHeader", &self.pop.doc_id(DocKind::Diagnosis, self.p, di as usize), "Diagnos", c.registered, bad_id);
+        self.header_start(w, "diagnosisHeader", (DocKind::Diagnosis, di), "Diagnos", c.registered, bad_id);
         self.professional(w, c);
         el(w, "approvedForPatient", "true");
-        el(w, "careContactId", &self.pop.care_contact_id(self.p, d.contact as usize));
+        el_with(w, "careContactId", |w| self.care_contact_id(w, d.contact));
         Self::nullified(w, d.nullified);
         close(w, "diagnosisHeader");
         open(w, "diagnosisBody");
@@ -441,12 +494,12 @@ impl Ctx<'_> {
     fn group_head(&self, w: &mut Vec<u8>, c: &Contact) {
         let unit = self.pop.unit(c.unit);
         open(w, "patient");
-        ii(w, "id", self.id_type(), &self.patient_id(false));
-        el(w, "dateOfBirth", &date8(self.h.birth));
+        ii_with(w, "id", self.id_type(), |w| self.patient_id(w, false));
+        el_with(w, "dateOfBirth", |w| date8(w, self.h.birth));
         self.gender(w);
         close(w, "patient");
         open(w, "performerRole");
-        ii(w, "id", OID_HSA, &c.staff_hsa(&unit.hsa_id));
+        ii_with(w, "id", OID_HSA, |w| self.staff(w, c));
         cv(w, "code", c.prof.code(), LOCAL_TERMS, Some(c.prof.display()));
         open(w, "careUnit");
         ii(w, "id", OID_HSA, &unit.hsa_id);
@@ -457,7 +510,7 @@ impl Ctx<'_> {
         close(w, "careUnit");
         close(w, "performerRole");
         open(w, "legalAuthenticator");
-        ii(w, "id", OID_HSA, &c.staff_hsa(&unit.hsa_id));
+        ii_with(w, "id", OID_HSA, |w| self.staff(w, c));
         partial_ts(w, "time", c.registered);
         close(w, "legalAuthenticator");
         open(w, "sourceSystem");
@@ -474,7 +527,7 @@ impl Ctx<'_> {
         open(w, "relation");
         cv(w, "code", relation::CARE_CONTACT, LOCAL_TERMS, None);
         open(w, "referredInformation");
-        ii(w, "id", DOCUMENT_ID_ROOT, &self.pop.care_contact_id(self.p, ci as usize));
+        ii_with(w, "id", DOCUMENT_ID_ROOT, |w| self.care_contact_id(w, ci));
         partial_ts(w, "time", c.start);
         el(w, "type", Domain::Contacts.categorization());
         open(w, "informationOwner");
@@ -491,7 +544,7 @@ impl Ctx<'_> {
         for i in idx {
             let a = &self.plan.activities[*i as usize];
             open(w, "activity");
-            ii(w, "id", DOCUMENT_ID_ROOT, &self.pop.doc_id(DocKind::Activity, self.p, *i as usize));
+            ii_with(w, "id", DOCUMENT_ID_ROOT, |w| self.doc_id(w, DocKind::Activity, *i));
             Self::status(w, a.nullified);
             let system = if a.defect == Some(super::Defect::UnknownCodeSystem) { UNKNOWN_CODE_SYSTEM } else { &a.system };
             cv(w, "code", &a.code, system, None);
@@ -514,7 +567,7 @@ impl Ctx<'_> {
         for i in idx {
             let o = &self.plan.observations[*i as usize];
             open(w, "observation");
-            ii(w, "id", DOCUMENT_ID_ROOT, &self.pop.doc_id(DocKind::Observation, self.p, *i as usize));
+            ii_with(w, "id", DOCUMENT_ID_ROOT, |w| self.doc_id(w, DocKind::Observation, *i));
             let system = if o.defect == Some(super::Defect::UnknownCodeSystem) { UNKNOWN_CODE_SYSTEM } else { LOCAL_TERMS };
             cv(w, "type", &o.term, system, None);
             Self::status(w, o.nullified);
@@ -525,7 +578,7 @@ impl Ctx<'_> {
             match &o.value {
                 AnswerValue::Quantity(v) => {
                     open(w, "pq");
-                    el(w, "value", &v.to_string());
+                    el_with(w, "value", |w| write!(w, "{v}").expect("write to Vec"));
                     el(w, "unit", term_unit(&o.term).unwrap_or("1"));
                     close(w, "pq");
                 }
