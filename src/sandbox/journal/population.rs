@@ -304,7 +304,7 @@ impl Prof {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Contact {
     pub start: NaiveDateTime,
     pub minutes: u16,
@@ -328,7 +328,7 @@ impl Contact {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Dx {
     pub contact: u32,
     pub code: Cow<'static, str>,
@@ -338,7 +338,7 @@ pub(crate) struct Dx {
     pub defect: Option<Defect>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Act {
     pub contact: u32,
     pub code: Cow<'static, str>,
@@ -347,7 +347,7 @@ pub(crate) struct Act {
     pub defect: Option<Defect>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Obs {
     pub contact: u32,
     pub term: Cow<'static, str>,
@@ -719,22 +719,17 @@ impl Population {
 
     /// Set (or add, if it is missing) one answer of a recorded SAR form.
     pub fn set_answer(&self, patient: usize, episode: usize, form: SarForm, term: &str, value: AnswerValue) -> Result<Mutation> {
-        self.check_patient(patient)?;
         ensure!(form.has_term(term), "the term is not an answer of {}", form.name());
         ensure!(super::term_unit(term).is_some() == matches!(value, AnswerValue::Quantity(_)), "value kind does not match the term");
-        let plan = self.plan(patient);
-        ensure!(episode < plan.episodes.len(), "no such artros episode");
-        ensure!(
-            plan.observations.iter().any(|o| o.episode == Some(episode as u8) && o.forms & form.bit() != 0),
-            "{} is not recorded for that episode; add a visit instead",
-            form.name()
-        );
-        let (at, at_local) = self.tick();
-        let edit = Edit::SetAnswer { episode, form, term: term.to_string(), value, at: at_local };
-        let mut after = plan;
-        let seq = apply_edit(&mut after, &edit).expect("set answer names its observation");
-        self.push_edit(patient, edit, at);
-        Ok(Mutation { updated_at: ts(at), documents: vec![self.doc_id(DocKind::Observation, patient as u32, seq)] })
+        self.mutate(patient, |plan, at| {
+            ensure!(episode < plan.episodes.len(), "no such artros episode");
+            ensure!(
+                plan.observations.iter().any(|o| o.episode == Some(episode as u8) && o.forms & form.bit() != 0),
+                "{} is not recorded for that episode; add a visit instead",
+                form.name()
+            );
+            Ok(Edit::SetAnswer { episode, form, term: term.to_string(), value, at })
+        })
     }
 
     /// Nullify one document (a contact alone, a diagnosis, an activity or an observation).
@@ -748,91 +743,68 @@ impl Population {
     }
 
     fn nullify(&self, patient: usize, id: &str, cascade: bool) -> Result<Mutation> {
-        self.check_patient(patient)?;
         let (kind, seq) = self.parse_doc_id(patient as u32, id).ok_or_else(|| anyhow!("not a document of this patient"))?;
         ensure!(!cascade || kind == DocKind::Contact, "only a care contact nullifies with what was documented at it");
-        let plan = self.plan(patient);
-        let exists = match kind {
-            DocKind::Contact => (seq as usize) < plan.contacts.len(),
-            DocKind::Diagnosis => (seq as usize) < plan.diagnoses.len(),
-            DocKind::Activity => (seq as usize) < plan.activities.len(),
-            DocKind::Observation => (seq as usize) < plan.observations.len(),
-        };
-        ensure!(exists, "no such document");
-        let (at, _) = self.tick();
-        let edit = Edit::Nullify { kind, seq, cascade };
-        let mut after = plan;
-        apply_edit(&mut after, &edit);
-        self.push_edit(patient, edit, at);
-        let mut docs = vec![self.doc_id(kind, patient as u32, seq as usize)];
-        if cascade {
-            docs.extend(after.diagnoses.iter().enumerate().filter(|(_, d)| d.contact == seq).map(|(i, _)| self.doc_id(DocKind::Diagnosis, patient as u32, i)));
-            docs.extend(after.activities.iter().enumerate().filter(|(_, d)| d.contact == seq).map(|(i, _)| self.doc_id(DocKind::Activity, patient as u32, i)));
-            docs.extend(
-                after.observations.iter().enumerate().filter(|(_, d)| d.contact == seq).map(|(i, _)| self.doc_id(DocKind::Observation, patient as u32, i)),
-            );
-        }
-        Ok(Mutation { updated_at: ts(at), documents: docs })
+        self.mutate(patient, |plan, _| {
+            let n = match kind {
+                DocKind::Contact => plan.contacts.len(),
+                DocKind::Diagnosis => plan.diagnoses.len(),
+                DocKind::Activity => plan.activities.len(),
+                DocKind::Observation => plan.observations.len(),
+            };
+            ensure!((seq as usize) < n, "no such document");
+            Ok(Edit::Nullify { kind, seq, cascade })
+        })
     }
 
     /// Record a register objection (KVALREG-SPARR = JA) at the patient's latest care contact.
     pub fn add_objection(&self, patient: usize) -> Result<Mutation> {
-        self.check_patient(patient)?;
-        let plan = self.plan(patient);
-        let contact = (0..plan.contacts.len())
-            .filter(|c| !plan.contacts[*c].nullified)
-            .max_by_key(|c| plan.contacts[*c].start)
-            .ok_or_else(|| anyhow!("the patient has no care contact to record the objection at"))?;
-        let (at, _) = self.tick();
-        let edit = Edit::AddObjection { contact: contact as u32 };
-        let seq = plan.observations.len();
-        self.push_edit(patient, edit, at);
-        Ok(Mutation { updated_at: ts(at), documents: vec![self.doc_id(DocKind::Observation, patient as u32, seq)] })
+        self.mutate(patient, |plan, _| {
+            let contact = (0..plan.contacts.len())
+                .filter(|c| !plan.contacts[*c].nullified)
+                .max_by_key(|c| plan.contacts[*c].start)
+                .ok_or_else(|| anyhow!("the patient has no care contact to record the objection at"))?;
+            Ok(Edit::AddObjection { contact: contact as u32 })
+        })
     }
 
     /// Add a care contact with its diagnoses, activities and observations.
     pub fn add_visit(&self, patient: usize, visit: VisitSpec) -> Result<Mutation> {
-        self.check_patient(patient)?;
         let unit = self.unit_index(&visit.unit).ok_or_else(|| anyhow!("unknown unit"))?;
         let prof = Prof::from_code(&visit.profession).ok_or_else(|| anyhow!("unknown profession code"))?;
         for (term, value) in &visit.observations {
-            if super::term_unit(term).is_some() {
-                ensure!(matches!(value, AnswerValue::Quantity(_)), "value kind does not match the term");
-            }
+            ensure!(super::term_unit(term).is_none() || matches!(value, AnswerValue::Quantity(_)), "value kind does not match the term");
         }
-        let plan = self.plan(patient);
-        let (at, at_local) = self.tick();
-        let edit = Edit::AddVisit { spec: visit, unit, prof, at: at_local };
-        let mut after = plan.clone();
-        apply_edit(&mut after, &edit);
-        self.push_edit(patient, edit, at);
-        let p = patient as u32;
-        let c = plan.contacts.len();
-        let mut docs = vec![self.doc_id(DocKind::Contact, p, c)];
-        docs.extend((plan.diagnoses.len()..after.diagnoses.len()).map(|i| self.doc_id(DocKind::Diagnosis, p, i)));
-        docs.extend((plan.activities.len()..after.activities.len()).map(|i| self.doc_id(DocKind::Activity, p, i)));
-        docs.extend((plan.observations.len()..after.observations.len()).map(|i| self.doc_id(DocKind::Observation, p, i)));
-        Ok(Mutation { updated_at: ts(at), documents: docs })
+        self.mutate(patient, |_, at| Ok(Edit::AddVisit { spec: visit, unit, prof, at }))
     }
 
-    fn check_patient(&self, patient: usize) -> Result<()> {
+    /// One mutation, atomically: `make` builds the edit from the patient's journal as it stands
+    /// (and the mutation's local time); the edit is recorded with an update time strictly after
+    /// every earlier one, and the documents it wrote or changed are named.
+    fn mutate(&self, patient: usize, make: impl FnOnce(&Plan, NaiveDateTime) -> Result<Edit>) -> Result<Mutation> {
         if patient >= self.headers.len() {
             bail!("patient index out of range");
         }
-        Ok(())
-    }
-
-    /// A new update time: now, but strictly after every earlier one (generated or mutated).
-    fn tick(&self) -> (i64, NaiveDateTime) {
-        let mut c = self.clock.lock().expect("clock");
-        let t = Utc::now().timestamp().max(*c + 1);
-        *c = t;
-        (t, local_of(t))
-    }
-
-    fn push_edit(&self, patient: usize, edit: Edit, at: i64) {
-        self.overlays.write().expect("overlays").entry(patient as u32).or_default().push(edit);
+        let mut overlays = self.overlays.write().expect("overlays");
+        let mut plan = self.derive_base(patient as u32);
+        for e in overlays.get(&(patient as u32)).into_iter().flatten() {
+            apply_edit(&mut plan, e);
+        }
+        let mut clock = self.clock.lock().expect("clock");
+        let at = Utc::now().timestamp().max(*clock + 1);
+        let edit = make(&plan, local_of(at))?;
+        let before = plan.clone();
+        apply_edit(&mut plan, &edit);
+        let p = patient as u32;
+        let mut documents = Vec::new();
+        documents.extend(changed(&before.contacts, &plan.contacts).map(|i| self.doc_id(DocKind::Contact, p, i)));
+        documents.extend(changed(&before.diagnoses, &plan.diagnoses).map(|i| self.doc_id(DocKind::Diagnosis, p, i)));
+        documents.extend(changed(&before.activities, &plan.activities).map(|i| self.doc_id(DocKind::Activity, p, i)));
+        documents.extend(changed(&before.observations, &plan.observations).map(|i| self.doc_id(DocKind::Observation, p, i)));
+        *clock = at;
+        overlays.entry(p).or_default().push(edit);
         self.updated[patient].store(at, Ordering::Relaxed);
+        Ok(Mutation { updated_at: ts(at), documents })
     }
 
     // -- generation -------------------------------------------------------------------------
@@ -873,6 +845,11 @@ impl Population {
     }
 }
 
+/// Indices of items that are new or differ.
+fn changed<'a, T: PartialEq>(before: &'a [T], after: &'a [T]) -> impl Iterator<Item = usize> + 'a {
+    (0..after.len()).filter(move |i| before.get(*i) != Some(&after[*i]))
+}
+
 fn ts(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).expect("in range")
 }
@@ -885,8 +862,8 @@ pub(crate) fn identity(h: &Header, today: NaiveDate) -> crate::model::PatientId 
     .expect("generated identities are valid")
 }
 
-/// Apply one edit to a plan; returns the observation it set, for `SetAnswer`.
-fn apply_edit(plan: &mut Plan, e: &Edit) -> Option<usize> {
+/// Apply one edit to a plan.
+fn apply_edit(plan: &mut Plan, e: &Edit) {
     match e {
         Edit::SetAnswer { episode, form, term, value, at } => {
             let ep = *episode as u8;
@@ -902,10 +879,12 @@ fn apply_edit(plan: &mut Plan, e: &Edit) -> Option<usize> {
                     let o = &mut plan.observations[i];
                     o.value = value.clone();
                     o.registered = Some(*at);
-                    Some(i)
                 }
                 None => {
-                    let contact = plan.observations.iter().find(|o| o.episode == Some(ep) && o.forms & form.bit() != 0)?.contact;
+                    // `set_answer` checked that the form is recorded.
+                    let Some(contact) = plan.observations.iter().find(|o| o.episode == Some(ep) && o.forms & form.bit() != 0).map(|o| o.contact) else {
+                        return;
+                    };
                     // An answer both first-visit forms read is one observation for both.
                     let forms = match form {
                         SarForm::FVPat | SarForm::FVPT if SarForm::FVPat.has_term(term) && SarForm::FVPT.has_term(term) => {
@@ -923,7 +902,6 @@ fn apply_edit(plan: &mut Plan, e: &Edit) -> Option<usize> {
                         defect: None,
                         registered: Some(*at),
                     });
-                    Some(plan.observations.len() - 1)
                 }
             }
         }
@@ -942,7 +920,6 @@ fn apply_edit(plan: &mut Plan, e: &Edit) -> Option<usize> {
                 DocKind::Activity => plan.activities[s].nullified = true,
                 DocKind::Observation => plan.observations[s].nullified = true,
             }
-            None
         }
         Edit::AddObjection { contact } => {
             plan.observations.push(Obs {
@@ -955,7 +932,6 @@ fn apply_edit(plan: &mut Plan, e: &Edit) -> Option<usize> {
                 defect: None,
                 registered: None,
             });
-            None
         }
         Edit::AddVisit { spec, unit, prof, at } => {
             let c = plan.contacts.len() as u32;
@@ -989,7 +965,6 @@ fn apply_edit(plan: &mut Plan, e: &Edit) -> Option<usize> {
                     registered: None,
                 });
             }
-            None
         }
     }
 }
