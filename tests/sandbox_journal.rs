@@ -839,6 +839,19 @@ async fn requests_filter_by_unit_window_and_contact() {
     let want_acts = t.activities.iter().filter(|a| a.unit == unit && a.date >= from && a.date <= to).count();
     let xml = sb.fetch(Contract::GetActivities, p, &f).await;
     assert_eq!(blocks(&xml, "activity").len(), want_acts);
+    // A large answer is streamed (no Content-Length, several chunks), not built in one piece.
+    let id = sb.pop.patient_id(p);
+    let body = envelope(NATIONAL_LOGICAL_ADDRESS, &request_body(Contract::GetObservations, id.raw(), id.oid(), &Filter::default()));
+    let resp = sb.client.post(sb.server.url(Contract::GetObservations)).header("SOAPAction", Contract::GetObservations.soap_action()).body(body).send().await.unwrap();
+    assert!(resp.content_length().is_none(), "a streamed body has no Content-Length");
+    let mut stream = resp.bytes_stream();
+    let (mut chunks, mut size) = (0, 0);
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        chunks += 1;
+        size += chunk.unwrap().len();
+    }
+    assert!(size > 48 * 1024 && chunks > 1, "{size} bytes in {chunks} chunks");
+
     // Another unit's filter returns nothing of this episode.
     let other = Filter { units: vec![vocab::VC_UNITS[0].to_string()], window: Some((from + chrono::TimeDelta::days(1), to)) };
     let xml = sb.fetch(Contract::GetObservations, p, &other).await;

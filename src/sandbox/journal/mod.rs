@@ -10,6 +10,27 @@
 //!
 //! Codes come from [`crate::sandbox::vocabulary`]. ICD-10-SE codes are written with their dot
 //! (`M17.1`), as journals show them; the truth keeps them normalised (`M171`).
+//!
+//! What a consumer can rely on (the choices the contracts leave open):
+//! - Every document carries `documentId` (contacts, diagnoses) or `id/extension` (activities,
+//!   observations), stable across reads; a changed document keeps its id and changes content.
+//! - Diagnoses link to their visit by `diagnosisHeader/careContactId`; activities and
+//!   observations by a `relation` with code `VARDKONTAKT` whose `referredInformation/id/extension`
+//!   is the visit's `careContactId` (`type` = `vko`).
+//! - Contacts and diagnoses say `nullified`; activities and observations, which have no such
+//!   element, carry `status` `MAKULERAD` (else `GENOMFORD`).
+//! - Observation values: quantities as `pq` (unit per [`term_unit`]), yes/no, joint, side and
+//!   ordinal answers (EQ-5D levels etc., "1".."5") as `cv` in LOCAL_TERMS. The physiotherapist's
+//!   session counts at 3 months are observations too (`ARTROSSKOLA-ANTAL`,
+//!   `HANDLEDD-TRANING-ANTAL`), next to the session activities.
+//! - Every response has `result/resultCode` and `result/logId` (see [`xml`] for the three
+//!   contracts whose schema has no `result`).
+//! - The engagement index lists national ids only: its schema's `registeredResidentIdentification`
+//!   pattern cannot hold a reserve number (`yyyymmddSNNC`). Reserve-number patients are served
+//!   when asked for by id with their own OID ([`OID_RESERVE_VARMLAND`]), e.g. from a patient
+//!   list ([`Population::write_patient_list`]).
+//! - Times are local (Europe/Stockholm) wall-clock `YYYYMMDDhhmmss`, `timeStamp` of GetUpdates
+//!   included.
 
 pub mod population;
 pub mod server;
