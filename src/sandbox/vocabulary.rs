@@ -43,6 +43,10 @@ pub mod obs {
     pub const REGISTER_OBJECTION: &str = "KVALREG-SPARR";
     /// Six-minute walk test, metres (KOL).
     pub const SIX_MINUTE_WALK: &str = "6MWT";
+    /// Artrosskola sessions attended, as the physiotherapist counts them at the 3-month visit.
+    pub const EDUCATION_SESSIONS: &str = "ARTROSSKOLA-ANTAL";
+    /// Supervised exercise sessions attended, counted at the 3-month visit.
+    pub const SUPERVISED_EXERCISE_SESSIONS: &str = "HANDLEDD-TRANING-ANTAL";
 }
 
 /// Coded answer values (cv codes in LOCAL_TERMS).
@@ -55,6 +59,9 @@ pub mod answer {
     pub const RIGHT: &str = "HOGER";
     pub const LEFT: &str = "VANSTER";
     pub const BOTH: &str = "BADA";
+    /// Ordinal answers (EQ-5D levels, pain frequency, satisfaction, exercise adherence) are cv
+    /// codes "1".."5" in LOCAL_TERMS; the observation term says which scale.
+    pub const LEVELS: [&str; 5] = ["1", "2", "3", "4", "5"];
 }
 
 /// Activity codes in LOCAL_TERMS for actions with no confirmed KVÅ code (research/pvk.md §4).
@@ -67,6 +74,35 @@ pub mod act {
     pub const FALL_PREVENTION: &str = "FALLPREVENTION";
     pub const PELVIC_FLOOR_TRAINING: &str = "BACKENBOTTENTRANING";
     pub const BODY_AWARENESS: &str = "KROPPSKANNEDOM";
+    /// Energibesparande tekniker (occupational therapy, KOL).
+    pub const ENERGY_CONSERVATION: &str = "ENERGIBESPARANDE-TEKNIK";
+}
+
+/// Units of quantity answers (observation `value/pq/unit`, UCUM).
+pub mod unit {
+    /// Scores on a scale (NRS, EQ VAS, ASES).
+    pub const SCORE: &str = "{score}";
+    pub const MINUTES_PER_WEEK: &str = "min/wk";
+    pub const CENTIMETRE: &str = "cm";
+    pub const KILOGRAM: &str = "kg";
+    pub const METRE: &str = "m";
+    pub const SECOND: &str = "s";
+    /// Counts (chair stands, sessions).
+    pub const COUNT: &str = "{count}";
+}
+
+/// Status of an activity or observation (`status`, cv in LOCAL_TERMS). GetActivities and
+/// GetObservations have no `nullified` flag, so a nullified (makulerad) item says so here.
+pub mod status {
+    pub const COMPLETED: &str = "GENOMFORD";
+    pub const NULLIFIED: &str = "MAKULERAD";
+}
+
+/// Relation codes (cv in LOCAL_TERMS) on activities and observations.
+pub mod relation {
+    /// The item was documented at the care contact named by `referredInformation/id/extension`
+    /// (the contact's `careContactId`; `referredInformation/type` is `vko`).
+    pub const CARE_CONTACT: &str = "VARDKONTAKT";
 }
 
 /// KVÅ codes the sandbox uses that a public source confirms.
