@@ -896,7 +896,13 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
                 p.push(Problem::error(&f, format!("units[{i}]"), e.to_string()));
             } else if let Some(reg) = s.registers.get(&c.register) {
                 if reg.kind == RegisterKind::Stratum && !reg.units.iter().any(|b| &b.hsa_id == u) {
-                    p.push(Problem::error(&f, format!("units[{i}]"), format!("unit {u} has no binding in [registers.{}].units", c.register)));
+                    let text = format!("unit {u} has no binding in [registers.{}].units", c.register);
+                    // PVK aggregates of an unbound unit (e.g. a vårdcentral) go to export files only.
+                    p.push(if c.kind == ConnectorKind::Pvk {
+                        Problem::warning(&f, format!("units[{i}]"), format!("{text}: its aggregates go to export files only"))
+                    } else {
+                        Problem::error(&f, format!("units[{i}]"), text)
+                    });
                 }
             }
         }

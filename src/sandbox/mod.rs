@@ -2,6 +2,7 @@
 //! receiver. Real protocols, real rules — for the demo, the tests, benchmarks and acceptance tests.
 
 pub mod fhir;
+pub mod env;
 pub mod journal;
 pub mod stratum;
 pub mod tls;

@@ -355,8 +355,8 @@ impl Listing {
         let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
         let Some((_, header)) = lines.next() else { return Ok(Listing::default()) };
         let cols: Vec<String> = split_line(header).iter().map(|c| c.to_ascii_lowercase()).collect();
-        let (Some(pi), Some(ui)) = (cols.iter().position(|c| c == "personnummer"), cols.iter().position(|c| c == "hsa_id")) else {
-            anyhow::bail!("listing file {}: header must name the columns personnummer and hsa_id", path.display());
+        let (Some(pi), Some(ui)) = (cols.iter().position(|c| c == "personnummer"), cols.iter().position(|c| c == "hsa_id" || c == "vardcentral")) else {
+            anyhow::bail!("listing file {}: header must name the columns personnummer and hsa_id (or vardcentral)", path.display());
         };
         let mut rows = vec![];
         let mut line_nos = vec![];
