@@ -136,9 +136,10 @@ pub struct Observation {
     pub nullified: bool,
 }
 
-/// One canonical record of any kind.
+/// One canonical record of any kind. (Tagged `record`, not `kind`: a diagnosis has a `kind`
+/// field of its own.)
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
     CareContact(CareContact),
     Diagnosis(Diagnosis),
@@ -278,6 +279,25 @@ mod tests {
         assert_eq!(t.format("%H:%M %z").to_string(), "02:30 +0200");
         let winter = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap().and_hms_opt(9, 0, 0).unwrap();
         assert_eq!(stockholm(winter).offset().local_minus_utc(), 3600);
+    }
+
+    #[test]
+    fn every_record_kind_survives_a_json_roundtrip() {
+        use crate::model::{HsaId, PatientId};
+        let prov = Provenance { connector: "c".into(), source_system: "s".into(), document_id: "d".into(), fetched_at: Utc::now() };
+        let p = PatientId::parse_national("191212121212", NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()).unwrap();
+        let t = Some(stockholm(NaiveDate::from_ymd_opt(2026, 1, 2).unwrap().and_hms_opt(8, 0, 0).unwrap()));
+        let unit = Some(HsaId::parse("SE2321000156-FT01").unwrap());
+        let recs = vec![
+            Record::CareContact(CareContact { provenance: prov.clone(), patient: p.clone(), care_contact_id: None, unit: unit.clone(), start: t, end: None, contact_type: None, status: None, profession: None, nullified: false }),
+            Record::Diagnosis(Diagnosis { provenance: prov.clone(), patient: p.clone(), care_contact_id: None, unit: unit.clone(), code: Code::new(OID_ICD10SE, "M170"), kind: DiagnosisKind::Main, chronic: None, time: t, profession: None, nullified: false }),
+            Record::Activity(Activity { provenance: prov.clone(), patient: p.clone(), care_contact_id: None, unit: unit.clone(), code: Code::new(OID_KVA, "DV200"), time: t, status: None, profession: None, nullified: true }),
+            Record::Observation(Observation { provenance: prov, patient: p, care_contact_id: None, unit, term: Code::new("x", "y"), value: Some(ObservationValue::Quantity { value: 3.0, unit: None }), time: t, profession: None, nullified: false }),
+        ];
+        for r in recs {
+            let back: Record = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+            assert_eq!(back, r);
+        }
     }
 
     #[test]
