@@ -1,31 +1,153 @@
-//! `registerbrygga demo`: the sandbox and the real daemon on loopback, on SQLite.
+//! `registerbrygga demo`: the sandbox journal and registers on loopback, the real daemon on
+//! SQLite against them (shipped `config/local.toml` and connectors), a backfill with progress
+//! bars, a summary, and the admin pages left running with a printed demo login.
 
+use crate::admin::store::{put_user, Role};
+use crate::app::App;
 use crate::cli::{DemoArgs, Global};
+use crate::daemon::build_runtime;
 use crate::delivery::DeliveryEngine;
-use crate::store::Store;
-use anyhow::{bail, Result};
+use crate::pipeline::{run_connector, RunKind};
+use crate::sandbox::env::{SandboxEnv, SandboxSpec};
+use crate::store::{RecordFilter, RecordState, Store};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-pub async fn run(_g: Global, _args: DemoArgs) -> Result<i32> {
-    bail!("`demo` is not available yet: it lands with issue #8")
+pub async fn run(_g: Global, a: DemoArgs) -> Result<i32> {
+    let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from("var/demo"));
+    // Each demo starts from an empty database (certificates and keys are kept).
+    for f in ["registerbrygga.db", "registerbrygga.db-wal", "registerbrygga.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let _ = std::fs::remove_dir_all(dir.join("export"));
+    let today = crate::pipeline::today_stockholm();
+    eprintln!("registerbrygga demo: starting the sandbox journal and registers ({} patients, seed {})", a.patients, a.seed);
+    let mut spec = SandboxSpec::new(a.seed, a.patients as usize, today);
+    // A few deliberately bad journal items, so quarantine has something to show.
+    spec.bad_item_share = 0.01;
+    let env = SandboxEnv::start(&dir, spec).await?;
+    let overrides = vec![
+        ("admin.listen".to_string(), a.listen.clone()),
+        // Plain HTTP on loopback for the demo: a Secure cookie would not be sent back.
+        ("admin.cookie_secure".into(), "false".into()),
+        ("telemetry.level".into(), "warn".into()),
+        ("delivery.poll_interval_ms".into(), "100".into()),
+    ];
+    let loaded = env.load_config(overrides)?;
+    crate::telemetry::init(&loaded.settings.telemetry);
+    let app = App::open(loaded).await?;
+    let rt = build_runtime(&app).await?;
+
+    let history = chrono::Duration::days(960);
+    let mut reports = vec![];
+    for c in rt.connectors.iter() {
+        let bar = indicatif::ProgressBar::new(env.population.len() as u64);
+        bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>22} {bar:40} {pos}/{len} patients ({per_sec}, eta {eta})").expect("template"));
+        bar.set_prefix(c.def.name.clone());
+        let b2 = bar.clone();
+        let progress: crate::pipeline::Progress = Arc::new(move |n| b2.set_position(n));
+        let r = run_connector(&app, c, RunKind::Backfill { from: today - history, to: today }, false, today, Some(progress)).await?;
+        bar.finish();
+        reports.push(r);
+    }
+    deliver_with_progress(&rt.engine, &app.store).await?;
+
+    let password = demo_password();
+    let hash = crate::admin::auth::hash_password(password.clone()).await?;
+    put_user(&app.store, "demo", Some(&hash), Role::Admin, true, false).await?;
+
+    print_summary(&app, &env, &reports).await?;
+    println!();
+    if a.no_serve {
+        env.shutdown().await;
+        app.store.close().await;
+        return Ok(0);
+    }
+    println!("Admin pages:  http://{}/", a.listen);
+    println!("Demo login:   demo / {password}   (role admin, with the patient-data right)");
+    println!("The daemon keeps running (schedules, delivery). Stop with Ctrl-C.");
+    crate::daemon::serve(app, rt, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    env.shutdown().await;
+    Ok(0)
+}
+
+fn demo_password() -> String {
+    use rand::Rng;
+    let alphabet: Vec<char> = "abcdefghjkmnpqrstuvwxyz23456789".chars().collect();
+    let mut r = rand::thread_rng();
+    (0..12).map(|_| alphabet[r.gen_range(0..alphabet.len())]).collect()
+}
+
+async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::RunReport]) -> Result<()> {
+    println!();
+    println!("Summary");
+    println!("=======");
+    for r in reports {
+        let docs = app.store.document_count(&r.connector).await?;
+        let queued = r.records_created + r.after.get("aggregates_created").and_then(|v| v.as_u64()).unwrap_or(0);
+        println!(
+            "{:<22} {} — {} patients read, {} journal records stored, {} quarantined, {} register records queued",
+            r.connector, r.status, r.patients, docs, r.quarantined, queued
+        );
+    }
+    println!();
+    println!("Registrations in Svenska Artrosregistret (emulator), per form:");
+    for f in ["FVPat", "FVPT", "M3Pat", "M3PT", "Y1Pat"] {
+        println!("  {:<6} {:>6}", f, env.emulator.registrations(104, f).len());
+    }
+    println!();
+    println!("PVK aggregates in the indicator register (emulator), per indicator:");
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for r in env.emulator.registrations(218, "Indikatorvarde") {
+        let ind = r.columns.get("Q_Indicator").and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        *per.entry(ind).or_default() += 1;
+    }
+    let line: Vec<String> = per.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    for chunk in line.chunks(8) {
+        println!("  {}", chunk.join(", "));
+    }
+    let exports = std::fs::read_dir(env.dir.join("export/pvk")).map(|d| d.count()).unwrap_or(0);
+    println!("  export files written: {exports} (in {})", env.dir.join("export/pvk").display());
+    println!();
+    let worklist = app.store.worklist(None, None).await?;
+    let mut by_unit: BTreeMap<String, usize> = BTreeMap::new();
+    for w in &worklist {
+        *by_unit.entry(w.unit.clone()).or_default() += 1;
+    }
+    println!("Worklist “att komplettera”: {} item(s) {:?}", worklist.len(), by_unit);
+    let rejected = app.store.records(&RecordFilter { state: Some(RecordState::Rejected), limit: Some(100_000), ..Default::default() }).await?.len();
+    let dead = app.store.records(&RecordFilter { state: Some(RecordState::Dead), limit: Some(100_000), ..Default::default() }).await?.len();
+    let waiting = app.store.queue_depth().await?;
+    let quarantine = app.store.quarantine(None, true, 100_000).await?.len();
+    println!("Failures: {rejected} rejected, {dead} dead, {waiting} still waiting; {quarantine} journal item(s) in quarantine");
+    let v = app.store.audit_verify().await?;
+    println!("Audit chain: {} ({} events)", if v.ok { "verified" } else { "BROKEN" }, v.events_checked);
+    Ok(())
 }
 
 /// Deliver everything due, with a progress bar over the queue.
 pub async fn deliver_with_progress(engine: &DeliveryEngine, store: &Store) -> Result<usize> {
     let total = store.queue_depth().await?.max(0) as u64;
     let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(indicatif::ProgressStyle::with_template("delivering {bar:40} {pos}/{len} ({per_sec}, eta {eta}) {msg}").expect("template"));
+    bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>22} {bar:40} {pos}/{len} records ({per_sec}, eta {eta})").expect("template"));
+    bar.set_prefix("delivery");
     let mut sent = 0;
     loop {
         let n = engine.drain(Duration::from_secs(2)).await?;
         sent += n;
         let left = store.queue_depth().await?.max(0) as u64;
         bar.set_position(total.saturating_sub(left));
-        if left == 0 || (n == 0 && left > 0 && !has_due(store).await?) {
+        if left == 0 || (n == 0 && !has_due(store).await?) {
             break;
         }
     }
-    bar.finish_with_message("done");
+    bar.finish();
     Ok(sent)
 }
 
@@ -34,4 +156,24 @@ async fn has_due(store: &Store) -> Result<bool> {
     let mut tx = store.read().await?;
     let r = tx.row("SELECT COUNT(*) FROM records WHERE state = 'pending' AND next_attempt_us <= $1", crate::args![crate::store::now_us()]).await?;
     Ok(r.map(|r| r.i64(0)).transpose()?.unwrap_or(0) > 0)
+}
+
+/// `registerbrygga sandbox`: the peers alone, until Ctrl-C (acceptance testing of a region's
+/// own configuration against known data).
+pub async fn sandbox(a: crate::cli::SandboxArgs) -> Result<i32> {
+    let today = crate::pipeline::today_stockholm();
+    let mut spec = SandboxSpec::new(a.seed, a.patients as usize, today);
+    spec.journal_addr = std::net::SocketAddr::from(([127, 0, 0, 1], a.journal_port));
+    spec.stratum_addr = std::net::SocketAddr::from(([127, 0, 0, 1], a.stratum_port));
+    let env = SandboxEnv::start(&a.dir, spec).await.context("starting the sandbox")?;
+    println!("Sandbox journal (RIV-TA, mTLS): {}", env.journal.base_url());
+    println!("Stratum emulator (mTLS):        {}", env.emulator.base_url());
+    println!("Certificates (CA, client):      {}", env.certs.dir.display());
+    println!("Stratum API key:                {}", env.dir.join("stratum.apikey").display());
+    println!("Daemon configuration:           registerbrygga --config {} run", env.config_file().display());
+    println!("Patients: {}, listing file {}", env.population.len(), env.dir.join("listing.csv").display());
+    println!("Stop with Ctrl-C.");
+    let _ = tokio::signal::ctrl_c().await;
+    env.shutdown().await;
+    Ok(0)
 }

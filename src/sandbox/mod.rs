@@ -9,8 +9,9 @@ pub mod tls;
 pub mod vocabulary;
 
 use crate::cli::SandboxArgs;
-use anyhow::{bail, Result};
+use anyhow::Result;
 
-pub async fn serve_cli(_args: SandboxArgs) -> Result<i32> {
-    bail!("`sandbox` is not available yet: it lands with issues #3 and #4")
+/// `registerbrygga sandbox`.
+pub async fn serve_cli(args: SandboxArgs) -> Result<i32> {
+    crate::demo::sandbox(args).await
 }

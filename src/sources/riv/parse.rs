@@ -1332,6 +1332,15 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
         loop {
             match self.x.next().await? {
                 Ev::Start { ns: n, local: l } => {
+                    // GetActivities 1.0, GetObservations 1.1 and GetUpdates 1.0 define no result
+                    // element; a producer may still put one at the extension point in the
+                    // contract's core namespace (as the sandbox journal does): read it.
+                    if n == core && n != resp && l == "result" && result.is_none() {
+                        let node = self.x.subtree(l.clone(), n, 1, &|_| Some(core)).await?;
+                        let r = riv_result(&At::root(&node, "result")).map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?;
+                        result = Some(r);
+                        continue;
+                    }
                     if n != resp {
                         if l == contract.item_element() || l == "result" {
                             let node = self.x.subtree(l.clone(), n, 1, &expected).await?;
