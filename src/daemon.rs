@@ -291,6 +291,10 @@ pub async fn backfill(app: App, args: BackfillArgs) -> Result<i32> {
     if chosen.is_empty() {
         bail!("no connector matches");
     }
+    // With --deliver, sending starts at once, beside the reading (the engine's workers), and the
+    // rest is drained at the end.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = (args.deliver && !args.dry_run).then(|| tokio::spawn(rt.engine.clone().run(stop_rx, Duration::from_secs(5))));
     let mut reports = vec![];
     for c in chosen {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -306,6 +310,10 @@ pub async fn backfill(app: App, args: BackfillArgs) -> Result<i32> {
     let mut delivered = 0;
     if args.deliver && !args.dry_run {
         delivered = crate::demo::deliver_with_progress(&rt.engine, &app.store).await?;
+    }
+    let _ = stop_tx.send(true);
+    if let Some(b) = background {
+        let _ = b.await;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": reports, "delivered": delivered}))?);
