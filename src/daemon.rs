@@ -219,6 +219,28 @@ pub async fn serve(app: App, rt: Runtime, stop: impl std::future::Future<Output 
             }
         }
     });
+    // Housekeeping once a day: audit retention (with the chain kept verifiable) and, on
+    // PostgreSQL, the audit partitions for the months ahead.
+    let mut rx_house = rx.clone();
+    let house_app = app.clone();
+    let housekeeping = tokio::spawn(async move {
+        loop {
+            let days = house_app.settings().audit.retention_days;
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(days as i64);
+            if let Err(e) = house_app.store.ensure_audit_partitions(chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "audit partitions");
+            }
+            match house_app.store.audit_prune(cutoff.timestamp_micros(), "system").await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "audit retention pruned old events"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {},
+                _ = rx_house.changed() => return,
+            }
+        }
+    });
     let admin = spawn_admin(&app, &rt, rx.clone()).await?;
     tracing::info!(instance = %app.instance_id, "registerbrygga is running");
     stop.await;
@@ -235,6 +257,7 @@ pub async fn serve(app: App, rt: Runtime, stop: impl std::future::Future<Output 
         }
     }
     refresher.abort();
+    let _ = housekeeping.await;
     if let Some(a) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
     }
