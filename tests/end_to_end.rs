@@ -8,6 +8,7 @@ mod common;
 use registerbrygga::app::App;
 use registerbrygga::config::Backend;
 use registerbrygga::daemon::build_runtime;
+use registerbrygga::outbox::RetractReason;
 use registerbrygga::pipeline::{run_connector, RunKind};
 use registerbrygga::sandbox::env::{SandboxEnv, SandboxSpec};
 use registerbrygga::registers::sar::mapping::{convert_number, Conversion, Source};
@@ -441,7 +442,7 @@ async fn scenario(backend: Backend) {
     assert_eq!(oo[0].detail["retracted"], Value::from(d_keys.len()));
     let retracted = e.app.store.audit_search(&AuditQuery { kind: Some("record.retracted".into()), limit: Some(5000), ..Default::default() }).await.unwrap();
     let d_retracted: BTreeSet<&str> =
-        retracted.iter().filter(|ev| ev.subject.contains(&d_pk) && ev.detail["reason"].as_str().is_some_and(|r| r.contains("opt"))).map(|ev| ev.subject.as_str()).collect();
+        retracted.iter().filter(|ev| ev.subject.contains(&d_pk) && ev.detail["reason"].as_str() == Some(RetractReason::OptOut.text())).map(|ev| ev.subject.as_str()).collect();
     assert_eq!(d_retracted.len(), d_keys.len(), "a record.retracted (opt-out) per registration: {retracted:?}");
     // e) the register refused the update of the registration removed by hand: its own reason is
     // on the record and in the audit log. Every rejection in the store is of that kind.
