@@ -1062,10 +1062,18 @@ fn activity(a: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Activity> {
         unit: g.unit.clone(),
         code,
         time: Some(time),
+        nullified: status.as_ref().is_some_and(is_nullified_status),
         status,
         profession: g.profession.clone(),
-        nullified: false,
     })
+}
+
+/// `status` codes that mean the item was nullified (makulerad). GetActivities and
+/// GetObservations have no `nullified` element, so the producer says it in `status`.
+pub const NULLIFIED_STATUS_CODES: &[&str] = &["MAKULERAD"];
+
+fn is_nullified_status(c: &Code) -> bool {
+    NULLIFIED_STATUS_CODES.iter().any(|n| c.code.eq_ignore_ascii_case(n))
 }
 
 /// The clinical time of a PartialTimePeriod: its start, else its end.
@@ -1102,6 +1110,10 @@ fn observation(o: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Observation> {
         ts14(rt, &o.field("registrationTime"))?;
     }
     let care_contact_id = related_contact(o)?;
+    let nullified = match o.opt("status")? {
+        Some(s) => is_nullified_status(&cv_required(&s)?),
+        None => false,
+    };
     Ok(Observation {
         provenance: provenance(ctx, &g.source_system, &document_id),
         patient: g.patient.clone(),
@@ -1111,7 +1123,7 @@ fn observation(o: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Observation> {
         value: Some(value),
         time: Some(time),
         profession: g.profession.clone(),
-        nullified: false,
+        nullified,
     })
 }
 
