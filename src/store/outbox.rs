@@ -501,6 +501,13 @@ impl Store {
         Ok(true)
     }
 
+    /// Which key (if any) already holds this register reference.
+    pub async fn event_id_owner(&self, register: &str, event_id: &str) -> Result<Option<String>> {
+        let mut tx = self.read().await?;
+        let r = tx.row("SELECT idem_key FROM registrations WHERE register = $1 AND event_id = $2 AND state = 'present'", args![register, event_id]).await?;
+        r.map(|r| r.text(0)).transpose()
+    }
+
     /// Store a register reference learned before the send finished (e.g. found by lookup after an
     /// unknown outcome), so a crash right after cannot lose it.
     pub async fn adopt_event_id(&self, idem_key: &str, event_id: &str, payload: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<()> {

@@ -516,6 +516,22 @@ impl StratumClient {
     async fn adopt(&self, c: &Claimed, found: &FoundRegistration, form: &Form) -> Result<Columns, SendResult> {
         let held: Columns = found.columns.iter().filter(|(k, _)| form.question(k).is_some()).map(|(k, v)| (k.clone(), v.clone())).collect();
         if let Some(store) = &self.store {
+            // A registration already held under another key (e.g. a second episode of the same
+            // patient on the same day and unit) must not be taken over: that would overwrite it.
+            match store.event_id_owner(&c.record.register, &found.event_id).await {
+                Ok(Some(other)) if other != c.record.idem_key => {
+                    return Err(SendResult::Rejected {
+                        operation: "ADOPT".into(),
+                        http_status: Some(409),
+                        reason: format!(
+                            "the register already holds a {} registration for this patient, date and unit under another record ({other}); resolve which one is right",
+                            form.form_name
+                        ),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Self::transient("ADOPT", format!("cannot check the EventID found by lookup: {e}"))),
+            }
             store
                 .adopt_event_id(&c.record.idem_key, &found.event_id, Some(&held))
                 .await
