@@ -162,7 +162,8 @@ both_backends!(faults_still_end_exactly_once, |ts: TestStore| async move {
 both_backends!(rejection_keeps_the_registers_reason, |ts: TestStore| async move {
     let env = start(&ts).await;
     // Valid for our validation, refused by the register: a duplicate of SubjectKey + EventDate in
-    // one unit under a different key (two journal episodes mapped to the same date).
+    // one unit under a different key (two journal episodes mapped to the same date). The register
+    // answers 409; the lookup finds the first episode's registration, which must not be taken over.
     let mut a = upsert(1, 5);
     let mut b = upsert(1, 6);
     if let OutboxChange::Upsert { key, .. } = &mut b {
@@ -185,8 +186,13 @@ both_backends!(rejection_keeps_the_registers_reason, |ts: TestStore| async move 
     ts.store.apply(ChangeSet { outbox: vec![bad], ..Default::default() }).await.unwrap();
     deliver_all(&ts, &e, Duration::from_secs(30)).await;
     let rejected = ts.store.records(&RecordFilter { state: Some(RecordState::Rejected), limit: Some(10), ..Default::default() }).await.unwrap();
-    assert_eq!(rejected.len(), 1, "{rejected:?}");
-    assert!(rejected[0].reason.as_deref().unwrap_or("").contains("FV_PainNRS"), "{:?}", rejected[0].reason);
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    // The duplicate episode is not silently merged into the first one's registration.
+    let dup = rejected.iter().find(|r| r.idem_key.contains("|hip|")).unwrap();
+    assert!(dup.reason.as_deref().unwrap_or("").contains("already holds"), "{:?}", dup.reason);
+    assert_eq!(env.emu.registrations(104, "FVPat").iter().filter(|r| r.subject_key.as_deref() == Some(pnr(1).as_str())).count(), 1);
+    let bad = rejected.iter().find(|r| r.idem_key.contains("pk2")).unwrap();
+    assert!(bad.reason.as_deref().unwrap_or("").contains("FV_PainNRS"), "{:?}", bad.reason);
     assert!(env.emu.requests() >= before);
     let ev = ts.store.audit_search(&AuditQuery { kind: Some("record.rejected".into()), ..Default::default() }).await.unwrap();
     assert!(ev.iter().any(|e| e.detail["reason"].as_str().unwrap_or("").contains("FV_PainNRS")));
