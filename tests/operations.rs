@@ -1,0 +1,124 @@
+//! Operations commands as a user runs them: `demo` (the README's first command), `backfill
+//! --dry-run` (reports without storing or sending), `inspect`, `audit verify` on a tampered
+//! store, and `recover --after-restore`.
+
+mod common;
+
+use registerbrygga::sandbox::env::{SandboxEnv, SandboxSpec};
+use std::path::Path;
+use std::process::Command;
+
+fn cmd(env: Option<&SandboxEnv>) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_registerbrygga"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RB__") || k == "RB_LOG" {
+            c.env_remove(k);
+        }
+    }
+    if let Some(e) = env {
+        c.arg("--config-dir").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).arg("--config").arg(e.config_file()).arg("--env").arg("local");
+        c.env("RB__ADMIN__ENABLED", "false");
+    }
+    c
+}
+
+#[test]
+fn demo_runs_end_to_end_and_prints_its_summary() {
+    let dir = common::test_dir();
+    let out = cmd(None)
+        .args(["demo", "--no-serve", "--patients", "60", "--dir"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "demo failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for needle in ["Summary", "artrosregistret", "primarvardskvalitet", "FVPat", "per indicator", "Worklist", "Failures: 0 rejected, 0 dead", "Audit chain: verified"] {
+        assert!(text.contains(needle), "missing {needle:?} in the demo summary:\n{text}");
+    }
+    let fv: usize = text.lines().find(|l| l.trim_start().starts_with("FVPat")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(fv > 0, "registrations were delivered:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_dry_run_reports_without_storing_or_sending() {
+    let dir = common::test_dir();
+    let today = registerbrygga::pipeline::today_stockholm();
+    let env = SandboxEnv::start(&dir.path().join("sandbox"), SandboxSpec::new(3, 60, today)).await.unwrap();
+    let from = (today - chrono::Duration::days(900)).to_string();
+    let to = today.to_string();
+    let run = |dry: bool| {
+        let mut c = cmd(Some(&env));
+        c.args(["backfill", "--from", &from, "--to", &to, "--json"]);
+        if dry {
+            c.arg("--dry-run");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let dry = run(true);
+    let sar = dry["runs"].as_array().unwrap().iter().find(|r| r["connector"] == "artrosregistret").unwrap().clone();
+    assert_eq!(sar["status"], "dry-run");
+    let would = sar["records_created"].as_u64().unwrap();
+    assert!(would > 0, "the dry run reports what would be sent: {sar}");
+    let writes = env.emulator.counts().total();
+    assert_eq!((writes.post, writes.put, writes.delete), (0, 0, 0), "a dry run sends nothing (it may read the register's metadata)");
+    // Nothing was stored: listing transfers finds none.
+    let out = cmd(Some(&env)).args(["transfers", "list", "--json"]).output().unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().len(), 0);
+    // The real backfill then queues exactly what the dry run announced.
+    let real = run(false);
+    let r = real["runs"].as_array().unwrap().iter().find(|r| r["connector"] == "artrosregistret").unwrap().clone();
+    assert_eq!(r["records_created"].as_u64().unwrap(), would);
+    // A second dry run over the same period would change nothing.
+    let again = run(true);
+    let a = again["runs"].as_array().unwrap().iter().find(|r| r["connector"] == "artrosregistret").unwrap().clone();
+    assert_eq!((a["records_created"].as_u64(), a["records_updated"].as_u64(), a["records_retracted"].as_u64()), (Some(0), Some(0), Some(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_command_names_the_tampered_event_and_recover_marks_unknowns() {
+    let dir = common::test_dir();
+    let today = registerbrygga::pipeline::today_stockholm();
+    let env = SandboxEnv::start(&dir.path().join("sandbox"), SandboxSpec::new(4, 30, today)).await.unwrap();
+    let from = (today - chrono::Duration::days(900)).to_string();
+    let out = cmd(Some(&env)).args(["backfill", "--from", &from, "--to", &today.to_string()]).output().unwrap();
+    assert!(out.status.success());
+    let ok = cmd(Some(&env)).args(["audit", "verify", "--json"]).output().unwrap();
+    assert!(ok.status.success());
+    // After a restore nothing is known to be delivered: recover marks the undelivered keys.
+    let rec = cmd(Some(&env)).args(["recover", "--after-restore", "--actor", "drift"]).output().unwrap();
+    let text = String::from_utf8_lossy(&rec.stdout).to_string();
+    assert!(rec.status.success() && text.contains("will be looked up"), "{text}");
+    let n: u64 = text.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(n > 0);
+    // Edit one event in the database: the command fails and names it.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", env.db_path().display())).await.unwrap();
+    sqlx::query("UPDATE audit_events SET actor = 'mallory' WHERE seq = 5").execute(&pool).await.unwrap();
+    pool.close().await;
+    let bad = cmd(Some(&env)).args(["audit", "verify"]).output().unwrap();
+    let text = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert!(!bad.status.success(), "{text}");
+    assert!(text.contains("BROKEN at event 5"), "{text}");
+}
+
+#[test]
+fn inspect_prints_records_and_refusals_apart() {
+    let dir = common::test_dir();
+    let today = registerbrygga::pipeline::today_stockholm();
+    let pop = std::sync::Arc::new(registerbrygga::sandbox::journal::Population::generate(&registerbrygga::sandbox::journal::PopulationSpec::new(9, 5, today)));
+    let doc = registerbrygga::sandbox::journal::render_patient(&pop, registerbrygga::sandbox::journal::Contract::GetCareContacts, 0);
+    let file = dir.path().join("contacts.xml");
+    std::fs::write(&file, &doc).unwrap();
+    let out = cmd(None).args(["inspect", "--json"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v["records"].as_array().unwrap().is_empty());
+    assert!(v["refused"].is_array());
+    // A broken document is refused as a whole: non-zero exit, the reason names the document.
+    std::fs::write(&file, b"<not-xml").unwrap();
+    let out = cmd(None).args(["inspect"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+}
