@@ -18,7 +18,7 @@ use axum::{Extension, Json};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -554,35 +554,21 @@ pub struct CoverageRow {
     pub present: i64,
 }
 
-/// Täckningsgrad: per unit × month × form, episodes due vs registrations present. A
-/// registration counts for an episode of the same patient (pseudonym), unit and form; each
-/// registration counts once, oldest episode first.
+/// Täckningsgrad: per unit × month × form, episodes due vs registrations present — computed by
+/// the SAR module's own rule (`registers::sar::coverage`), so the page and the mapper agree.
 pub async fn coverage(store: &Store) -> Result<Vec<CoverageRow>, Fail> {
     let mut out = vec![];
     for connector in db::distinct_connectors(store, "sar_episodes").await? {
-        let mut episodes = store.episodes(&connector).await?;
-        episodes.sort_by(|a, b| a.first_visit_date.cmp(&b.first_visit_date).then(a.episode_key.cmp(&b.episode_key)));
-        let mut held: HashMap<(String, String, String), i64> = HashMap::new();
-        for r in store.registrations_present(&connector).await? {
-            if let Some(s) = r.subject {
-                *held.entry((s, r.unit, r.form)).or_default() += 1;
-            }
-        }
-        let mut cells: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
-        for e in &episodes {
-            let month = e.first_visit_date.get(..7).unwrap_or(&e.first_visit_date).to_string();
-            for f in &e.forms_due {
-                let cell = cells.entry((e.unit.clone(), month.clone(), f.clone())).or_default();
-                cell.0 += 1;
-                if let Some(n) = held.get_mut(&(e.patient_key.clone(), e.unit.clone(), f.clone())) {
-                    if *n > 0 {
-                        *n -= 1;
-                        cell.1 += 1;
-                    }
-                }
-            }
-        }
-        out.extend(cells.into_iter().map(|((unit, month, form), (due, present))| CoverageRow { connector: connector.clone(), unit, month, form, due, present }));
+        let episodes = store.episodes(&connector).await?;
+        let present = store.registrations_present(&connector).await?;
+        out.extend(crate::registers::sar::coverage(&episodes, &present).into_iter().map(|r| CoverageRow {
+            connector: connector.clone(),
+            unit: r.unit,
+            month: r.month,
+            form: r.form,
+            due: r.expected as i64,
+            present: r.delivered as i64,
+        }));
     }
     Ok(out)
 }

@@ -121,7 +121,7 @@ pub async fn seed(app: &App) -> Seeded {
     let pk = app.pseudo.patient_key(&patient);
 
     // A dead letter: the register rejects the first record.
-    let dead_key = format!("sar:{UNIT}:{pk}:knee:FVPat");
+    let dead_key = format!("sar|{UNIT}|{pk}|knee|FVPat");
     s.apply(ChangeSet { outbox: vec![upsert(&dead_key, &pk)], ..Default::default() }).await.unwrap();
     let c = s.claim("w1", &[], 1, 60).await.unwrap().pop().expect("claimed");
     s.finish(&c, "w1", Outcome::Rejected { operation: "POST".into(), http_status: Some(400), reason: REJECT_REASON.into() }).await.unwrap();
@@ -130,7 +130,7 @@ pub async fn seed(app: &App) -> Seeded {
     // A delivered record (the register holds it), for coverage and history.
     let other = PatientId::parse_national("194107086995", today).unwrap();
     let pk2 = app.pseudo.patient_key(&other);
-    let ok_key = format!("sar:{UNIT}:{pk2}:hip:FVPat");
+    let ok_key = format!("sar|{UNIT}|{pk2}|hip|FVPat");
     s.apply(ChangeSet { outbox: vec![upsert(&ok_key, &pk2)], ..Default::default() }).await.unwrap();
     let c = s.claim("w1", &[], 1, 60).await.unwrap().pop().expect("claimed");
     s.finish(&c, "w1", Outcome::Delivered { operation: "POST".into(), http_status: Some(200), event_id: Some("E-1001".into()), detail: None }).await.unwrap();
@@ -138,7 +138,7 @@ pub async fn seed(app: &App) -> Seeded {
 
     s.apply(ChangeSet {
         worklist: vec![WorklistChange::Put {
-            idem_key: format!("sar:{UNIT}:{pk}:knee:3M"),
+            idem_key: format!("sar|{UNIT}|{pk}|knee|M3Pat"),
             connector: "sar-fysio".into(),
             unit: UNIT.into(),
             form: "Uppf3m".into(),
@@ -151,12 +151,12 @@ pub async fn seed(app: &App) -> Seeded {
             (
                 "sar-fysio".into(),
                 pk.clone(),
-                vec![EpisodeRow { episode_key: "ep-1".into(), connector: "sar-fysio".into(), unit: UNIT.into(), patient_key: pk.clone(), joint: "knee".into(), first_visit_date: "2026-03-02".into(), forms_due: vec!["FVPat".into()] }],
+                vec![EpisodeRow { episode_key: format!("sar|{UNIT}|{pk}|knee"), connector: "sar-fysio".into(), unit: UNIT.into(), patient_key: pk.clone(), joint: "knee".into(), first_visit_date: "2026-03-02".into(), forms_due: vec!["FVPat".into()] }],
             ),
             (
                 "sar-fysio".into(),
                 pk2.clone(),
-                vec![EpisodeRow { episode_key: "ep-2".into(), connector: "sar-fysio".into(), unit: UNIT.into(), patient_key: pk2.clone(), joint: "hip".into(), first_visit_date: "2026-03-09".into(), forms_due: vec!["FVPat".into()] }],
+                vec![EpisodeRow { episode_key: format!("sar|{UNIT}|{pk2}|hip"), connector: "sar-fysio".into(), unit: UNIT.into(), patient_key: pk2.clone(), joint: "hip".into(), first_visit_date: "2026-03-09".into(), forms_due: vec!["FVPat".into()] }],
             ),
         ],
         pvk_results: vec![
