@@ -60,6 +60,15 @@ pub enum Command {
     Users(UsersCmd),
     /// Serve the sandbox journal, Stratum emulator and PVK receiver on loopback until Ctrl-C.
     Sandbox(SandboxArgs),
+    /// After restoring the store from a backup: make every send of a record the register may
+    /// already hold look it up first, so nothing is created twice.
+    Recover {
+        /// Required, to say what happened.
+        #[arg(long)]
+        after_restore: bool,
+        #[arg(long)]
+        actor: Option<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -403,6 +412,15 @@ pub async fn main(cli: Cli) -> Result<i32> {
             crate::daemon::backfill(app, a).await
         }
         Command::Demo(a) => crate::demo::run(g, a).await,
+        Command::Recover { after_restore, actor } => {
+            if !after_restore {
+                bail!("say --after-restore: this marks every undelivered registration's outcome as unknown");
+            }
+            let app = open_app(&g).await?;
+            let n = app.store.mark_unknown_after_restore(&actor_or_user(&actor)).await?;
+            println!("{n} registration(s) will be looked up in the register before they are sent again");
+            Ok(0)
+        }
         Command::Sandbox(a) => {
             crate::telemetry::init(&Default::default());
             crate::sandbox::serve_cli(a).await

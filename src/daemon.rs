@@ -219,6 +219,28 @@ pub async fn serve(app: App, rt: Runtime, stop: impl std::future::Future<Output 
             }
         }
     });
+    // Housekeeping once a day: audit retention (with the chain kept verifiable) and, on
+    // PostgreSQL, the audit partitions for the months ahead.
+    let mut rx_house = rx.clone();
+    let house_app = app.clone();
+    let housekeeping = tokio::spawn(async move {
+        loop {
+            let days = house_app.settings().audit.retention_days;
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(days as i64);
+            if let Err(e) = house_app.store.ensure_audit_partitions(chrono::Utc::now()).await {
+                tracing::warn!(error = %e, "audit partitions");
+            }
+            match house_app.store.audit_prune(cutoff.timestamp_micros(), "system").await {
+                Ok(n) if n > 0 => tracing::info!(removed = n, "audit retention pruned old events"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {},
+                _ = rx_house.changed() => return,
+            }
+        }
+    });
     let admin = spawn_admin(&app, &rt, rx.clone()).await?;
     tracing::info!(instance = %app.instance_id, "registerbrygga is running");
     stop.await;
@@ -235,6 +257,7 @@ pub async fn serve(app: App, rt: Runtime, stop: impl std::future::Future<Output 
         }
     }
     refresher.abort();
+    let _ = housekeeping.await;
     if let Some(a) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
     }
@@ -291,6 +314,10 @@ pub async fn backfill(app: App, args: BackfillArgs) -> Result<i32> {
     if chosen.is_empty() {
         bail!("no connector matches");
     }
+    // With --deliver, sending starts at once, beside the reading (the engine's workers), and the
+    // rest is drained at the end.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let background = (args.deliver && !args.dry_run).then(|| tokio::spawn(rt.engine.clone().run(stop_rx, Duration::from_secs(5))));
     let mut reports = vec![];
     for c in chosen {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -306,6 +333,10 @@ pub async fn backfill(app: App, args: BackfillArgs) -> Result<i32> {
     let mut delivered = 0;
     if args.deliver && !args.dry_run {
         delivered = crate::demo::deliver_with_progress(&rt.engine, &app.store).await?;
+    }
+    let _ = stop_tx.send(true);
+    if let Some(b) = background {
+        let _ = b.await;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": reports, "delivered": delivered}))?);

@@ -211,7 +211,7 @@ both_backends!(a_reader_sees_no_identities_and_cannot_act, |ts: TestStore| async
     }
     // The pages a läsare reads do show the work, just not who.
     let failed = c.get("/misslyckade").await;
-    assert!(failed.body.contains(&seeded.dead_key) && failed.body.contains("utanför 0–10"));
+    assert!(failed.body.contains(&seeded.dead_key) && failed.body.contains("saknar behörighet i registret"));
     assert!(!failed.body.contains("Försök igen</button>"), "no replay button for a läsare");
     let work = c.get("/att-komplettera").await;
     assert!(work.body.contains(&seeded.patient_key) && work.body.contains("U3_PainNRS"));

@@ -121,8 +121,31 @@ async fn sign_out_and_in(b: &Browser, user: &str) {
 /// The step after a replay. Today nothing sends, so the record stays "väntar"; when the lead
 /// plugs in the delivery engine, it runs here and returns the state the page should then show
 /// ("levererad").
-async fn deliver(_srv: &Running) -> Option<&'static str> {
-    None
+async fn deliver(srv: &Running) -> Option<&'static str> {
+    use registerbrygga::config::{RegisterSettings, Secret, UnitBinding};
+    use registerbrygga::delivery::{DeliveryEngine, Lane};
+    use registerbrygga::sandbox::stratum::{self as emulator, EmulatorOptions};
+    use registerbrygga::sandbox::tls::{sandbox_client_settings, CertSet};
+    use registerbrygga::sinks::stratum::StratumClient;
+    let dir = common::test_dir();
+    let certs = CertSet::ensure(&dir.path().join("certs")).unwrap();
+    let emu = emulator::start(EmulatorOptions::new(certs.clone())).await.unwrap();
+    let key = dir.path().join("apikey");
+    std::fs::write(&key, emu.api_key()).unwrap();
+    let settings = RegisterSettings {
+        base_url: emu.base_url(),
+        register_id: 104,
+        api_key: Some(Secret::from_file(key)),
+        tls: sandbox_client_settings(&certs),
+        units: vec![UnitBinding { hsa_id: UNIT.into(), unit_code: "1701".into() }],
+        ..Default::default()
+    };
+    let store = srv.state.app.store.clone();
+    let client = std::sync::Arc::new(StratumClient::new("sar", &settings, Some(store.clone())).unwrap());
+    let engine = DeliveryEngine::new(store, vec![Lane::new("sar", client, settings)], Default::default(), "browser-test");
+    engine.drain(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(emu.registrations(104, "FVPat").len(), 1, "the replayed record reached the register");
+    Some("levererad")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,11 +185,11 @@ async fn operator_replays_a_failed_transfer_in_the_browser() {
     // Find the failed transfer and its reason.
     let row = b.find(Locator::Css(&format!("tr#rad-{}", seeded.dead_id))).await.expect("the rejected transfer is listed");
     let row_text = row.text().await.unwrap();
-    assert!(row_text.contains("utanför 0–10") && row_text.contains("avvisad"), "row shows the register's reason: {row_text}");
+    assert!(row_text.contains("saknar behörighet i registret") && row_text.contains("avvisad"), "row shows the register's reason: {row_text}");
     shot(&b, "02-misslyckade").await;
 
     // Försök igen, with a reason.
-    let why = "Smärtskattning rättad i journalen";
+    let why = "Behörigheten för enheten är ordnad i registret";
     row.find(Locator::Css("input[name=reason]")).await.unwrap().send_keys(why).await.unwrap();
     row.find(Locator::XPath(".//button[normalize-space()='Försök igen']")).await.unwrap().click().await.unwrap();
     b.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("#state")).await.unwrap();

@@ -50,13 +50,25 @@ register = "sar"
 schedule = "30 2 * * *"
 units = ["SE2321000156-FT01"]
 patients = { mode = "engagement_index" }
+
+[options]
+mapping = "mapping.toml"
+metadata_file = "METADATA"
+windows = { three_months = { from_day = 75, to_day = 150 }, one_year = { from_day = 330, to_day = 540 } }
 "#;
+
+/// A connector folder like the shipped SAR one (its mapping and the register metadata).
+fn connector(dir: &std::path::Path, text: &str) {
+    let metadata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/stratum/sar-104.json");
+    write(dir, "connectors/demo/connector.toml", &text.replace("METADATA", &metadata.display().to_string()));
+    std::fs::copy(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("connectors/artrosregistret/mapping.toml"), dir.join("connectors/demo/mapping.toml")).unwrap();
+}
 
 #[test]
 fn a_good_configuration_passes() {
     let d = common::test_dir();
     write(d.path(), "config/default.toml", GOOD_DEFAULT);
-    write(d.path(), "connectors/demo/connector.toml", GOOD_CONNECTOR);
+    connector(d.path(), GOOD_CONNECTOR);
     let (code, out) = check(d.path(), false);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("configuration OK") || out.contains("0 error(s)"), "{out}");
@@ -68,7 +80,7 @@ fn three_different_mistakes_are_all_reported() {
     // 1: a type error in a section; 2: a non-https register URL; 3: an invalid cron in a connector.
     let cfg = GOOD_DEFAULT.replace("[service]", "[delivery]\nworkers = \"many\"\n[service]").replace("https://127.0.0.1:7444", "ftp://registers.example");
     write(d.path(), "config/default.toml", &cfg);
-    write(d.path(), "connectors/demo/connector.toml", &GOOD_CONNECTOR.replace("30 2 * * *", "61 2 * * *"));
+    connector(d.path(), &GOOD_CONNECTOR.replace("30 2 * * *", "61 2 * * *"));
     let (code, out) = check(d.path(), false);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("config/default.toml") && out.contains("delivery.workers"), "type error not reported with file and key:\n{out}");
@@ -91,7 +103,7 @@ fn secrets_cannot_be_literal_values_in_a_file() {
     let d = common::test_dir();
     let cfg = GOOD_DEFAULT.replace("pseudonym_key = { env = \"RB_TEST_KEY\" }", "pseudonym_key = \"c2VjcmV0\"");
     write(d.path(), "config/default.toml", &cfg);
-    write(d.path(), "connectors/demo/connector.toml", GOOD_CONNECTOR);
+    connector(d.path(), GOOD_CONNECTOR);
     let (code, out) = check(d.path(), false);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("security"), "{out}");
@@ -103,7 +115,7 @@ fn unknown_connector_references_and_units_are_reported_together() {
     let d = common::test_dir();
     write(d.path(), "config/default.toml", GOOD_DEFAULT);
     let c = GOOD_CONNECTOR.replace("source = \"journal\"", "source = \"nowhere\"").replace("register = \"sar\"", "register = \"nothing\"").replace("[\"SE2321000156-FT01\"]", "[\"SE2321000156-FT01\", \"XX-1\"]");
-    write(d.path(), "connectors/demo/connector.toml", &c);
+    connector(d.path(), &c);
     let (code, out) = check(d.path(), false);
     assert_eq!(code, 1);
     for needle in ["no source named 'nowhere'", "no register named 'nothing'", "units[1]"] {

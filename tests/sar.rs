@@ -250,10 +250,12 @@ impl Journal {
         docs
     }
 
-    /// Every M3Pat/Y1Pat answer plus the PT's adherence item.
+    /// Every M3Pat/Y1Pat answer plus the PT's M3PT items (session counts, adherence).
     fn follow_up_answers(&mut self, contact: &str, nrs: f64) -> BTreeMap<&'static str, String> {
         let mut docs = BTreeMap::new();
         for (term, x) in [
+            (obs::EDUCATION_SESSIONS, 3.0),
+            (obs::SUPERVISED_EXERCISE_SESSIONS, 6.0),
             (obs::PAIN_NRS, nrs),
             (obs::EQ5D_MOBILITY, 1.0),
             (obs::EQ5D_SELFCARE, 1.0),
@@ -382,7 +384,7 @@ fn complete_path_gives_five_registrations_with_the_right_values() {
 
     let m3pt = &intent(&out, "M3PT").payload;
     assert_eq!(m3pt["EventDate"], json!("2025-04-15"));
-    assert_eq!(m3pt["M3PT_EducationSessions"], json!(3), "artrosskola at FT01 between first visit and 3-month event");
+    assert_eq!(m3pt["M3PT_EducationSessions"], json!(3), "the physiotherapist's count at the 3-month visit");
     assert_eq!(m3pt["M3PT_SupervisedExerciseSessions"], json!(6));
     assert_eq!(m3pt["M3PT_ExerciseAdherence"], json!(1));
 
@@ -488,6 +490,38 @@ fn follow_up_occasion_is_the_first_day_in_the_window_carrying_answers() {
     assert_eq!(intent(&out, "M3Pat").payload["EventDate"], json!((fv + Duration::days(75)).to_string()));
     assert_eq!(intent(&out, "M3Pat").payload["M3_PainNRS"], json!(2));
     assert_eq!(intent(&out, "M3PT").payload["EventDate"], json!((fv + Duration::days(75)).to_string()));
+}
+
+/// M3PT's session counts are the physiotherapist's recorded counts (shipped mapping); counting
+/// the session activities instead is a region's mapping choice, and still works.
+#[test]
+fn session_counts_are_the_physiotherapists_count_or_counted_activities_if_mapped_so() {
+    let mut c = complete_patient();
+    let today = c.fv + Duration::days(120);
+    let edu = c.m3_docs[obs::EDUCATION_SESSIONS].clone();
+    c.j.set_value(&edu, ObservationValue::Quantity { value: 9.0, unit: None });
+    let out = map(&shipped_mapper(), &c.j, today);
+    assert_eq!(intent(&out, "M3PT").payload["M3PT_EducationSessions"], json!(9), "the recorded count, not the three activities");
+
+    let (_tmp, connector) = edited_connector(
+        |m| {
+            let m = replace_once(m, r#"M3PT_EducationSessions = { observation = "ARTROSSKOLA-ANTAL" }"#, r#"M3PT_EducationSessions = { count_activities = ["ARTROSSKOLA"] }"#);
+            replace_once(m, r#"M3PT_SupervisedExerciseSessions = { observation = "HANDLEDD-TRANING-ANTAL" }"#, r#"M3PT_SupervisedExerciseSessions = { count_activities = ["HANDLEDD-TRANING"] }"#)
+        },
+        |c| c,
+    );
+    let counting = SarMapper::load(&connector, &metadata()).unwrap();
+    let m3pt = map(&counting, &c.j, today);
+    let p = &intent(&m3pt, "M3PT").payload;
+    assert_eq!(p["M3PT_EducationSessions"], json!(3), "artrosskola at FT01 from the first visit through the 3-month occasion");
+    assert_eq!(p["M3PT_SupervisedExerciseSessions"], json!(6));
+
+    // An unrecorded count is a missing mandatory answer: M3PT waits on the worklist, M3Pat goes.
+    c.j.nullify(&edu);
+    let out = map(&shipped_mapper(), &c.j, today);
+    assert_eq!(forms_of(&out), ["FVPat", "FVPT", "M3Pat"]);
+    let inc = out.incomplete.iter().find(|i| i.form == "M3PT").expect("M3PT on the worklist");
+    assert_eq!(inc.missing, ["M3PT_EducationSessions"]);
 }
 
 #[test]

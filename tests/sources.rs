@@ -551,40 +551,6 @@ fn riv_each_contract_parses_into_canonical_records() {
     assert_eq!((cc.records.len(), cc.outside_units), (1, 1));
 }
 
-/// GetActivities and GetObservations have no `nullified` element: a `status` of MAKULERAD is how
-/// a producer says an item is nullified, and it must arrive nullified (else it still counts).
-#[test]
-fn riv_makulerad_status_nullifies_activities_and_observations() {
-    let p = pnr("19500101", "123");
-    let status = |code: &str| format!("<c:status><c:code>{code}</c:code><c:codeSystem>{LOCAL_TERMS}</c:codeSystem></c:status>");
-    let with_status = |item: String, after: &str, code: &str| item.replacen(after, &format!("{after}{}", status(code)), 1);
-    let acts = fx::activities_response(&[fx::activity_group(
-        &p,
-        FT01,
-        &[
-            with_status(fx::activity("ACT-1", "DV200", OID_KVA, "20260301103000", None), "</c:id>", "MAKULERAD"),
-            with_status(fx::activity("ACT-2", "DV200", OID_KVA, "20260301103000", None), "</c:id>", "GENOMFORD"),
-            fx::activity("ACT-3", "DV200", OID_KVA, "20260301103000", None),
-        ],
-    )]);
-    let obs = fx::observations_response(&[fx::observation_group(
-        &p,
-        FT01,
-        &[
-            with_status(fx::observation("OBS-1", "6MWT", LOCAL_TERMS, "20260301103000", &fx::pq("420", "m"), None), "</c:type>", "MAKULERAD"),
-            fx::observation("OBS-2", "6MWT", LOCAL_TERMS, "20260301103000", &fx::pq("430", "m"), None),
-        ],
-    )]);
-    assert_valid(&response_xsd(Contract::GetActivities), &acts, "activities with status");
-    assert_valid(&response_xsd(Contract::GetObservations), &obs, "observations with status");
-    let ctx = parse_ctx();
-    let a = parse_bytes(acts.as_bytes(), "act.xml", &ctx).unwrap();
-    let o = parse_bytes(obs.as_bytes(), "obs.xml", &ctx).unwrap();
-    assert!(a.refused.is_empty() && o.refused.is_empty(), "{:?} {:?}", a.refused, o.refused);
-    assert_eq!(a.records.iter().map(Record::nullified).collect::<Vec<_>>(), vec![true, false, false]);
-    assert_eq!(o.records.iter().map(Record::nullified).collect::<Vec<_>>(), vec![true, false]);
-}
-
 #[test]
 fn riv_unknown_code_systems_are_refused_naming_the_field() {
     let p = pnr("19500101", "123");
@@ -602,6 +568,41 @@ fn riv_unknown_code_systems_are_refused_naming_the_field() {
     assert_eq!(r.field, "activityGroup/activity/code/codeSystem");
     assert!(r.document.contains("act.xml") && r.document.contains("ACT-9"), "{r}");
     assert!(r.reason.contains("not in known_code_systems"), "{r}");
+}
+
+/// GetActivities and GetObservations have no `nullified` element: a nullified (makulerad) item
+/// carries the status MAKULERAD, and must come out nullified (it contributes nothing to a
+/// register); any other status, or none, leaves it in force.
+#[test]
+fn riv_nullified_status_marks_activities_and_observations_nullified() {
+    let p = pnr("19500101", "123");
+    let ctx = parse_ctx();
+    let status = |code: &str| format!("<c:status><c:code>{code}</c:code><c:codeSystem>{LOCAL_TERMS}</c:codeSystem></c:status>");
+    // The schemas place `status` after the activity's `id` and after the observation's `type`.
+    let with_status = |item: String, after: &str, code: Option<&str>| match code {
+        Some(c) => item.replacen(after, &format!("{after}{}", status(c)), 1),
+        None => item,
+    };
+    let acts: Vec<String> = [("A-1", Some("MAKULERAD")), ("A-2", Some("GENOMFORD")), ("A-3", None)]
+        .iter()
+        .map(|(id, st)| with_status(fx::activity(id, "DV200", OID_KVA, "20260301103000", None), "</c:id>", *st))
+        .collect();
+    let doc = fx::activities_response(&[fx::activity_group(&p, FT01, &acts)]);
+    assert_valid(&response_xsd(Contract::GetActivities), &doc, "activities with status");
+    let parsed = parse_bytes(doc.as_bytes(), "act.xml", &ctx).unwrap();
+    let nullified: Vec<bool> = parsed.records.iter().map(|r| r.nullified()).collect();
+    assert_eq!(nullified, [true, false, false]);
+
+    let obs: Vec<String> = [("O-1", Some("MAKULERAD")), ("O-2", Some("GENOMFORD")), ("O-3", None)]
+        .iter()
+        .map(|(id, st)| with_status(fx::observation(id, "NRS-SMARTA", LOCAL_TERMS, "20260301103000", &fx::pq("6", "1"), None), "</c:type>", *st))
+        .collect();
+    let doc = fx::observations_response(&[fx::observation_group(&p, FT01, &obs)]);
+    assert_valid(&response_xsd(Contract::GetObservations), &doc, "observations with status");
+    let parsed = parse_bytes(doc.as_bytes(), "obs.xml", &ctx).unwrap();
+    assert!(parsed.refused.is_empty(), "{:?}", parsed.refused);
+    let nullified: Vec<bool> = parsed.records.iter().map(|r| r.nullified()).collect();
+    assert_eq!(nullified, [true, false, false]);
 }
 
 // ---------------------------------------------------------------------------------------------

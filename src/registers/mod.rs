@@ -5,14 +5,52 @@
 pub mod pvk;
 pub mod sar;
 
-use crate::config::{Loaded, Problem};
+use crate::config::{ConnectorKind, Loaded, Problem, RegisterKind};
+use crate::sinks::stratum::metadata::RegisterMetadata;
+use std::collections::BTreeMap;
 
-/// Register-specific configuration checks (mapping files, rule sets).
-pub async fn check(loaded: &Loaded, _online: bool) -> Vec<Problem> {
+/// Register-specific configuration checks (mapping files, rule sets). With `online`, each
+/// Stratum register's metadata is fetched from the register itself (the check then proves the
+/// mapping against what the register really has, and the unit bindings against its units);
+/// otherwise the connectors' offline metadata files are used.
+pub async fn check(loaded: &Loaded, online: bool) -> Vec<Problem> {
     let mut problems = vec![];
-    // SAR against its offline metadata; the Stratum client's online metadata can be passed to
-    // `sar::check` instead once it is wired here.
-    problems.extend(sar::check(loaded, None));
-    problems.extend(pvk::check(loaded));
+    let mut fetched: BTreeMap<String, RegisterMetadata> = BTreeMap::new();
+    if online {
+        for (name, r) in &loaded.settings.registers {
+            if r.kind != RegisterKind::Stratum {
+                continue;
+            }
+            let key = format!("registers.{name}");
+            let client = match crate::sinks::stratum::StratumClient::new(name, r, None) {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(Problem::error("config", &key, format!("cannot build the register client: {e:#}")));
+                    continue;
+                }
+            };
+            match client.load_metadata().await {
+                Ok(m) => {
+                    for b in client.binding_problems() {
+                        problems.push(Problem::error("config", format!("{key}.units"), b));
+                    }
+                    fetched.insert(name.clone(), (*m).clone());
+                }
+                Err(e) => problems.push(Problem::error("config", &key, format!("register metadata not reachable: {e:#}"))),
+            }
+        }
+    }
+    for c in &loaded.connectors {
+        let one = Loaded { connectors: vec![c.clone()], ..loaded.clone() };
+        match c.kind {
+            ConnectorKind::Sar => problems.extend(sar::check(&one, fetched.get(&c.register))),
+            ConnectorKind::Pvk => {
+                problems.extend(pvk::check(&one));
+                if let (Some(meta), Ok(engine)) = (fetched.get(&c.register), pvk::PvkEngine::load(c)) {
+                    problems.extend(pvk::check_against_metadata(&engine, meta));
+                }
+            }
+        }
+    }
     problems
 }

@@ -549,6 +549,38 @@ impl Store {
         Ok(ids.len() as u64)
     }
 
+    /// After restoring the store from a backup: every key the register may hold without the
+    /// store knowing (no EventID, and a version not yet delivered) gets an "unknown outcome"
+    /// attempt, so its next send looks the registration up in the register before creating it.
+    /// Returns the number of keys marked.
+    pub async fn mark_unknown_after_restore(&self, actor: &str) -> Result<u64> {
+        let now = now_us();
+        let mut tx = self.begin().await?;
+        let rows = tx
+            .rows(
+                "SELECT r.id, r.idem_key FROM records r JOIN registrations g ON g.idem_key = r.idem_key
+                 WHERE g.event_id IS NULL AND r.state IN ('pending', 'sending', 'rejected', 'dead')
+                 AND r.version = (SELECT MAX(x.version) FROM records x WHERE x.idem_key = r.idem_key)",
+                &[],
+            )
+            .await?;
+        for r in &rows {
+            tx.exec(
+                "INSERT INTO attempts (record_id, idem_key, owner, started_us, ended_us, operation, outcome, detail) VALUES ($1, $2, $3, $4, $4, 'restore', 'unknown', 'store restored from a backup')",
+                args![r.i64(0)?, r.text(1)?, actor, now],
+            )
+            .await?;
+        }
+        tx.exec("UPDATE records SET state = 'pending', lease_owner = NULL, lease_expires_us = NULL, updated_us = $1 WHERE state = 'sending'", args![now]).await?;
+        append_audit(
+            &mut *tx,
+            &[NewAuditEvent::by(actor, "store.restored", &crate::audit::correlation_id(), "outbox", serde_json::json!({"keys_marked_unknown": rows.len()}))],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
     /// Re-queue rejected or dead records (the latest version of their key only), recording who
     /// and why. Returns the ids re-queued.
     pub async fn replay(&self, ids: &[i64], actor: &str, reason: &str) -> Result<Vec<i64>> {

@@ -20,7 +20,9 @@ pub const PNR_DASH: &str = "19121212-1212";
 pub const PATIENT_NAME: &str = "Tolvan Tolvansson";
 pub const PASSWORD: &str = "ett-långt-lösenord-1";
 pub const UNIT: &str = "SE2321000156-FT01";
-pub const REJECT_REASON: &str = "FV_PainNRS: värdet ligger utanför 0–10";
+/// The register refused the unit's context (its access had not been granted yet); once the
+/// register's administrators fix that, an operator replays the record.
+pub const REJECT_REASON: &str = "403 NoContext: enheten 1701 saknar behörighet i registret";
 
 pub fn app_for(ts: &TestStore, tweak: impl FnOnce(&mut Settings)) -> App {
     let mut settings = Settings::default();
@@ -84,10 +86,16 @@ pub struct Seeded {
 }
 
 fn payload() -> (serde_json::Map<String, serde_json::Value>, serde_json::Map<String, serde_json::Value>) {
-    let mut p = serde_json::Map::new();
-    p.insert("SubjectKey".into(), json!(PNR));
-    p.insert("FV_PainNRS".into(), json!(14));
-    p.insert("FV_VisitDate".into(), json!("2026-03-02"));
+    // A complete, valid FVPat registration (so a replay can really be delivered).
+    let p = json!({
+        "SubjectKey": PNR, "EventDate": "2026-03-02", "FV_PainNRS": 6,
+        "FV_EQ5D_Mobility": 2, "FV_EQ5D_SelfCare": 1, "FV_EQ5D_UsualActivities": 2,
+        "FV_EQ5D_PainDiscomfort": 3, "FV_EQ5D_AnxietyDepression": 1, "FV_EQVAS": 70,
+        "FV_WantsSurgery": false, "FV_MainJoint": 2
+    })
+    .as_object()
+    .unwrap()
+    .clone();
     let mut l = serde_json::Map::new();
     l.insert("SubjectKey".into(), json!(PNR));
     (p, l)

@@ -1,7 +1,8 @@
 //! Episodes and occasions: which artros episodes a patient's journal holds, when their first
 //! visit, 3-month and 1-year occasions took place, and which answers belong to an occasion.
 //!
-//! Rules (documented for the region in mapping.toml too):
+//! Rules (the full list is in the module doc of `registers::sar`; mapping.toml repeats them
+//! for the region):
 //! - Only this patient's records, never nullified ones, never dated after `today` (planned
 //!   visits are not occasions).
 //! - An episode is patient × joint × unit. It opens at the first care contact at one of the

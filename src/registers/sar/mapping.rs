@@ -837,7 +837,7 @@ mod tests {
 
     #[test]
     fn shipped_mapping_uses_the_sandbox_vocabulary() {
-        use crate::sandbox::vocabulary::{act, obs, LOCAL_TERMS};
+        use crate::sandbox::vocabulary::{obs, LOCAL_TERMS};
         let (c, meta) = shipped();
         let mapping = load(&c, &meta).0.unwrap();
         assert_eq!(mapping.opt_out.term, Code::new(LOCAL_TERMS, obs::REGISTER_OBJECTION));
@@ -852,7 +852,7 @@ mod tests {
                 Source::EpisodeJoint => {}
             }
         }
-        for t in [obs::PAIN_NRS, obs::EQ_VAS, obs::SIDE, obs::MAIN_JOINT, obs::EXERCISE_ADHERENCE, act::ARTROSSKOLA, act::SUPERVISED_EXERCISE] {
+        for t in [obs::PAIN_NRS, obs::EQ_VAS, obs::SIDE, obs::MAIN_JOINT, obs::EXERCISE_ADHERENCE, obs::EDUCATION_SESSIONS, obs::SUPERVISED_EXERCISE_SESSIONS] {
             assert!(terms.contains(t), "{t} is mapped");
         }
     }

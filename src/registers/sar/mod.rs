@@ -13,6 +13,45 @@
 //! - `coverage.rs`: täckningsgrad (episodes found vs registrations delivered).
 //! - `check.rs`: `config check` for SAR connectors.
 //!
+//! # The SAR rules
+//!
+//! Written down here once; `mapping.toml`, `connector.toml` and the sandbox generator's truth
+//! (`sandbox::journal::truth`, which computes the expected registrations independently) refer
+//! to this list.
+//!
+//! 1. **Journal.** Only the patient's own records count, never nullified ones (a nullified
+//!    contact, diagnosis, activity or observation contributes nothing, and what it produced is
+//!    retracted), never anything dated after today (planned visits are not occasions).
+//! 2. **Episode.** Patient × joint × unit, opened by the first care contact at one of the
+//!    connector's units that carries (main or secondary) an artros diagnosis configured for the
+//!    joint. Its date is the first visit. No episode, no registration.
+//! 3. **Answers** belong to the care contact they name (its unit and day), else to their own
+//!    unit and day. Days are calendar days in Europe/Stockholm. A term documented twice on one
+//!    occasion: the later entry counts.
+//! 4. **Occasions.** The first visit (FVPat, FVPT) is the episode's first-visit day. A follow-up
+//!    (M3Pat + M3PT at 3 months, Y1Pat at 1 year) is the *first* day inside its window on which
+//!    an answer of any of its forms is documented at the episode's unit. Windows are days after
+//!    the first visit, both ends inclusive (`connector.toml`, shipped 75–150 and 330–540). A
+//!    visit without answers is not the occasion; answers on later days of the window are not
+//!    read; nothing is due before the window opens.
+//! 5. **Due forms.** Once an occasion took place every form of it is due: sent when each
+//!    mandatory column has a valid value, otherwise put on the worklist ("att komplettera")
+//!    naming the missing columns, never sent half-filled. That includes a form nobody filled in
+//!    at the occasion (the physiotherapist's M3PT when only the patient answered).
+//! 6. **Session counts** (M3PT) are the physiotherapist's recorded counts at the 3-month visit
+//!    (observations, shipped `mapping.toml`). A mapping may count activities instead
+//!    (`count_activities`: at the unit, from the first visit through the occasion).
+//! 7. **First visit before follow-ups.** A follow-up is sent only when both first-visit forms of
+//!    its episode are complete. Until then it waits on the worklist with the incomplete
+//!    first-visit form(s) named in `missing`: the two forms are one occasion and share the joint
+//!    and side that identify the episode, so the register never holds a follow-up of an
+//!    episode it cannot place, and completing the first visit releases everything at once.
+//! 8. **One registration per patient, episode and form** (keys below); a later change of the
+//!    journal updates it.
+//! 9. **Opt-out.** A register objection (the `[opt_out]` term with one of its values) that no
+//!    later entry withdraws means nothing is sent and everything sent is retracted.
+//! 10. **Identity.** Patients with a reserve number only are not registered.
+//!
 //! Keys: an episode is `register|unit|patient_key|joint` and a registration's idempotency key is
 //! the episode key plus `|form`. `patient_key` is the patient pseudonym, never the personnummer.
 //! No date is part of a key: a corrected first-visit or follow-up date changes the payload

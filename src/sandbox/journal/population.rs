@@ -1103,6 +1103,26 @@ fn days(n: i64) -> TimeDelta {
     TimeDelta::days(n)
 }
 
+/// The shipped SAR occasion windows, days after the first visit, inclusive
+/// (connectors/artrosregistret/connector.toml): the generator's follow-up visits stay inside.
+pub(crate) const M3_WINDOW: (i64, i64) = (75, 150);
+pub(crate) const Y1_WINDOW: (i64, i64) = (330, 540);
+
+/// The weekday `offset` days after `fv`, kept inside `window`: a weekend day moves to Monday,
+/// or back to Friday where Monday would be past the window's end (a visit there would be no
+/// follow-up for the register).
+fn follow_up_day(fv: NaiveDate, offset: i64, window: (i64, i64)) -> NaiveDate {
+    let d = workday(fv + days(offset));
+    if (d - fv).num_days() <= window.1 {
+        return d;
+    }
+    let mut d = fv + days(offset);
+    while matches!(d.weekday(), Weekday::Sat | Weekday::Sun) {
+        d -= days(1);
+    }
+    d
+}
+
 impl Builder {
     fn random_day(&self, r: &mut Rng) -> NaiveDate {
         self.start + days(r.range(0, (self.today - self.start).num_days()))
@@ -1449,7 +1469,7 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
 
     // Artrosskola: three theory sessions a week apart.
     let school = fv + days(r.range(7, 21));
-    let m3_day = fv + days(if p.clean || r.chance(0.8) { r.range(80, 110) } else { r.range(75, 150) });
+    let m3_day = follow_up_day(fv, if p.clean || r.chance(0.8) { r.range(80, 110) } else { r.range(M3_WINDOW.0, M3_WINDOW.1) }, M3_WINDOW);
     let mut school_held = 0;
     for k in 0..3 {
         if !p.clean && !r.chance(0.9) {
@@ -1527,7 +1547,7 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
     }
 
     // One year: the patient answers once more, often by phone.
-    let y1_day = fv + days(if p.clean || r.chance(0.8) { r.range(350, 390) } else { r.range(330, 540) });
+    let y1_day = follow_up_day(fv, if p.clean || r.chance(0.8) { r.range(350, 390) } else { r.range(Y1_WINDOW.0, Y1_WINDOW.1) }, Y1_WINDOW);
     let phone = r.chance(0.4);
     if let Some(y1c) = b.contact(r, y1_day, unit, Prof::Physio, phone, 30, false) {
         contacts.push(y1c);

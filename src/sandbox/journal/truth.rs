@@ -4,6 +4,13 @@
 //! Everything here is derived from the same plan the documents are rendered from (mutations
 //! included), so the truth and the journal can never drift apart; but the truth speaks in the
 //! generator's terms (episodes, forms, intended answers), not in documents.
+//!
+//! What SAR should hold ([`Truth::sar_expected`], [`Truth::sar_worklist`]) follows the SAR
+//! engine's occasion rules, written down once in the module doc of `src/registers/sar/mod.rs`
+//! (occasions, windows, session counts, worklist, first visit before follow-ups). The generator
+//! keeps its follow-up visits inside the shipped windows (75–150 and 330–540 days after the
+//! first visit, `connectors/artrosregistret/connector.toml`), so every follow-up it writes is
+//! one the register takes.
 
 use super::population::{identity, DocKind, Plan, Population};
 use super::{AnswerValue, Joint, SarForm, Side};
@@ -409,7 +416,19 @@ pub struct ExpectedRegistration {
     pub form: SarForm,
     pub event_date: NaiveDate,
     pub answers: BTreeMap<String, AnswerValue>,
+    /// Mandatory answers that are not there (observation terms).
     pub missing: Vec<&'static str>,
+    /// A follow-up's incomplete first-visit forms, which it waits for.
+    pub waits_for: Vec<SarForm>,
+}
+
+/// The occasion a form belongs to: 0 first visit, 1 three months, 2 one year.
+fn occasion_of(f: SarForm) -> u8 {
+    match f {
+        SarForm::FVPat | SarForm::FVPT => 0,
+        SarForm::M3Pat | SarForm::M3PT => 1,
+        SarForm::Y1Pat => 2,
+    }
 }
 
 /// Queries over the whole population's truth. Each patient's truth is derived on demand.
@@ -442,21 +461,28 @@ impl<'a> Truth<'a> {
         (0..self.pop.len()).filter(|i| self.pop.updated_at(*i) > t).collect()
     }
 
-    /// The registrations SAR should hold now. A form is held when it is recorded, complete and
-    /// not nullified, dated no later than today, for a patient with a national id and no
-    /// register objection; a 3-month or 1-year form only when its episode's first-visit patient
-    /// form is held too (research/sar.md §5.3.3).
+    /// The registrations SAR should hold now, by the SAR engine's occasion rules (documented in
+    /// one place: `src/registers/sar/mod.rs`), for patients with a national id and no register
+    /// objection:
+    /// - An episode's first visit always took place; a follow-up (3 months, 1 year) took place
+    ///   when an answer of one of its forms is in force (not nullified), dated no later than
+    ///   today. The occasion is then due for every one of its forms, recorded or not: a form
+    ///   whose answers were never documented (or all nullified) is due with all its mandatory
+    ///   answers missing.
+    /// - A due form with every mandatory answer is held, unless it is a follow-up and a
+    ///   first-visit form (FVPat or FVPT) lacks a mandatory answer: then it waits.
     pub fn sar_expected(&self) -> Vec<ExpectedRegistration> {
         self.sar(true)
     }
 
-    /// Recorded, not nullified forms that lack a mandatory answer (national id, no objection):
-    /// what must land on the manual-completion worklist.
+    /// The due forms that are not held (see [`Truth::sar_expected`]): those lacking a mandatory
+    /// answer (`missing`) and follow-ups waiting for an incomplete first visit (`waits_for`).
+    /// What must land on the manual-completion worklist ("att komplettera").
     pub fn sar_worklist(&self) -> Vec<ExpectedRegistration> {
         self.sar(false)
     }
 
-    fn sar(&self, complete: bool) -> Vec<ExpectedRegistration> {
+    fn sar(&self, held: bool) -> Vec<ExpectedRegistration> {
         let today = self.pop.spec().today;
         let mut out = Vec::new();
         for p in self.patients() {
@@ -465,24 +491,43 @@ impl<'a> Truth<'a> {
                 continue;
             }
             for ep in &p.episodes {
-                let fv_held = ep.form(SarForm::FVPat).complete;
+                let fv_incomplete: Vec<SarForm> =
+                    [SarForm::FVPat, SarForm::FVPT].into_iter().filter(|f| !ep.form(*f).missing.is_empty()).collect();
                 for f in &ep.forms {
-                    let Some(date) = f.event_date else { continue };
-                    if !f.recorded || f.nullified || date > today || f.complete != complete {
+                    let follow_up = occasion_of(f.form) != occasion_of(SarForm::FVPat);
+                    // The occasion: the first visit, or the earliest visit with answers in force
+                    // of any of the occasion's forms.
+                    let (date, unit) = if follow_up {
+                        let Some(o) = ep
+                            .forms
+                            .iter()
+                            .filter(|g| occasion_of(g.form) == occasion_of(f.form) && g.recorded && !g.nullified)
+                            .filter_map(|g| Some((g.event_date?, g.unit.clone()?)))
+                            .min()
+                        else {
+                            continue;
+                        };
+                        o
+                    } else {
+                        (ep.first_visit, ep.unit.clone())
+                    };
+                    if date > today {
                         continue;
                     }
-                    if complete && matches!(f.form, SarForm::M3Pat | SarForm::M3PT | SarForm::Y1Pat) && !fv_held {
+                    let waits_for = if follow_up { fv_incomplete.clone() } else { vec![] };
+                    if (f.missing.is_empty() && waits_for.is_empty()) != held {
                         continue;
                     }
                     out.push(ExpectedRegistration {
                         patient: p.index,
                         subject_key: key.to_string(),
-                        unit: f.unit.clone().unwrap_or_default(),
+                        unit,
                         episode: ep.index,
                         form: f.form,
                         event_date: date,
                         answers: f.answers.clone(),
                         missing: f.missing.clone(),
+                        waits_for,
                     });
                 }
             }

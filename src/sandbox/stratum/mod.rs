@@ -120,6 +120,11 @@ impl EmulatorHandle {
     pub fn registrations(&self, register_id: u32, form: &str) -> Vec<EmulatedRegistration> {
         self.shared.emu.registrations(register_id, form)
     }
+    /// Remove a registration as a register user would by hand (not through the API, not
+    /// counted): the register's side of "someone deleted it in Stratum".
+    pub fn remove_by_hand(&self, event_id: u64) -> bool {
+        self.shared.emu.remove_by_hand(event_id)
+    }
     /// Forget every session (a register restart or session timeout): clients must select
     /// their unit context again.
     pub fn expire_sessions(&self) {

@@ -437,6 +437,20 @@ impl Emulated {
         v
     }
 
+    /// Remove a registration outside the API, as a register user would by hand. Not counted
+    /// among the API's writes. False if there is no such registration.
+    pub fn remove_by_hand(&self, event_id: u64) -> bool {
+        let mut d = self.data.lock().expect("data");
+        let Some(r) = d.regs.remove(&event_id) else { return false };
+        if let Some(u) = Self::unique_key(&self.forms[&r.form_id], r.form_id, &r.unit_code, &r.columns) {
+            d.unique.remove(&u);
+        }
+        if let Some(set) = d.by_form_unit.get_mut(&(r.form_id, r.unit_code.clone())) {
+            set.remove(&event_id);
+        }
+        true
+    }
+
     /// Forget every session, as a register restart or session timeout would.
     pub fn expire_sessions(&self) {
         self.sessions.lock().expect("sessions").clear();

@@ -256,7 +256,7 @@ impl StratumClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let wait = Duration::from_millis(100u64 << attempt.min(6));
+            let wait = Duration::from_millis(50u64 << attempt.min(4));
             let r = match self.call(&self.http, Method::GET, path, &[], None).await {
                 Ok(r) => r,
                 Err(e) if attempt < METADATA_ATTEMPTS => {
@@ -643,7 +643,7 @@ impl StratumClient {
 /// optional answers it holds that the new version no longer has. Without a record of what it
 /// holds, the whole payload.
 /// How many times one metadata GET is tried before the load fails.
-const METADATA_ATTEMPTS: u32 = 6;
+const METADATA_ATTEMPTS: u32 = 4;
 
 pub fn diff(form: &Form, payload: &Columns, held: Option<&Columns>) -> Columns {
     let Some(held) = held else { return payload.clone() };

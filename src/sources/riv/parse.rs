@@ -813,13 +813,6 @@ fn cv_optional(a: &At, rel: &str) -> Fr<Option<Code>> {
     Ok(Some(Code { system: system.to_string(), code: code.to_string(), display: cv.opt_text("displayName")?.map(str::to_string) }))
 }
 
-/// GetActivities and GetObservations have no `nullified` element: a producer says an item is
-/// nullified (makulerad) in its `status`, as the sandbox journal documents (`MAKULERAD`). Such an
-/// item must count as nullified, or a makulerad action would still count in PVK and SAR.
-fn nullified_status(status: Option<&Code>) -> bool {
-    status.is_some_and(|s| s.code.trim().eq_ignore_ascii_case("MAKULERAD"))
-}
-
 /// A CV with code and codeSystem mandatory (actions, basic).
 fn cv_required(a: &At) -> Fr<Code> {
     Ok(Code {
@@ -1062,7 +1055,6 @@ fn activity(a: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Activity> {
     req_bool(a, "approvedForPatient")?;
     ts14(a.req_text("registrationTime")?, &a.field("registrationTime"))?;
     let care_contact_id = related_contact(a)?;
-    let nullified = nullified_status(status.as_ref());
     Ok(Activity {
         provenance: provenance(ctx, &g.source_system, &document_id),
         patient: g.patient.clone(),
@@ -1070,10 +1062,18 @@ fn activity(a: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Activity> {
         unit: g.unit.clone(),
         code,
         time: Some(time),
+        nullified: status.as_ref().is_some_and(is_nullified_status),
         status,
         profession: g.profession.clone(),
-        nullified,
     })
+}
+
+/// `status` codes that mean the item was nullified (makulerad). GetActivities and
+/// GetObservations have no `nullified` element, so the producer says it in `status`.
+pub const NULLIFIED_STATUS_CODES: &[&str] = &["MAKULERAD"];
+
+fn is_nullified_status(c: &Code) -> bool {
+    NULLIFIED_STATUS_CODES.iter().any(|n| c.code.eq_ignore_ascii_case(n))
 }
 
 /// The clinical time of a PartialTimePeriod: its start, else its end.
@@ -1099,7 +1099,6 @@ fn observation(o: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Observation> {
     id.req_text("root")?;
     let type_at = o.req("type")?;
     let term = cv_required(&type_at)?;
-    let nullified = nullified_status(cv_optional(o, "status")?.as_ref());
     check_known(&term, &type_at.field("codeSystem"), ctx)?;
     let time = period_time(&o.req("time")?, ctx)?;
     let value = observation_value(&o.req("value")?)?;
@@ -1111,6 +1110,10 @@ fn observation(o: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Observation> {
         ts14(rt, &o.field("registrationTime"))?;
     }
     let care_contact_id = related_contact(o)?;
+    let nullified = match o.opt("status")? {
+        Some(s) => is_nullified_status(&cv_required(&s)?),
+        None => false,
+    };
     Ok(Observation {
         provenance: provenance(ctx, &g.source_system, &document_id),
         patient: g.patient.clone(),
