@@ -5,12 +5,9 @@
 
 mod common;
 
-use registerbrygga::app::App;
+use common::e2e::{form_name, start, E2e};
 use registerbrygga::config::Backend;
-use registerbrygga::daemon::build_runtime;
 use registerbrygga::outbox::RetractReason;
-use registerbrygga::pipeline::{run_connector, RunKind};
-use registerbrygga::sandbox::env::{SandboxEnv, SandboxSpec};
 use registerbrygga::registers::sar::mapping::{convert_number, Conversion, Source};
 use registerbrygga::registers::sar::SarMapper;
 use registerbrygga::sandbox::journal::{AnswerValue, Contract, ExpectedRegistration, Joint, SarForm};
@@ -21,77 +18,7 @@ use registerbrygga::sinks::stratum::validate::same_value;
 use registerbrygga::store::{AuditQuery, RecordFilter, RecordState};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
-
-pub struct E2e {
-    pub env: SandboxEnv,
-    pub app: App,
-    pub rt: registerbrygga::daemon::Runtime,
-}
-
-pub async fn start(backend: Backend, patients: usize, name: &str) -> E2e {
-    let dir = common::test_dir();
-    let today = registerbrygga::pipeline::today_stockholm();
-    let env = SandboxEnv::start(dir.path(), SandboxSpec::new(11, patients, today)).await.unwrap();
-    let mut overrides = vec![("admin.enabled".to_string(), "false".to_string()), ("delivery.poll_interval_ms".into(), "20".into())];
-    if backend == Backend::Postgres {
-        let url = common::fresh_pg_url(name).await;
-        let var = format!("RB_E2E_URL_{}", uuid::Uuid::new_v4().simple());
-        std::env::set_var(&var, &url);
-        overrides.push(("store.backend".into(), "postgres".into()));
-        overrides.push(("store.postgres_url.env".into(), var));
-    }
-    let loaded = env.load_config(overrides).unwrap();
-    let app = App::open(loaded).await.unwrap();
-    let rt = build_runtime(&app).await.unwrap();
-    E2e { env, app, rt }
-}
-
-impl E2e {
-    pub async fn run(&self, connector: &str) -> registerbrygga::pipeline::RunReport {
-        let c = registerbrygga::pipeline::find(&self.rt.connectors, connector).unwrap();
-        run_connector(&self.app, c, RunKind::Manual, false, self.env.today, None).await.unwrap()
-    }
-    pub async fn deliver(&self) {
-        for _ in 0..200 {
-            self.rt.engine.drain(Duration::from_secs(2)).await.unwrap();
-            if self.app.store.queue_depth().await.unwrap() == 0 {
-                return;
-            }
-        }
-        panic!("delivery did not finish");
-    }
-    /// (subject key, unit code, form, event date) of every SAR registration the emulator holds.
-    pub fn held(&self) -> BTreeSet<(String, String, String, String)> {
-        let mut out = BTreeSet::new();
-        for f in ["FVPat", "FVPT", "M3Pat", "M3PT", "Y1Pat"] {
-            for r in self.env.emulator.registrations(104, f) {
-                out.insert((r.subject_key.clone().unwrap_or_default(), r.unit_code.clone(), f.to_string(), r.event_date.clone().unwrap_or_default()));
-            }
-        }
-        out
-    }
-    pub fn expected(&self) -> BTreeSet<(String, String, String, String)> {
-        let unit_code = |hsa: &str| format!("17{}", &hsa[hsa.len() - 2..]);
-        self.env
-            .population
-            .truth()
-            .sar_expected()
-            .into_iter()
-            .map(|e| (e.subject_key.clone(), unit_code(&e.unit), form_name(e.form).to_string(), e.event_date.to_string()))
-            .collect()
-    }
-}
-
-pub fn form_name(f: SarForm) -> &'static str {
-    match f {
-        SarForm::FVPat => "FVPat",
-        SarForm::FVPT => "FVPT",
-        SarForm::M3Pat => "M3Pat",
-        SarForm::M3PT => "M3PT",
-        SarForm::Y1Pat => "Y1Pat",
-    }
-}
+use std::time::Instant;
 
 async fn sar_population_ends_exactly_as_expected(backend: Backend) {
     let e = start(backend, 120, "e2e_sar").await;

@@ -851,6 +851,37 @@ fn data_quality_counts_visits_without_diagnosis_and_unknown_codes() {
     assert_eq!(q((2026, 2), "visits_without_diagnosis:FYSIOTERAPEUT"), 1);
 }
 
+/// A diagnosis written at another contact the same day does not make a visit "with diagnosis";
+/// the same-day fallback is only for a contact or diagnosis without a contact id.
+#[test]
+fn data_quality_links_diagnoses_by_contact_id_before_falling_back_to_the_day() {
+    let engine = sandbox_engine(&[FT01], "physician_professions = [\"LAKARE\"]");
+    let a = pnr("19500101", 502);
+    let seen = visit(&a, FT01, "2026-03-10", "1", profession::PHYSIOTHERAPIST);
+    let cc = if let Record::CareContact(c) = &seen { c.care_contact_id.clone() } else { None };
+    let mut linked = diag(&a, FT01, "2026-03-10", "M17.1");
+    if let Record::Diagnosis(x) = &mut linked {
+        x.care_contact_id = cc;
+    }
+    let pats = vec![patient(
+        &a,
+        vec![
+            seen,
+            linked,
+            // Same unit and day, its own contact id, no diagnosis of its own: without.
+            visit(&a, FT01, "2026-03-10", "1", profession::NURSE),
+            // A diagnosis naming no contact counts for the contacts at its unit that day.
+            visit(&a, FT01, "2026-03-11", "1", profession::PHYSIOTHERAPIST),
+            diag(&a, FT01, "2026-03-11", "M17.1"),
+        ],
+    )];
+    let out = compute(&engine, &pats, None, None, &[FT01], &[MAR]);
+    let q = |measure: &str| out.quality.iter().find(|r| (r.year, r.month) == MAR && r.measure == measure).map(|r| r.count).unwrap_or(0);
+    assert_eq!(q("visits"), 3);
+    assert_eq!(q("visits_without_diagnosis"), 1);
+    assert_eq!(q("visits_without_diagnosis:SJUKSKOTERSKA"), 1);
+}
+
 // --------------------------------------------------------------------------------- config check
 
 #[test]

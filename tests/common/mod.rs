@@ -103,3 +103,5 @@ pub async fn raw_exec(ts: &TestStore, sql: &str) {
     tx.exec(sql, &[]).await.unwrap();
     tx.commit().await.unwrap();
 }
+
+pub mod e2e;

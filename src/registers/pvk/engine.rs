@@ -14,6 +14,22 @@
 //! - proportion: numerator = population members with a measure event in the window;
 //! - prevalence: numerator = base members in the population, denominator = base;
 //! - mångsökare: numerator = base members with more than `threshold` visits in the window.
+//!
+//! The details, as tests/pvk_truth.rs recomputes them from the sandbox's ground truth:
+//! - nullified records never count (activities and observations arrive nullified when their
+//!   `status` says makulerad); an observation counts only with a value;
+//! - age limits are taken at the month's last day counted and narrow the base too, so a
+//!   prevalence's denominator is the base within the limits (Ink01: listed patients ≥ 20);
+//! - membership needs a listed diagnosis in scope in the look-back window; the index date is the
+//!   earliest listed diagnosis in that window at any unit; new onset excludes a patient with an
+//!   excluded diagnosis at any unit in the clear months before the index date;
+//! - `anchor = "index"`: the measure window runs from the index date to the earlier of index +
+//!   `window_months` and the month's last day counted; otherwise it is the `window_months`
+//!   ending with the month;
+//! - measure and mångsökare scopes default like the population's (rehab unit: its own
+//!   records; vårdcentral: every unit's); mångsökare counts contacts of the configured types;
+//! - the listing is one snapshot for every month; listed patients without records are in the
+//!   base.
 
 use super::quality::{self, KnownCodes, QualityTally};
 use super::rules::{Anchor, CodeSetKind, Combine, CountMode, Indicator, IndicatorKind, RuleSet, Scope, Variant, ATC};

@@ -77,7 +77,10 @@ pub fn tally(
     physicians: &[String],
 ) {
     let mut contact_ids: HashSet<&str> = HashSet::new();
+    // (unit, day) of every diagnosis, and of those naming no contact: the same-day fallback
+    // applies only when the contact or the diagnosis lacks a contact id.
     let mut unit_days: HashSet<(Option<u16>, NaiveDate)> = HashSet::new();
+    let mut unlinked_days: HashSet<(Option<u16>, NaiveDate)> = HashSet::new();
     for r in records.iter().filter(|r| !r.nullified()) {
         if let Record::Diagnosis(d) = r {
             if let Some(c) = &d.care_contact_id {
@@ -85,6 +88,9 @@ pub fn tally(
             }
             if let Some(day) = r.date() {
                 unit_days.insert((unit_of(d.unit.as_ref()), day));
+                if d.care_contact_id.is_none() {
+                    unlinked_days.insert((unit_of(d.unit.as_ref()), day));
+                }
             }
         }
     }
@@ -98,7 +104,10 @@ pub fn tally(
         match r {
             Record::CareContact(c) => {
                 t.add(u, m, "visits");
-                let has = c.care_contact_id.as_deref().is_some_and(|id| contact_ids.contains(id)) || unit_days.contains(&(Some(u), day));
+                let has = match c.care_contact_id.as_deref() {
+                    Some(id) => contact_ids.contains(id) || unlinked_days.contains(&(Some(u), day)),
+                    None => unit_days.contains(&(Some(u), day)),
+                };
                 if !has {
                     t.add(u, m, "visits_without_diagnosis");
                     let prof = c.profession.as_ref().map(|p| p.code.trim()).filter(|p| !p.is_empty());
