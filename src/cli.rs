@@ -111,6 +111,14 @@ pub enum ConfigCmd {
         #[arg(long)]
         online: bool,
     },
+    /// Ask every running replica to re-read its configuration (applied only if it is valid);
+    /// recorded with who and why.
+    Reload {
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -405,7 +413,19 @@ pub async fn main(cli: Cli) -> Result<i32> {
         }
         Command::Run(a) => {
             let app = open_app(&g).await?;
-            crate::daemon::run(app, a).await
+            crate::daemon::run(app, a, g.load_options()).await
+        }
+        Command::Config(ConfigCmd::Reload { reason, actor }) => {
+            let app = open_app(&g).await?;
+            let actor = actor_or_user(&actor);
+            let gen: i64 = app.store.kv_get(crate::daemon::RELOAD_GENERATION).await?.and_then(|v| v.parse().ok()).unwrap_or(0) + 1;
+            app.store.kv_put(crate::daemon::RELOAD_REQUEST, &serde_json::json!({"actor": actor, "reason": reason}).to_string()).await?;
+            app.store.kv_put(crate::daemon::RELOAD_GENERATION, &gen.to_string()).await?;
+            app.store
+                .audit(vec![crate::audit::NewAuditEvent::by(&actor, crate::audit::kind::CONFIG_RELOAD, &crate::audit::correlation_id(), "config", serde_json::json!({"requested": true, "reason": reason, "generation": gen}))])
+                .await?;
+            println!("reload requested (generation {gen}); every running replica re-reads its configuration within a few seconds");
+            Ok(0)
         }
         Command::Backfill(a) => {
             let app = open_app(&g).await?;

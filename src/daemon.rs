@@ -157,22 +157,118 @@ async fn shutdown_signal() {
     }
 }
 
-/// `registerbrygga run`.
-pub async fn run(app: App, args: RunArgs) -> Result<i32> {
-    let rt = build_runtime(&app).await?;
-    app.store
-        .audit(vec![crate::audit::NewAuditEvent::system(
-            crate::audit::kind::CONFIG_LOADED,
-            &crate::audit::correlation_id(),
-            &app.instance_id,
-            serde_json::json!({"connectors": rt.connectors.iter().map(|c| c.def.name.clone()).collect::<Vec<_>>(), "files": app.loaded.files}),
-        )])
-        .await?;
-    if args.once {
-        return run_once(&app, &rt, args.connector.as_deref()).await;
+/// Where `registerbrygga config reload` leaves its request for every replica to see.
+pub const RELOAD_GENERATION: &str = "config.reload.generation";
+pub const RELOAD_REQUEST: &str = "config.reload.request";
+
+/// What ends one serving period.
+enum Next {
+    Stop,
+    Reload { loaded: crate::config::Loaded, actor: String, reason: String },
+}
+
+async fn reload_generation(app: &App) -> i64 {
+    app.store.kv_get(RELOAD_GENERATION).await.ok().flatten().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Wait for SIGTERM/Ctrl-C (stop) or a reload request (SIGHUP, or `config reload` seen in the
+/// store). A reload is applied only if the new configuration loads without errors; a rejected
+/// one is audited and the daemon carries on with what it has.
+async fn stop_or_reload(app: &App, opts: &crate::config::LoadOptions) -> Next {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("signal handler");
+    let mut seen = reload_generation(app).await;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        let (actor, reason) = tokio::select! {
+            _ = &mut stop => return Next::Stop,
+            _ = async {
+                #[cfg(unix)]
+                { hup.recv().await; }
+                #[cfg(not(unix))]
+                { std::future::pending::<()>().await; }
+            } => ("signal".to_string(), "SIGHUP".to_string()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                let g = reload_generation(app).await;
+                if g <= seen {
+                    continue;
+                }
+                seen = g;
+                let req: serde_json::Value = app.store.kv_get(RELOAD_REQUEST).await.ok().flatten().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+                (req["actor"].as_str().unwrap_or("unknown").to_string(), req["reason"].as_str().unwrap_or("").to_string())
+            }
+        };
+        let (loaded, mut problems) = crate::config::load_collect(opts);
+        if let Some(l) = &loaded {
+            problems.extend(crate::config::check_static(l));
+        }
+        let errors: Vec<String> = problems.iter().filter(|p| !p.warning).map(|p| p.to_string()).collect();
+        match loaded {
+            Some(l) if errors.is_empty() => return Next::Reload { loaded: l, actor, reason },
+            _ => {
+                tracing::warn!(errors = errors.len(), "configuration reload refused; running on with the current configuration");
+                let _ = app
+                    .store
+                    .audit(vec![crate::audit::NewAuditEvent::by(
+                        &actor,
+                        crate::audit::kind::CONFIG_RELOAD,
+                        &crate::audit::correlation_id(),
+                        &app.instance_id,
+                        serde_json::json!({"applied": false, "reason": reason, "problems": errors}),
+                    )])
+                    .await;
+            }
+        }
     }
-    serve(app, rt, shutdown_signal()).await?;
-    Ok(0)
+}
+
+/// `registerbrygga run`: serve until stopped; a configuration reload (SIGHUP or
+/// `registerbrygga config reload`) drains, re-reads everything and serves again.
+pub async fn run(app: App, args: RunArgs, opts: crate::config::LoadOptions) -> Result<i32> {
+    // Take over SIGHUP at once: its default action would end the process before the first
+    // serving period listens for it.
+    #[cfg(unix)]
+    let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut app = app;
+    loop {
+        let rt = build_runtime(&app).await?;
+        app.store
+            .audit(vec![crate::audit::NewAuditEvent::system(
+                crate::audit::kind::CONFIG_LOADED,
+                &crate::audit::correlation_id(),
+                &app.instance_id,
+                serde_json::json!({"connectors": rt.connectors.iter().map(|c| c.def.name.clone()).collect::<Vec<_>>(), "files": app.loaded.files}),
+            )])
+            .await?;
+        if args.once {
+            return run_once(&app, &rt, args.connector.as_deref()).await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let watcher_app = app.clone();
+        let watcher_opts = opts.clone();
+        serve(app.clone(), rt, async move {
+            let next = stop_or_reload(&watcher_app, &watcher_opts).await;
+            let _ = tx.send(next);
+        })
+        .await?;
+        match rx.await.unwrap_or(Next::Stop) {
+            Next::Stop => return Ok(0),
+            Next::Reload { loaded, actor, reason } => {
+                tracing::info!("configuration reloaded");
+                app = App::open(loaded).await?;
+                app.store
+                    .audit(vec![crate::audit::NewAuditEvent::by(
+                        &actor,
+                        crate::audit::kind::CONFIG_RELOAD,
+                        &crate::audit::correlation_id(),
+                        &app.instance_id,
+                        serde_json::json!({"applied": true, "reason": reason, "files": app.loaded.files}),
+                    )])
+                    .await?;
+            }
+        }
+    }
 }
 
 /// Run every (or one) connector once, deliver what is due, exit.

@@ -36,6 +36,10 @@ impl Harness {
             ("RB__REGISTERS__SAR__TIMEOUT_SECONDS".into(), "2".into()),
             ("RB__REGISTERS__PVK__TIMEOUT_SECONDS".into(), "2".into()),
             ("RB__DELIVERY__LEASE_SECONDS".into(), "6".into()),
+            // SIGKILL interrupts sends, and an interrupted send counts as an attempt: give the
+            // retry budget room so nothing ends as a dead letter under this much abuse.
+            ("RB__REGISTERS__SAR__RETRY__MAX_ATTEMPTS".into(), "200".into()),
+            ("RB__REGISTERS__PVK__RETRY__MAX_ATTEMPTS".into(), "200".into()),
             ("RB__DELIVERY__HEARTBEAT_SECONDS".into(), "2".into()),
             ("RB__DELIVERY__RESCUE_INTERVAL_SECONDS".into(), "1".into()),
             ("RB__DELIVERY__POLL_INTERVAL_MS".into(), "50".into()),
@@ -203,6 +207,10 @@ async fn crash_and_recover(backend: Backend) {
     let expected = h.expected_sar();
     let unique: BTreeSet<_> = held.iter().cloned().collect();
     assert_eq!(unique.len(), held.len(), "a registration was created twice");
+    let out = h.command(&["transfers", "list", "--json", "--limit", "100000"], "check").stdout(Stdio::piped()).output().unwrap();
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed: Vec<&serde_json::Value> = all.as_array().unwrap().iter().filter(|r| r["state"] == "dead" || r["state"] == "rejected").collect();
+    assert!(failed.is_empty(), "dead letters after the crashes: {failed:?}");
     let missing: Vec<_> = expected.iter().filter(|e| !unique.contains(*e)).collect();
     let extra: Vec<_> = held.iter().filter(|e| !expected.contains(e)).collect();
     assert!(missing.is_empty() && extra.is_empty(), "after {kills} kills:\nmissing {missing:?}\nextra {extra:?}");

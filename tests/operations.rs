@@ -122,3 +122,73 @@ fn inspect_prints_records_and_refusals_apart() {
     let out = cmd(None).args(["inspect"]).arg(&file).output().unwrap();
     assert!(!out.status.success());
 }
+
+/// (actor, detail) of audit events of a kind, read with the sqlite3-free sqlx driver on a
+/// private runtime (the closure that calls it is synchronous).
+fn rusqlite_free_read(db: &Path, kind: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let db = db.to_path_buf();
+    let kind = kind.to_string();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async move {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display())).await?;
+            let rows: Vec<(String, String)> = sqlx::query_as("SELECT actor, detail FROM audit_events WHERE kind = ?1 ORDER BY seq").bind(&kind).fetch_all(&pool).await?;
+            pool.close().await;
+            Ok(rows.into_iter().map(|(a, d)| serde_json::json!({"actor": a, "detail": serde_json::from_str::<serde_json::Value>(&d).unwrap_or_default()})).collect())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("reader thread panicked"))?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_reload_is_applied_when_valid_and_audited_with_who_and_why() {
+    let dir = common::test_dir();
+    let today = registerbrygga::pipeline::today_stockholm();
+    let env = SandboxEnv::start(&dir.path().join("sandbox"), SandboxSpec::new(6, 10, today)).await.unwrap();
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let mut daemon = cmd(Some(&env)).arg("run").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+    // Read the audit log straight from the database: while the configuration file is broken on
+    // purpose, CLI commands (which load it) would refuse to start.
+    let db = env.db_path();
+    let audit = |kind: &str| -> Vec<serde_json::Value> {
+        let Ok(conn) = rusqlite_free_read(&db, kind) else { return vec![] };
+        conn
+    };
+    let wait_for = |pred: &dyn Fn(&[serde_json::Value]) -> bool| {
+        for _ in 0..60 {
+            if pred(&audit("config.reload")) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        false
+    };
+    // Wait until the daemon is up (its first config.loaded event).
+    for _ in 0..60 {
+        if !audit("config.loaded").is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // A valid reload, requested through the store: applied by the running daemon, with who and why.
+    let out = cmd(Some(&env)).args(["config", "reload", "--reason", "ny enhet tillagd", "--actor", "anna"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        wait_for(&|ev| ev.iter().any(|e| e["detail"]["applied"] == true && e["actor"] == "anna" && e["detail"]["reason"] == "ny enhet tillagd")),
+        "the reload was applied and audited: {:?}",
+        audit("config.reload")
+    );
+    // An invalid configuration is refused on SIGHUP; the daemon keeps running.
+    let cfg = std::fs::read_to_string(env.config_file()).unwrap();
+    std::fs::write(env.config_file(), format!("{cfg}\n[delivery]\nworkers = \"many\"\n")).unwrap();
+    unsafe {
+        libc::kill(daemon.id() as i32, libc::SIGHUP);
+    }
+    assert!(wait_for(&|ev| ev.iter().any(|e| e["detail"]["applied"] == false && e["actor"] == "signal")), "the bad reload was refused and audited");
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon still runs");
+    std::fs::write(env.config_file(), cfg).unwrap();
+    unsafe {
+        libc::kill(daemon.id() as i32, libc::SIGTERM);
+    }
+    assert!(daemon.wait().unwrap().success(), "clean shutdown on SIGTERM");
+}

@@ -288,8 +288,10 @@ impl Store {
             .await?;
             out.quarantined += 1;
         }
+        // Audit events are appended last (the chain's head row is the last lock taken).
+        let mut audit = vec![];
         for change in &cs.outbox {
-            outbox::apply_change(self, tx, change, now, &mut out).await?;
+            outbox::apply_change(self, tx, change, now, &mut out, &mut audit).await?;
         }
         for (connector, unit, value) in &cs.watermarks {
             tx.exec(
@@ -362,7 +364,8 @@ impl Store {
             )
             .await?;
         }
-        audit_chain::append(tx, &cs.audit).await?;
+        audit.extend(cs.audit.iter().cloned());
+        audit_chain::append(tx, &audit).await?;
         Ok(out)
     }
 
@@ -473,6 +476,8 @@ impl Store {
         }
         use chrono::Datelike;
         let mut tx = self.backend.begin().await?;
+        // Replicas starting together must not create the same partitions at once (deadlock).
+        tx.rows("SELECT pg_advisory_xact_lock(hashtext('registerbrygga.audit_partitions'))::text", &[]).await?;
         for offset in -1..=3i32 {
             let (y, m) = add_months(now.year(), now.month(), offset);
             let (ny, nm) = add_months(y, m, 1);

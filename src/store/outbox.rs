@@ -377,7 +377,9 @@ impl Store {
     /// kept on the attempt only.
     pub async fn finish(&self, claimed: &Claimed, owner: &str, outcome: Outcome) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let ok = self.finish_in(&mut *tx, claimed, owner, outcome).await?;
+        let mut events = vec![];
+        let ok = self.finish_in(&mut *tx, claimed, owner, outcome, &mut events).await?;
+        append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(ok)
     }
@@ -390,14 +392,18 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(done.len());
+        // The audit head is locked last, after every row this transaction touches: taking it
+        // early would let two transactions wait on each other (PostgreSQL deadlock).
+        let mut events = vec![];
         for (c, o) in done {
-            out.push(self.finish_in(&mut *tx, c, owner, o).await?);
+            out.push(self.finish_in(&mut *tx, c, owner, o, &mut events).await?);
         }
+        append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(out)
     }
 
-    async fn finish_in(&self, tx: &mut dyn Tx, claimed: &Claimed, owner: &str, outcome: Outcome) -> Result<bool> {
+    async fn finish_in(&self, tx: &mut dyn Tx, claimed: &Claimed, owner: &str, outcome: Outcome, events_out: &mut Vec<NewAuditEvent>) -> Result<bool> {
         let now = now_us();
         let rec = &claimed.record;
         let (op_name, status, detail, att_outcome, reg_ref) = match &outcome {
@@ -433,7 +439,7 @@ impl Store {
                     .await?;
                 }
             }
-            append_audit(&mut *tx, &events).await?;
+            events_out.append(&mut events);
             return Ok(false);
         }
         match &outcome {
@@ -497,7 +503,7 @@ impl Store {
                 events.push(NewAuditEvent::system(kind::RECORD_DEAD, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "error": error, "attempts": rec.attempts})));
             }
         }
-        append_audit(&mut *tx, &events).await?;
+        events_out.append(&mut events);
         Ok(true)
     }
 
@@ -630,7 +636,7 @@ pub(super) async fn insert_returning_id(tx: &mut dyn Tx, sql: &str, a: &[Val]) -
 }
 
 /// The outbox half of `Store::apply`.
-pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &OutboxChange, now: i64, out: &mut ApplyOutcome) -> Result<()> {
+pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &OutboxChange, now: i64, out: &mut ApplyOutcome, audit: &mut Vec<NewAuditEvent>) -> Result<()> {
     match change {
         OutboxChange::Upsert { key, payload, lookup, correlation_id, detail } => {
             let hash = payload_hash(payload);
@@ -682,11 +688,7 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
             .await?;
             let (k, counter) = if is_update { (kind::RECORD_UPDATED, &mut out.outbox_updated) } else { (kind::RECORD_CREATED, &mut out.outbox_created) };
             *counter += 1;
-            append_audit(
-                tx,
-                &[NewAuditEvent::system(k, correlation_id, &key.idem_key, serde_json::json!({"version": version, "register": key.register, "form": key.form, "unit": key.unit, "why": detail}))],
-            )
-            .await?;
+            audit.push(NewAuditEvent::system(k, correlation_id, &key.idem_key, serde_json::json!({"version": version, "register": key.register, "form": key.form, "unit": key.unit, "why": detail})));
         }
         OutboxChange::Retract { idem_key, reason, correlation_id, actor } => {
             let latest = tx.row("SELECT id, version, state, op FROM records WHERE idem_key = $1 ORDER BY version DESC LIMIT 1", args![idem_key]).await?;
@@ -723,11 +725,7 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
                 tx.exec("UPDATE registrations SET state = 'retracted', updated_us = $1 WHERE idem_key = $2", args![now, idem_key]).await?;
             }
             out.outbox_retracted += 1;
-            append_audit(
-                tx,
-                &[NewAuditEvent::by(actor, kind::RECORD_RETRACTED, correlation_id, idem_key, serde_json::json!({"version": version + 1, "reason": reason, "send_delete": needs_send}))],
-            )
-            .await?;
+            audit.push(NewAuditEvent::by(actor, kind::RECORD_RETRACTED, correlation_id, idem_key, serde_json::json!({"version": version + 1, "reason": reason, "send_delete": needs_send})));
         }
     }
     Ok(())
