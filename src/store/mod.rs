@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
 use sql::{Backend, Dialect, Tx};
 use std::sync::Arc;
 
+/// Documents per lookup query and per multi-row upsert in [`Store::apply`] (nine parameters a
+/// row: well inside SQLite's and PostgreSQL's parameter limits).
+const DOCUMENT_CHUNK: usize = 100;
+
 pub fn now_us() -> i64 {
     Utc::now().timestamp_micros()
 }
@@ -243,40 +247,81 @@ impl Store {
     pub(crate) async fn apply_in(&self, tx: &mut dyn Tx, cs: ChangeSet) -> Result<ApplyOutcome> {
         let mut out = ApplyOutcome::default();
         let now = now_us();
-        for d in &cs.documents {
-            let key = d.record.key();
-            let hash = d.record.content_hash();
-            let existing = tx
-                .row("SELECT content_hash FROM documents WHERE connector = $1 AND doc_key = $2", args![&d.connector, &key])
-                .await?;
-            match existing {
-                Some(r) if r.text(0)? == hash => {
-                    out.documents_unchanged += 1;
-                    continue;
+        // Documents in chunks: the stored hashes of a chunk are read with one query and its new
+        // and changed documents written with one multi-row upsert. A statement per document made
+        // the database's round trips (for SQLite, wake-ups of its worker thread) the store's
+        // main cost in a region's backfill.
+        let mut next = 0;
+        while next < cs.documents.len() {
+            // A key repeated within the change set starts a new chunk, so the repeat sees the
+            // first write exactly as a statement-per-document loop would.
+            let mut seen = std::collections::HashSet::new();
+            let mut chunk = vec![];
+            while next < cs.documents.len() && chunk.len() < DOCUMENT_CHUNK {
+                let d = &cs.documents[next];
+                let key = d.record.key();
+                if !seen.insert((d.connector.as_str(), key.clone())) {
+                    break;
                 }
-                Some(_) => out.documents_changed += 1,
-                None => out.documents_new += 1,
+                chunk.push((d, key, d.record.content_hash()));
+                next += 1;
             }
-            let payload = self.cipher.encrypt_json(&d.record);
-            let date = d.record.date().map(|x| x.to_string());
+            let mut by_connector: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+            for (d, key, _) in &chunk {
+                by_connector.entry(d.connector.as_str()).or_default().push(key.as_str());
+            }
+            let mut stored: std::collections::HashMap<(String, String), String> = Default::default();
+            for (connector, keys) in by_connector {
+                let mut a = vec![sql::Val::from(connector)];
+                let ph: Vec<String> = keys
+                    .iter()
+                    .map(|k| {
+                        a.push(sql::Val::from(*k));
+                        format!("${}", a.len())
+                    })
+                    .collect();
+                let sql = format!("SELECT doc_key, content_hash FROM documents WHERE connector = $1 AND doc_key IN ({})", ph.join(", "));
+                for r in tx.rows(&sql, &a).await? {
+                    stored.insert((connector.to_string(), r.text(0)?), r.text(1)?);
+                }
+            }
+            // $1 is the time; each row adds its nine values.
+            let mut a: Vec<sql::Val> = vec![sql::Val::I64(now)];
+            let mut rows = vec![];
+            for (d, key, hash) in chunk {
+                match stored.get(&(d.connector.clone(), key.clone())) {
+                    Some(h) if *h == hash => {
+                        out.documents_unchanged += 1;
+                        continue;
+                    }
+                    Some(_) => out.documents_changed += 1,
+                    None => out.documents_new += 1,
+                }
+                let b = a.len();
+                a.push(sql::Val::from(&d.connector));
+                a.push(sql::Val::from(key));
+                a.push(sql::Val::from(&d.patient_key));
+                a.push(sql::Val::from(d.record.unit().map(|u| u.as_str().to_string())));
+                a.push(sql::Val::from(d.record.kind().as_str()));
+                a.push(sql::Val::from(hash));
+                a.push(sql::Val::from(self.cipher.encrypt_json(&d.record)));
+                a.push(sql::Val::from(d.record.nullified()));
+                a.push(sql::Val::from(d.record.date().map(|x| x.to_string())));
+                rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1, $1)", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9));
+            }
+            if rows.is_empty() {
+                continue;
+            }
             tx.exec(
-                "INSERT INTO documents (connector, doc_key, patient_key, unit, kind, content_hash, payload, nullified, record_date, first_seen_us, updated_us)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+                &format!(
+                    "INSERT INTO documents (connector, doc_key, patient_key, unit, kind, content_hash, payload, nullified, record_date, first_seen_us, updated_us)
+                 VALUES {}
                  ON CONFLICT (connector, doc_key) DO UPDATE SET patient_key = excluded.patient_key, unit = excluded.unit,
                    content_hash = excluded.content_hash, payload = excluded.payload, nullified = excluded.nullified,
                    record_date = excluded.record_date, updated_us = excluded.updated_us",
-                args![
-                    &d.connector,
-                    &key,
-                    &d.patient_key,
-                    d.record.unit().map(|u| u.as_str().to_string()),
-                    d.record.kind().as_str(),
-                    hash,
-                    payload,
-                    d.record.nullified(),
-                    date,
-                    now
-                ],
+                    rows.join(", ")
+                ),
+                &a,
             )
             .await?;
         }

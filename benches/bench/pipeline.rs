@@ -1,0 +1,263 @@
+//! (b) and (d): a synthetic region from the sandbox journal over loopback (HTTPS + mTLS, the
+//! real RIV-TA consumer, the real pipeline) into the outbox; and two baselines that stop
+//! earlier: the source alone (fetch + parse, batches dropped) and a bare fetch loop.
+
+use crate::cases::{PipeMode, PG, SQLITE};
+use crate::cpu_seconds;
+use anyhow::{bail, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use registerbrygga::app::App;
+use registerbrygga::config::PatientDiscovery;
+use registerbrygga::daemon::build_runtime;
+use registerbrygga::model::{HsaId, Record};
+use registerbrygga::pipeline::{find, run_connector, RunKind};
+use registerbrygga::sandbox::env::{SandboxEnv, SandboxSpec};
+use registerbrygga::sandbox::journal::{Population, PopulationSpec};
+use registerbrygga::sources::riv::{request, Contract};
+use registerbrygga::sources::{PullRequest, SourceItem};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SEED: u64 = 20_260_101;
+
+/// A fresh folder for one child under `target/bench-tmp` (on disk, like a real database).
+pub fn bench_dir(name: &str) -> Result<PathBuf> {
+    let root = PathBuf::from("target/bench-tmp");
+    std::fs::create_dir_all(&root)?;
+    Ok(tempfile::Builder::new().prefix(name).tempdir_in(&root)?.keep())
+}
+
+/// Patients needed for at least `contacts` care contacts (estimated from a small population
+/// with the same seed; the child reports the real count).
+fn patients_for(contacts: u64, today: chrono::NaiveDate) -> usize {
+    let probe = Population::generate(&PopulationSpec::new(SEED, 4_000, today));
+    let per = probe.stats().care_contacts as f64 / 4_000.0;
+    ((contacts as f64 / per) * 1.01).ceil().max(30.0) as usize
+}
+
+/// A fresh database on the benchmark cluster; its URL.
+pub async fn fresh_pg_url(prefix: &str) -> Result<String> {
+    use sqlx::Connection;
+    let admin = std::env::var("RB_BENCH_PG_URL").context("RB_BENCH_PG_URL is not set (scripts/bench starts a PostgreSQL cluster)")?;
+    let name = format!("rb_bench_{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let mut conn = sqlx::PgConnection::connect(&admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    conn.close().await.ok();
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+    Ok(format!("{base}/{name}"))
+}
+
+pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usize, mode: PipeMode) -> Result<Value> {
+    let today = registerbrygga::pipeline::today_stockholm();
+    let patients = patients_for(contacts, today);
+    let dir = bench_dir("pipe")?;
+    let t_setup = Instant::now();
+    let env = SandboxEnv::start(&dir, SandboxSpec::new(SEED, patients, today)).await?;
+    let mut overrides = vec![
+        ("admin.enabled".to_string(), "false".to_string()),
+        ("scheduler.enabled".into(), "false".into()),
+        ("delivery.enabled".into(), "false".into()),
+        ("sources.journal.concurrency".into(), concurrency.to_string()),
+    ];
+    match backend {
+        SQLITE => {}
+        PG => {
+            let url = fresh_pg_url("pipe").await?;
+            std::env::set_var("RB_BENCH_STORE_URL", url);
+            overrides.push(("store.backend".into(), "postgres".into()));
+            overrides.push(("store.postgres_url.env".into(), "RB_BENCH_STORE_URL".into()));
+        }
+        other => bail!("unknown backend {other}"),
+    }
+    let loaded = env.load_config(overrides)?;
+    let app = App::open(loaded).await?;
+    let rt = build_runtime(&app).await?;
+    let c = find(&rt.connectors, connector)?.clone();
+    let stats = env.population.stats().clone();
+    let setup_s = t_setup.elapsed().as_secs_f64();
+
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let mut out = match mode {
+        PipeMode::Full => {
+            // The last patient handled marks the end of pull + store; after-pull work follows.
+            let last = Arc::new(Mutex::new(Instant::now()));
+            let l2 = last.clone();
+            let progress: registerbrygga::pipeline::Progress = Arc::new(move |_| *l2.lock().expect("lock") = Instant::now());
+            let r = run_connector(&app, &c, RunKind::Manual, false, today, Some(progress)).await?;
+            let secs = t.elapsed().as_secs_f64();
+            let pull_s = last.lock().expect("lock").duration_since(t).as_secs_f64();
+            if r.status != "ok" {
+                bail!("run ended {}: {r:?}", r.status);
+            }
+            let kinds = document_counts(&app).await?;
+            let states: BTreeMap<String, i64> = app.store.state_counts(None).await?.into_iter().map(|(s, n)| (s.as_str().to_string(), n)).collect();
+            json!({
+                "seconds": secs,
+                "pull_store_seconds": pull_s,
+                "after_pull_seconds": secs - pull_s,
+                "patients": r.patients,
+                "documents": kinds,
+                "contacts": kinds.get("care_contact").copied().unwrap_or(0),
+                "records": kinds.values().sum::<i64>(),
+                "outbox": states,
+                "report": r,
+            })
+        }
+        PipeMode::Source => {
+            let req = pull_request(&c.def, today, env.population.last_update());
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<SourceItem>(64);
+            let counter = tokio::spawn(async move {
+                let mut kinds: BTreeMap<String, i64> = BTreeMap::new();
+                let mut patients = 0u64;
+                while let Some(item) = rx.recv().await {
+                    if let SourceItem::Patient(b) = item {
+                        patients += 1;
+                        for r in &b.records {
+                            *kinds.entry(kind_name(r).into()).or_default() += 1;
+                        }
+                    }
+                }
+                (patients, kinds)
+            });
+            let summary = c.source.pull(&req, tx).await?;
+            let (patients, kinds) = counter.await?;
+            let secs = t.elapsed().as_secs_f64();
+            json!({
+                "seconds": secs,
+                "patients": patients,
+                "documents": kinds,
+                "contacts": kinds.get("care_contact").copied().unwrap_or(0),
+                "records": kinds.values().sum::<i64>(),
+                "requests": summary.documents,
+            })
+        }
+        PipeMode::Fetch => {
+            let settings = app.settings().sources.get(&c.def.source).context("source settings")?.clone();
+            let (requests, bytes) = fetch_loop(&env, &settings, &c.def, today, concurrency).await?;
+            json!({"seconds": t.elapsed().as_secs_f64(), "requests": requests, "bytes": bytes, "patients": env.population.len()})
+        }
+    };
+    let secs = out["seconds"].as_f64().unwrap_or(1.0);
+    out["cpu_seconds"] = json!(cpu_seconds() - cpu0);
+    out["setup_seconds"] = json!(setup_s);
+    out["population"] = serde_json::to_value(&stats)?;
+    out["population_contacts"] = json!(stats.care_contacts);
+    out["contacts_per_second"] = json!(out.get("contacts").and_then(Value::as_f64).unwrap_or(stats.care_contacts as f64) / secs);
+    if let Some(r) = out.get("records").and_then(Value::as_f64) {
+        out["records_per_second"] = json!(r / secs);
+    }
+    out["journal_requests"] = json!(env.journal.requests().total);
+    if backend == SQLITE {
+        out["sqlite_bytes"] = json!(dir_size(&dir));
+    }
+    app.store.close().await;
+    env.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}
+
+fn kind_name(r: &Record) -> &'static str {
+    match r {
+        Record::CareContact(_) => "care_contact",
+        Record::Diagnosis(_) => "diagnosis",
+        Record::Activity(_) => "activity",
+        Record::Observation(_) => "observation",
+    }
+}
+
+async fn document_counts(app: &App) -> Result<BTreeMap<String, i64>> {
+    let mut tx = app.store.read().await?;
+    let rows = tx.rows("SELECT kind, COUNT(*) FROM documents GROUP BY kind", &[]).await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        out.insert(r.text(0)?, r.i64(1)?);
+    }
+    Ok(out)
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { dir_size(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }).sum())
+        .unwrap_or(0)
+}
+
+/// The request `run_connector` makes for a manual run of a connector without watermarks.
+fn pull_request(def: &registerbrygga::config::ConnectorDef, today: chrono::NaiveDate, _last: chrono::DateTime<chrono::Utc>) -> PullRequest {
+    PullRequest {
+        connector: def.name.clone(),
+        units: def.units.iter().filter_map(|u| HsaId::parse(u).ok()).collect(),
+        changed_since: Some(chrono::Utc::now() - chrono::Duration::days(def.window.initial_days as i64)),
+        window_from: today - chrono::Duration::days(def.window.history_days as i64),
+        window_to: today,
+        discovery: def.patients.clone(),
+        connector_dir: def.dir.clone(),
+        correlation_id: "bench".into(),
+        today,
+    }
+}
+
+/// The same per-patient requests the RIV source makes (care contacts, diagnoses, then
+/// activities and observations per unit), with the same client and patient concurrency; the
+/// bodies are read to the end and dropped.
+async fn fetch_loop(
+    env: &SandboxEnv,
+    settings: &registerbrygga::config::SourceSettings,
+    def: &registerbrygga::config::ConnectorDef,
+    today: chrono::NaiveDate,
+    concurrency: usize,
+) -> Result<(u64, u64)> {
+    if !matches!(def.patients, PatientDiscovery::EngagementIndex { .. }) {
+        bail!("the fetch baseline expects engagement-index discovery");
+    }
+    let http = registerbrygga::sandbox::tls::http_client(&settings.tls, Duration::from_secs(settings.timeout_seconds), false)?;
+    let client = registerbrygga::sources::riv::RivClient::new(settings)?;
+    let units: Vec<HsaId> = def.units.iter().filter_map(|u| HsaId::parse(u).ok()).collect();
+    let from = today - chrono::Duration::days(def.window.history_days as i64);
+    let care_giver = Some(settings.care_giver_hsa_id.as_str()).filter(|s| !s.is_empty());
+    let total_req = std::sync::atomic::AtomicU64::new(0);
+    let total_bytes = std::sync::atomic::AtomicU64::new(0);
+    let one = |i: usize| {
+        let (http, client, units, total_req, total_bytes) = (&http, &client, &units, &total_req, &total_bytes);
+        async move {
+            let patient = env.population.patient_id(i);
+            let q = request::PatientQuery { patient: &patient, units, care_giver, from, to: today };
+            let mut calls = vec![(Contract::GetCareContacts, request::get_care_contacts(&q)), (Contract::GetDiagnosis, request::get_diagnosis(&q))];
+            for u in units {
+                calls.push((Contract::GetActivities, request::get_activities(&q, Some(u))));
+            }
+            for u in units {
+                calls.push((Contract::GetObservations, request::get_observations(&q, Some(u))));
+            }
+            for (contract, body) in calls {
+                let resp = http
+                    .post(client.endpoint(contract))
+                    .header(reqwest::header::CONTENT_TYPE, "text/xml; charset=UTF-8")
+                    .header("SOAPAction", format!("\"{}\"", contract.soap_action()))
+                    .header("x-rivta-original-serviceconsumer-hsaid", &settings.consumer_hsa_id)
+                    .header("x-skltp-correlation-id", "bench")
+                    .body(request::envelope(&settings.logical_address, &body))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("journal answered {}", resp.status());
+                }
+                let mut s = resp.bytes_stream();
+                while let Some(chunk) = s.try_next().await? {
+                    total_bytes.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                total_req.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let mut s = futures::stream::iter(0..env.population.len()).map(one).buffer_unordered(concurrency.max(1));
+    while let Some(r) = s.next().await {
+        r?;
+    }
+    drop(s);
+    Ok((total_req.load(std::sync::atomic::Ordering::Relaxed), total_bytes.load(std::sync::atomic::Ordering::Relaxed)))
+}
