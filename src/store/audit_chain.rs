@@ -27,19 +27,23 @@ pub(super) async fn append(tx: &mut dyn Tx, events: &[NewAuditEvent]) -> Result<
     let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE" } else { "" };
     let head = tx.row(&format!("SELECT seq, hash, at_us FROM audit_head WHERE id = 1{lock}"), &[]).await?.expect("audit_head row exists");
     let (mut seq, mut prev, mut last_at) = (head.i64(0)?, head.text(1)?, head.i64(2)?);
-    for e in events {
-        seq += 1;
-        // Monotone time even if replicas' clocks differ a little: pruning by time stays a prefix.
-        let at = now_us().max(last_at);
-        let detail = serde_json::to_string(&e.detail)?;
-        let hash = chain_hash(seq, at, &e.actor, &e.kind, &e.correlation_id, &e.subject, &detail, &prev);
-        tx.exec(
-            "INSERT INTO audit_events (seq, at_us, actor, kind, correlation_id, subject, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            args![seq, at, &e.actor, &e.kind, &e.correlation_id, &e.subject, detail, &prev, &hash],
-        )
-        .await?;
-        prev = hash;
-        last_at = at;
+    // Multi-row inserts: one statement per chunk of events, not one per event.
+    for chunk in events.chunks(200) {
+        let mut vals: Vec<super::sql::Val> = Vec::with_capacity(chunk.len() * 9);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for e in chunk {
+            seq += 1;
+            // Monotone time even if replicas' clocks differ a little: pruning by time stays a prefix.
+            let at = now_us().max(last_at);
+            let detail = serde_json::to_string(&e.detail)?;
+            let hash = chain_hash(seq, at, &e.actor, &e.kind, &e.correlation_id, &e.subject, &detail, &prev);
+            let b = vals.len();
+            rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9));
+            vals.extend([seq.into(), at.into(), e.actor.as_str().into(), e.kind.as_str().into(), e.correlation_id.as_str().into(), e.subject.as_str().into(), detail.into(), prev.as_str().into(), hash.as_str().into()]);
+            prev = hash;
+            last_at = at;
+        }
+        tx.exec(&format!("INSERT INTO audit_events (seq, at_us, actor, kind, correlation_id, subject, detail, prev_hash, hash) VALUES {}", rows.join(", ")), &vals).await?;
     }
     tx.exec("UPDATE audit_head SET seq = $1, hash = $2, at_us = $3 WHERE id = 1", args![seq, prev, last_at]).await?;
     Ok(())

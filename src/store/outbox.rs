@@ -307,48 +307,93 @@ impl Store {
              ORDER BY r.next_attempt_us, r.id LIMIT ${lim}{lock}"
         );
         let ids: Vec<i64> = tx.rows(&sql, &a).await?.iter().map(|r| r.i64(0)).collect::<Result<_>>()?;
-        let mut out = vec![];
-        for id in ids {
-            let n = tx
-                .exec(
-                    "UPDATE records SET state = 'sending', lease_owner = $1, lease_expires_us = $2, attempts = attempts + 1,
-                       first_attempt_us = COALESCE(first_attempt_us, $3), updated_us = $3 WHERE id = $4 AND state = 'pending'",
-                    args![owner, expires, now, id],
-                )
-                .await?;
-            if n == 0 {
-                continue;
-            }
-            let row = tx.row(&format!("SELECT {RECORD_COLS} FROM records WHERE id = $1"), args![id]).await?.expect("claimed row exists");
-            let record = self.record_from_row(&*row)?;
-            let registration = match self.registration_in(&mut *tx, &record.idem_key).await? {
-                Some(r) => r,
-                None => bail!("record {} has no registration row", record.id),
+        if ids.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![]);
+        }
+        // A handful of statements per batch, not per record: claim, read rows, registrations,
+        // earlier unknown outcomes, then the in-flight attempt rows in one insert.
+        let id_vals: Vec<Val> = ids.iter().map(|i| Val::I64(*i)).collect();
+        let mut b: Vec<Val> = vec![owner.into(), expires.into(), now.into()];
+        let ph = in_list(&mut b, id_vals.clone());
+        tx.exec(
+            &format!(
+                "UPDATE records SET state = 'sending', lease_owner = $1, lease_expires_us = $2, attempts = attempts + 1,
+                   first_attempt_us = COALESCE(first_attempt_us, $3), updated_us = $3 WHERE id IN ({ph}) AND state = 'pending'"
+            ),
+            &b,
+        )
+        .await?;
+        let mut b: Vec<Val> = vec![owner.into()];
+        let ph = in_list(&mut b, id_vals);
+        let rows = tx.rows(&format!("SELECT {RECORD_COLS} FROM records WHERE id IN ({ph}) AND state = 'sending' AND lease_owner = $1 ORDER BY next_attempt_us, id"), &b).await?;
+        let records: Vec<OutboxRecord> = rows.iter().map(|r| self.record_from_row(&**r)).collect::<Result<_>>()?;
+        if records.is_empty() {
+            tx.commit().await?;
+            return Ok(vec![]);
+        }
+        let keys: Vec<Val> = records.iter().map(|r| Val::Text(r.idem_key.clone())).collect();
+        let mut b = vec![];
+        let ph = in_list(&mut b, keys.clone());
+        let mut regs: std::collections::HashMap<String, Registration> = std::collections::HashMap::new();
+        for r in tx
+            .rows(
+                &format!("SELECT idem_key, register, connector, unit, form, subject, event_id, delivered_hash, delivered_payload, state FROM registrations WHERE idem_key IN ({ph})"),
+                &b,
+            )
+            .await?
+        {
+            let reg = Registration {
+                idem_key: r.text(0)?,
+                register: r.text(1)?,
+                connector: r.text(2)?,
+                unit: r.text(3)?,
+                form: r.text(4)?,
+                subject: r.text_opt(5)?,
+                event_id: r.text_opt(6)?,
+                delivered_hash: r.text_opt(7)?,
+                delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&b)).transpose()?,
+                state: r.text(9)?,
             };
-            // Earlier attempts on this key whose outcome we never learned.
-            let unknown = tx
-                .rows(
-                    "SELECT DISTINCT a.record_id FROM attempts a WHERE a.idem_key = $1 AND a.outcome IN ('in_flight', 'unknown', 'transient')",
-                    args![&record.idem_key],
-                )
-                .await?;
-            let mut earlier_lookups = vec![];
-            for u in &unknown {
-                let rid = u.i64(0)?;
-                if let Some(l) = tx.row("SELECT lookup FROM records WHERE id = $1", args![rid]).await? {
-                    if let Some(b) = l.bytes_opt(0)? {
-                        earlier_lookups.push(self.cipher.decrypt_json(&b)?);
-                    }
-                }
-            }
-            let outcome_unknown_before = !unknown.is_empty();
-            let aid = insert_returning_id(
-                &mut *tx,
-                "INSERT INTO attempts (record_id, idem_key, owner, started_us, operation, outcome) VALUES ($1, $2, $3, $4, 'send', 'in_flight')",
-                args![id, &record.idem_key, owner, now],
+            regs.insert(reg.idem_key.clone(), reg);
+        }
+        // Earlier attempts whose outcome we never learned, and the lookups of their versions.
+        let mut b = vec![];
+        let ph = in_list(&mut b, keys);
+        let unknown = tx
+            .rows(
+                &format!(
+                    "SELECT DISTINCT a.idem_key, a.record_id, r.lookup FROM attempts a JOIN records r ON r.id = a.record_id
+                     WHERE a.idem_key IN ({ph}) AND a.outcome IN ('in_flight', 'unknown', 'transient')"
+                ),
+                &b,
             )
             .await?;
-            out.push(Claimed { record, registration, attempt_id: aid, outcome_unknown_before, earlier_lookups });
+        let mut earlier: std::collections::HashMap<String, Vec<serde_json::Map<String, serde_json::Value>>> = std::collections::HashMap::new();
+        for u in &unknown {
+            let e = earlier.entry(u.text(0)?).or_default();
+            if let Some(l) = u.bytes_opt(2)? {
+                e.push(self.cipher.decrypt_json(&l)?);
+            }
+        }
+        let mut b: Vec<Val> = vec![];
+        let mut tuples = vec![];
+        for r in &records {
+            let base = b.len();
+            tuples.push(format!("(${}, ${}, ${}, ${}, 'send', 'in_flight')", base + 1, base + 2, base + 3, base + 4));
+            b.extend([Val::I64(r.id), Val::Text(r.idem_key.clone()), owner.into(), now.into()]);
+        }
+        let mut attempt_of = std::collections::HashMap::new();
+        for r in tx.rows(&format!("INSERT INTO attempts (record_id, idem_key, owner, started_us, operation, outcome) VALUES {} RETURNING id, record_id", tuples.join(", ")), &b).await? {
+            attempt_of.insert(r.i64(1)?, r.i64(0)?);
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let Some(registration) = regs.remove(&record.idem_key) else { bail!("record {} has no registration row", record.id) };
+            let earlier_lookups = earlier.remove(&record.idem_key);
+            let outcome_unknown_before = earlier_lookups.is_some();
+            let attempt_id = *attempt_of.get(&record.id).expect("an attempt row per claimed record");
+            out.push(Claimed { record, registration, attempt_id, outcome_unknown_before, earlier_lookups: earlier_lookups.unwrap_or_default() });
         }
         tx.commit().await?;
         Ok(out)
@@ -376,61 +421,98 @@ impl Store {
     /// the lease was lost meanwhile (another replica rescued the record); the outcome is then
     /// kept on the attempt only.
     pub async fn finish(&self, claimed: &Claimed, owner: &str, outcome: Outcome) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let mut events = vec![];
-        let ok = self.finish_in(&mut *tx, claimed, owner, outcome, &mut events).await?;
-        append_audit(&mut *tx, &events).await?;
-        tx.commit().await?;
-        Ok(ok)
+        Ok(self.finish_many(owner, vec![(claimed, outcome)]).await?.pop().unwrap_or(false))
     }
 
-    /// Finish many attempts in one transaction (the delivery engine's batches). Returns, per
-    /// attempt, whether the lease was still ours.
+    /// Finish many attempts in one transaction (the delivery engine's batches), with a few
+    /// statements per batch plus one or two per record. Returns, per attempt, whether the lease
+    /// was still ours.
     pub async fn finish_many(&self, owner: &str, done: Vec<(&Claimed, Outcome)>) -> Result<Vec<bool>> {
         if done.is_empty() {
             return Ok(vec![]);
         }
+        let now = now_us();
         let mut tx = self.begin().await?;
+        let mut b: Vec<Val> = vec![owner.into()];
+        let ph = in_list(&mut b, done.iter().map(|(c, _)| Val::I64(c.record.id)).collect());
+        let ours: std::collections::HashSet<i64> = tx
+            .rows(&format!("SELECT id FROM records WHERE id IN ({ph}) AND state = 'sending' AND lease_owner = $1"), &b)
+            .await?
+            .iter()
+            .map(|r| r.i64(0))
+            .collect::<Result<_>>()?;
         let mut out = Vec::with_capacity(done.len());
         // The audit head is locked last, after every row this transaction touches: taking it
         // early would let two transactions wait on each other (PostgreSQL deadlock).
         let mut events = vec![];
-        for (c, o) in done {
-            out.push(self.finish_in(&mut *tx, c, owner, o, &mut events).await?);
+        let mut attempts: Vec<Val> = vec![];
+        let mut attempt_rows = vec![];
+        let mut settled: Vec<Val> = vec![];
+        for (c, o) in done.iter() {
+            let still_ours = ours.contains(&c.record.id);
+            let (op_name, status, detail, att_outcome, reg_ref) = match o {
+                Outcome::Delivered { operation, http_status, event_id, detail } => (operation.clone(), *http_status, detail.clone(), "ok", event_id.clone()),
+                Outcome::Retry { operation, http_status, error, .. } => (operation.clone(), *http_status, Some(error.clone()), "transient", None),
+                Outcome::Rejected { operation, http_status, reason } => (operation.clone(), *http_status, Some(reason.clone()), "rejected", None),
+                Outcome::Dead { operation, http_status, error } => (operation.clone(), *http_status, Some(error.clone()), "dead", None),
+            };
+            let base = attempts.len();
+            attempt_rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 6, base + 7, base + 8, base + 9, base + 10));
+            attempts.extend([
+                Val::I64(c.record.id),
+                Val::Text(c.record.idem_key.clone()),
+                owner.into(),
+                c.record.updated.timestamp_micros().into(),
+                now.into(),
+                op_name.clone().into(),
+                att_outcome.into(),
+                status.map(|s| s as i64).into(),
+                detail.into(),
+                reg_ref.clone().into(),
+            ]);
+            events.push(NewAuditEvent::system(
+                kind::ATTEMPT_SENT,
+                &c.record.correlation_id,
+                &c.record.idem_key,
+                serde_json::json!({"record": c.record.id, "version": c.record.version, "operation": op_name, "status": status, "outcome": att_outcome, "register_ref": reg_ref, "attempt": c.record.attempts}),
+            ));
+            if still_ours && matches!(o, Outcome::Delivered { .. }) {
+                settled.push(Val::Text(c.record.idem_key.clone()));
+            }
+            out.push(self.finish_in(&mut *tx, c, o, still_ours, status, &mut events).await?);
         }
+        // The in-flight rows written at claim time become the final attempt rows.
+        let mut b = vec![];
+        let ph = in_list(&mut b, done.iter().map(|(c, _)| Val::I64(c.attempt_id)).collect());
+        tx.exec(&format!("DELETE FROM attempts WHERE id IN ({ph})"), &b).await?;
+        if !settled.is_empty() {
+            // Earlier unknown outcomes of a key are settled once a version is delivered.
+            let mut b = vec![];
+            let ph = in_list(&mut b, settled);
+            tx.exec(&format!("UPDATE attempts SET outcome = 'settled' WHERE idem_key IN ({ph}) AND outcome IN ('in_flight', 'unknown', 'transient')"), &b).await?;
+        }
+        tx.exec(
+            &format!(
+                "INSERT INTO attempts (record_id, idem_key, owner, started_us, ended_us, operation, outcome, http_status, detail, register_ref) VALUES {}",
+                attempt_rows.join(", ")
+            ),
+            &attempts,
+        )
+        .await?;
         append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(out)
     }
 
-    async fn finish_in(&self, tx: &mut dyn Tx, claimed: &Claimed, owner: &str, outcome: Outcome, events_out: &mut Vec<NewAuditEvent>) -> Result<bool> {
+    /// One record's state change (the batch writes attempt rows and audit events).
+    async fn finish_in(&self, tx: &mut dyn Tx, claimed: &Claimed, outcome: &Outcome, still_ours: bool, status: Option<u16>, events_out: &mut Vec<NewAuditEvent>) -> Result<bool> {
         let now = now_us();
         let rec = &claimed.record;
-        let (op_name, status, detail, att_outcome, reg_ref) = match &outcome {
-            Outcome::Delivered { operation, http_status, event_id, detail } => (operation.clone(), *http_status, detail.clone(), "ok", event_id.clone()),
-            Outcome::Retry { operation, http_status, error, .. } => (operation.clone(), *http_status, Some(error.clone()), "transient", None),
-            Outcome::Rejected { operation, http_status, reason } => (operation.clone(), *http_status, Some(reason.clone()), "rejected", None),
-            Outcome::Dead { operation, http_status, error } => (operation.clone(), *http_status, Some(error.clone()), "dead", None),
-        };
-        tx.exec(
-            "UPDATE attempts SET ended_us = $1, operation = $2, outcome = $3, http_status = $4, detail = $5, register_ref = $6 WHERE id = $7",
-            args![now, &op_name, att_outcome, status.map(|s| s as i64), detail.clone(), reg_ref.clone(), claimed.attempt_id],
-        )
-        .await?;
-        let still_ours = tx
-            .row("SELECT 1 FROM records WHERE id = $1 AND state = 'sending' AND lease_owner = $2", args![rec.id, owner])
-            .await?
-            .is_some();
-        let mut events = vec![NewAuditEvent::system(
-            kind::ATTEMPT_SENT,
-            &rec.correlation_id,
-            &rec.idem_key,
-            serde_json::json!({"record": rec.id, "version": rec.version, "operation": op_name, "status": status, "outcome": att_outcome, "register_ref": reg_ref, "attempt": rec.attempts}),
-        )];
+        let mut events = vec![];
         if !still_ours {
             // Too late to settle the record, but what the register told us is a fact worth
             // keeping: a create that succeeded must not be repeated by whoever sends next.
-            if let Outcome::Delivered { event_id: Some(eid), .. } = &outcome {
+            if let Outcome::Delivered { event_id: Some(eid), .. } = outcome {
                 if rec.op == Op::Upsert {
                     tx.exec(
                         "UPDATE registrations SET event_id = $1, delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5 AND event_id IS NULL",
@@ -442,7 +524,7 @@ impl Store {
             events_out.append(&mut events);
             return Ok(false);
         }
-        match &outcome {
+        match outcome {
             Outcome::Delivered { event_id, .. } => {
                 let final_state = if rec.op == Op::Retract { "retracted" } else { "delivered" };
                 tx.exec(
@@ -451,8 +533,6 @@ impl Store {
                     args![final_state, status.map(|s| s as i64), event_id.clone().or(claimed.registration.event_id.clone()), now, rec.id],
                 )
                 .await?;
-                // Earlier unknown outcomes on this key are now settled.
-                tx.exec("UPDATE attempts SET outcome = 'settled' WHERE idem_key = $1 AND outcome IN ('in_flight', 'unknown', 'transient') AND id <> $2", args![&rec.idem_key, claimed.attempt_id]).await?;
                 if rec.op == Op::Retract {
                     tx.exec(
                         "UPDATE registrations SET event_id = NULL, delivered_hash = NULL, delivered_payload = NULL, state = 'retracted', updated_us = $1 WHERE idem_key = $2",
@@ -628,6 +708,16 @@ impl Store {
 
 async fn append_audit(tx: &mut dyn Tx, events: &[NewAuditEvent]) -> Result<()> {
     super::audit_chain::append(tx, events).await
+}
+
+/// Append `vals` to the parameter list and return their placeholders (`$n, $n+1, …`).
+pub(super) fn in_list(params: &mut Vec<Val>, vals: Vec<Val>) -> String {
+    let mut ph = Vec::with_capacity(vals.len());
+    for v in vals {
+        params.push(v);
+        ph.push(format!("${}", params.len()));
+    }
+    ph.join(", ")
 }
 
 pub(super) async fn insert_returning_id(tx: &mut dyn Tx, sql: &str, a: &[Val]) -> Result<i64> {
