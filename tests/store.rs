@@ -45,7 +45,7 @@ fn delivered(event: &str) -> Outcome {
 both_backends!(documents_are_idempotent_and_encrypted, |ts: TestStore| async move {
     let s = &ts.store;
     let rec = contact("doc-1", "191212121212", "SE2321000156-FT01");
-    let up = |r: Record| ChangeSet { documents: vec![DocumentUpsert { connector: "c".into(), patient_key: "pk1".into(), record: r }], ..Default::default() };
+    let up = |r: Record| ChangeSet { documents: vec![DocumentUpsert { connector: "c".into(), patient_key: "pk1".into(), record: r, content_hash: None }], ..Default::default() };
     let o = s.apply(up(rec.clone())).await.unwrap();
     assert_eq!((o.documents_new, o.documents_changed, o.documents_unchanged), (1, 0, 0));
     // The same document read again (later fetch time) is one record.

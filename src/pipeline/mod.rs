@@ -176,9 +176,18 @@ pub async fn run_connector(app: &App, rt: &ConnectorRuntime, kind: RunKind, dry_
 
     let mut report = RunReport { run_id, connector: def.name.clone(), dry_run, ..Default::default() };
     let mut failure: Option<String> = None;
-    while let Some(item) = rx.recv().await {
-        let r = handle_item(app, rt, &info, item, dry_run, &mut report).await;
-        if let Err(e) = r {
+    // Patients are written in groups: whatever has arrived (up to PATIENTS_PER_TRANSACTION) is
+    // read from the store with one query and written in one transaction. Each patient's changes
+    // are complete in themselves, so a crash between groups loses nothing.
+    while let Some(first) = rx.recv().await {
+        let mut items = vec![first];
+        while items.len() < PATIENTS_PER_TRANSACTION {
+            match rx.try_recv() {
+                Ok(i) => items.push(i),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = handle_items(app, rt, &info, items, dry_run, &mut report).await {
             // A store failure is not bad input: stop the run, keep the watermark.
             failure = Some(format!("{e:#}"));
             break;
@@ -238,112 +247,127 @@ pub async fn run_connector(app: &App, rt: &ConnectorRuntime, kind: RunKind, dry_
     Ok(report)
 }
 
-async fn handle_item(app: &App, rt: &ConnectorRuntime, info: &RunInfo, item: SourceItem, dry_run: bool, report: &mut RunReport) -> Result<()> {
+/// Largest group of patients written in one transaction.
+const PATIENTS_PER_TRANSACTION: usize = 64;
+
+async fn handle_items(app: &App, rt: &ConnectorRuntime, info: &RunInfo, items: Vec<SourceItem>, dry_run: bool, report: &mut RunReport) -> Result<()> {
     let store = &app.store;
     let connector = &rt.def.name;
-    match item {
-        SourceItem::Refused { refusal, patient, raw, transient } => {
-            let pk = patient.as_ref().map(|p| app.pseudo.patient_key(p));
-            let cs = ChangeSet {
-                quarantine: vec![NewQuarantine {
+    let run_id = (info.run_id > 0).then_some(info.run_id);
+    let keys: Vec<String> = items
+        .iter()
+        .filter_map(|i| match i {
+            SourceItem::Patient(b) => Some(app.pseudo.patient_key(&b.patient)),
+            _ => None,
+        })
+        .collect();
+    let mut stored_hashes = store.document_hashes_many(connector, &keys).await?;
+    let mut cs = ChangeSet::default();
+    for item in items {
+        match item {
+            SourceItem::Refused { refusal, patient, raw, transient } => {
+                let pk = patient.as_ref().map(|p| app.pseudo.patient_key(p));
+                cs.quarantine.push(NewQuarantine {
                     connector: connector.clone(),
-                    run_id: (info.run_id > 0).then_some(info.run_id),
+                    run_id,
                     document: refusal.document.clone(),
                     field: refusal.field.clone(),
                     reason: refusal.reason.clone(),
                     patient_key: pk.clone(),
                     raw,
-                }],
-                audit: vec![NewAuditEvent::system(
+                });
+                cs.audit.push(NewAuditEvent::system(
                     if transient { kind::SOURCE_ERROR } else { kind::QUARANTINED },
                     &info.correlation_id,
                     connector,
                     serde_json::json!({"document": refusal.document, "field": refusal.field, "reason": refusal.reason, "patient": pk, "transient": transient}),
-                )],
-                ..Default::default()
-            };
-            let o = if dry_run { store.preview(cs).await? } else { store.apply(cs).await? };
-            report.add(&o);
-            Ok(())
-        }
-        SourceItem::Patient(batch) => {
-            report.patients += 1;
-            let pk = app.pseudo.patient_key(&batch.patient);
-            let stored_hashes = store.document_hashes(connector, &pk).await?;
-            let changed: Vec<Record> = batch
-                .records
-                .into_iter()
-                .filter(|r| stored_hashes.get(&r.key()).map(|h| h != &r.content_hash()).unwrap_or(true))
-                .collect();
-            if changed.is_empty() && batch.refusals.is_empty() {
-                report.patients_unchanged += 1;
-                return Ok(());
-            }
-            let mut cs = ChangeSet::default();
-            for r in &batch.refusals {
-                cs.quarantine.push(NewQuarantine {
-                    connector: connector.clone(),
-                    run_id: (info.run_id > 0).then_some(info.run_id),
-                    document: r.document.clone(),
-                    field: r.field.clone(),
-                    reason: r.reason.clone(),
-                    patient_key: Some(pk.clone()),
-                    raw: None,
-                });
-                cs.audit.push(NewAuditEvent::system(
-                    kind::QUARANTINED,
-                    &info.correlation_id,
-                    connector,
-                    serde_json::json!({"document": r.document, "field": r.field, "reason": r.reason, "patient": pk}),
                 ));
             }
-            let nullified: Vec<String> = changed.iter().filter(|r| r.nullified()).map(|r| r.provenance().document_id.clone()).collect();
-            if !changed.is_empty() {
-                cs.audit.push(NewAuditEvent::system(
-                    kind::DOCUMENTS_FETCHED,
-                    &info.correlation_id,
-                    connector,
-                    serde_json::json!({"patient": pk, "changed": changed.len(), "log_ids": batch.log_ids}),
-                ));
-            }
-            for d in &nullified {
-                cs.audit.push(NewAuditEvent::system(kind::NULLIFIED, &info.correlation_id, connector, serde_json::json!({"patient": pk, "document": d})));
-            }
-            if let Some(mapper) = &rt.mapper {
-                // Map the patient's whole stored history with this pull's changes on top.
-                let mut all: BTreeMap<String, Record> = store.patient_documents(connector, &pk).await?.into_iter().map(|r| (r.key(), r)).collect();
-                for r in &changed {
-                    all.insert(r.key(), r.clone());
+            SourceItem::Patient(batch) => {
+                report.patients += 1;
+                let pk = app.pseudo.patient_key(&batch.patient);
+                let stored = stored_hashes.remove(&pk);
+                // The content hash is computed once here and handed to the store.
+                let changed: Vec<(Record, String)> = batch
+                    .records
+                    .into_iter()
+                    .map(|r| {
+                        let h = r.content_hash();
+                        (r, h)
+                    })
+                    .filter(|(r, h)| stored.as_ref().and_then(|s| s.get(&r.key())).map(|old| old != h).unwrap_or(true))
+                    .collect();
+                if changed.is_empty() && batch.refusals.is_empty() {
+                    report.patients_unchanged += 1;
+                    continue;
                 }
-                let records: Vec<Record> = all.into_values().collect();
-                let out = mapper.map_patient(&MapInput {
-                    connector,
-                    register: &rt.def.register,
-                    patient: &batch.patient,
-                    patient_key: &pk,
-                    records: &records,
-                    today: info.today,
-                });
-                let existing = Existing {
-                    intents: store.intents_of_subject(connector, &pk).await?.into_iter().map(|(k, op, st)| (k, (op, st))).collect(),
-                    worklist: store.worklist_keys_of_subject(connector, &pk).await?.into_iter().collect(),
-                };
-                if out.opted_out {
-                    report.opted_out += 1;
+                for r in &batch.refusals {
+                    cs.quarantine.push(NewQuarantine {
+                        connector: connector.clone(),
+                        run_id,
+                        document: r.document.clone(),
+                        field: r.field.clone(),
+                        reason: r.reason.clone(),
+                        patient_key: Some(pk.clone()),
+                        raw: None,
+                    });
+                    cs.audit.push(NewAuditEvent::system(
+                        kind::QUARANTINED,
+                        &info.correlation_id,
+                        connector,
+                        serde_json::json!({"document": r.document, "field": r.field, "reason": r.reason, "patient": pk}),
+                    ));
                 }
-                report.worklist_items += out.incomplete.len() as u64;
-                for n in &out.notes {
-                    cs.audit.push(NewAuditEvent::system("mapping.note", &info.correlation_id, connector, serde_json::json!({"patient": pk, "note": n})));
+                if !changed.is_empty() {
+                    cs.audit.push(NewAuditEvent::system(
+                        kind::DOCUMENTS_FETCHED,
+                        &info.correlation_id,
+                        connector,
+                        serde_json::json!({"patient": pk, "changed": changed.len(), "log_ids": batch.log_ids}),
+                    ));
                 }
-                cs.episodes.push((connector.clone(), pk.clone(), out.episodes));
-                reconcile(&mut cs, connector, &pk, Some(&batch.patient), out.intents, out.incomplete, &existing, out.opted_out, &info.correlation_id);
+                for (r, _) in changed.iter().filter(|(r, _)| r.nullified()) {
+                    cs.audit.push(NewAuditEvent::system(kind::NULLIFIED, &info.correlation_id, connector, serde_json::json!({"patient": pk, "document": r.provenance().document_id})));
+                }
+                if let Some(mapper) = &rt.mapper {
+                    // Map the patient's whole stored history with this pull's changes on top. A
+                    // patient never seen before has no history, outbox records or worklist.
+                    let seen_before = stored.is_some();
+                    let mut all: BTreeMap<String, Record> = if seen_before {
+                        store.patient_documents(connector, &pk).await?.into_iter().map(|r| (r.key(), r)).collect()
+                    } else {
+                        BTreeMap::new()
+                    };
+                    for (r, _) in &changed {
+                        all.insert(r.key(), r.clone());
+                    }
+                    let records: Vec<Record> = all.into_values().collect();
+                    let out = mapper.map_patient(&MapInput { connector, register: &rt.def.register, patient: &batch.patient, patient_key: &pk, records: &records, today: info.today });
+                    let existing = if seen_before {
+                        Existing {
+                            intents: store.intents_of_subject(connector, &pk).await?.into_iter().map(|(k, op, st)| (k, (op, st))).collect(),
+                            worklist: store.worklist_keys_of_subject(connector, &pk).await?.into_iter().collect(),
+                        }
+                    } else {
+                        Existing::default()
+                    };
+                    if out.opted_out {
+                        report.opted_out += 1;
+                    }
+                    report.worklist_items += out.incomplete.len() as u64;
+                    for n in &out.notes {
+                        cs.audit.push(NewAuditEvent::system("mapping.note", &info.correlation_id, connector, serde_json::json!({"patient": pk, "note": n})));
+                    }
+                    cs.episodes.push((connector.clone(), pk.clone(), out.episodes));
+                    reconcile(&mut cs, connector, &pk, Some(&batch.patient), out.intents, out.incomplete, &existing, out.opted_out, &info.correlation_id);
+                }
+                cs.documents.extend(changed.into_iter().map(|(record, h)| DocumentUpsert { connector: connector.clone(), patient_key: pk.clone(), record, content_hash: Some(h) }));
             }
-            cs.documents = changed.into_iter().map(|record| DocumentUpsert { connector: connector.clone(), patient_key: pk.clone(), record }).collect();
-            let o = if dry_run { store.preview(cs).await? } else { store.apply(cs).await? };
-            report.add(&o);
-            Ok(())
         }
     }
+    let o = if dry_run { store.preview(cs).await? } else { store.apply(cs).await? };
+    report.add(&o);
+    Ok(())
 }
 
 /// Today in Stockholm (the journal's calendar).

@@ -62,6 +62,8 @@ pub struct DocumentUpsert {
     pub connector: String,
     pub patient_key: String,
     pub record: Record,
+    /// `record.content_hash()` when the caller already computed it (it is not cheap).
+    pub content_hash: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -263,7 +265,7 @@ impl Store {
                 if !seen.insert((d.connector.as_str(), key.clone())) {
                     break;
                 }
-                chunk.push((d, key, d.record.content_hash()));
+                chunk.push((d, key, d.content_hash.clone().unwrap_or_else(|| d.record.content_hash())));
                 next += 1;
             }
             let mut by_connector: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
@@ -420,6 +422,20 @@ impl Store {
     }
 
     // ------------------------------------------------------------------ documents
+
+    /// Content hashes of several patients' stored documents: patient_key → (doc_key → hash).
+    pub async fn document_hashes_many(&self, connector: &str, patient_keys: &[String]) -> Result<std::collections::HashMap<String, std::collections::HashMap<String, String>>> {
+        let mut out: std::collections::HashMap<String, std::collections::HashMap<String, String>> = Default::default();
+        let mut tx = self.backend.read().await?;
+        for chunk in patient_keys.chunks(500) {
+            let mut a = vec![sql::Val::from(connector)];
+            let ph = outbox::in_list(&mut a, chunk.iter().map(|k| sql::Val::from(k.as_str())).collect());
+            for r in tx.rows(&format!("SELECT patient_key, doc_key, content_hash FROM documents WHERE connector = $1 AND patient_key IN ({ph})"), &a).await? {
+                out.entry(r.text(0)?).or_default().insert(r.text(1)?, r.text(2)?);
+            }
+        }
+        Ok(out)
+    }
 
     /// Content hashes of a patient's stored documents (doc_key → hash), to skip unchanged reads.
     pub async fn document_hashes(&self, connector: &str, patient_key: &str) -> Result<std::collections::HashMap<String, String>> {
