@@ -192,3 +192,53 @@ async fn configuration_reload_is_applied_when_valid_and_audited_with_who_and_why
     }
     assert!(daemon.wait().unwrap().success(), "clean shutdown on SIGTERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_serves_the_same_journal_over_fhir() {
+    use registerbrygga::model::Record;
+    use registerbrygga::sources::{PullRequest, SourceItem};
+    let dir = common::test_dir();
+    let today = registerbrygga::pipeline::today_stockholm();
+    let env = SandboxEnv::start(&dir.path().join("sandbox"), SandboxSpec::new(8, 25, today)).await.unwrap();
+    let loaded = env.load_config(vec![]).unwrap();
+    let settings = loaded.settings.sources.get("journal_fhir").expect("the sandbox configures a FHIR source").clone();
+    let source = registerbrygga::sources::from_settings(&settings).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let req = PullRequest {
+        connector: "fhir".into(),
+        units: registerbrygga::sandbox::vocabulary::REHAB_UNITS.iter().chain(registerbrygga::sandbox::vocabulary::VC_UNITS.iter()).map(|u| registerbrygga::model::HsaId::parse(u).unwrap()).collect(),
+        changed_since: None,
+        window_from: today - chrono::Duration::days(900),
+        window_to: today,
+        discovery: registerbrygga::config::PatientDiscovery::All,
+        connector_dir: dir.path().to_path_buf(),
+        correlation_id: "t".into(),
+        today,
+    };
+    let pull = tokio::spawn(async move { source.pull(&req, tx).await });
+    let mut fhir_contacts = std::collections::BTreeSet::new();
+    while let Some(item) = rx.recv().await {
+        if let SourceItem::Patient(b) = item {
+            for r in b.records {
+                if let Record::CareContact(c) = &r {
+                    fhir_contacts.insert(c.care_contact_id.clone());
+                }
+            }
+        }
+    }
+    assert!(pull.await.unwrap().unwrap().complete);
+    // The same care contacts (by care contact id: FHIR resources have ids of their own) as the
+    // RIV-TA documents of the same journal.
+    let ctx = registerbrygga::sources::riv::ParseContext::new("riv", today);
+    let mut riv_contacts = std::collections::BTreeSet::new();
+    for i in 0..env.population.len() {
+        let doc = registerbrygga::sandbox::journal::render_patient(&env.population, registerbrygga::sandbox::journal::Contract::GetCareContacts, i);
+        for r in registerbrygga::sources::riv::parse_bytes(&doc, "riv", &ctx).unwrap().records {
+            if let Record::CareContact(c) = &r {
+                riv_contacts.insert(c.care_contact_id.clone());
+            }
+        }
+    }
+    assert!(!riv_contacts.is_empty());
+    assert_eq!(fhir_contacts, riv_contacts);
+}

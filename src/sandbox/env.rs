@@ -22,7 +22,29 @@ pub struct SandboxEnv {
     pub population: SharedPopulation,
     pub journal: JournalHandle,
     pub emulator: EmulatorHandle,
+    /// The same journal as FHIR R4 (Encounter, Condition, Observation, Procedure) over HTTPS.
+    pub fhir_url: String,
     pub today: NaiveDate,
+}
+
+/// The population's records as the FHIR sandbox serves them: each patient's four RIV-TA
+/// documents rendered and read back, so FHIR and RIV-TA carry the same journal.
+fn fhir_feed(pop: SharedPopulation) -> super::fhir::RecordFeed {
+    Arc::new(move || {
+        use super::journal::{render_patient, Contract};
+        let ctx = crate::sources::riv::ParseContext::new("sandbox-fhir", pop.spec().today);
+        let mut out = vec![];
+        for i in 0..pop.len() {
+            let updated = pop.updated_at(i);
+            for c in [Contract::GetCareContacts, Contract::GetDiagnosis, Contract::GetActivities, Contract::GetObservations] {
+                let doc = render_patient(&pop, c, i);
+                if let Ok(parsed) = crate::sources::riv::parse_bytes(&doc, "sandbox", &ctx) {
+                    out.extend(parsed.records.into_iter().map(|r| (r, updated)));
+                }
+            }
+        }
+        out
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -79,7 +101,9 @@ impl SandboxEnv {
         std::fs::write(dir.join("stratum.apikey"), emulator.api_key())?;
         population.write_listing(&dir.join("listing.csv"))?;
         population.write_patient_list(&dir.join("patients.txt"))?;
-        let env = SandboxEnv { dir, certs, population, journal, emulator, today: spec.today };
+        let fhir_listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let fhir_url = super::fhir::spawn(super::fhir::FhirSandbox::new(fhir_feed(population.clone())), fhir_listener, Some(certs.server_config()?))?;
+        let env = SandboxEnv { dir, certs, population, journal, emulator, fhir_url, today: spec.today };
         env.write_connectors()?;
         env.write_config()?;
         Ok(env)
@@ -123,6 +147,12 @@ pseudonym_key = {{ file = "{dir}/keys/pseudonym.key" }}
 base_url = "{journal}"
 tls = {tls}
 
+# The same journal over FHIR R4, for connectors that use `source = "journal_fhir"`.
+[sources.journal_fhir]
+kind = "fhir"
+base_url = "{fhir}"
+tls = {tls}
+
 [registers.sar]
 base_url = "{stratum}"
 api_key = {{ file = "{dir}/stratum.apikey" }}
@@ -141,6 +171,7 @@ export_dir = "{dir}/export/pvk"
             db = d(&self.db_path()),
             journal = self.journal.base_url(),
             stratum = self.emulator.base_url(),
+            fhir = self.fhir_url,
         );
         std::fs::write(self.config_file(), text)?;
         Ok(())
