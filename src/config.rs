@@ -391,6 +391,24 @@ pub struct SourceSettings {
     pub source_systems: Vec<String>,
     /// FHIR: resources asked for per search page (`_count`).
     pub page_size: u32,
+    /// RIV-TA: where GetActivities and GetObservations are limited to the connector's units.
+    pub unit_filter: UnitFilter,
+}
+
+/// How GetActivities and GetObservations, whose `careUnitId` takes a single unit, are limited to
+/// a connector's units (GetCareContacts and GetDiagnosis take them all in one request either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitFilter {
+    /// One request per unit with `careUnitId`: the journal sends only what we may read. The
+    /// choice under PDL (ask only for what the connector may read): other units' items never
+    /// leave the journal. Costs 2 + 2 × units requests per patient.
+    #[default]
+    Request,
+    /// One request per patient without `careUnitId`; items of other units are dropped on arrival
+    /// (counted, never stored), and so are items whose unit cannot be told. 4 requests per
+    /// patient, but other units' items cross the wire: a region turns this on deliberately.
+    Response,
 }
 
 impl Default for SourceSettings {
@@ -419,6 +437,7 @@ impl Default for SourceSettings {
             retry: RetrySettings { initial_delay_ms: 200, max_attempts: 4, max_delay_ms: 5_000, ..RetrySettings::default() },
             source_systems: vec![],
             page_size: 100,
+            unit_filter: UnitFilter::Request,
         }
     }
 }

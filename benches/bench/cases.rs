@@ -45,7 +45,16 @@ pub enum Case {
     /// One document of `bytes` bytes streamed from a generator (never held in memory).
     ParseStream { contract: String, bytes: u64, mode: ParseMode },
     /// A synthetic region from the sandbox journal into the outbox.
-    Pipeline { backend: String, contacts: u64, connector: String, concurrency: usize, mode: PipeMode },
+    Pipeline {
+        backend: String,
+        contacts: u64,
+        connector: String,
+        concurrency: usize,
+        mode: PipeMode,
+        /// The source's `unit_filter` ("request" | "response"); absent: the configured one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unit_filter: Option<String>,
+    },
     /// Registrations from the outbox to the Stratum emulator.
     Delivery { backend: String, records: usize, workers: usize, batch_size: u32, mode: DeliveryMode },
 }
@@ -55,8 +64,9 @@ impl Case {
         match self {
             Case::ParseMixed { patients, mode } => format!("parse mixed {patients} patients, {mode:?}"),
             Case::ParseStream { contract, bytes, mode } => format!("parse stream {contract} {} MiB, {mode:?}", bytes >> 20),
-            Case::Pipeline { backend, contacts, connector, concurrency, mode } => {
-                format!("pipeline {connector} {contacts} contacts on {backend}, concurrency {concurrency}, {mode:?}")
+            Case::Pipeline { backend, contacts, connector, concurrency, mode, unit_filter } => {
+                let uf = unit_filter.as_deref().map(|u| format!(", unit_filter {u}")).unwrap_or_default();
+                format!("pipeline {connector} {contacts} contacts on {backend}, concurrency {concurrency}{uf}, {mode:?}")
             }
             Case::Delivery { backend, records, workers, batch_size, mode } => {
                 format!("delivery {records} records on {backend}, {workers} workers × batch {batch_size}, {mode:?}")
@@ -69,8 +79,8 @@ pub fn run_case(case: &Case) -> Result<Value> {
     match case {
         Case::ParseMixed { patients, mode } => crate::parse::mixed(*patients, *mode),
         Case::ParseStream { contract, bytes, mode } => crate::parse::stream(contract, *bytes, *mode),
-        Case::Pipeline { backend, contacts, connector, concurrency, mode } => {
-            runtime()?.block_on(crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode))
+        Case::Pipeline { backend, contacts, connector, concurrency, mode, unit_filter } => {
+            runtime()?.block_on(crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode, unit_filter.as_deref()))
         }
         Case::Delivery { backend, records, workers, batch_size, mode } => {
             runtime()?.block_on(crate::delivery::run(backend, *records, *workers, *batch_size, *mode))
@@ -154,11 +164,23 @@ pub fn plan(o: &Options) -> Result<Plan> {
                 .collect(),
         });
     }
-    let region: u64 = if q { 20_000 } else { 1_000_000 };
-    let concurrency = 8;
-    let pipe = |backend: &str, contacts: u64, mode: PipeMode| Case::Pipeline { backend: backend.into(), contacts, connector: REGION_CONNECTOR.into(), concurrency, mode };
+    let region: u64 = o.contacts.unwrap_or(if q { 20_000 } else { 1_000_000 });
+    let concurrency = o.concurrency.unwrap_or(8);
+    let pipe = |backend: &str, contacts: u64, mode: PipeMode| Case::Pipeline {
+        backend: backend.into(),
+        contacts,
+        connector: REGION_CONNECTOR.into(),
+        concurrency,
+        mode,
+        unit_filter: o.unit_filter.clone(),
+    };
     if o.wants("b") {
-        groups.push(Group { name: "b_region_sqlite".into(), repeats: reps(1), cases: vec![pipe(SQLITE, region, PipeMode::Full), pipe(SQLITE, region, PipeMode::Fetch)] });
+        // The source-only baseline shows the RIV consumer's own share (fetch + parse + join).
+        groups.push(Group {
+            name: "b_region_sqlite".into(),
+            repeats: reps(1),
+            cases: vec![pipe(SQLITE, region, PipeMode::Full), pipe(SQLITE, region, PipeMode::Source), pipe(SQLITE, region, PipeMode::Fetch)],
+        });
     }
     if o.wants("c") {
         let records = if q { 2_000 } else { 10_000 };

@@ -7,7 +7,7 @@
 //! regenerates BENCHMARKS.md.
 //!
 //! Run it through `scripts/bench` (release build, PostgreSQL cluster, plot), or directly:
-//! `cargo bench --bench bench -- run [--quick] [--only a,b,c,d] [--out DIR]`.
+//! `cargo bench --bench bench -- run [--quick] [--only a,b,c,d] [--out DIR] [--contacts N] [--unit-filter request|response]`.
 
 mod cases;
 mod delivery;
@@ -58,7 +58,7 @@ fn real_main(args: &[String]) -> Result<()> {
             report::write_markdown(&results, &PathBuf::from("BENCHMARKS.md"))
         }
         _ => {
-            eprintln!("usage: bench run [--quick] [--only a,b,c,d] [--out DIR] [--repeats N]\n       bench child '<case JSON>'\n       bench report RESULTS.json");
+            eprintln!("usage: bench run [--quick] [--only a,b,c,d] [--out DIR] [--repeats N] [--contacts N] [--concurrency N] [--unit-filter request|response]\n       bench child '<case JSON>'\n       bench report RESULTS.json");
             bail!("no command")
         }
     }
@@ -72,6 +72,12 @@ pub struct Options {
     pub repeats: Option<usize>,
     pub pg_url: Option<String>,
     pub command: String,
+    /// (b): region size in contacts instead of the default (1M; 20k with --quick).
+    pub contacts: Option<u64>,
+    /// (b) and (d): the RIV source's `unit_filter` ("request" | "response").
+    pub unit_filter: Option<String>,
+    /// (b) and (d): patients fetched in parallel (default 8, the shipped setting).
+    pub concurrency: Option<usize>,
 }
 
 impl Options {
@@ -83,6 +89,9 @@ impl Options {
             repeats: None,
             pg_url: std::env::var("RB_BENCH_PG_URL").ok().filter(|s| !s.is_empty()),
             command: std::env::var("RB_BENCH_COMMAND").unwrap_or_else(|_| "scripts/bench".into()),
+            contacts: None,
+            unit_filter: None,
+            concurrency: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -91,6 +100,12 @@ impl Options {
                 "--only" => o.only = it.next().context("--only needs a list")?.split(',').map(|s| s.trim().to_string()).collect(),
                 "--out" => o.out = PathBuf::from(it.next().context("--out needs a folder")?),
                 "--repeats" => o.repeats = Some(it.next().context("--repeats needs a number")?.parse()?),
+                "--contacts" => o.contacts = Some(it.next().context("--contacts needs a number")?.parse()?),
+                "--concurrency" => o.concurrency = Some(it.next().context("--concurrency needs a number")?.parse()?),
+                "--unit-filter" => match it.next().map(String::as_str) {
+                    Some(u @ ("request" | "response")) => o.unit_filter = Some(u.to_string()),
+                    _ => bail!("--unit-filter takes request or response"),
+                },
                 other => bail!("unknown option {other}"),
             }
         }

@@ -13,7 +13,7 @@ use registerbrygga::model::{HsaId, Record};
 use registerbrygga::pipeline::{find, run_connector, RunKind};
 use registerbrygga::sandbox::env::{SandboxEnv, SandboxSpec};
 use registerbrygga::sandbox::journal::{Population, PopulationSpec};
-use registerbrygga::sources::riv::{request, Contract};
+use registerbrygga::sources::riv::{patient_calls, request};
 use registerbrygga::sources::{PullRequest, SourceItem};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -50,7 +50,7 @@ pub async fn fresh_pg_url(prefix: &str) -> Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
-pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usize, mode: PipeMode) -> Result<Value> {
+pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usize, mode: PipeMode, unit_filter: Option<&str>) -> Result<Value> {
     let today = registerbrygga::pipeline::today_stockholm();
     let patients = patients_for(contacts, today);
     let dir = bench_dir("pipe")?;
@@ -62,6 +62,9 @@ pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usi
         ("delivery.enabled".into(), "false".into()),
         ("sources.journal.concurrency".into(), concurrency.to_string()),
     ];
+    if let Some(u) = unit_filter {
+        overrides.push(("sources.journal.unit_filter".into(), u.to_string()));
+    }
     match backend {
         SQLITE => {}
         PG => {
@@ -200,9 +203,9 @@ fn pull_request(def: &registerbrygga::config::ConnectorDef, today: chrono::Naive
     }
 }
 
-/// The same per-patient requests the RIV source makes (care contacts, diagnoses, then
-/// activities and observations per unit), with the same client and patient concurrency; the
-/// bodies are read to the end and dropped.
+/// The same per-patient requests the RIV source makes (`patient_calls`: care contacts, diagnoses,
+/// activities and observations, per unit or not as `unit_filter` says), with the same client and
+/// patient concurrency; the bodies are read to the end and dropped.
 async fn fetch_loop(
     env: &SandboxEnv,
     settings: &registerbrygga::config::SourceSettings,
@@ -225,14 +228,7 @@ async fn fetch_loop(
         async move {
             let patient = env.population.patient_id(i);
             let q = request::PatientQuery { patient: &patient, units, care_giver, from, to: today };
-            let mut calls = vec![(Contract::GetCareContacts, request::get_care_contacts(&q)), (Contract::GetDiagnosis, request::get_diagnosis(&q))];
-            for u in units {
-                calls.push((Contract::GetActivities, request::get_activities(&q, Some(u))));
-            }
-            for u in units {
-                calls.push((Contract::GetObservations, request::get_observations(&q, Some(u))));
-            }
-            for (contract, body) in calls {
+            for (contract, body) in patient_calls(&q, settings.unit_filter) {
                 let resp = http
                     .post(client.endpoint(contract))
                     .header(reqwest::header::CONTENT_TYPE, "text/xml; charset=UTF-8")

@@ -327,7 +327,7 @@ pub fn write_markdown(results: &Value, path: &Path) -> Result<()> {
             s,
             "The sandbox journal (HTTPS + mTLS on loopback, in the same process) serves a population of {} patients with {} care contacts, {} diagnoses, {} activities and {} observations. \
              The real daemon wiring (`SandboxEnv` config → `App::open` → `build_runtime`) runs the `{}` connector once (`run_connector`, manual run, no watermark): \
-             engagement-index discovery, {} requests per patient (care contacts, diagnoses, activities and observations per unit, {} patients in flight), \
+             engagement-index discovery, {} requests per patient ({}, {} patients in flight), \
              streaming parse, per-patient store transaction (documents encrypted, audit chain), then the PVK after-pull step (indicators from the stored records into the outbox).\n",
             fmt_num(r0["population"]["patients"].as_f64().unwrap_or(0.0), 0),
             fmt_num(r0["population"]["care_contacts"].as_f64().unwrap_or(0.0), 0),
@@ -336,6 +336,11 @@ pub fn write_markdown(results: &Value, path: &Path) -> Result<()> {
             fmt_num(r0["population"]["observations"].as_f64().unwrap_or(0.0), 0),
             r0["case"]["connector"].as_str().unwrap_or(""),
             (r0["journal_requests"].as_f64().unwrap_or(0.0) / r0["patients"].as_f64().unwrap_or(1.0)).round(),
+            if r0["case"]["unit_filter"] == "response" {
+                "care contacts and diagnoses for the connector's units, activities and observations once each without `careUnitId`, other units' items dropped on arrival: `unit_filter = \"response\"`"
+            } else {
+                "care contacts, diagnoses, activities and observations per unit"
+            },
             r0["case"]["concurrency"]
         )?;
         writeln!(s, "Baselines in the same run: **fetch** = the same requests with the same mTLS client and concurrency, bodies read and dropped (journal + TLS + HTTP only); **source** = the RIV source alone (fetch + parse + join), batches dropped (no store).\n")?;

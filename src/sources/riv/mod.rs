@@ -18,7 +18,7 @@ pub use client::RivClient;
 pub use contract::Contract;
 pub use parse::{parse_bytes, parse_response, parse_response_with, DocumentError, ParseContext, Parsed};
 
-use crate::config::{PatientDiscovery, SourceSettings};
+use crate::config::{PatientDiscovery, SourceSettings, UnitFilter};
 use crate::model::{HsaId, PatientId, Record};
 use crate::sources::{PatientBatch, PullRequest, PullSummary, Source, SourceItem};
 use anyhow::{anyhow, bail, Result};
@@ -153,15 +153,7 @@ impl RivSource {
         ctx.expected_patient = Some(patient.clone());
         let care_giver = Some(self.settings.care_giver_hsa_id.as_str()).filter(|s| !s.is_empty());
         let q = request::PatientQuery { patient: &patient, units: &req.units, care_giver, from: req.window_from, to: req.window_to };
-        let mut calls = vec![(Contract::GetCareContacts, request::get_care_contacts(&q)), (Contract::GetDiagnosis, request::get_diagnosis(&q))];
-        // careUnitId takes one unit: ask once per unit.
-        let units: Vec<Option<&HsaId>> = if req.units.is_empty() { vec![None] } else { req.units.iter().map(Some).collect() };
-        for u in &units {
-            calls.push((Contract::GetActivities, request::get_activities(&q, *u)));
-        }
-        for u in &units {
-            calls.push((Contract::GetObservations, request::get_observations(&q, *u)));
-        }
+        let calls = patient_calls(&q, self.settings.unit_filter);
         let mut batch = PatientBatch { patient: patient.clone(), records: vec![], refusals: vec![], log_ids: vec![] };
         let mut documents = 0;
         for (contract, body) in calls {
@@ -184,8 +176,30 @@ impl RivSource {
             }
         }
         join_to_contacts(&mut batch.records);
+        if self.settings.unit_filter == UnitFilter::Response && !req.units.is_empty() {
+            // Asked for every unit: what the parser could not place at one of ours (no unit of
+            // its own, none from its care contact) is not ours to keep.
+            batch.records.retain(|r| !matches!(r, Record::Activity(_) | Record::Observation(_)) || r.unit().is_some());
+        }
         PatientOutcome { items: vec![SourceItem::Patient(batch)], documents, incomplete: false }
     }
+}
+
+/// The requests for one patient, in order: care contacts, diagnoses, then activities and
+/// observations (per unit when `unit_filter` is `request`: `careUnitId` takes one unit).
+pub fn patient_calls(q: &request::PatientQuery, unit_filter: UnitFilter) -> Vec<(Contract, Vec<u8>)> {
+    let mut calls = vec![(Contract::GetCareContacts, request::get_care_contacts(q)), (Contract::GetDiagnosis, request::get_diagnosis(q))];
+    let units: Vec<Option<&HsaId>> = match unit_filter {
+        UnitFilter::Request if !q.units.is_empty() => q.units.iter().map(Some).collect(),
+        _ => vec![None],
+    };
+    for u in &units {
+        calls.push((Contract::GetActivities, request::get_activities(q, *u)));
+    }
+    for u in &units {
+        calls.push((Contract::GetObservations, request::get_observations(q, *u)));
+    }
+    calls
 }
 
 async fn send(out: &mpsc::Sender<SourceItem>, item: SourceItem) -> Result<()> {

@@ -18,14 +18,13 @@ use crate::model::{
     PatientId, Provenance, Record, Refusal, OID_ICD10SE,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
-use quick_xml::reader::NsReader;
-use std::collections::VecDeque;
-use std::io;
+use quick_xml::errors::{IllFormedError, SyntaxError};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{NamespaceError, PrefixDeclaration, QName};
+use quick_xml::Reader;
+use std::borrow::Cow;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 /// A single XML token (tag or text run) larger than this is hostile for these contracts.
 pub const MAX_TOKEN_BYTES: u64 = 8 * 1024 * 1024;
@@ -255,7 +254,7 @@ where
     let mut d = Driver { x: &mut x, ctx, sink: &mut on_item, doc: doc_name.to_string(), outside_units: 0 };
     let (contract, result, updates) = d.run().await?;
     let outside_units = d.outside_units;
-    let bytes = x.reader.get_ref().consumed;
+    let bytes = x.lex.input.taken;
     Ok(DocSummary { document: doc_name.to_string(), contract, result, updates, outside_units, bytes })
 }
 
@@ -288,144 +287,149 @@ pub fn parse_bytes(bytes: &[u8], doc_name: &str, ctx: &ParseContext) -> Result<P
 }
 
 // ---------------------------------------------------------------------------------------------
-// Byte stream guard: size limit, token limit, line tracking, transport errors told apart.
+// Input: the bytes read and not yet parsed. They are tokenised synchronously with quick-xml's
+// slice reader (events borrow the buffer, no copy per event); the source is awaited only when
+// a token runs past the end of what has arrived. A small response is usually parsed in one go.
 
-#[derive(Clone, Debug)]
-enum StreamFailure {
-    TooLarge,
-    TokenTooLarge,
-    Transport(String),
-}
+/// Most bytes taken from the source per read; with `READ_CHUNK` the buffer stays small however
+/// large the document (memory flat), and a whole per-patient response fits in one read.
+const READ_CHUNK: usize = 256 * 1024;
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Newline offsets remembered for line numbers in error messages.
-const NEWLINE_RING: usize = 4096;
-
-struct Limited<R> {
+struct Input<R> {
     inner: R,
+    buf: Vec<u8>,
+    /// Parse position in `buf` (everything before it has been handed out).
+    pos: usize,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    /// Bytes taken from `inner` (never more than `max`).
+    taken: u64,
     max: u64,
-    consumed: u64,
-    token_start: u64,
-    scanned: u64,
-    newlines_dropped: u64,
-    ring: VecDeque<u64>,
-    failure: Option<StreamFailure>,
+    eof: bool,
+    /// Newlines before `base` and the offset of the last one (for line numbers in errors).
+    newlines: u64,
+    last_newline: Option<u64>,
+    /// A read failure held back until the bytes before it have been parsed.
+    failed: Option<DocumentError>,
 }
 
-impl<R> Limited<R> {
-    fn new(inner: R, max: u64) -> Limited<R> {
-        Limited { inner, max, consumed: 0, token_start: 0, scanned: 0, newlines_dropped: 0, ring: VecDeque::new(), failure: None }
+impl<R: AsyncBufRead + Unpin> Input<R> {
+    fn new(inner: R, max: u64) -> Input<R> {
+        Input { inner, buf: Vec::new(), pos: 0, base: 0, taken: 0, max, eof: false, newlines: 0, last_newline: None, failed: None }
     }
 
-    /// 1-based line and column of a byte offset.
+    /// 1-based line and column of a stream offset.
     fn line_col(&self, pos: u64) -> (u64, u64) {
-        let mut line = 1 + self.newlines_dropped;
-        let mut line_start = 0u64;
-        for &o in &self.ring {
-            if o < pos {
-                line += 1;
-                line_start = o + 1;
-            } else {
-                break;
-            }
-        }
+        let upto = (pos.saturating_sub(self.base) as usize).min(self.buf.len());
+        let head = &self.buf[..upto];
+        let line = 1 + self.newlines + head.iter().filter(|b| **b == b'\n').count() as u64;
+        let last = head.iter().rposition(|b| *b == b'\n').map(|i| self.base + i as u64).or(self.last_newline);
+        let line_start = last.map(|o| o + 1).unwrap_or(0);
         (line, pos.saturating_sub(line_start) + 1)
     }
-}
 
-impl<R: AsyncBufRead + Unpin> AsyncRead for Limited<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let n = match self.as_mut().poll_fill_buf(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(buf)) => {
-                let n = buf.len().min(out.remaining());
-                out.put_slice(&buf[..n]);
-                n
+    /// Read more of the document: at least as much again as the unfinished token at `pos`, so
+    /// re-scanning a long token stays linear. Sets `eof` at the end of the source.
+    async fn fill(&mut self, doc: &str) -> Result<(), DocumentError> {
+        let partial = self.buf.len() - self.pos;
+        if partial as u64 > MAX_TOKEN_BYTES {
+            return Err(DocumentError::permanent(
+                doc,
+                "",
+                format!("a single XML token is larger than {MAX_TOKEN_BYTES} bytes: refused as hostile, reading stopped"),
+            ));
+        }
+        if self.pos > 0 {
+            let done = &self.buf[..self.pos];
+            self.newlines += done.iter().filter(|b| **b == b'\n').count() as u64;
+            if let Some(i) = done.iter().rposition(|b| *b == b'\n') {
+                self.last_newline = Some(self.base + i as u64);
             }
-        };
-        self.consume(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<R: AsyncBufRead + Unpin> AsyncBufRead for Limited<R> {
-    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
-        let this = self.get_mut();
-        if this.consumed.saturating_sub(this.token_start) > MAX_TOKEN_BYTES {
-            this.failure = Some(StreamFailure::TokenTooLarge);
-            return Poll::Ready(Err(io::Error::other("token too large")));
+            self.buf.drain(..self.pos);
+            self.base += self.pos as u64;
+            self.pos = 0;
         }
-        let buf = match Pin::new(&mut this.inner).poll_fill_buf(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => {
-                this.failure = Some(StreamFailure::Transport(e.to_string()));
-                return Poll::Ready(Err(e));
-            }
-            Poll::Ready(Ok(b)) => b,
-        };
-        if buf.is_empty() {
-            return Poll::Ready(Ok(buf));
+        if let Some(e) = self.failed.take() {
+            return Err(e);
         }
-        let remaining = this.max.saturating_sub(this.consumed);
-        if remaining == 0 {
-            this.failure = Some(StreamFailure::TooLarge);
-            return Poll::Ready(Err(io::Error::other("response too large")));
-        }
-        let n = (buf.len() as u64).min(remaining) as usize;
-        let buf = &buf[..n];
-        let from = this.scanned.saturating_sub(this.consumed) as usize;
-        if from < n {
-            for (i, b) in buf[from..].iter().enumerate() {
-                if *b == b'\n' {
-                    if this.ring.len() == NEWLINE_RING {
-                        this.ring.pop_front();
-                        this.newlines_dropped += 1;
-                    }
-                    this.ring.push_back(this.consumed + (from + i) as u64);
+        let want = partial.max(1);
+        let mut got = 0usize;
+        while got < want {
+            let failure = match self.inner.fill_buf().await {
+                Err(e) => DocumentError::transient(
+                    doc,
+                    "",
+                    format!("connection failed while reading the response: {}", sanitise(&e.to_string(), 300)),
+                ),
+                Ok([]) => {
+                    self.eof = true;
+                    return Ok(());
                 }
+                Ok(_) if self.taken >= self.max => DocumentError::permanent(
+                    doc,
+                    "",
+                    format!("response is larger than max_response_bytes ({} bytes): refused as hostile, reading stopped", self.max),
+                ),
+                Ok(chunk) => {
+                    let remaining = self.max - self.taken;
+                    let n = chunk.len().min(READ_CHUNK).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    Pin::new(&mut self.inner).consume(n);
+                    self.taken += n as u64;
+                    got += n;
+                    continue;
+                }
+            };
+            // What already arrived is parsed first; the failure comes when more is needed.
+            if got == 0 {
+                return Err(failure);
             }
-            this.scanned = this.consumed + n as u64;
+            self.failed = Some(failure);
+            return Ok(());
         }
-        Poll::Ready(Ok(buf))
-    }
-
-    fn consume(self: Pin<&mut Self>, amt: usize) {
-        let this = self.get_mut();
-        this.consumed += amt as u64;
-        Pin::new(&mut this.inner).consume(amt);
+        Ok(())
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Event layer
 
 type NsId = u16;
 /// Id of "no namespace".
 const NO_NS: NsId = 0;
+/// A binding whose namespace has not been looked up in the table yet.
+const NS_UNSET: NsId = NsId::MAX;
+const XML_NS: &[u8] = b"http://www.w3.org/XML/1998/namespace";
+const XMLNS_NS: &[u8] = b"http://www.w3.org/2000/xmlns/";
 
-enum Ev {
-    Start { ns: NsId, local: String },
-    End,
-    Text(String),
-    Eof,
+/// One `xmlns` / `xmlns:p` declaration in scope.
+struct Binding {
+    /// Depth of the declaring element (1 = the document element).
+    level: usize,
+    /// Prefix in `Scope::bound` (`None`: the default namespace).
+    prefix: Option<(usize, usize)>,
+    uri: (usize, usize),
+    id: NsId,
 }
 
-struct XmlStream<R> {
-    reader: NsReader<Limited<R>>,
-    buf: Vec<u8>,
+/// Open elements and namespace scopes: quick-xml's namespace resolution and end-name check,
+/// kept here because the slice reader starts afresh after every refill.
+struct Scope {
+    open: Vec<u8>,
+    open_starts: Vec<usize>,
+    bindings: Vec<Binding>,
+    bound: Vec<u8>,
+    /// Namespace URIs met so far; an id is an index (0 = no namespace).
     namespaces: Vec<String>,
-    doc: String,
-    max: u64,
 }
 
-impl<R: AsyncBufRead + Unpin> XmlStream<R> {
-    fn new(inner: R, doc: &str, max: u64) -> XmlStream<R> {
-        let mut reader = NsReader::from_reader(Limited::new(inner, max));
-        let cfg = reader.config_mut();
-        cfg.expand_empty_elements = true;
-        cfg.check_end_names = true;
-        cfg.trim_text(false);
-        XmlStream { reader, buf: Vec::with_capacity(4096), namespaces: vec![String::new()], doc: doc.to_string(), max }
+enum Resolved<'a> {
+    Ns(NsId),
+    Unknown(&'a [u8]),
+    TooMany,
+}
+
+impl Scope {
+    fn new() -> Scope {
+        Scope { open: Vec::new(), open_starts: Vec::new(), bindings: Vec::new(), bound: Vec::new(), namespaces: vec![String::new()] }
     }
 
     fn intern(namespaces: &mut Vec<String>, ns: &[u8]) -> Option<NsId> {
@@ -440,189 +444,664 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
         Some((namespaces.len() - 1) as NsId)
     }
 
-    fn id_of(&mut self, ns: &str) -> NsId {
-        Self::intern(&mut self.namespaces, ns.as_bytes()).unwrap_or(NsId::MAX)
-    }
-
-    fn ns_name(&self, id: NsId) -> &str {
-        self.namespaces.get(id as usize).map(|s| s.as_str()).unwrap_or("")
-    }
-
-    fn malformed(&self, what: impl std::fmt::Display, pos: u64) -> DocumentError {
-        let (line, col) = self.reader.get_ref().line_col(pos);
-        DocumentError::permanent(&self.doc, "", format!("malformed XML at line {line}, column {col}: {}", sanitise(&what.to_string(), 200)))
-    }
-
-    fn xml_error(&self, e: quick_xml::Error) -> DocumentError {
-        if let quick_xml::Error::Io(_) = &e {
-            return match &self.reader.get_ref().failure {
-                Some(StreamFailure::TooLarge) => DocumentError::permanent(
-                    &self.doc,
-                    "",
-                    format!("response is larger than max_response_bytes ({} bytes): refused as hostile, reading stopped", self.max),
-                ),
-                Some(StreamFailure::TokenTooLarge) => DocumentError::permanent(
-                    &self.doc,
-                    "",
-                    format!("a single XML token is larger than {MAX_TOKEN_BYTES} bytes: refused as hostile, reading stopped"),
-                ),
-                Some(StreamFailure::Transport(m)) => {
-                    DocumentError::transient(&self.doc, "", format!("connection failed while reading the response: {}", sanitise(m, 300)))
+    /// An element starts: remember its name and its namespace declarations.
+    fn open(&mut self, s: &BytesStart) -> Result<(), quick_xml::Error> {
+        self.open_starts.push(self.open.len());
+        self.open.extend_from_slice(s.name().as_ref());
+        let level = self.open_starts.len();
+        let attrs = s.attributes_raw();
+        if !attrs.windows(5).any(|w| w == b"xmlns") {
+            return Ok(());
+        }
+        // As quick-xml's resolver: raw attribute values, reading stops at a malformed attribute.
+        for a in s.attributes().with_checks(false) {
+            let Ok(a) = a else { break };
+            let v: &[u8] = &a.value;
+            let prefix = match a.key.as_namespace_binding() {
+                None => continue,
+                Some(PrefixDeclaration::Default) => None,
+                Some(PrefixDeclaration::Named(b"xml")) => {
+                    if v != XML_NS {
+                        return Err(NamespaceError::InvalidXmlPrefixBind(v.to_vec()).into());
+                    }
+                    continue;
                 }
-                None => DocumentError::transient(&self.doc, "", format!("read error: {}", sanitise(&e.to_string(), 300))),
+                Some(PrefixDeclaration::Named(b"xmlns")) => return Err(NamespaceError::InvalidXmlnsPrefixBind(v.to_vec()).into()),
+                Some(PrefixDeclaration::Named(p)) => {
+                    if v == XML_NS {
+                        return Err(NamespaceError::InvalidPrefixForXml(p.to_vec()).into());
+                    }
+                    if v == XMLNS_NS {
+                        return Err(NamespaceError::InvalidPrefixForXmlns(p.to_vec()).into());
+                    }
+                    Some(p)
+                }
+            };
+            let prefix = prefix.map(|p| {
+                let at = self.bound.len();
+                self.bound.extend_from_slice(p);
+                (at, self.bound.len())
+            });
+            let at = self.bound.len();
+            self.bound.extend_from_slice(v);
+            self.bindings.push(Binding { level, prefix, uri: (at, self.bound.len()), id: NS_UNSET });
+        }
+        Ok(())
+    }
+
+    /// The namespace of an element name in the current scope.
+    fn resolve<'n>(&mut self, name: QName<'n>) -> Resolved<'n> {
+        let (_, prefix) = name.decompose();
+        let want = prefix.map(|p| p.into_inner());
+        let Scope { bindings, bound, namespaces, .. } = self;
+        for b in bindings.iter_mut().rev() {
+            let same = match (b.prefix, want) {
+                (None, None) => true,
+                (Some((s, e)), Some(p)) => &bound[s..e] == p,
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            if b.uri.0 == b.uri.1 {
+                // `xmlns=""` leaves names unqualified; `xmlns:p=""` undeclares p.
+                return match want {
+                    None => Resolved::Ns(NO_NS),
+                    Some(p) => Resolved::Unknown(p),
+                };
+            }
+            if b.id != NS_UNSET {
+                return Resolved::Ns(b.id);
+            }
+            let uri = &bound[b.uri.0..b.uri.1];
+            return match Self::intern(namespaces, uri) {
+                // A URI that is not UTF-8 never matches its (lossy) table entry, so every element
+                // in it takes a new id, as before: not cached.
+                Some(id) if std::str::from_utf8(uri).is_ok() => {
+                    b.id = id;
+                    Resolved::Ns(id)
+                }
+                Some(id) => Resolved::Ns(id),
+                None => Resolved::TooMany,
             };
         }
-        self.malformed(e, self.reader.error_position())
+        let fixed = match want {
+            None => return Resolved::Ns(NO_NS),
+            Some(b"xml") => XML_NS,
+            Some(b"xmlns") => XMLNS_NS,
+            Some(p) => return Resolved::Unknown(p),
+        };
+        match Self::intern(namespaces, fixed) {
+            Some(id) => Resolved::Ns(id),
+            None => Resolved::TooMany,
+        }
     }
 
-    async fn next(&mut self) -> Result<Ev, DocumentError> {
-        loop {
-            self.buf.clear();
-            {
-                let lim = self.reader.get_mut();
-                lim.token_start = lim.consumed;
-            }
-            let pos = self.reader.buffer_position();
-            let Self { reader, buf, namespaces, .. } = self;
-            let res = reader.read_resolved_event_into_async(buf).await;
-            let (ns, ev) = match res {
-                Ok(v) => v,
-                Err(e) => return Err(self.xml_error(e)),
-            };
-            match ev {
-                Event::Start(s) => {
-                    let local = String::from_utf8_lossy(s.local_name().as_ref()).into_owned();
-                    let ns = match ns {
-                        ResolveResult::Unbound => NO_NS,
-                        ResolveResult::Bound(n) => match Self::intern(namespaces, n.as_ref()) {
-                            Some(id) => id,
-                            None => return Err(DocumentError::permanent(&self.doc, "", "more than 256 namespaces: refused as hostile")),
-                        },
-                        ResolveResult::Unknown(p) => {
-                            let p = String::from_utf8_lossy(&p).into_owned();
-                            return Err(self.malformed(format!("namespace prefix `{p}` is not declared"), pos));
-                        }
-                    };
-                    return Ok(Ev::Start { ns, local });
+    /// An element ends; `name` is checked against the open one (as quick-xml's check_end_names).
+    fn close(&mut self, name: Option<&[u8]>) -> Result<(), quick_xml::Error> {
+        let decode = |b: &[u8]| std::str::from_utf8(b).map(str::to_string).unwrap_or_default();
+        match self.open_starts.pop() {
+            Some(start) => {
+                if let Some(name) = name {
+                    if name != &self.open[start..] {
+                        return Err(IllFormedError::MismatchedEndTag { expected: decode(&self.open[start..]), found: decode(name) }.into());
+                    }
                 }
-                Event::End(_) => return Ok(Ev::End),
-                Event::Text(t) => match t.unescape() {
-                    Ok(s) => return Ok(Ev::Text(s.into_owned())),
-                    Err(e) => return Err(self.malformed(e, pos)),
-                },
-                Event::CData(c) => match c.decode() {
-                    Ok(s) => return Ok(Ev::Text(s.into_owned())),
-                    Err(e) => return Err(self.malformed(e, pos)),
-                },
-                Event::DocType(_) => {
+                self.open.truncate(start);
+            }
+            None => return Err(IllFormedError::UnmatchedEndTag(decode(name.unwrap_or_default())).into()),
+        }
+        let depth = self.open_starts.len();
+        if let Some(i) = self.bindings.iter().position(|b| b.level > depth) {
+            let from = self.bindings[i].prefix.map(|p| p.0).unwrap_or(self.bindings[i].uri.0);
+            self.bindings.truncate(i);
+            self.bound.truncate(from);
+        }
+        Ok(())
+    }
+}
+
+/// One token as the layers above see it.
+enum Tok<'b> {
+    Start { ns: NsId, ns_name: &'b str, local: &'b [u8] },
+    End,
+    Text(Cow<'b, str>),
+    Eof,
+}
+
+struct Lexer<R> {
+    input: Input<R>,
+    scope: Scope,
+    /// The end half of an empty-element tag whose start half was the last token handed out.
+    pending_end: bool,
+    doc: String,
+}
+
+impl<R: AsyncBufRead + Unpin> Lexer<R> {
+    fn malformed(&self, what: impl std::fmt::Display, pos: u64) -> DocumentError {
+        malformed(&self.input, &self.doc, what, pos)
+    }
+
+    /// Stream offset just after the last token handed out.
+    fn position(&self) -> u64 {
+        self.input.base + self.input.pos as u64
+    }
+
+    /// Hand tokens to `f` until it returns `true` (then `Ok(true)`) or the bytes read so far
+    /// end inside a token (then `Ok(false)`: `fill` and call again; nothing is lost).
+    fn pump<F>(&mut self, mut f: F) -> Result<bool, DocumentError>
+    where
+        F: FnMut(Tok<'_>) -> Result<bool, DocumentError>,
+    {
+        if self.pending_end {
+            self.pending_end = false;
+            self.scope.close(None).map_err(|e| self.malformed(e, self.position()))?;
+            if f(Tok::End)? {
+                return Ok(true);
+            }
+        }
+        let Lexer { input, scope, pending_end, doc } = self;
+        let start = input.pos;
+        let mut data = &input.buf[start..];
+        // quick-xml drops a BOM at the start of its input: right at the start of the document
+        // that is wanted, anywhere else it is a U+FEFF in text and is handed out as such.
+        let mut skip = 0usize;
+        let mut bom = false;
+        if data.starts_with(UTF8_BOM) {
+            skip = UTF8_BOM.len();
+            bom = input.base + start as u64 != 0;
+            data = &data[skip..];
+        }
+        let origin = input.base + (start + skip) as u64;
+        let eof = input.eof;
+        let mut r = Reader::from_reader(data);
+        let cfg = r.config_mut();
+        cfg.expand_empty_elements = false;
+        cfg.check_end_names = false;
+        cfg.allow_unmatched_ends = true;
+        cfg.trim_text(false);
+        loop {
+            let ev_start = r.buffer_position() as usize;
+            let at = origin + ev_start as u64;
+            let ev = r.read_event();
+            let complete = match &ev {
+                Ok(Event::Text(_)) => eof || (r.buffer_position() as usize) < data.len(),
+                Ok(Event::Eof) => eof,
+                // Unclosed markup at the end of what has arrived (`<!` alone cannot tell yet).
+                Err(quick_xml::Error::Syntax(SyntaxError::InvalidBangMarkup)) => eof || data.len() - ev_start >= 3,
+                Err(quick_xml::Error::Syntax(_)) => eof,
+                _ => true,
+            };
+            if !complete {
+                input.pos = if bom { start } else { start + skip + ev_start };
+                return Ok(false);
+            }
+            if bom {
+                bom = false;
+                if let Ok(Event::Text(t)) = &ev {
+                    let t = t.unescape().map_err(|e| malformed(input, doc, e, at))?;
+                    let mut s = String::from("\u{FEFF}");
+                    s.push_str(&t);
+                    if f(Tok::Text(Cow::Owned(s)))? {
+                        input.pos = start + skip + r.buffer_position() as usize;
+                        return Ok(true);
+                    }
+                    continue;
+                }
+                if f(Tok::Text(Cow::Borrowed("\u{FEFF}")))? {
+                    input.pos = start + skip;
+                    return Ok(true);
+                }
+            }
+            let stop = match ev {
+                Err(e) => return Err(malformed(input, doc, &e, origin + r.error_position())),
+                Ok(Event::Start(s)) => {
+                    let ns = open_start(scope, &s).map_err(|e| e.into_error(input, doc, at))?;
+                    f(Tok::Start { ns, ns_name: &scope.namespaces[ns as usize], local: s.local_name().into_inner() })?
+                }
+                Ok(Event::Empty(s)) => {
+                    let ns = open_start(scope, &s).map_err(|e| e.into_error(input, doc, at))?;
+                    if f(Tok::Start { ns, ns_name: &scope.namespaces[ns as usize], local: s.local_name().into_inner() })? {
+                        *pending_end = true;
+                        true
+                    } else {
+                        scope.close(None).map_err(|e| malformed(input, doc, e, at))?;
+                        f(Tok::End)?
+                    }
+                }
+                Ok(Event::End(e)) => {
+                    scope.close(Some(e.name().as_ref())).map_err(|e| malformed(input, doc, e, at))?;
+                    f(Tok::End)?
+                }
+                Ok(Event::Text(t)) => {
+                    let t = t.unescape().map_err(|e| malformed(input, doc, e, at))?;
+                    f(Tok::Text(t))?
+                }
+                Ok(Event::CData(c)) => {
+                    let t = c.decode().map_err(|e| malformed(input, doc, e, at))?;
+                    f(Tok::Text(t))?
+                }
+                Ok(Event::DocType(_)) => {
                     return Err(DocumentError::permanent(
-                        &self.doc,
+                        doc,
                         "<!DOCTYPE>",
                         "document type declarations are not accepted (no DTDs, no entity expansion): refused as hostile",
                     ))
                 }
-                Event::Empty(_) => {
-                    // expand_empty_elements is on; an Empty event cannot arrive.
-                    return Err(self.malformed("unexpected empty-element event", pos));
-                }
-                Event::Eof => return Ok(Ev::Eof),
-                Event::Decl(_) | Event::PI(_) | Event::Comment(_) => continue,
+                Ok(Event::Eof) => f(Tok::Eof)?,
+                Ok(Event::Decl(_) | Event::PI(_) | Event::Comment(_)) => false,
+            };
+            if stop {
+                input.pos = start + skip + r.buffer_position() as usize;
+                return Ok(true);
             }
+        }
+    }
+}
+
+fn malformed<R: AsyncBufRead + Unpin>(input: &Input<R>, doc: &str, what: impl std::fmt::Display, pos: u64) -> DocumentError {
+    let (line, col) = input.line_col(pos);
+    DocumentError::permanent(doc, "", format!("malformed XML at line {line}, column {col}: {}", sanitise(&what.to_string(), 200)))
+}
+
+enum StartError {
+    Xml(quick_xml::Error),
+    Unknown(String),
+    TooMany,
+}
+
+impl StartError {
+    fn into_error<R: AsyncBufRead + Unpin>(self, input: &Input<R>, doc: &str, at: u64) -> DocumentError {
+        match self {
+            StartError::Xml(e) => malformed(input, doc, e, at),
+            StartError::Unknown(p) => malformed(input, doc, format!("namespace prefix `{p}` is not declared"), at),
+            StartError::TooMany => DocumentError::permanent(doc, "", "more than 256 namespaces: refused as hostile"),
+        }
+    }
+}
+
+/// Open the scope of a start tag and resolve its namespace.
+fn open_start(scope: &mut Scope, s: &BytesStart) -> Result<NsId, StartError> {
+    scope.open(s).map_err(StartError::Xml)?;
+    match scope.resolve(s.name()) {
+        Resolved::Ns(id) => Ok(id),
+        Resolved::Unknown(p) => Err(StartError::Unknown(String::from_utf8_lossy(p).into_owned())),
+        Resolved::TooMany => Err(StartError::TooMany),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event layer
+
+enum Ev {
+    Start { ns: NsId, local: Cow<'static, str> },
+    End,
+    /// A text run; only whether it is blank matters at this level.
+    Text { blank: bool },
+    Eof,
+}
+
+/// Element names the driver looks at, so a start tag at that level costs no allocation.
+fn element_name(local: &[u8]) -> Cow<'static, str> {
+    const KNOWN: &[&str] = &[
+        "careContact",
+        "diagnosis",
+        "activityGroup",
+        "observationGroup",
+        "activity",
+        "observation",
+        "patient",
+        "performerRole",
+        "sourceSystem",
+        "registeredResidentEngagement",
+        "responseIsComplete",
+        "result",
+        "Envelope",
+        "Header",
+        "Body",
+        "Fault",
+        "GetCareContactsResponse",
+        "GetDiagnosisResponse",
+        "GetActivitiesResponse",
+        "GetObservationsResponse",
+        "GetUpdatesResponse",
+    ];
+    match KNOWN.iter().find(|k| k.as_bytes() == local) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(String::from_utf8_lossy(local).into_owned()),
+    }
+}
+
+/// The namespace an element at a given depth must be in.
+#[derive(Clone, Copy)]
+enum Expect {
+    Any,
+    All(NsId),
+    /// The responder namespace down to `depth`, the core namespace below.
+    Split { resp: NsId, core: NsId, depth: usize },
+}
+
+impl Expect {
+    fn at(self, d: usize) -> Option<NsId> {
+        match self {
+            Expect::Any => None,
+            Expect::All(n) => Some(n),
+            Expect::Split { resp, core, depth } => Some(if d <= depth { resp } else { core }),
+        }
+    }
+}
+
+struct XmlStream<R> {
+    lex: Lexer<R>,
+    tree: Tree,
+    doc: String,
+}
+
+impl<R: AsyncBufRead + Unpin> XmlStream<R> {
+    fn new(inner: R, doc: &str, max: u64) -> XmlStream<R> {
+        XmlStream {
+            lex: Lexer { input: Input::new(inner, max), scope: Scope::new(), pending_end: false, doc: doc.to_string() },
+            tree: Tree::default(),
+            doc: doc.to_string(),
+        }
+    }
+
+    fn id_of(&mut self, ns: &str) -> NsId {
+        Scope::intern(&mut self.lex.scope.namespaces, ns.as_bytes()).unwrap_or(NsId::MAX)
+    }
+
+    fn ns_name(&self, id: NsId) -> &str {
+        self.lex.scope.namespaces.get(id as usize).map(|s| s.as_str()).unwrap_or("")
+    }
+
+    fn malformed(&self, what: impl std::fmt::Display, pos: u64) -> DocumentError {
+        self.lex.malformed(what, pos)
+    }
+
+    fn position(&self) -> u64 {
+        self.lex.position()
+    }
+
+    async fn fill(&mut self) -> Result<(), DocumentError> {
+        let Lexer { input, doc, .. } = &mut self.lex;
+        input.fill(doc).await
+    }
+
+    async fn next(&mut self) -> Result<Ev, DocumentError> {
+        loop {
+            let mut out = None;
+            let got = self.lex.pump(|t| {
+                out = Some(match t {
+                    Tok::Start { ns, local, .. } => Ev::Start { ns, local: element_name(local) },
+                    Tok::End => Ev::End,
+                    Tok::Text(s) => Ev::Text { blank: s.trim().is_empty() },
+                    Tok::Eof => Ev::Eof,
+                });
+                Ok(true)
+            })?;
+            if let (true, Some(ev)) = (got, out) {
+                return Ok(ev);
+            }
+            self.fill().await?;
         }
     }
 
     /// Skip the rest of an element whose start was just read.
     async fn skip(&mut self) -> Result<(), DocumentError> {
         let mut depth = 1usize;
+        let mut eof = false;
         loop {
-            match self.next().await? {
-                Ev::Start { .. } => depth += 1,
-                Ev::End => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return Ok(());
+            let done = self.lex.pump(|t| {
+                Ok(match t {
+                    Tok::Start { .. } => {
+                        depth += 1;
+                        false
                     }
-                }
-                Ev::Text(_) => {}
-                Ev::Eof => return Err(self.eof_error()),
+                    Tok::End => {
+                        depth -= 1;
+                        depth == 0
+                    }
+                    Tok::Text(_) => false,
+                    Tok::Eof => {
+                        eof = true;
+                        true
+                    }
+                })
+            })?;
+            if eof {
+                return Err(self.eof_error());
             }
+            if done {
+                return Ok(());
+            }
+            self.fill().await?;
         }
     }
 
     fn eof_error(&self) -> DocumentError {
-        self.malformed("the document ends inside an element", self.reader.buffer_position())
+        self.malformed("the document ends inside an element", self.position())
     }
 
-    /// Read the rest of an element (its start was just read) into a tree. `expected(depth)`
-    /// gives the namespace the element at that depth must be in (`None`: any).
-    async fn subtree(
-        &mut self,
-        local: String,
-        ns: NsId,
-        depth: usize,
-        expected: &(dyn Fn(usize) -> Option<NsId> + Sync),
-    ) -> Result<Node, DocumentError> {
-        let mut stack: Vec<(Node, usize)> = vec![(self.node(local, ns, expected(depth)), depth)];
-        let mut bytes = 0usize;
-        loop {
-            match self.next().await? {
-                Ev::Start { ns, local } => {
-                    let d = stack.last().map(|(_, d)| d + 1).unwrap_or(depth);
-                    if d > MAX_DEPTH {
-                        return Err(DocumentError::permanent(&self.doc, "", format!("elements nested deeper than {MAX_DEPTH}: refused as hostile")));
-                    }
-                    bytes += local.len() + 16;
-                    let n = self.node(local, ns, expected(d));
-                    stack.push((n, d));
-                }
-                Ev::Text(t) => {
-                    bytes += t.len();
-                    if let Some((n, _)) = stack.last_mut() {
-                        // Whitespace between child elements is not content.
-                        if n.children.is_empty() || !t.trim().is_empty() {
-                            n.text.push_str(&t);
-                        }
-                    }
-                }
-                Ev::End => {
-                    let Some((n, _)) = stack.pop() else { return Err(self.eof_error()) };
-                    match stack.last_mut() {
-                        Some((parent, _)) => parent.children.push(n),
-                        None => return Ok(n),
-                    }
-                }
-                Ev::Eof => return Err(self.eof_error()),
-            }
-            if bytes > MAX_ITEM_BYTES {
-                return Err(DocumentError::permanent(&self.doc, "", format!("one item is larger than {MAX_ITEM_BYTES} bytes: refused as hostile")));
-            }
-        }
-    }
-
-    fn node(&self, name: String, ns: NsId, expected: Option<NsId>) -> Node {
-        let wrong_ns = match expected {
+    /// Read the rest of an element (its start was just read) into the tree, as a new root.
+    /// `expected` gives the namespace the element at each depth must be in.
+    async fn subtree(&mut self, local: &str, ns: NsId, depth: usize, expected: Expect) -> Result<u32, DocumentError> {
+        let wrong = match expected.at(depth) {
             Some(e) if e != ns => Some(self.ns_name(ns).to_string()),
             _ => None,
         };
-        Node { name, text: String::new(), children: vec![], wrong_ns }
+        let root = self.tree.open(local, wrong, depth);
+        let mut bytes = 0usize;
+        let mut eof = false;
+        loop {
+            let tree = &mut self.tree;
+            let doc = self.doc.as_str();
+            let done = self.lex.pump(|t| {
+                match t {
+                    Tok::Start { ns, ns_name, local } => {
+                        let d = tree.stack.last().map(|o| o.depth + 1).unwrap_or(depth);
+                        if d > MAX_DEPTH {
+                            return Err(DocumentError::permanent(doc, "", format!("elements nested deeper than {MAX_DEPTH}: refused as hostile")));
+                        }
+                        let wrong = match expected.at(d) {
+                            Some(e) if e != ns => Some(ns_name.to_string()),
+                            _ => None,
+                        };
+                        let name = match std::str::from_utf8(local) {
+                            Ok(s) => Cow::Borrowed(s),
+                            Err(_) => String::from_utf8_lossy(local),
+                        };
+                        bytes += name.len() + 16;
+                        tree.open(&name, wrong, d);
+                    }
+                    Tok::Text(s) => {
+                        bytes += s.len();
+                        tree.text(&s);
+                    }
+                    Tok::End => {
+                        if tree.close() {
+                            return Ok(true);
+                        }
+                    }
+                    Tok::Eof => {
+                        eof = true;
+                        return Ok(true);
+                    }
+                }
+                if bytes > MAX_ITEM_BYTES {
+                    return Err(DocumentError::permanent(doc, "", format!("one item is larger than {MAX_ITEM_BYTES} bytes: refused as hostile")));
+                }
+                Ok(false)
+            })?;
+            if eof {
+                return Err(self.eof_error());
+            }
+            if done {
+                return Ok(root);
+            }
+            self.fill().await?;
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Item trees and field access
+// Item trees (one reused arena) and field access
 
-#[derive(Clone, Debug)]
-struct Node {
-    name: String,
-    text: String,
-    children: Vec<Node>,
-    /// Set when the element is not in the namespace its position requires (holds the actual one).
-    wrong_ns: Option<String>,
+const NIL: u32 = u32::MAX;
+
+struct TNode {
+    /// Local name, a range of `Tree::names`.
+    name: (u32, u32),
+    /// Text, a range of `Tree::texts` (runs between child elements that are only whitespace
+    /// are not content and left out).
+    text: (u32, u32),
+    first: u32,
+    last: u32,
+    next: u32,
+    /// Index in `Tree::wrong_ns` when the element is not in the namespace its position requires.
+    wrong: u32,
 }
 
-impl Node {
-    fn empty(name: &str) -> Node {
-        Node { name: name.to_string(), text: String::new(), children: vec![], wrong_ns: None }
+struct Open {
+    node: u32,
+    depth: usize,
+    /// Where this element's text starts in `Tree::pending`.
+    text_from: usize,
+}
+
+/// Item trees, built into buffers that are reused from item to item.
+#[derive(Default)]
+struct Tree {
+    nodes: Vec<TNode>,
+    names: String,
+    texts: String,
+    /// Text of the open elements, innermost last (an element's text moves to `texts` when it ends).
+    pending: String,
+    wrong_ns: Vec<String>,
+    stack: Vec<Open>,
+}
+
+#[derive(Clone, Copy)]
+struct Mark {
+    nodes: usize,
+    names: usize,
+    texts: usize,
+    wrong: usize,
+}
+
+impl Tree {
+    fn mark(&self) -> Mark {
+        Mark { nodes: self.nodes.len(), names: self.names.len(), texts: self.texts.len(), wrong: self.wrong_ns.len() }
+    }
+
+    /// Forget every node made after `m` (they must not be linked from older ones).
+    fn reset(&mut self, m: Mark) {
+        self.nodes.truncate(m.nodes);
+        self.names.truncate(m.names);
+        self.texts.truncate(m.texts);
+        self.wrong_ns.truncate(m.wrong);
+        self.pending.clear();
+        self.stack.clear();
+    }
+
+    fn clear(&mut self) {
+        self.reset(Mark { nodes: 0, names: 0, texts: 0, wrong: 0 });
+    }
+
+    /// A node that is not read from the document (a group's header holder).
+    fn detached(&mut self, name: &str) -> u32 {
+        self.node(name, None)
+    }
+
+    fn node(&mut self, name: &str, wrong: Option<String>) -> u32 {
+        let from = self.names.len() as u32;
+        self.names.push_str(name);
+        let wrong = match wrong {
+            Some(w) => {
+                self.wrong_ns.push(w);
+                (self.wrong_ns.len() - 1) as u32
+            }
+            None => NIL,
+        };
+        self.nodes.push(TNode { name: (from, self.names.len() as u32), text: (0, 0), first: NIL, last: NIL, next: NIL, wrong });
+        (self.nodes.len() - 1) as u32
+    }
+
+    /// Append `child` (a root) to `parent`'s children.
+    fn adopt(&mut self, parent: u32, child: u32) {
+        match self.nodes[parent as usize].last {
+            NIL => self.nodes[parent as usize].first = child,
+            last => self.nodes[last as usize].next = child,
+        }
+        self.nodes[parent as usize].last = child;
+    }
+
+    /// An element starts: a child of the innermost open one, or a new root.
+    fn open(&mut self, name: &str, wrong: Option<String>, depth: usize) -> u32 {
+        let n = self.node(name, wrong);
+        if let Some(parent) = self.stack.last().map(|o| o.node) {
+            self.adopt(parent, n);
+        }
+        self.stack.push(Open { node: n, depth, text_from: self.pending.len() });
+        n
+    }
+
+    fn text(&mut self, t: &str) {
+        if let Some(o) = self.stack.last() {
+            // Whitespace between child elements is not content.
+            if self.nodes[o.node as usize].first == NIL || !t.trim().is_empty() {
+                self.pending.push_str(t);
+            }
+        }
+    }
+
+    /// The innermost element ends; `true` when it was the root.
+    fn close(&mut self) -> bool {
+        let Some(o) = self.stack.pop() else { return true };
+        let from = self.texts.len() as u32;
+        self.texts.push_str(&self.pending[o.text_from..]);
+        self.pending.truncate(o.text_from);
+        self.nodes[o.node as usize].text = (from, self.texts.len() as u32);
+        self.stack.is_empty()
+    }
+
+    fn name(&self, n: u32) -> &str {
+        let (a, b) = self.nodes[n as usize].name;
+        &self.names[a as usize..b as usize]
+    }
+
+    fn raw_text(&self, n: u32) -> &str {
+        let (a, b) = self.nodes[n as usize].text;
+        &self.texts[a as usize..b as usize]
+    }
+
+    fn wrong(&self, n: u32) -> Option<&str> {
+        match self.nodes[n as usize].wrong {
+            NIL => None,
+            w => Some(self.wrong_ns[w as usize].as_str()),
+        }
+    }
+
+    fn children(&self, n: u32) -> impl Iterator<Item = u32> + '_ {
+        let mut c = self.nodes[n as usize].first;
+        std::iter::from_fn(move || {
+            if c == NIL {
+                return None;
+            }
+            let out = c;
+            c = self.nodes[c as usize].next;
+            Some(out)
+        })
+    }
+
+    /// First child named `name`, in any namespace.
+    fn child(&self, n: u32, name: &str) -> Option<u32> {
+        self.children(n).find(|c| self.name(*c) == name)
+    }
+
+    /// What a subtree counts towards the item size limit (the whole subtree from `n` to the
+    /// end of the arena: it was the last one built).
+    fn size_from(&self, n: u32) -> usize {
+        self.nodes[n as usize..].iter().map(|t| (t.name.1 - t.name.0) as usize + (t.text.1 - t.text.0) as usize + 16).sum()
     }
 }
 
@@ -639,87 +1118,114 @@ fn ferr(field: &str, reason: impl Into<String>) -> FieldError {
     FieldError { field: field.to_string(), reason: reason.into() }
 }
 
-/// A view owning its path string (paths are built as items are walked).
-struct At<'a> {
-    node: &'a Node,
-    path: String,
+/// A field path, built as a chain of borrowed segments and written out only for a refusal.
+#[derive(Clone, Copy)]
+struct Path<'p> {
+    up: Option<&'p Path<'p>>,
+    seg: &'p str,
 }
 
-impl<'a> At<'a> {
-    fn root(node: &'a Node, path: &str) -> At<'a> {
-        At { node, path: path.to_string() }
+impl Path<'_> {
+    fn write(&self, out: &mut String) {
+        if let Some(u) = self.up {
+            u.write(out);
+            out.push('/');
+        }
+        out.push_str(self.seg);
+    }
+
+    fn render(&self) -> String {
+        let mut s = String::new();
+        self.write(&mut s);
+        s
+    }
+}
+
+/// A view of one node of the tree and its field path.
+#[derive(Clone, Copy)]
+struct At<'t, 'p> {
+    t: &'t Tree,
+    node: u32,
+    path: Path<'p>,
+}
+
+impl<'t, 'p> At<'t, 'p> {
+    fn root(t: &'t Tree, node: u32, path: &'p str) -> At<'t, 'p> {
+        At { t, node, path: Path { up: None, seg: path } }
     }
 
     fn field(&self, rel: &str) -> String {
-        if rel.is_empty() {
-            self.path.clone()
-        } else {
-            format!("{}/{rel}", self.path)
+        let mut s = self.path.render();
+        if !rel.is_empty() {
+            s.push('/');
+            s.push_str(rel);
         }
+        s
     }
 
     /// The element at `rel` (a `/`-separated path of local names), if present.
-    fn opt(&self, rel: &str) -> Fr<Option<At<'a>>> {
+    fn opt<'s>(&'s self, rel: &'s str) -> Fr<Option<At<'t, 's>>> {
         let mut node = self.node;
-        let mut path = self.path.clone();
-        for seg in rel.split('/').filter(|s| !s.is_empty()) {
-            path.push('/');
-            path.push_str(seg);
-            let mut wrong = None;
-            let mut found = None;
-            for c in &node.children {
-                if c.name == seg {
-                    if c.wrong_ns.is_none() {
-                        found = Some(c);
-                        break;
-                    } else if wrong.is_none() {
-                        wrong = Some(c);
+        let mut seg_end = 0usize;
+        for seg in rel.split('/') {
+            seg_end += seg.len();
+            if !seg.is_empty() {
+                let mut wrong = None;
+                let mut found = None;
+                for c in self.t.children(node) {
+                    if self.t.name(c) == seg {
+                        if self.t.wrong(c).is_none() {
+                            found = Some(c);
+                            break;
+                        } else if wrong.is_none() {
+                            wrong = Some(c);
+                        }
                     }
                 }
-            }
-            match (found, wrong) {
-                (Some(c), _) => node = c,
-                (None, Some(w)) => {
-                    let actual = w.wrong_ns.as_deref().unwrap_or("");
-                    let actual = if actual.is_empty() { "no namespace".to_string() } else { format!("namespace {actual}") };
-                    return Err(ferr(&path, format!("element is in {actual}, not the namespace the contract requires")));
+                match (found, wrong) {
+                    (Some(c), _) => node = c,
+                    (None, Some(w)) => {
+                        let actual = self.t.wrong(w).unwrap_or("");
+                        let actual = if actual.is_empty() { "no namespace".to_string() } else { format!("namespace {actual}") };
+                        return Err(ferr(&self.field(&rel[..seg_end]), format!("element is in {actual}, not the namespace the contract requires")));
+                    }
+                    (None, None) => return Ok(None),
                 }
-                (None, None) => return Ok(None),
             }
+            seg_end += 1;
         }
-        Ok(Some(At { node, path }))
+        let path = if rel.is_empty() { self.path } else { Path { up: Some(&self.path), seg: rel } };
+        Ok(Some(At { t: self.t, node, path }))
     }
 
-    fn req(&self, rel: &str) -> Fr<At<'a>> {
+    fn req<'s>(&'s self, rel: &'s str) -> Fr<At<'t, 's>> {
         self.opt(rel)?.ok_or_else(|| ferr(&self.field(rel), "mandatory element is missing"))
     }
 
-    fn text(&self) -> &'a str {
-        self.node.text.trim()
+    fn text(&self) -> &'t str {
+        self.t.raw_text(self.node).trim()
     }
 
     /// Text of an optional element; an empty element counts as absent.
-    fn opt_text(&self, rel: &str) -> Fr<Option<&'a str>> {
+    fn opt_text(&self, rel: &str) -> Fr<Option<&'t str>> {
         Ok(self.opt(rel)?.map(|a| a.text()).filter(|t| !t.is_empty()))
     }
 
-    fn req_text(&self, rel: &str) -> Fr<&'a str> {
+    fn req_text(&self, rel: &str) -> Fr<&'t str> {
         let a = self.req(rel)?;
         let t = a.text();
         if t.is_empty() {
-            return Err(ferr(&a.path, "mandatory element is empty"));
+            return Err(ferr(&a.path.render(), "mandatory element is empty"));
         }
         Ok(t)
     }
 
     /// All children named `name` in the right namespace.
-    fn all(&self, name: &str) -> Vec<At<'a>> {
-        self.node
-            .children
-            .iter()
-            .filter(|c| c.name == name && c.wrong_ns.is_none())
-            .map(|c| At { node: c, path: format!("{}/{name}", self.path) })
-            .collect()
+    fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = At<'t, 's>> + 's {
+        let t = self.t;
+        t.children(self.node)
+            .filter(move |c| t.name(*c) == name && t.wrong(*c).is_none())
+            .map(move |c| At { t, node: c, path: Path { up: Some(&self.path), seg: name } })
     }
 }
 
@@ -747,7 +1253,28 @@ fn ts14(text: &str, field: &str) -> Fr<NaiveDateTime> {
     if text.len() != 14 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ferr(field, "not a timestamp of the form YYYYMMDDhhmmss"));
     }
-    NaiveDateTime::parse_from_str(text, "%Y%m%d%H%M%S").map_err(|_| ferr(field, "not a valid date and time"))
+    datetime14(text.as_bytes()).ok_or_else(|| ferr(field, "not a valid date and time"))
+}
+
+/// The number written by ASCII digits `d` (checked by the caller).
+fn digits(d: &[u8]) -> u32 {
+    d.iter().fold(0, |n, b| n * 10 + u32::from(b - b'0'))
+}
+
+/// 14 ASCII digits `YYYYMMDDhhmmss` as a date and time (chrono's `%Y%m%d%H%M%S`, without
+/// parsing the format string each time; a leap second `60` is left to chrono itself).
+fn datetime14(b: &[u8]) -> Option<NaiveDateTime> {
+    let s = digits(&b[12..14]);
+    if s > 59 {
+        let text = std::str::from_utf8(b).ok()?;
+        return NaiveDateTime::parse_from_str(text, "%Y%m%d%H%M%S").ok();
+    }
+    date8(b)?.and_hms_opt(digits(&b[8..10]), digits(&b[10..12]), s)
+}
+
+/// 8 ASCII digits `YYYYMMDD` as a date.
+fn date8(b: &[u8]) -> Option<NaiveDate> {
+    NaiveDate::from_ymd_opt(digits(&b[..4]) as i32, digits(&b[4..6]), digits(&b[6..8]))
 }
 
 /// A PartialTimeStamp, interpreted.
@@ -781,10 +1308,11 @@ fn partial(a: &At) -> Fr<Partial> {
             NaiveDate::from_ymd_opt(y, m, 1).ok_or_else(|| ferr(&vf, "not a valid date"))?;
             Ok(Partial::Coarse(value.to_string()))
         }
-        8 => NaiveDate::parse_from_str(value, "%Y%m%d").map(Partial::Day).map_err(|_| ferr(&vf, "not a valid date")),
+        8 => date8(value.as_bytes()).map(Partial::Day).ok_or_else(|| ferr(&vf, "not a valid date")),
         _ => {
-            let padded = format!("{value:0<14}");
-            NaiveDateTime::parse_from_str(&padded, "%Y%m%d%H%M%S").map(Partial::Time).map_err(|_| ferr(&vf, "not a valid date and time"))
+            let mut padded = [b'0'; 14];
+            padded[..expected_len].copy_from_slice(value.as_bytes());
+            datetime14(&padded).map(Partial::Time).ok_or_else(|| ferr(&vf, "not a valid date and time"))
         }
     }
 }
@@ -970,9 +1498,9 @@ fn diagnosis(item: &At, ctx: &ParseContext) -> Fr<Diagnosis> {
             return Err(ferr(&cv.field("code"), "not an ICD-10-SE code"));
         }
     }
-    for (i, rd) in body.all("relatedDiagnosis").iter().enumerate() {
+    for (i, rd) in body.all("relatedDiagnosis").enumerate() {
         if rd.opt_text("documentId")?.is_none() {
-            return Err(ferr(&format!("{}[{i}]/documentId", rd.path), "mandatory element is missing"));
+            return Err(ferr(&format!("{}[{i}]/documentId", rd.path.render()), "mandatory element is missing"));
         }
     }
     Ok(Diagnosis {
@@ -1013,9 +1541,13 @@ fn group_header(g: &At, ctx: &ParseContext) -> Fr<GroupHeader> {
         }
         None => None,
     };
-    let ss = g.req("sourceSystem")?.req("id")?;
-    let source_system = ss.req_text("extension")?.to_string();
+    let ss = g.req("sourceSystem")?;
+    let source_system = ss.req("id")?.req_text("extension")?.to_string();
     Ok(GroupHeader { patient, profession, unit, source_system })
+}
+
+fn contains_ignore_ascii_case(hay: &str, needle: &str) -> bool {
+    hay.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// The care contact an activity or observation belongs to, from its relations.
@@ -1030,10 +1562,11 @@ fn related_contact(item: &At) -> Fr<Option<String>> {
         ri.req("time")?;
         let ty = ri.req_text("type")?;
         ri.req("informationOwner")?;
-        let t = ty.to_ascii_lowercase();
         // The engagement-index categorisation of care contacts is `vko`; producers also write the
-        // contract or element name.
-        if first_contact.is_none() && (t == "vko" || t.contains("carecontact") || t.contains("vardkontakt") || t.contains("vårdkontakt")) {
+        // contract or element name (compared ignoring ASCII case).
+        if first_contact.is_none()
+            && (ty.eq_ignore_ascii_case("vko") || ["carecontact", "vardkontakt", "vårdkontakt"].iter().any(|n| contains_ignore_ascii_case(ty, n)))
+        {
             first_contact = Some(ext.to_string());
         }
     }
@@ -1087,7 +1620,7 @@ fn period_time(t: &At, ctx: &ParseContext) -> Fr<LocalTime> {
             let f = e.field("value");
             (e, f)
         }
-        (None, None) => return Err(ferr(&t.path, "has neither start nor end")),
+        (None, None) => return Err(ferr(&t.path.render(), "has neither start nor end")),
     };
     let v = partial_time(&at)?;
     not_future(v, ctx.today, &f)
@@ -1134,10 +1667,10 @@ fn observation_value(v: &At) -> Fr<ObservationValue> {
     let cv = v.opt("cv")?;
     let count = [pq.is_some(), ts.is_some(), ivl.is_some(), cv.is_some()].iter().filter(|b| **b).count();
     if count == 0 {
-        return Err(ferr(&v.path, "has none of pq, ts, ivl_ts, cv"));
+        return Err(ferr(&v.path.render(), "has none of pq, ts, ivl_ts, cv"));
     }
     if count > 1 {
-        return Err(ferr(&v.path, "has more than one of pq, ts, ivl_ts, cv"));
+        return Err(ferr(&v.path.render(), "has more than one of pq, ts, ivl_ts, cv"));
     }
     if let Some(pq) = pq {
         let raw = pq.req_text("value")?;
@@ -1168,7 +1701,7 @@ fn observation_value(v: &At) -> Fr<ObservationValue> {
         };
         let (s, e) = (bound("start")?, bound("end")?);
         if s.is_none() && e.is_none() {
-            return Err(ferr(&ivl.path, "has neither start nor end"));
+            return Err(ferr(&ivl.path.render(), "has neither start nor end"));
         }
         if matches!(s, Some(Err(_))) || matches!(e, Some(Err(_))) {
             // A bound coarser than a day: keep the period as written rather than invent days.
@@ -1181,7 +1714,7 @@ fn observation_value(v: &At) -> Fr<ObservationValue> {
         }
         return Ok(ObservationValue::Period { start: s.and_then(Result::ok), end: e.and_then(Result::ok) });
     }
-    Err(ferr(&v.path, "has none of pq, ts, ivl_ts, cv"))
+    Err(ferr(&v.path.render(), "has none of pq, ts, ivl_ts, cv"))
 }
 
 fn riv_result(r: &At) -> Fr<RivResult> {
@@ -1223,6 +1756,7 @@ fn resident_inner(item: &At, raw: &str, ctx: &ParseContext) -> Fr<Resident> {
     Ok(Resident { patient, engagements })
 }
 
+
 // ---------------------------------------------------------------------------------------------
 // Document driver
 
@@ -1259,16 +1793,30 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
     }
 
     /// First element of the document, skipping the prolog.
-    async fn first_element(&mut self) -> Result<(NsId, String), DocumentError> {
+    async fn first_element(&mut self) -> Result<(NsId, Cow<'static, str>), DocumentError> {
         loop {
             match self.x.next().await? {
                 Ev::Start { ns, local } => return Ok((ns, local)),
-                Ev::Text(t) if t.trim().is_empty() => continue,
-                Ev::Text(_) => return Err(self.x.malformed("text before the document element", self.x.reader.buffer_position())),
-                Ev::End => return Err(self.x.malformed("end tag before the document element", self.x.reader.buffer_position())),
+                Ev::Text { blank: true } => continue,
+                Ev::Text { .. } => return Err(self.x.malformed("text before the document element", self.x.position())),
+                Ev::End => return Err(self.x.malformed("end tag before the document element", self.x.position())),
                 Ev::Eof => return Err(DocumentError::permanent(&self.doc, "", "the document is empty")),
             }
         }
+    }
+
+    /// A whole element read into the (cleared) tree and handed to `f`.
+    async fn with_subtree<T>(
+        &mut self,
+        local: &str,
+        ns: NsId,
+        depth: usize,
+        expected: Expect,
+        f: impl FnOnce(&Tree, u32) -> T,
+    ) -> Result<T, DocumentError> {
+        self.x.tree.clear();
+        let node = self.x.subtree(local, ns, depth, expected).await?;
+        Ok(f(&self.x.tree, node))
     }
 
     async fn run(&mut self) -> Result<(Contract, Option<RivResult>, Option<UpdatesPage>), DocumentError> {
@@ -1291,7 +1839,7 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                     Ev::Start { local: l, .. } => {
                         return Err(DocumentError::permanent(&self.doc, &format!("Envelope/{l}"), "unexpected element in the SOAP envelope"))
                     }
-                    Ev::Text(_) => {}
+                    Ev::Text { .. } => {}
                     Ev::End | Ev::Eof => return Err(DocumentError::permanent(&self.doc, "Envelope/Body", "SOAP envelope without a Body")),
                 }
             }
@@ -1303,13 +1851,13 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                         local = l;
                         break;
                     }
-                    Ev::Text(_) => {}
+                    Ev::Text { .. } => {}
                     Ev::End | Ev::Eof => return Err(DocumentError::permanent(&self.doc, "Envelope/Body", "SOAP Body is empty")),
                 }
             }
             if local == "Fault" && ns == soap {
-                let fault = self.x.subtree(local, ns, 0, &|_| None).await?;
-                return Err(soap_fault(&self.doc, &fault));
+                let doc = self.doc.clone();
+                return Err(self.with_subtree(&local, ns, 0, Expect::Any, |t, n| soap_fault(&doc, t, n)).await?);
             }
         }
         let Some(contract) = Contract::from_response_element(&local) else {
@@ -1335,8 +1883,7 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
         }
         let resp = ns;
         let core = self.x.id_of(contract.core_ns());
-        let rdepth = contract.responder_depth();
-        let expected = move |d: usize| Some(if d <= rdepth { resp } else { core });
+        let expected = Expect::Split { resp, core, depth: contract.responder_depth() };
         let mut result = None;
         let mut updates = if contract == Contract::GetUpdates { Some(UpdatesPage::default()) } else { None };
         let mut index = 0usize;
@@ -1348,17 +1895,16 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                     // element; a producer may still put one at the extension point in the
                     // contract's core namespace (as the sandbox journal does): read it.
                     if n == core && n != resp && l == "result" && result.is_none() {
-                        let node = self.x.subtree(l.clone(), n, 1, &|_| Some(core)).await?;
-                        let r = riv_result(&At::root(&node, "result")).map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?;
-                        result = Some(r);
+                        let r = self.with_subtree(&l, n, 1, Expect::All(core), |t, node| riv_result(&At::root(t, node, "result"))).await?;
+                        result = Some(r.map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?);
                         continue;
                     }
                     if n != resp {
                         if l == contract.item_element() || l == "result" {
-                            let node = self.x.subtree(l.clone(), n, 1, &expected).await?;
+                            self.with_subtree(&l, n, 1, expected, |_, _| ()).await?;
                             let label = self.item_label(contract, index, None);
                             index += 1;
-                            let actual = node.wrong_ns.clone().unwrap_or_default();
+                            let actual = self.x.ns_name(n).to_string();
                             self.refuse(
                                 label,
                                 ferr(&l, format!("element is in namespace {}, expected {}", sanitise(&actual, 120), contract.responder_ns())),
@@ -1369,33 +1915,41 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                         }
                         continue;
                     }
-                    match (contract, l.as_str()) {
+                    match (contract, l.as_ref()) {
                         (Contract::GetCareContacts, "careContact") | (Contract::GetDiagnosis, "diagnosis") => {
-                            let node = self.x.subtree(l.clone(), n, 1, &expected).await?;
-                            let at = At::root(&node, &l);
-                            let doc_id = node_doc_id(&node, contract);
-                            let label = self.item_label(contract, index, doc_id.as_deref());
+                            let ctx = self.ctx;
+                            let (mapped, label_id) = self
+                                .with_subtree(&l, n, 1, expected, |t, node| {
+                                    let at = At::root(t, node, &l);
+                                    let mapped = if contract == Contract::GetCareContacts {
+                                        care_contact(&at, ctx).map(Record::CareContact)
+                                    } else {
+                                        diagnosis(&at, ctx).map(Record::Diagnosis)
+                                    };
+                                    // The refusal names the item by its document id; looked up only then.
+                                    let label_id = if mapped.is_err() { Some(node_doc_id(t, node, contract)) } else { None };
+                                    (mapped, label_id)
+                                })
+                                .await?;
+                            let i = index;
                             index += 1;
-                            let mapped = if contract == Contract::GetCareContacts {
-                                care_contact(&at, self.ctx).map(Record::CareContact)
-                            } else {
-                                diagnosis(&at, self.ctx).map(Record::Diagnosis)
-                            };
                             match mapped {
                                 Ok(r) => self.emit_record(r),
-                                Err(fe) => self.refuse(label, fe),
+                                Err(fe) => {
+                                    let label = self.item_label(contract, i, label_id.flatten().as_deref());
+                                    self.refuse(label, fe);
+                                }
                             }
                         }
                         (Contract::GetActivities, "activityGroup") | (Contract::GetObservations, "observationGroup") => {
-                            self.group(contract, &l, index, &expected).await?;
+                            self.group(contract, &l, index, expected).await?;
                             index += 1;
                         }
                         (Contract::GetUpdates, "registeredResidentEngagement") => {
-                            let node = self.x.subtree(l.clone(), n, 1, &expected).await?;
-                            let at = At::root(&node, &l);
+                            let ctx = self.ctx;
+                            let (raw, r) = self.with_subtree(&l, n, 1, expected, |t, node| resident(&At::root(t, node, &l), ctx)).await?;
                             let label = self.item_label(contract, index, None);
                             index += 1;
-                            let (raw, r) = resident(&at, self.ctx);
                             if let (Some(u), Some(raw)) = (updates.as_mut(), raw) {
                                 u.last_resident = Some(raw);
                             }
@@ -1405,18 +1959,16 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                             }
                         }
                         (Contract::GetUpdates, "responseIsComplete") => {
-                            let node = self.x.subtree(l.clone(), n, 1, &expected).await?;
-                            let v = parse_bool(node.text.trim(), "responseIsComplete")
-                                .map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?;
+                            let v = self.with_subtree(&l, n, 1, expected, |t, node| parse_bool(t.raw_text(node).trim(), "responseIsComplete")).await?;
+                            let v = v.map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?;
                             seen_complete = true;
                             if let Some(u) = updates.as_mut() {
                                 u.complete = v;
                             }
                         }
                         (_, "result") => {
-                            let node = self.x.subtree(l.clone(), n, 1, &expected).await?;
-                            let r = riv_result(&At::root(&node, "result")).map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?;
-                            result = Some(r);
+                            let r = self.with_subtree(&l, n, 1, expected, |t, node| riv_result(&At::root(t, node, "result"))).await?;
+                            result = Some(r.map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?);
                         }
                         _ => {
                             let field = format!("{}/{}", contract.response_element(), sanitise(&l, 80));
@@ -1425,7 +1977,7 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                         }
                     }
                 }
-                Ev::Text(_) => {}
+                Ev::Text { .. } => {}
                 Ev::End => break,
                 Ev::Eof => return Err(self.x.eof_error()),
             }
@@ -1434,12 +1986,10 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
         loop {
             match self.x.next().await? {
                 Ev::End if wrapper_depth > 0 => wrapper_depth -= 1,
-                Ev::Text(t) if t.trim().is_empty() => {}
+                Ev::Text { blank: true } => {}
                 Ev::Eof if wrapper_depth == 0 => break,
                 Ev::Eof => return Err(self.x.eof_error()),
-                Ev::Start { .. } | Ev::Text(_) | Ev::End => {
-                    return Err(self.x.malformed("content after the response element", self.x.reader.buffer_position()))
-                }
+                Ev::Start { .. } | Ev::Text { .. } | Ev::End => return Err(self.x.malformed("content after the response element", self.x.position())),
             }
         }
         if contract == Contract::GetUpdates && !seen_complete {
@@ -1469,68 +2019,54 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
     }
 
     /// An activity or observation group, read one item at a time: the group header (patient,
-    /// performer, source system) precedes the items in the schema's sequence.
-    async fn group(
-        &mut self,
-        contract: Contract,
-        name: &str,
-        index: usize,
-        expected: &(dyn Fn(usize) -> Option<NsId> + Sync),
-    ) -> Result<(), DocumentError> {
+    /// performer, source system) precedes the items in the schema's sequence. The header's
+    /// elements stay in the tree; each item is mapped and then dropped from it.
+    async fn group(&mut self, contract: Contract, name: &str, index: usize, expected: Expect) -> Result<(), DocumentError> {
         let item_name = if contract == Contract::GetActivities { "activity" } else { "observation" };
-        let mut head = Node::empty(name);
+        self.x.tree.clear();
+        let head = self.x.tree.detached(name);
         let mut head_bytes = 0usize;
         let mut mapped: Option<Result<GroupHeader, FieldError>> = None;
         let mut skipped = 0usize;
         let mut item_index = 0usize;
-        let group_label = self.item_label(contract, index, None);
         loop {
             match self.x.next().await? {
                 Ev::Start { ns, local } => {
-                    let node = self.x.subtree(local.clone(), ns, 2, expected).await?;
-                    if local == item_name && node.wrong_ns.is_none() {
+                    let mark = self.x.tree.mark();
+                    let node = self.x.subtree(&local, ns, 2, expected).await?;
+                    let tree = &self.x.tree;
+                    if local == item_name && tree.wrong(node).is_none() {
                         if mapped.is_none() {
-                            mapped = Some(group_header(&At::root(&head, name), self.ctx));
+                            mapped = Some(group_header(&At::root(tree, head, name), self.ctx));
                         }
                         let i = item_index;
                         item_index += 1;
                         match &mapped {
                             Some(Ok(g)) => {
-                                let g = g.clone();
-                                // The item's path is indexed so the refusal points at the right one.
-                                let wrap = Node { name: name.to_string(), text: String::new(), children: vec![node], wrong_ns: None };
-                                let at = At::root(&wrap, name);
-                                let label = format!("{group_label} {item_name}[{i}]");
-                                let label = match wrap
-                                    .children
-                                    .first()
-                                    .and_then(|n| n.children.iter().find(|c| c.name == "id"))
-                                    .and_then(|id| id.children.iter().find(|c| c.name == "extension"))
-                                {
-                                    Some(ext) => format!("{label} id {}", sanitise(ext.text.trim(), 80)),
-                                    None => label,
-                                };
-                                let item = match at.req(item_name) {
-                                    Ok(a) => a,
-                                    Err(fe) => {
-                                        self.refuse(label, fe);
-                                        continue;
-                                    }
-                                };
+                                // The item's path starts at the group; the label indexes the item.
+                                let group_path = Path { up: None, seg: name };
+                                let at = At { t: tree, node, path: Path { up: Some(&group_path), seg: item_name } };
                                 let r = if contract == Contract::GetActivities {
-                                    activity(&item, &g, self.ctx).map(Record::Activity)
+                                    activity(&at, g, self.ctx).map(Record::Activity)
                                 } else {
-                                    observation(&item, &g, self.ctx).map(Record::Observation)
+                                    observation(&at, g, self.ctx).map(Record::Observation)
                                 };
                                 match r {
                                     Ok(r) => self.emit_record(r),
-                                    Err(fe) => self.refuse(label, fe),
+                                    Err(fe) => {
+                                        let mut label = format!("{} {item_name}[{i}]", self.item_label(contract, index, None));
+                                        if let Some(ext) = tree.child(node, "id").and_then(|id| tree.child(id, "extension")) {
+                                            label = format!("{label} id {}", sanitise(tree.raw_text(ext).trim(), 80));
+                                        }
+                                        self.refuse(label, fe);
+                                    }
                                 }
                             }
                             _ => skipped += 1,
                         }
+                        self.x.tree.reset(mark);
                     } else {
-                        head_bytes += node_size(&node);
+                        head_bytes += tree.size_from(node);
                         if head_bytes > MAX_ITEM_BYTES {
                             return Err(DocumentError::permanent(
                                 &self.doc,
@@ -1538,18 +2074,19 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                                 format!("group header larger than {MAX_ITEM_BYTES} bytes: refused as hostile"),
                             ));
                         }
-                        head.children.push(node);
+                        self.x.tree.adopt(head, node);
                     }
                 }
-                Ev::Text(_) => {}
+                Ev::Text { .. } => {}
                 Ev::End => break,
                 Ev::Eof => return Err(self.x.eof_error()),
             }
         }
+        let group_label = self.item_label(contract, index, None);
         match mapped {
             None => {
                 // No item at all: still check the header so its faults are reported, then say so.
-                let fe = match group_header(&At::root(&head, name), self.ctx) {
+                let fe = match group_header(&At::root(&self.x.tree, head, name), self.ctx) {
                     Err(fe) => fe,
                     Ok(_) => ferr(&format!("{name}/{item_name}"), format!("mandatory element is missing (at least one {item_name})")),
                 };
@@ -1561,28 +2098,25 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
             }
             Some(Ok(_)) => {}
         }
+        self.x.tree.clear();
         Ok(())
     }
 }
 
-fn node_size(n: &Node) -> usize {
-    n.name.len() + n.text.len() + 16 + n.children.iter().map(node_size).sum::<usize>()
-}
-
-fn node_doc_id(node: &Node, contract: Contract) -> Option<String> {
+fn node_doc_id(t: &Tree, node: u32, contract: Contract) -> Option<String> {
     let header = match contract {
         Contract::GetCareContacts => "careContactHeader",
         Contract::GetDiagnosis => "diagnosisHeader",
         _ => return None,
     };
-    let h = node.children.iter().find(|c| c.name == header)?;
-    let d = h.children.iter().find(|c| c.name == "documentId")?;
-    let t = d.text.trim();
-    (!t.is_empty()).then(|| t.to_string())
+    let h = t.child(node, header)?;
+    let d = t.child(h, "documentId")?;
+    let text = t.raw_text(d).trim();
+    (!text.is_empty()).then(|| text.to_string())
 }
 
-fn soap_fault(doc: &str, fault: &Node) -> DocumentError {
-    let get = |name: &str| fault.children.iter().find(|c| c.name == name).map(|c| c.text.trim().to_string()).unwrap_or_default();
+fn soap_fault(doc: &str, t: &Tree, fault: u32) -> DocumentError {
+    let get = |name: &str| t.child(fault, name).map(|c| t.raw_text(c).trim().to_string()).unwrap_or_default();
     let code = get("faultcode");
     let text = sanitise(&get("faultstring"), 300);
     // SOAP 1.1: `Client` faults are the request's fault (permanent); anything else may pass.
@@ -1637,3 +2171,4 @@ mod tests {
         assert!(e.refusal.reason.contains("max_response_bytes"), "{e}");
     }
 }
+
