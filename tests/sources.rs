@@ -1654,3 +1654,48 @@ fn riv_parser_never_panics_on_truncated_or_corrupted_input() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riv_unit_filter_response_asks_once_per_patient_and_drops_other_units_on_arrival() {
+    let (dir, certs) = certs();
+    let p = pnr("19500101", "123");
+    // Without careUnitId the journal answers for every unit: ours (FT01) and one elsewhere,
+    // including an observation whose unit can only come from a care contact we never get.
+    let handler: Handler = Arc::new(|s: &Seen| {
+        assert!(s.care_unit().is_none(), "unit_filter = response never names a care unit");
+        let p = s.patient();
+        let elsewhere_act = fx::activity_group(&p, ELSEWHERE, &[fx::activity("ACT-X", "DV200", OID_KVA, "20260302103000", Some(("KK-CC-X", ELSEWHERE)))]);
+        let elsewhere_obs = fx::observation_group(
+            &p,
+            ELSEWHERE,
+            &[fx::observation("OBS-X", "NRS-SMARTA", LOCAL_TERMS, "20260302100500", &fx::pq("3", "1"), Some(("KK-CC-X", ELSEWHERE)))],
+        );
+        match s.op() {
+            "GetActivities" => {
+                let ours = good_documents(&p).into_iter().find(|(c, _)| *c == Contract::GetActivities).unwrap().1;
+                let ours_groups = &ours[ours.find("<activityGroup>").unwrap()..ours.rfind("</activityGroup>").unwrap() + "</activityGroup>".len()];
+                Reply::Xml(fx::envelope(&fx::activities_response(&[ours_groups.to_string(), elsewhere_act])))
+            }
+            "GetObservations" => {
+                let ours = good_documents(&p).into_iter().find(|(c, _)| *c == Contract::GetObservations).unwrap().1;
+                let ours_groups = &ours[ours.find("<observationGroup>").unwrap()..ours.rfind("</observationGroup>").unwrap() + "</observationGroup>".len()];
+                Reply::Xml(fx::envelope(&fx::observations_response(&[ours_groups.to_string(), elsewhere_obs])))
+            }
+            _ => good_reply(s),
+        }
+    });
+    let server = riv_server(certs.server_config_mtls().unwrap(), handler).await;
+    let mut settings = riv_settings(&server, &certs);
+    settings.unit_filter = registerbrygga::config::UnitFilter::Response;
+    write_patient_list(dir.path(), &[&p]);
+    let req = pull_request(PatientDiscovery::File { path: "patients.txt".into() }, dir.path());
+    let (summary, items) = run_pull(&RivSource::new(&settings).unwrap(), &req).await;
+    // Four requests for the patient, whatever the number of units.
+    assert_eq!(summary.unwrap().documents, 4);
+    assert_eq!(server.count("GetActivities", &p), 1);
+    assert_eq!(server.count("GetObservations", &p), 1);
+    let b = batch_of(&items, &p).unwrap();
+    assert_eq!((contacts(b).len(), diagnoses(b).len(), activities(b).len(), observations(b).len()), (2, 2, 2, 4), "other units' items are dropped");
+    assert!(b.records.iter().all(|r| r.provenance().document_id != "ACT-X" && r.provenance().document_id != "OBS-X"));
+    assert!(b.records.iter().filter(|r| matches!(r, Record::Activity(_) | Record::Observation(_))).all(|r| r.unit().is_some()));
+}
