@@ -204,8 +204,8 @@ impl Default for DeliverySettings {
     fn default() -> Self {
         DeliverySettings {
             enabled: true,
-            workers: 8,
-            batch_size: 32,
+            workers: 4,
+            batch_size: 64,
             lease_seconds: 60,
             heartbeat_seconds: 15,
             rescue_interval_seconds: 10,

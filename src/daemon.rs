@@ -501,11 +501,7 @@ impl crate::pipeline::AfterPull for PvkAfter {
         };
         reconcile(&mut cs, &self.def.name, &self.def.name, None, intents, vec![], &existing, false, &run.correlation_id);
         let computable = out.results.iter().filter(|r| r.computable).count();
-        cs.pvk_results = out.results.clone();
-        for r in &mut cs.pvk_results {
-            r.connector = self.def.name.clone();
-        }
-        cs.pvk_quality = out.quality;
+        let cells = out.results.len();
         cs.audit.push(crate::audit::NewAuditEvent::system(
             crate::audit::kind::PVK_COMPUTED,
             &run.correlation_id,
@@ -529,9 +525,15 @@ impl crate::pipeline::AfterPull for PvkAfter {
                 files.extend(written);
             }
         }
+        // Moved, not cloned: the patient lists of a region-year are the largest thing in memory.
+        cs.pvk_results = out.results;
+        for r in &mut cs.pvk_results {
+            r.connector = self.def.name.clone();
+        }
+        cs.pvk_quality = out.quality;
         let applied = if dry_run { app.store.preview(cs).await? } else { app.store.apply(cs).await? };
         Ok(serde_json::json!({
-            "cells": out.results.len(),
+            "cells": cells,
             "computable": computable,
             "aggregates": n_intents,
             "aggregates_created": applied.outbox_created,

@@ -178,7 +178,7 @@ fn counts(r: &PvkResultRow) -> (Option<i64>, Option<i64>) {
 
 /// Pseudonyms in a row's patient list with the given role.
 fn listed(r: &PvkResultRow, role: &str) -> Vec<String> {
-    let list = r.patient_list.as_ref().expect("a computable row has a patient list");
+    let list = r.patient_list.as_ref().expect("a computable row has a patient list").value();
     list["patients"]
         .as_array()
         .unwrap()
@@ -284,7 +284,7 @@ fn artros_rehab_prevalence_and_actions_keep_the_performing_profession() {
     let mut want = vec![key(&a), key(&b)];
     want.sort();
     assert_eq!(den, want);
-    let list = ar12.patient_list.as_ref().unwrap();
+    let list = ar12.patient_list.as_ref().unwrap().value();
     assert_eq!(list["by_profession"][profession::PHYSIOTHERAPIST], 1);
     let pa = list["patients"].as_array().unwrap().iter().find(|p| p["patient_key"] == key(&a).as_str()).unwrap();
     assert_eq!(pa["professions"], serde_json::json!([profession::PHYSIOTHERAPIST]));
@@ -487,7 +487,7 @@ fn osteoporosis_new_onset_look_back_age_and_index_anchored_measure() {
     let mut want = vec![key(&new), key(&before), key(&long_ago)];
     want.sort();
     assert_eq!(den, want);
-    let entry = os11.patient_list.as_ref().unwrap()["patients"].as_array().unwrap().iter().find(|p| p["patient_key"] == key(&new).as_str()).unwrap().clone();
+    let entry = os11.patient_list.as_ref().unwrap().value()["patients"].as_array().unwrap().iter().find(|p| p["patient_key"] == key(&new).as_str()).unwrap().clone();
     assert_eq!(entry["index_date"], "2025-10-01");
 }
 
@@ -524,7 +524,7 @@ fn mangsokare_threshold_window_and_contact_types() {
     let ms = row(&out, 2026, FT01, MAR, "MS01");
     assert_eq!(counts(ms), (Some(1), Some(4)));
     assert_eq!(listed(ms, "numerator"), vec![pseudo().patient_key(&over)]);
-    assert_eq!(ms.patient_list.as_ref().unwrap()["patients"][0]["visits"], 21);
+    assert_eq!(ms.patient_list.as_ref().unwrap().value()["patients"][0]["visits"], 21);
 
     // Same data, rules counting every contact type and a threshold of 19.
     let text = std::fs::read_to_string(shipped().join("rules/sandbox-2026.toml"))

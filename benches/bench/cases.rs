@@ -184,7 +184,8 @@ pub fn plan(o: &Options) -> Result<Plan> {
     }
     if o.wants("c") {
         let records = if q { 2_000 } else { 10_000 };
-        let (workers, batch) = (8, 32);
+        // The shipped defaults (config/default.toml).
+        let (workers, batch) = (4, 64);
         for b in &backends {
             groups.push(Group {
                 name: format!("c_delivery_{b}"),

@@ -113,7 +113,32 @@ pub struct PvkResultRow {
     pub note: Option<String>,
     /// Patient-level list behind the numbers (personal data: encrypted, shown only with the right).
     #[serde(skip)]
-    pub patient_list: Option<serde_json::Value>,
+    pub patient_list: Option<PatientList>,
+}
+
+/// A cell's patient list as compact JSON text: a region-year holds many large lists at once,
+/// and as text they take a fraction of the memory of `serde_json::Value` trees. Its `Debug`
+/// never shows the identities inside.
+#[derive(Clone, PartialEq)]
+pub struct PatientList(String);
+
+impl PatientList {
+    pub fn new(list: &serde_json::Value) -> PatientList {
+        PatientList(list.to_string())
+    }
+    pub fn json(&self) -> &str {
+        &self.0
+    }
+    /// The list as a JSON value (for reading it, e.g. in tests and the admin side).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).expect("a PatientList holds valid JSON")
+    }
+}
+
+impl std::fmt::Debug for PatientList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PatientList({} bytes)", self.0.len())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -397,7 +422,7 @@ impl Store {
                     r.computable,
                     r.suppressed,
                     r.note.clone(),
-                    r.patient_list.as_ref().map(|l| self.cipher.encrypt_json(l)),
+                    r.patient_list.as_ref().map(|l| self.cipher.encrypt(l.json().as_bytes())),
                     now
                 ],
             )

@@ -172,7 +172,7 @@ pub async fn seed(app: &App) -> Seeded {
                 computable: true,
                 suppressed: false,
                 note: None,
-                patient_list: Some(json!([{"personnummer": PNR_DASH, "namn": PATIENT_NAME, "uppfyllt": false}])),
+                patient_list: Some(PatientList::new(&json!([{"personnummer": PNR_DASH, "namn": PATIENT_NAME, "uppfyllt": false}]))),
             },
             PvkResultRow {
                 connector: "pvk-vc".into(),
@@ -186,7 +186,7 @@ pub async fn seed(app: &App) -> Seeded {
                 computable: true,
                 suppressed: false,
                 note: None,
-                patient_list: Some(json!([])),
+                patient_list: Some(PatientList::new(&json!([]))),
             },
         ],
         quarantine: vec![NewQuarantine {

@@ -473,7 +473,7 @@ impl<'a> Computation<'a> {
                                 notes.push(format!("partial month: data up to {}", self.today));
                             }
                             row.note = (!notes.is_empty()).then(|| notes.join("; "));
-                            row.patient_list = Some(self.patient_list(rs, ind, cell));
+                            row.patient_list = Some(crate::store::PatientList::new(&self.patient_list(rs, ind, cell)));
                         }
                         results.push(row);
                     }

@@ -294,6 +294,8 @@ pub fn parse_bytes(bytes: &[u8], doc_name: &str, ctx: &ParseContext) -> Result<P
 /// Most bytes taken from the source per read; with `READ_CHUNK` the buffer stays small however
 /// large the document (memory flat), and a whole per-patient response fits in one read.
 const READ_CHUNK: usize = 256 * 1024;
+/// Bytes `fill` takes when more is ready at once than the unfinished token needs.
+const GREEDY_BYTES: usize = 64 * 1024;
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 struct Input<R> {
@@ -342,8 +344,9 @@ impl<R: AsyncBufRead + Unpin> Input<R> {
         }
         if self.pos > 0 {
             let done = &self.buf[..self.pos];
-            self.newlines += done.iter().filter(|b| **b == b'\n').count() as u64;
-            if let Some(i) = done.iter().rposition(|b| *b == b'\n') {
+            // Kept for error positions; memchr, because a scalar scan here cost ~10 % of parsing.
+            self.newlines += memchr::memchr_iter(b'\n', done).count() as u64;
+            if let Some(i) = memchr::memrchr(b'\n', done) {
                 self.last_newline = Some(self.base + i as u64);
             }
             self.buf.drain(..self.pos);
@@ -355,8 +358,20 @@ impl<R: AsyncBufRead + Unpin> Input<R> {
         }
         let want = partial.max(1);
         let mut got = 0usize;
-        while got < want {
-            let failure = match self.inner.fill_buf().await {
+        loop {
+            // Wait for what is needed; beyond that take only what is already there (up to
+            // GREEDY_BYTES), so small network chunks are parsed in one pass without waiting.
+            let next = if got < want {
+                self.inner.fill_buf().await
+            } else if got < GREEDY_BYTES {
+                match futures::FutureExt::now_or_never(self.inner.fill_buf()) {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            } else {
+                return Ok(());
+            };
+            let failure = match next {
                 Err(e) => DocumentError::transient(
                     doc,
                     "",
@@ -388,7 +403,6 @@ impl<R: AsyncBufRead + Unpin> Input<R> {
             self.failed = Some(failure);
             return Ok(());
         }
-        Ok(())
     }
 }
 
