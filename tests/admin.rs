@@ -74,12 +74,14 @@ both_backends!(every_protected_route_answers_401_the_same_way, |ts: TestStore| a
 both_backends!(sign_in_sessions_and_failed_logins, |ts: TestStore| async move {
     let (srv, _) = setup(&ts).await;
     let anon = Client::anonymous(&srv.base);
-    let wrong_pw = anon.post_form("/login", &[("username", "oper"), ("password", "fel-lösenord-hemligt")]).await;
-    let no_user = anon.post_form("/login", &[("username", "ingen-sadan"), ("password", "fel-lösenord-hemligt")]).await;
+    let wrong_pw = anon.post_login(&[("username", "oper"), ("password", "fel-lösenord-hemligt")]).await;
+    let no_user = anon.post_login(&[("username", "ingen-sadan"), ("password", "fel-lösenord-hemligt")]).await;
     assert_eq!((wrong_pw.status, no_user.status), (401, 401));
-    assert_eq!(wrong_pw.body, no_user.body, "no hint whether the user exists");
+    // (Each form carries a fresh token; apart from it the answers are the same.)
+    let token = regex::Regex::new(r#"name="login_csrf" value="[^"]+""#).unwrap();
+    assert_eq!(token.replace(&wrong_pw.body, ""), token.replace(&no_user.body, ""), "no hint whether the user exists");
     assert!(wrong_pw.body.contains("Fel användarnamn eller lösenord"));
-    assert!(wrong_pw.headers.get("set-cookie").is_none());
+    assert!(wrong_pw.headers.get_all("set-cookie").iter().all(|v| !v.to_str().unwrap().starts_with("rb_session=")));
 
     // Failed attempts are audited, without what was typed as a password.
     let failed = ts.store.audit_search(&AuditQuery { kind: Some("login.failed".into()), ..Default::default() }).await.unwrap();
@@ -90,7 +92,7 @@ both_backends!(sign_in_sessions_and_failed_logins, |ts: TestStore| async move {
     assert!(!all.contains("fel-lösenord-hemligt") && !all.contains(PASSWORD) && !all.contains("ingen-sadan"));
 
     // A good sign-in sets a hardened cookie.
-    let ok = anon.post_form("/login", &[("username", "oper"), ("password", PASSWORD), ("next", "/misslyckade")]).await;
+    let ok = anon.post_login(&[("username", "oper"), ("password", PASSWORD), ("next", "/misslyckade")]).await;
     assert_eq!(ok.status, 303);
     assert_eq!(ok.headers.get("location").unwrap(), "/misslyckade");
     let cookie = ok.headers.get("set-cookie").unwrap().to_str().unwrap().to_string();
@@ -103,8 +105,21 @@ both_backends!(sign_in_sessions_and_failed_logins, |ts: TestStore| async move {
     let rows = tx.rows("SELECT token_hash FROM sessions", &[]).await.unwrap();
     assert!(!rows.is_empty() && rows.iter().all(|r| r.text(0).unwrap() != token));
     drop(tx);
+    // A sign-in posted from elsewhere (no form token, or one that does not match the cookie)
+    // is refused even with the right password, and no session is made.
+    let forged = anon.post_form("/login", &[("username", "oper"), ("password", PASSWORD)]).await;
+    let (cookie, _) = login_form_token(&anon.http, &srv.base).await;
+    let mismatched = Client::send_raw(
+        anon.http.post(format!("{}/login", srv.base)).header("cookie", cookie).form(&[("username", "oper"), ("password", PASSWORD), ("login_csrf", "gissat")]),
+    )
+    .await;
+    for r in [&forged, &mismatched] {
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert!(r.body.contains("Inloggningsformuläret har gått ut"));
+        assert!(r.headers.get_all("set-cookie").iter().all(|v| !v.to_str().unwrap().starts_with("rb_session=")));
+    }
     // An open redirect is refused.
-    let evil = anon.post_form("/login", &[("username", "oper"), ("password", PASSWORD), ("next", "//evil.example/")]).await;
+    let evil = anon.post_login(&[("username", "oper"), ("password", PASSWORD), ("next", "//evil.example/")]).await;
     assert_eq!(evil.headers.get("location").unwrap(), "/");
 
     let c = Client::login(&srv.base, "oper", PASSWORD).await;
@@ -502,7 +517,14 @@ async fn admin_listener_speaks_tls_when_configured() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(ok, "the TLS listener answers");
-    let r = client.post(format!("{}/login", srv.base)).form(&[("username", "oper"), ("password", PASSWORD)]).send().await.unwrap();
+    let (cookie, token) = login_form_token(&client, &srv.base).await;
+    let r = client
+        .post(format!("{}/login", srv.base))
+        .header("cookie", cookie)
+        .form(&[("username", "oper"), ("password", PASSWORD), ("login_csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 303);
     // Plain HTTP on the TLS port gets nowhere.
     let plain = srv.base.replace("https://", "http://");

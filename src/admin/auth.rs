@@ -29,6 +29,9 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 pub const SESSION_COOKIE: &str = "rb_session";
+/// The sign-in form's own CSRF token (double submit: this cookie and a hidden field must
+/// match), so another site cannot sign a browser in under an account of its choosing.
+pub const LOGIN_CSRF_COOKIE: &str = "rb_login";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,8 +245,17 @@ pub struct LoginQuery {
     pub next: Option<String>,
 }
 
-pub async fn login_page(axum::extract::Query(q): axum::extract::Query<LoginQuery>) -> Html<String> {
-    Html(super::pages::login_page(q.next.as_deref().and_then(safe_next).as_deref(), None, ""))
+pub async fn login_page(State(state): State<AdminState>, axum::extract::Query(q): axum::extract::Query<LoginQuery>) -> Response {
+    login_form(&state, StatusCode::OK, q.next.as_deref().and_then(safe_next).as_deref(), None, "")
+}
+
+/// The sign-in page with a fresh form token, set as a cookie as well.
+fn login_form(state: &AdminState, status: StatusCode, next: Option<&str>, error: Option<&str>, username: &str) -> Response {
+    let token = random_token();
+    let mut res = (status, Html(super::pages::login_page(next, error, username, &token))).into_response();
+    let cookie = format!("{LOGIN_CSRF_COOKIE}={token}; Path=/login; Max-Age=3600; HttpOnly; SameSite=Strict{}", if state.settings().cookie_secure { "; Secure" } else { "" });
+    res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie is ASCII"));
+    res
 }
 
 #[derive(Deserialize)]
@@ -254,12 +266,19 @@ pub struct LoginForm {
     pub password: String,
     #[serde(default)]
     pub next: Option<String>,
+    #[serde(default)]
+    pub login_csrf: String,
 }
 
-pub async fn login_submit(State(state): State<AdminState>, connect: Option<Extension<ConnectInfo<SocketAddr>>>, Form(f): Form<LoginForm>) -> Response {
+pub async fn login_submit(State(state): State<AdminState>, connect: Option<Extension<ConnectInfo<SocketAddr>>>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
     let store = &state.app.store;
     let remote = connect.map(|c| c.0 .0.ip().to_string());
     let next = f.next.as_deref().and_then(safe_next);
+    // The form must come from our own sign-in page (its cookie and hidden field agree).
+    let form_ok = cookie_value(&headers, LOGIN_CSRF_COOKIE).is_some_and(|c| !c.is_empty() && constant_time_eq(c.as_bytes(), f.login_csrf.as_bytes()));
+    if !form_ok {
+        return login_form(&state, StatusCode::FORBIDDEN, next.as_deref(), Some("Inloggningsformuläret har gått ut eller kom inte från den här sidan. Försök igen."), "");
+    }
     let username = f.username.trim().to_string();
     let user: Option<User> = if username.is_empty() || username.len() > 64 {
         None
@@ -284,7 +303,7 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
         if let Err(e) = store.audit(vec![NewAuditEvent::by("anonymous", kind::LOGIN_FAILED, &corr, subject, detail)]).await {
             return Fail::Internal(e).page();
         }
-        return (StatusCode::UNAUTHORIZED, Html(super::pages::login_page(next.as_deref(), Some("Fel användarnamn eller lösenord."), ""))).into_response();
+        return login_form(&state, StatusCode::UNAUTHORIZED, next.as_deref(), Some("Fel användarnamn eller lösenord."), "");
     };
     let token = random_token();
     let csrf = random_token();
@@ -303,6 +322,8 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
     let mut res = Redirect::to(&next.unwrap_or_else(|| "/".into())).into_response();
     *res.status_mut() = StatusCode::SEE_OTHER;
     res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie is ASCII"));
+    let spent = format!("{LOGIN_CSRF_COOKIE}=; Path=/login; Max-Age=0; HttpOnly; SameSite=Strict{}", if state.settings().cookie_secure { "; Secure" } else { "" });
+    res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&spent).expect("cookie is ASCII"));
     res
 }
 

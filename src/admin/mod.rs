@@ -3,8 +3,9 @@
 //! One axum router serves everything. Every route except `/healthz`, `/readyz` and `/login`
 //! needs a session cookie (pages) or `Authorization: Bearer <token>` (scripts, Prometheus); the
 //! check runs in front of routing, so an unauthenticated client gets the same 401 for a route
-//! that exists and one that does not. The route table below is also what the OpenAPI test
-//! compares `/api/v1/openapi.json` against.
+//! that exists and one that does not. Every form carries a CSRF token: the session's on signed-in
+//! pages, and on the sign-in form a token that must match its own cookie (double submit). The
+//! route table below is also what the OpenAPI test compares `/api/v1/openapi.json` against.
 
 pub mod api;
 pub mod auth;

@@ -268,10 +268,11 @@ struct LoginTpl<'a> {
     next: Option<&'a str>,
     error: Option<&'a str>,
     username: &'a str,
+    login_csrf: &'a str,
 }
 
-pub fn login_page(next: Option<&str>, error: Option<&str>, username: &str) -> String {
-    LoginTpl { next, error, username }.render().unwrap_or_else(|_| "Inloggning".into())
+pub fn login_page(next: Option<&str>, error: Option<&str>, username: &str, login_csrf: &str) -> String {
+    LoginTpl { next, error, username, login_csrf }.render().unwrap_or_else(|_| "Inloggning".into())
 }
 
 #[derive(Template)]

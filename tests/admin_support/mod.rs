@@ -241,7 +241,7 @@ impl Client {
     /// Sign in through the form; keeps the session cookie and picks up the CSRF token.
     pub async fn login(base: &str, user: &str, password: &str) -> Client {
         let mut c = Client::anonymous(base);
-        let r = c.post_form("/login", &[("username", user), ("password", password)]).await;
+        let r = c.post_login(&[("username", user), ("password", password)]).await;
         assert_eq!(r.status, 303, "login of {user} failed: {}", r.body);
         let set = r.headers.get("set-cookie").expect("a session cookie").to_str().unwrap().to_string();
         let value = set.split(';').next().unwrap().trim().to_string();
@@ -261,6 +261,10 @@ impl Client {
             b = b.bearer_auth(t);
         }
         b
+    }
+
+    pub async fn send_raw(b: reqwest::RequestBuilder) -> Resp {
+        Self::send(b).await
     }
 
     async fn send(b: reqwest::RequestBuilder) -> Resp {
@@ -286,6 +290,15 @@ impl Client {
         Self::send(self.req(reqwest::Method::POST, path).form(fields)).await
     }
 
+    /// Post the sign-in form as a browser does: fetch the page first, then send its form token
+    /// back in the hidden field and the cookie.
+    pub async fn post_login(&self, fields: &[(&str, &str)]) -> Resp {
+        let (cookie, token) = login_form_token(&self.http, &self.base).await;
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        all.push(("login_csrf", &token));
+        Self::send(self.http.post(format!("{}/login", self.base)).header("cookie", cookie).form(&all)).await
+    }
+
     /// A form post with this session's CSRF token added.
     pub async fn post_form_csrf(&self, path: &str, fields: &[(&str, &str)]) -> Resp {
         let csrf = self.csrf.clone().expect("logged in");
@@ -301,6 +314,27 @@ impl Client {
         }
         Self::send(b).await
     }
+}
+
+/// The sign-in page's form cookie (`name=value`) and the token in its hidden field.
+pub async fn login_form_token(http: &reqwest::Client, base: &str) -> (String, String) {
+    let page = http.get(format!("{base}/login")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("rb_login="))
+        .expect("the sign-in page sets its form cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let body = page.text().await.unwrap();
+    let re = regex::Regex::new(r#"name="login_csrf" value="([^"]+)""#).unwrap();
+    let token = re.captures(&body).expect("the sign-in form carries its token")[1].to_string();
+    (cookie, token)
 }
 
 pub fn csrf_from(html: &str) -> Option<String> {
