@@ -448,6 +448,51 @@ pub async fn backfill(app: App, args: BackfillArgs) -> Result<i32> {
     Ok(if reports.iter().any(|r| r.status == "failed") { 1 } else { 0 })
 }
 
+/// What the PVK engine reads besides the journal: listing and drug lists, from files or from
+/// the region's own database, with how many rows were refused (counted by row, never shown).
+pub struct PvkInputs {
+    pub listing: Option<crate::registers::pvk::Listing>,
+    pub drugs: Option<crate::registers::pvk::DrugList>,
+    pub listing_refused: usize,
+    pub drugs_refused: usize,
+}
+
+/// Read the listing and drug list the PVK connector is configured with (file or SQL query).
+pub async fn pvk_inputs(engine: &crate::registers::pvk::PvkEngine, today: chrono::NaiveDate, pseudo: &crate::crypto::Pseudonymizer) -> Result<PvkInputs> {
+    use crate::registers::pvk::{DrugList, Listing};
+    let listing = match engine.listing_query() {
+        Some((url, sql)) => {
+            let rows = crate::sources::sql::text_rows(url, sql, 2, "PVK listing query").await?;
+            Some(Listing::from_rows(rows.into_iter().map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default())), today, pseudo))
+        }
+        None => engine.read_listing(today, pseudo)?,
+    };
+    let (drugs, bad_dates) = match engine.drug_list_query() {
+        Some((url, sql)) => {
+            let rows = crate::sources::sql::text_rows(url, sql, 3, "PVK drug-list query").await?;
+            let mut bad = 0usize;
+            let good: Vec<(String, String, chrono::NaiveDate)> = rows
+                .into_iter()
+                .filter_map(|r| {
+                    let date = r[2].as_deref().and_then(|d| chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d").ok());
+                    if date.is_none() {
+                        bad += 1;
+                    }
+                    Some((r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default(), date?))
+                })
+                .collect();
+            (Some(DrugList::from_rows(good, today)), bad)
+        }
+        None => (engine.read_drug_list(today)?, 0),
+    };
+    Ok(PvkInputs {
+        listing_refused: listing.as_ref().map_or(0, |l| l.refused_lines.len()),
+        drugs_refused: drugs.as_ref().map_or(0, |d| d.refused_lines.len()) + bad_dates,
+        listing,
+        drugs,
+    })
+}
+
 /// The PVK engine as the pipeline's after-pull step: recompute every unit and month in the
 /// window from the stored records, keep results and patient lists (encrypted), queue the
 /// aggregates (a recomputed month updates its earlier aggregate), write export files.
@@ -471,8 +516,8 @@ impl crate::pipeline::AfterPull for PvkAfter {
         use crate::outbox::{reconcile, Existing};
         let today = run.today;
         let months = months_window(today, self.months_back);
-        let listing = self.engine.read_listing(today, &app.pseudo)?;
-        let drugs = self.engine.read_drug_list(today)?;
+        let inputs = pvk_inputs(&self.engine, today, &app.pseudo).await?;
+        let (listing, drugs) = (inputs.listing, inputs.drugs);
         let units: Vec<crate::model::HsaId> = self.def.units.iter().filter_map(|u| crate::model::HsaId::parse(u).ok()).collect();
         let out = {
             let mut c = self.engine.begin(listing.as_ref(), drugs.as_ref(), &units, &months, today);
@@ -506,7 +551,7 @@ impl crate::pipeline::AfterPull for PvkAfter {
             crate::audit::kind::PVK_COMPUTED,
             &run.correlation_id,
             &self.def.name,
-            serde_json::json!({"cells": out.results.len(), "computable": computable, "aggregates": n_intents, "months": months.len()}),
+            serde_json::json!({"cells": out.results.len(), "computable": computable, "aggregates": n_intents, "months": months.len(), "listing_rows_refused": inputs.listing_refused, "drug_rows_refused": inputs.drugs_refused}),
         ));
         let mut files = vec![];
         if !dry_run {
@@ -535,6 +580,8 @@ impl crate::pipeline::AfterPull for PvkAfter {
         Ok(serde_json::json!({
             "cells": cells,
             "computable": computable,
+            "listing_rows_refused": inputs.listing_refused,
+            "drug_rows_refused": inputs.drugs_refused,
             "aggregates": n_intents,
             "aggregates_created": applied.outbox_created,
             "aggregates_updated": applied.outbox_updated,

@@ -427,6 +427,51 @@ fn vardcentral_variants_need_listing_data_and_count_listed_patients_without_reco
     assert_eq!(listed(row(&out, 2026, VC01, MAR, "Hj1"), "numerator"), vec![pseudo().patient_key(&a)]);
 }
 
+#[tokio::test]
+async fn listing_and_drug_lists_come_from_the_regions_database_when_configured_as_sql() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("region.db");
+    let url = format!("sqlite:{}?mode=rwc", db.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (a, b, c) = (pnr("19500101", 121), pnr("19600101", 131), pnr("19700101", 141));
+    sqlx::query("CREATE TABLE listing (pnr TEXT, hsa TEXT); CREATE TABLE drugs (pnr TEXT, atc TEXT, given TEXT)").execute(&mut conn).await.unwrap();
+    for (p, u) in [(a.raw(), VC01), (b.raw(), VC01), (c.raw(), VC01), ("191212121213", VC01), (a.raw(), "not-an-hsa-id")] {
+        sqlx::query("INSERT INTO listing VALUES (?, ?)").bind(p).bind(u).execute(&mut conn).await.unwrap();
+    }
+    for (p, atc, date) in [(a.raw(), "R03AK06", "2026-01-10"), (b.raw(), "R03BB04", "2026-02-01"), (c.raw(), "R03BB04", "förra veckan")] {
+        sqlx::query("INSERT INTO drugs VALUES (?, ?, ?)").bind(p).bind(atc).bind(date).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    // The URL is a secret (here a file holding it).
+    let secret = dir.path().join("region-db.url");
+    std::fs::write(&secret, &url).unwrap();
+    let engine = sandbox_engine(
+        &[FT01, VC01],
+        &format!(
+            "vardcentraler = [\"{VC01}\"]\nlisting = {{ sql = \"SELECT pnr, hsa FROM listing\", url = {{ file = \"{s}\" }} }}\ndrug_list = {{ sql = \"SELECT pnr, atc, given FROM drugs\", url = {{ file = \"{s}\" }} }}",
+            s = secret.display()
+        ),
+    );
+    let inputs = registerbrygga::daemon::pvk_inputs(&engine, today(), &pseudo()).await.unwrap();
+    assert_eq!(inputs.listing.as_ref().map(|l| l.len()), Some(3), "three usable listing rows");
+    assert_eq!(inputs.listing_refused, 2, "an invalid personnummer and an invalid HSA id are refused");
+    assert_eq!(inputs.drugs_refused, 1, "a row without a date is refused");
+    assert!(inputs.drugs.is_some());
+    // With the listing read from the database, the vårdcentral variants become computable.
+    let pats = vec![patient(&a, vec![diag(&a, "SE2321000156-SJH1", "2025-12-01", "I50.9")])];
+    let out = compute(&engine, &pats, inputs.listing.as_ref(), inputs.drugs.as_ref(), &[FT01, VC01], &[MAR]);
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Hj1")), (Some(1), Some(3)));
+
+    // A failing query is an error naming what failed, never a silent empty listing.
+    let broken = sandbox_engine(
+        &[FT01, VC01],
+        &format!("vardcentraler = [\"{VC01}\"]\nlisting = {{ sql = \"SELECT pnr, hsa FROM no_such_table\", url = {{ file = \"{}\" }} }}", secret.display()),
+    );
+    let err = format!("{:#}", registerbrygga::daemon::pvk_inputs(&broken, today(), &pseudo()).await.err().expect("the query fails"));
+    assert!(err.contains("PVK listing query") && err.contains("query failed"), "{err}");
+}
+
 #[test]
 fn listing_file_is_read_with_header_and_refuses_bad_lines_by_number() {
     let dir = tempfile::tempdir().unwrap();

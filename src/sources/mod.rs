@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 pub mod fhir;
 pub mod files;
 pub mod riv;
+pub mod sql;
 
 /// What to pull.
 #[derive(Clone, Debug)]

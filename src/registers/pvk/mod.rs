@@ -288,6 +288,17 @@ impl PvkEngine {
         }
     }
 
+    /// The configured listing query (`listing = { sql = …, url = … }`), which the caller runs
+    /// (I/O stays at the edges) and hands to [`Listing::from_rows`].
+    pub fn listing_query(&self) -> Option<(&Secret, &str)> {
+        self.options.listing.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?)))
+    }
+
+    /// The configured drug-list query (rows of personnummer, ATC code, date `YYYY-MM-DD`).
+    pub fn drug_list_query(&self) -> Option<(&Secret, &str)> {
+        self.options.drug_list.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?)))
+    }
+
     /// Read the configured drug-list file (same rules as the listing).
     pub fn read_drug_list(&self, today: NaiveDate) -> anyhow::Result<Option<DrugList>> {
         match self.options.drug_list.as_ref().and_then(|s| s.file.as_ref()) {

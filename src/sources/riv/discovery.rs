@@ -4,7 +4,7 @@
 
 use crate::config::Secret;
 use crate::model::{PatientId, Refusal};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use std::collections::HashSet;
 use std::path::Path;
@@ -49,23 +49,7 @@ pub async fn from_file(path: &Path, today: NaiveDate) -> Result<PatientList> {
 
 /// Run `query` (one text column) against a `postgres://` or `sqlite:` database.
 pub async fn from_sql(url: &Secret, query: &str, today: NaiveDate) -> Result<PatientList> {
-    use sqlx::Connection;
-    let url = url.read_string().context("patient query database URL")?;
-    // Database errors can quote values; they are redacted before they travel on.
-    let redact = |e: sqlx::Error| anyhow::anyhow!("{}", crate::telemetry::redact(&e.to_string()));
-    let rows: Vec<Option<String>> = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let mut conn = sqlx::PgConnection::connect(&url).await.map_err(redact).context("cannot connect to the patient query database")?;
-        let rows = sqlx::query_scalar::<_, Option<String>>(query).fetch_all(&mut conn).await.map_err(redact).context("patient query failed")?;
-        let _ = conn.close().await;
-        rows
-    } else if url.starts_with("sqlite:") {
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.map_err(redact).context("cannot open the patient query database")?;
-        let rows = sqlx::query_scalar::<_, Option<String>>(query).fetch_all(&mut conn).await.map_err(redact).context("patient query failed")?;
-        let _ = conn.close().await;
-        rows
-    } else {
-        bail!("patient query URL must start with postgres:// or sqlite:");
-    };
+    let rows: Vec<Option<String>> = crate::sources::sql::text_rows(url, query, 1, "patient query").await?.into_iter().map(|mut r| r.remove(0)).collect();
     let mut list = PatientList::default();
     let mut seen = HashSet::new();
     for (i, v) in rows.into_iter().enumerate() {
