@@ -1,5 +1,8 @@
 //! Primärvårdskvalitet: rule loading, every indicator family, variants, aggregates, exports,
-//! data quality and config check. Pure and fast: hand-built populations, no store, no network.
+//! data quality and config check. Hand-built populations, no store, no network; the listing-query
+//! tests read a SQLite file and a database on the test PostgreSQL cluster.
+
+mod common;
 
 use chrono::NaiveDate;
 use registerbrygga::config::{ConnectorDef, Loaded, Settings, UnitBinding};
@@ -470,6 +473,28 @@ async fn listing_and_drug_lists_come_from_the_regions_database_when_configured_a
     );
     let err = format!("{:#}", registerbrygga::daemon::pvk_inputs(&broken, today(), &pseudo()).await.err().expect("the query fails"));
     assert!(err.contains("PVK listing query") && err.contains("query failed"), "{err}");
+}
+
+#[tokio::test]
+async fn listing_query_runs_against_postgresql_too() {
+    use sqlx::Connection;
+    let url = common::fresh_pg_url("pvk_listing").await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (a, b) = (pnr("19500101", 121), pnr("19600101", 131));
+    sqlx::query("CREATE TABLE listning (personnummer TEXT, hsa_id TEXT)").execute(&mut conn).await.unwrap();
+    for (p, u) in [(a.raw(), VC01), (b.raw(), VC01), ("12345", VC01)] {
+        sqlx::query("INSERT INTO listning VALUES ($1, $2)").bind(p).bind(u).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("region-db.url");
+    std::fs::write(&secret, &url).unwrap();
+    let engine = sandbox_engine(
+        &[FT01, VC01],
+        &format!("vardcentraler = [\"{VC01}\"]\nlisting = {{ sql = \"SELECT personnummer, hsa_id FROM listning\", url = {{ file = \"{}\" }} }}", secret.display()),
+    );
+    let inputs = registerbrygga::daemon::pvk_inputs(&engine, today(), &pseudo()).await.unwrap();
+    assert_eq!((inputs.listing.as_ref().map(|l| l.len()), inputs.listing_refused), (Some(2), 1));
 }
 
 #[test]
