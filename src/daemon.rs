@@ -463,24 +463,20 @@ pub async fn pvk_inputs(engine: &crate::registers::pvk::PvkEngine, today: chrono
     let listing = match engine.listing_query() {
         Some((url, sql)) => {
             let rows = crate::sources::sql::text_rows(url, sql, 2, "PVK listing query").await?;
-            Some(Listing::from_rows(rows.into_iter().map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default())), today, pseudo))
+            Some(Listing::from_rows(rows.into_iter().map(|mut r| (r[0].take().unwrap_or_default(), r[1].take().unwrap_or_default())), today, pseudo))
         }
         None => engine.read_listing(today, pseudo)?,
     };
     let (drugs, bad_dates) = match engine.drug_list_query() {
         Some((url, sql)) => {
             let rows = crate::sources::sql::text_rows(url, sql, 3, "PVK drug-list query").await?;
-            let mut bad = 0usize;
-            let good: Vec<(String, String, chrono::NaiveDate)> = rows
-                .into_iter()
-                .filter_map(|r| {
-                    let date = r[2].as_deref().and_then(|d| chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d").ok());
-                    if date.is_none() {
-                        bad += 1;
-                    }
-                    Some((r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default(), date?))
-                })
-                .collect();
+            let (mut good, mut bad) = (vec![], 0usize);
+            for mut r in rows {
+                match r[2].as_deref().and_then(|d| chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d").ok()) {
+                    Some(date) => good.push((r[0].take().unwrap_or_default(), r[1].take().unwrap_or_default(), date)),
+                    None => bad += 1,
+                }
+            }
             (Some(DrugList::from_rows(good, today)), bad)
         }
         None => (engine.read_drug_list(today)?, 0),

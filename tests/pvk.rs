@@ -430,6 +430,19 @@ fn vardcentral_variants_need_listing_data_and_count_listed_patients_without_reco
     assert_eq!(listed(row(&out, 2026, VC01, MAR, "Hj1"), "numerator"), vec![pseudo().patient_key(&a)]);
 }
 
+/// The sandbox engine with a vårdcentral whose listing (and drug list) come from queries against
+/// `url`, which is given as a secret (a file in `dir` holding it).
+fn engine_with_queries(dir: &Path, url: &str, listing: &str, drugs: Option<&str>) -> PvkEngine {
+    let secret = dir.join("region-db.url");
+    std::fs::write(&secret, url).unwrap();
+    let source = |sql: &str| format!("{{ sql = \"{sql}\", url = {{ file = \"{}\" }} }}", secret.display());
+    let mut options = format!("vardcentraler = [\"{VC01}\"]\nlisting = {}", source(listing));
+    if let Some(d) = drugs {
+        options.push_str(&format!("\ndrug_list = {}", source(d)));
+    }
+    sandbox_engine(&[FT01, VC01], &options)
+}
+
 #[tokio::test]
 async fn listing_and_drug_lists_come_from_the_regions_database_when_configured_as_sql() {
     use sqlx::Connection;
@@ -446,16 +459,7 @@ async fn listing_and_drug_lists_come_from_the_regions_database_when_configured_a
         sqlx::query("INSERT INTO drugs VALUES (?, ?, ?)").bind(p).bind(atc).bind(date).execute(&mut conn).await.unwrap();
     }
     conn.close().await.unwrap();
-    // The URL is a secret (here a file holding it).
-    let secret = dir.path().join("region-db.url");
-    std::fs::write(&secret, &url).unwrap();
-    let engine = sandbox_engine(
-        &[FT01, VC01],
-        &format!(
-            "vardcentraler = [\"{VC01}\"]\nlisting = {{ sql = \"SELECT pnr, hsa FROM listing\", url = {{ file = \"{s}\" }} }}\ndrug_list = {{ sql = \"SELECT pnr, atc, given FROM drugs\", url = {{ file = \"{s}\" }} }}",
-            s = secret.display()
-        ),
-    );
+    let engine = engine_with_queries(dir.path(), &url, "SELECT pnr, hsa FROM listing", Some("SELECT pnr, atc, given FROM drugs"));
     let inputs = registerbrygga::daemon::pvk_inputs(&engine, today(), &pseudo()).await.unwrap();
     assert_eq!(inputs.listing.as_ref().map(|l| l.len()), Some(3), "three usable listing rows");
     assert_eq!(inputs.listing_refused, 2, "an invalid personnummer and an invalid HSA id are refused");
@@ -467,10 +471,7 @@ async fn listing_and_drug_lists_come_from_the_regions_database_when_configured_a
     assert_eq!(counts(row(&out, 2026, VC01, MAR, "Hj1")), (Some(1), Some(3)));
 
     // A failing query is an error naming what failed, never a silent empty listing.
-    let broken = sandbox_engine(
-        &[FT01, VC01],
-        &format!("vardcentraler = [\"{VC01}\"]\nlisting = {{ sql = \"SELECT pnr, hsa FROM no_such_table\", url = {{ file = \"{}\" }} }}", secret.display()),
-    );
+    let broken = engine_with_queries(dir.path(), &url, "SELECT pnr, hsa FROM no_such_table", None);
     let err = format!("{:#}", registerbrygga::daemon::pvk_inputs(&broken, today(), &pseudo()).await.err().expect("the query fails"));
     assert!(err.contains("PVK listing query") && err.contains("query failed"), "{err}");
 }
@@ -487,12 +488,7 @@ async fn listing_query_runs_against_postgresql_too() {
     }
     conn.close().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("region-db.url");
-    std::fs::write(&secret, &url).unwrap();
-    let engine = sandbox_engine(
-        &[FT01, VC01],
-        &format!("vardcentraler = [\"{VC01}\"]\nlisting = {{ sql = \"SELECT personnummer, hsa_id FROM listning\", url = {{ file = \"{}\" }} }}", secret.display()),
-    );
+    let engine = engine_with_queries(dir.path(), &url, "SELECT personnummer, hsa_id FROM listning", None);
     let inputs = registerbrygga::daemon::pvk_inputs(&engine, today(), &pseudo()).await.unwrap();
     assert_eq!((inputs.listing.as_ref().map(|l| l.len()), inputs.listing_refused), (Some(2), 1));
 }

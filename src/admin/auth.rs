@@ -253,8 +253,7 @@ pub async fn login_page(State(state): State<AdminState>, axum::extract::Query(q)
 fn login_form(state: &AdminState, status: StatusCode, next: Option<&str>, error: Option<&str>, username: &str) -> Response {
     let token = random_token();
     let mut res = (status, Html(super::pages::login_page(next, error, username, &token))).into_response();
-    let cookie = format!("{LOGIN_CSRF_COOKIE}={token}; Path=/login; Max-Age=3600; HttpOnly; SameSite=Strict{}", if state.settings().cookie_secure { "; Secure" } else { "" });
-    res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie is ASCII"));
+    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, &token, "/login", 3600, state.settings().cookie_secure));
     res
 }
 
@@ -318,17 +317,23 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
     {
         return Fail::Internal(e).page();
     }
-    let cookie = session_cookie(&token, minutes * 60, state.settings().cookie_secure);
+    let secure = state.settings().cookie_secure;
     let mut res = Redirect::to(&next.unwrap_or_else(|| "/".into())).into_response();
     *res.status_mut() = StatusCode::SEE_OTHER;
-    res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("cookie is ASCII"));
-    let spent = format!("{LOGIN_CSRF_COOKIE}=; Path=/login; Max-Age=0; HttpOnly; SameSite=Strict{}", if state.settings().cookie_secure { "; Secure" } else { "" });
-    res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&spent).expect("cookie is ASCII"));
+    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, &token, "/", minutes * 60, secure));
+    // The form token is spent.
+    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, "", "/login", 0, secure));
     res
 }
 
-pub fn session_cookie(token: &str, max_age_seconds: u64, secure: bool) -> String {
-    format!("{SESSION_COOKIE}={token}; Path=/; Max-Age={max_age_seconds}; HttpOnly; SameSite=Strict{}", if secure { "; Secure" } else { "" })
+/// Every cookie we set: `HttpOnly; SameSite=Strict`, and `Secure` when configured (max age 0
+/// clears it).
+pub fn hardened_cookie(name: &str, value: &str, path: &str, max_age_seconds: u64, secure: bool) -> String {
+    format!("{name}={value}; Path={path}; Max-Age={max_age_seconds}; HttpOnly; SameSite=Strict{}", if secure { "; Secure" } else { "" })
+}
+
+fn set_cookie(res: &mut Response, cookie: &str) {
+    res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(cookie).expect("cookie is ASCII"));
 }
 
 #[derive(Deserialize)]
@@ -355,8 +360,7 @@ pub async fn logout(State(state): State<AdminState>, Extension(p): Extension<Pri
         return Fail::Internal(e).page();
     }
     let mut res = (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
-    let clear = format!("{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{}", if state.settings().cookie_secure { "; Secure" } else { "" });
-    res.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&clear).expect("ASCII"));
+    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, "", "/", 0, state.settings().cookie_secure));
     res
 }
 

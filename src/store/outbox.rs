@@ -213,10 +213,29 @@ pub enum Outcome {
     Dead { operation: String, http_status: Option<u16>, error: String },
 }
 
+pub(super) const REGISTRATION_COLS: &str = "idem_key, register, connector, unit, form, subject, event_id, delivered_hash, delivered_payload, state";
+
 pub(super) const RECORD_COLS: &str = "id, idem_key, version, register, connector, unit, form, subject, op, payload, payload_hash, lookup, state, reason, attempts, \
      next_attempt_us, first_attempt_us, lease_owner, lease_expires_us, last_status, last_error, register_ref, correlation_id, created_us, updated_us, delivered_us";
 
 impl Store {
+    /// A `registrations` row selected with [`REGISTRATION_COLS`] (a NULL payload column reads as
+    /// no payload, for listings that do not need it decrypted).
+    pub(super) fn registration_from_row(&self, r: &dyn super::sql::Row) -> Result<Registration> {
+        Ok(Registration {
+            idem_key: r.text(0)?,
+            register: r.text(1)?,
+            connector: r.text(2)?,
+            unit: r.text(3)?,
+            form: r.text(4)?,
+            subject: r.text_opt(5)?,
+            event_id: r.text_opt(6)?,
+            delivered_hash: r.text_opt(7)?,
+            delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&b)).transpose()?,
+            state: r.text(9)?,
+        })
+    }
+
     pub(super) fn record_from_row(&self, r: &dyn super::sql::Row) -> Result<OutboxRecord> {
         let dec = |b: Option<Vec<u8>>| -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
             b.map(|b| self.cipher.decrypt_json(&b)).transpose()
@@ -254,25 +273,11 @@ impl Store {
     pub(super) async fn registration_in(&self, tx: &mut dyn Tx, idem_key: &str) -> Result<Option<Registration>> {
         let r = tx
             .row(
-                "SELECT idem_key, register, connector, unit, form, subject, event_id, delivered_hash, delivered_payload, state FROM registrations WHERE idem_key = $1",
+                &format!("SELECT {REGISTRATION_COLS} FROM registrations WHERE idem_key = $1"),
                 args![idem_key],
             )
             .await?;
-        r.map(|r| {
-            Ok(Registration {
-                idem_key: r.text(0)?,
-                register: r.text(1)?,
-                connector: r.text(2)?,
-                unit: r.text(3)?,
-                form: r.text(4)?,
-                subject: r.text_opt(5)?,
-                event_id: r.text_opt(6)?,
-                delivered_hash: r.text_opt(7)?,
-                delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&b)).transpose()?,
-                state: r.text(9)?,
-            })
-        })
-        .transpose()
+        r.map(|r| self.registration_from_row(&*r)).transpose()
     }
 
     pub async fn registration(&self, idem_key: &str) -> Result<Option<Registration>> {
@@ -338,23 +343,12 @@ impl Store {
         let mut regs: std::collections::HashMap<String, Registration> = std::collections::HashMap::new();
         for r in tx
             .rows(
-                &format!("SELECT idem_key, register, connector, unit, form, subject, event_id, delivered_hash, delivered_payload, state FROM registrations WHERE idem_key IN ({ph})"),
+                &format!("SELECT {REGISTRATION_COLS} FROM registrations WHERE idem_key IN ({ph})"),
                 &b,
             )
             .await?
         {
-            let reg = Registration {
-                idem_key: r.text(0)?,
-                register: r.text(1)?,
-                connector: r.text(2)?,
-                unit: r.text(3)?,
-                form: r.text(4)?,
-                subject: r.text_opt(5)?,
-                event_id: r.text_opt(6)?,
-                delivered_hash: r.text_opt(7)?,
-                delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&b)).transpose()?,
-                state: r.text(9)?,
-            };
+            let reg = self.registration_from_row(&*r)?;
             regs.insert(reg.idem_key.clone(), reg);
         }
         // Earlier attempts whose outcome we never learned, and the lookups of their versions.

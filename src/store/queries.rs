@@ -462,26 +462,12 @@ impl Store {
         let mut tx = self.read().await?;
         let rows = tx
             .rows(
-                "SELECT idem_key, register, connector, unit, form, subject, event_id, delivered_hash, state FROM registrations WHERE connector = $1 AND state = 'present'",
+                // The payload is not needed here: selected as NULL so nothing is decrypted.
+                "SELECT idem_key, register, connector, unit, form, subject, event_id, delivered_hash, NULL AS delivered_payload, state FROM registrations WHERE connector = $1 AND state = 'present'",
                 args![connector],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(super::Registration {
-                    idem_key: r.text(0)?,
-                    register: r.text(1)?,
-                    connector: r.text(2)?,
-                    unit: r.text(3)?,
-                    form: r.text(4)?,
-                    subject: r.text_opt(5)?,
-                    event_id: r.text_opt(6)?,
-                    delivered_hash: r.text_opt(7)?,
-                    delivered_payload: None,
-                    state: r.text(8)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| self.registration_from_row(&**r)).collect()
     }
 
     /// Idempotency keys (with state) of a subject's registrations under a connector.
