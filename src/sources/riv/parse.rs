@@ -314,11 +314,47 @@ struct Input<R> {
     last_newline: Option<u64>,
     /// A read failure held back until the bytes before it have been parsed.
     failed: Option<DocumentError>,
+    /// `buf[..utf8_upto]` has been checked to be UTF-8 (the rest is at most one character cut
+    /// by the end of a read).
+    utf8_upto: usize,
+    /// No invalid UTF-8 met so far. While it holds, every complete token is UTF-8 (tokens start
+    /// and end at ASCII delimiters), so names and text need no check of their own.
+    utf8: bool,
 }
 
 impl<R: AsyncBufRead + Unpin> Input<R> {
-    fn new(inner: R, max: u64) -> Input<R> {
-        Input { inner, buf: Vec::new(), pos: 0, base: 0, taken: 0, max, eof: false, newlines: 0, last_newline: None, failed: None }
+    fn new(inner: R, max: u64, mut buf: Vec<u8>) -> Input<R> {
+        buf.clear();
+        Input {
+            inner,
+            buf,
+            pos: 0,
+            base: 0,
+            taken: 0,
+            max,
+            eof: false,
+            newlines: 0,
+            last_newline: None,
+            failed: None,
+            utf8_upto: 0,
+            utf8: true,
+        }
+    }
+
+    /// Check what arrived since the last check, once: one pass over the bytes at memory speed
+    /// instead of a check per name and text run.
+    fn check_utf8(&mut self) {
+        if !self.utf8 {
+            return;
+        }
+        match std::str::from_utf8(&self.buf[self.utf8_upto..]) {
+            Ok(_) => self.utf8_upto = self.buf.len(),
+            // A character cut by the end of the read: checked when the rest arrives.
+            Err(e) if e.error_len().is_none() && !self.eof => self.utf8_upto += e.valid_up_to(),
+            // Invalid bytes somewhere: from here on every token is checked on its own, so the
+            // error names the place as before.
+            Err(_) => self.utf8 = false,
+        }
     }
 
     /// 1-based line and column of a stream offset.
@@ -334,6 +370,12 @@ impl<R: AsyncBufRead + Unpin> Input<R> {
     /// Read more of the document: at least as much again as the unfinished token at `pos`, so
     /// re-scanning a long token stays linear. Sets `eof` at the end of the source.
     async fn fill(&mut self, doc: &str) -> Result<(), DocumentError> {
+        let r = self.fill_raw(doc).await;
+        self.check_utf8();
+        r
+    }
+
+    async fn fill_raw(&mut self, doc: &str) -> Result<(), DocumentError> {
         let partial = self.buf.len() - self.pos;
         if partial as u64 > MAX_TOKEN_BYTES {
             return Err(DocumentError::permanent(
@@ -351,6 +393,7 @@ impl<R: AsyncBufRead + Unpin> Input<R> {
             }
             self.buf.drain(..self.pos);
             self.base += self.pos as u64;
+            self.utf8_upto = self.utf8_upto.saturating_sub(self.pos);
             self.pos = 0;
         }
         if let Some(e) = self.failed.take() {
@@ -443,7 +486,29 @@ enum Resolved<'a> {
 
 impl Scope {
     fn new() -> Scope {
-        Scope { open: Vec::new(), open_starts: Vec::new(), bindings: Vec::new(), bound: Vec::new(), namespaces: vec![String::new()] }
+        Scope { namespaces: vec![String::new()], ..Scope::empty() }
+    }
+
+    /// A scope that allocates nothing (a placeholder; `reset` makes it usable).
+    fn empty() -> Scope {
+        Scope { open: Vec::new(), open_starts: Vec::new(), bindings: Vec::new(), bound: Vec::new(), namespaces: Vec::new() }
+    }
+
+    /// Back to the state of `new`, keeping the allocations.
+    fn reset(&mut self) {
+        self.open.clear();
+        self.open_starts.clear();
+        self.bindings.clear();
+        self.bound.clear();
+        self.namespaces.truncate(1);
+        if self.namespaces.is_empty() {
+            self.namespaces.push(String::new());
+        }
+    }
+
+    /// Bytes held (roughly), to decide whether to keep it for the next document.
+    fn capacity(&self) -> usize {
+        self.open.capacity() + self.open_starts.capacity() * 8 + self.bindings.capacity() * 48 + self.bound.capacity() + self.namespaces.iter().map(String::capacity).sum::<usize>()
     }
 
     fn intern(namespaces: &mut Vec<String>, ns: &[u8]) -> Option<NsId> {
@@ -566,6 +631,11 @@ impl Scope {
             None => return Err(IllFormedError::UnmatchedEndTag(decode(name.unwrap_or_default())).into()),
         }
         let depth = self.open_starts.len();
+        // Bindings are pushed in document order, so the last one has the deepest level: most
+        // elements declare nothing and end here.
+        if !matches!(self.bindings.last(), Some(b) if b.level > depth) {
+            return Ok(());
+        }
         if let Some(i) = self.bindings.iter().position(|b| b.level > depth) {
             let from = self.bindings[i].prefix.map(|p| p.0).unwrap_or(self.bindings[i].uri.0);
             self.bindings.truncate(i);
@@ -577,7 +647,8 @@ impl Scope {
 
 /// One token as the layers above see it.
 enum Tok<'b> {
-    Start { ns: NsId, ns_name: &'b str, local: &'b [u8] },
+    /// `local` is the local name as text (lossy when it is not UTF-8).
+    Start { ns: NsId, ns_name: &'b str, local: Cow<'b, str> },
     End,
     Text(Cow<'b, str>),
     Eof,
@@ -628,6 +699,7 @@ impl<R: AsyncBufRead + Unpin> Lexer<R> {
         }
         let origin = input.base + (start + skip) as u64;
         let eof = input.eof;
+        let checked = input.utf8;
         let mut r = Reader::from_reader(data);
         let cfg = r.config_mut();
         cfg.expand_empty_elements = false;
@@ -671,11 +743,11 @@ impl<R: AsyncBufRead + Unpin> Lexer<R> {
                 Err(e) => return Err(malformed(input, doc, &e, origin + r.error_position())),
                 Ok(Event::Start(s)) => {
                     let ns = open_start(scope, &s).map_err(|e| e.into_error(input, doc, at))?;
-                    f(Tok::Start { ns, ns_name: &scope.namespaces[ns as usize], local: s.local_name().into_inner() })?
+                    f(Tok::Start { ns, ns_name: &scope.namespaces[ns as usize], local: name_text(s.local_name().into_inner(), checked) })?
                 }
                 Ok(Event::Empty(s)) => {
                     let ns = open_start(scope, &s).map_err(|e| e.into_error(input, doc, at))?;
-                    if f(Tok::Start { ns, ns_name: &scope.namespaces[ns as usize], local: s.local_name().into_inner() })? {
+                    if f(Tok::Start { ns, ns_name: &scope.namespaces[ns as usize], local: name_text(s.local_name().into_inner(), checked) })? {
                         *pending_end = true;
                         true
                     } else {
@@ -688,7 +760,7 @@ impl<R: AsyncBufRead + Unpin> Lexer<R> {
                     f(Tok::End)?
                 }
                 Ok(Event::Text(t)) => {
-                    let t = t.unescape().map_err(|e| malformed(input, doc, e, at))?;
+                    let t = text_of(t, checked).map_err(|e| malformed(input, doc, e, at))?;
                     f(Tok::Text(t))?
                 }
                 Ok(Event::CData(c)) => {
@@ -709,6 +781,48 @@ impl<R: AsyncBufRead + Unpin> Lexer<R> {
                 input.pos = start + skip + r.buffer_position() as usize;
                 return Ok(true);
             }
+        }
+    }
+}
+
+/// Bytes of a complete token as text; `checked`: `Input::check_utf8` has found the input to be
+/// UTF-8, so this token is (it starts and ends at ASCII delimiters).
+fn token_str(b: &[u8], checked: bool) -> Result<&str, std::str::Utf8Error> {
+    if checked {
+        debug_assert!(std::str::from_utf8(b).is_ok());
+        // SAFETY: `checked` holds only while every byte of the buffer, but at most one
+        // character cut at its end, has been found to be UTF-8 (`Input::check_utf8`), and a
+        // complete token ends before that cut and starts and ends at ASCII delimiters.
+        Ok(unsafe { std::str::from_utf8_unchecked(b) })
+    } else {
+        std::str::from_utf8(b)
+    }
+}
+
+/// An element's local name as text (lossy when it is not UTF-8: it is refused by name later).
+fn name_text(b: &[u8], checked: bool) -> Cow<'_, str> {
+    match token_str(b, checked) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
+/// A text run, entities resolved: quick-xml's `unescape`, without checking UTF-8 a second time.
+fn text_of(t: quick_xml::events::BytesText<'_>, checked: bool) -> Result<Cow<'_, str>, quick_xml::Error> {
+    if !checked {
+        return t.unescape();
+    }
+    match t.into_inner() {
+        Cow::Borrowed(b) => {
+            let s = token_str(b, true).map_err(quick_xml::encoding::EncodingError::from)?;
+            if memchr::memchr(b'&', b).is_none() {
+                return Ok(Cow::Borrowed(s));
+            }
+            Ok(quick_xml::escape::unescape(s)?)
+        }
+        Cow::Owned(v) => {
+            let s = String::from_utf8(v).map_err(|e| quick_xml::encoding::EncodingError::from(e.utf8_error()))?;
+            Ok(Cow::Owned(quick_xml::escape::unescape(&s)?.into_owned()))
         }
     }
 }
@@ -811,13 +925,33 @@ struct XmlStream<R> {
     doc: String,
 }
 
+/// Most bytes of buffers a finished parse leaves to the next one on its thread.
+const SPARE_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    /// The buffers of the last finished parse on this thread: a pull parses hundreds of
+    /// thousands of small documents, and growing every buffer from nothing for each one cost
+    /// more than a tenth of the parse.
+    static SPARE: std::cell::Cell<Option<(Vec<u8>, Tree, Scope)>> = const { std::cell::Cell::new(None) };
+}
+
+impl<R> Drop for XmlStream<R> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.lex.input.buf);
+        let (tree, scope) = (std::mem::take(&mut self.tree), std::mem::replace(&mut self.lex.scope, Scope::empty()));
+        // A hostile or huge document's buffers are not kept.
+        if buf.capacity() + tree.capacity() + scope.capacity() <= SPARE_MAX_BYTES {
+            SPARE.set(Some((buf, tree, scope)));
+        }
+    }
+}
+
 impl<R: AsyncBufRead + Unpin> XmlStream<R> {
     fn new(inner: R, doc: &str, max: u64) -> XmlStream<R> {
-        XmlStream {
-            lex: Lexer { input: Input::new(inner, max), scope: Scope::new(), pending_end: false, doc: doc.to_string() },
-            tree: Tree::default(),
-            doc: doc.to_string(),
-        }
+        let (buf, mut tree, mut scope) = SPARE.take().unwrap_or_else(|| (Vec::new(), Tree::default(), Scope::new()));
+        tree.clear();
+        scope.reset();
+        XmlStream { lex: Lexer { input: Input::new(inner, max, buf), scope, pending_end: false, doc: doc.to_string() }, tree, doc: doc.to_string() }
     }
 
     fn id_of(&mut self, ns: &str) -> NsId {
@@ -846,7 +980,7 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
             let mut out = None;
             let got = self.lex.pump(|t| {
                 out = Some(match t {
-                    Tok::Start { ns, local, .. } => Ev::Start { ns, local: element_name(local) },
+                    Tok::Start { ns, local, .. } => Ev::Start { ns, local: element_name(local.as_bytes()) },
                     Tok::End => Ev::End,
                     Tok::Text(s) => Ev::Text { blank: s.trim().is_empty() },
                     Tok::Eof => Ev::Eof,
@@ -920,12 +1054,8 @@ impl<R: AsyncBufRead + Unpin> XmlStream<R> {
                             Some(e) if e != ns => Some(ns_name.to_string()),
                             _ => None,
                         };
-                        let name = match std::str::from_utf8(local) {
-                            Ok(s) => Cow::Borrowed(s),
-                            Err(_) => String::from_utf8_lossy(local),
-                        };
-                        bytes += name.len() + 16;
-                        tree.open(&name, wrong, d);
+                        bytes += local.len() + 16;
+                        tree.open(&local, wrong, d);
                     }
                     Tok::Text(s) => {
                         bytes += s.len();
@@ -1019,6 +1149,15 @@ impl Tree {
 
     fn clear(&mut self) {
         self.reset(Mark { nodes: 0, names: 0, texts: 0, wrong: 0 });
+    }
+
+    /// Bytes held (roughly), to decide whether to keep it for the next document.
+    fn capacity(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<TNode>()
+            + self.names.capacity()
+            + self.texts.capacity()
+            + self.pending.capacity()
+            + self.stack.capacity() * std::mem::size_of::<Open>()
     }
 
     /// A node that is not read from the document (a group's header holder).
@@ -1128,8 +1267,44 @@ struct FieldError {
 
 type Fr<T> = Result<T, FieldError>;
 
-fn ferr(field: &str, reason: impl Into<String>) -> FieldError {
-    FieldError { field: field.to_string(), reason: reason.into() }
+fn ferr(field: impl FieldName, reason: impl Into<String>) -> FieldError {
+    FieldError { field: field.name(), reason: reason.into() }
+}
+
+/// A field path as a refusal names it. Paths are passed along unrendered ([`Field`]) and
+/// written out only when an error needs them: a clean item builds none.
+trait FieldName: Copy {
+    fn name(self) -> String;
+}
+
+impl FieldName for &str {
+    fn name(self) -> String {
+        self.to_string()
+    }
+}
+
+impl FieldName for &String {
+    fn name(self) -> String {
+        self.clone()
+    }
+}
+
+/// The path of a node plus a relative path below it, not yet rendered.
+#[derive(Clone, Copy)]
+struct Field<'a> {
+    path: Path<'a>,
+    rel: &'a str,
+}
+
+impl FieldName for Field<'_> {
+    fn name(self) -> String {
+        let mut s = self.path.render();
+        if !self.rel.is_empty() {
+            s.push('/');
+            s.push_str(self.rel);
+        }
+        s
+    }
 }
 
 /// A field path, built as a chain of borrowed segments and written out only for a refusal.
@@ -1169,12 +1344,12 @@ impl<'t, 'p> At<'t, 'p> {
     }
 
     fn field(&self, rel: &str) -> String {
-        let mut s = self.path.render();
-        if !rel.is_empty() {
-            s.push('/');
-            s.push_str(rel);
-        }
-        s
+        self.f(rel).name()
+    }
+
+    /// The field at `rel`, rendered only if an error names it.
+    fn f<'s>(&'s self, rel: &'s str) -> Field<'s> {
+        Field { path: self.path, rel }
     }
 
     /// The element at `rel` (a `/`-separated path of local names), if present.
@@ -1243,7 +1418,7 @@ impl<'t, 'p> At<'t, 'p> {
     }
 }
 
-fn parse_bool(text: &str, field: &str) -> Fr<bool> {
+fn parse_bool(text: &str, field: impl FieldName) -> Fr<bool> {
     match text {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
@@ -1253,17 +1428,17 @@ fn parse_bool(text: &str, field: &str) -> Fr<bool> {
 
 fn opt_bool(a: &At, rel: &str) -> Fr<Option<bool>> {
     match a.opt_text(rel)? {
-        Some(t) => parse_bool(t, &a.field(rel)).map(Some),
+        Some(t) => parse_bool(t, a.f(rel)).map(Some),
         None => Ok(None),
     }
 }
 
 fn req_bool(a: &At, rel: &str) -> Fr<bool> {
-    parse_bool(a.req_text(rel)?, &a.field(rel))
+    parse_bool(a.req_text(rel)?, a.f(rel))
 }
 
 /// `YYYYMMDDhhmmss` (TimeStampType).
-fn ts14(text: &str, field: &str) -> Fr<NaiveDateTime> {
+fn ts14(text: &str, field: impl FieldName) -> Fr<NaiveDateTime> {
     if text.len() != 14 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ferr(field, "not a timestamp of the form YYYYMMDDhhmmss"));
     }
@@ -1302,7 +1477,7 @@ enum Partial {
 fn partial(a: &At) -> Fr<Partial> {
     let format = a.req_text("format")?;
     let value = a.req_text("value")?;
-    let vf = a.field("value");
+    let vf = a.f("value");
     let expected_len = match format {
         "YYYY" => 4,
         "YYYYMM" => 6,
@@ -1313,20 +1488,20 @@ fn partial(a: &At) -> Fr<Partial> {
         _ => return Err(ferr(&a.field("format"), "not one of the time formats of the contract")),
     };
     if value.len() != expected_len || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ferr(&vf, format!("does not match its format {format}")));
+        return Err(ferr(vf, format!("does not match its format {format}")));
     }
     match expected_len {
         4 | 6 => {
-            let y: i32 = value[..4].parse().map_err(|_| ferr(&vf, "not a year"))?;
-            let m: u32 = if expected_len == 6 { value[4..6].parse().map_err(|_| ferr(&vf, "not a month"))? } else { 1 };
-            NaiveDate::from_ymd_opt(y, m, 1).ok_or_else(|| ferr(&vf, "not a valid date"))?;
+            let y: i32 = value[..4].parse().map_err(|_| ferr(vf, "not a year"))?;
+            let m: u32 = if expected_len == 6 { value[4..6].parse().map_err(|_| ferr(vf, "not a month"))? } else { 1 };
+            NaiveDate::from_ymd_opt(y, m, 1).ok_or_else(|| ferr(vf, "not a valid date"))?;
             Ok(Partial::Coarse(value.to_string()))
         }
-        8 => date8(value.as_bytes()).map(Partial::Day).ok_or_else(|| ferr(&vf, "not a valid date")),
+        8 => date8(value.as_bytes()).map(Partial::Day).ok_or_else(|| ferr(vf, "not a valid date")),
         _ => {
             let mut padded = [b'0'; 14];
             padded[..expected_len].copy_from_slice(value.as_bytes());
-            datetime14(&padded).map(Partial::Time).ok_or_else(|| ferr(&vf, "not a valid date and time"))
+            datetime14(&padded).map(Partial::Time).ok_or_else(|| ferr(vf, "not a valid date and time"))
         }
     }
 }
@@ -1340,7 +1515,7 @@ fn partial_time(a: &At) -> Fr<LocalTime> {
 }
 
 /// Refuse clinical times after tomorrow (clock errors, typos, test data leaking in).
-fn not_future(t: LocalTime, today: NaiveDate, field: &str) -> Fr<LocalTime> {
+fn not_future(t: LocalTime, today: NaiveDate, field: impl FieldName) -> Fr<LocalTime> {
     if t.date_naive() > today + chrono::Duration::days(1) {
         return Err(ferr(field, "date lies in the future"));
     }
@@ -1364,7 +1539,7 @@ fn cv_required(a: &At) -> Fr<Code> {
     })
 }
 
-fn check_known(code: &Code, field: &str, ctx: &ParseContext) -> Fr<()> {
+fn check_known(code: &Code, field: impl FieldName, ctx: &ParseContext) -> Fr<()> {
     if !ctx.known_code_systems.iter().any(|k| k == &code.system) {
         let sys = sanitise(&code.system, 80);
         return Err(ferr(field, format!("code system {sys} is not in known_code_systems")));
@@ -1372,14 +1547,14 @@ fn check_known(code: &Code, field: &str, ctx: &ParseContext) -> Fr<()> {
     Ok(())
 }
 
-fn hsa(text: Option<&str>, field: &str) -> Fr<Option<HsaId>> {
+fn hsa(text: Option<&str>, field: impl FieldName) -> Fr<Option<HsaId>> {
     match text {
         None => Ok(None),
         Some(t) => HsaId::parse(t).map(Some).map_err(|e| ferr(field, format!("not a valid HSA id ({})", e.0))),
     }
 }
 
-fn patient_id(id: &str, id_field: &str, oid: &str, oid_field: &str, ctx: &ParseContext) -> Fr<PatientId> {
+fn patient_id(id: &str, id_field: impl FieldName, oid: &str, oid_field: impl FieldName, ctx: &ParseContext) -> Fr<PatientId> {
     let p = PatientId::parse_with_oid(id, oid, &ctx.reserve_oids, ctx.today).map_err(|e| match e {
         IdError::UnknownType => ferr(oid_field, "unknown patient identity type (OID); a regional reserve-number OID must be listed in reserve_oids"),
         other => ferr(id_field, format!("invalid patient identity: {other}")),
@@ -1420,21 +1595,20 @@ fn header(h: &At, ctx: &ParseContext) -> Fr<Header> {
     let document_id = h.req_text("documentId")?.to_string();
     let source_system = h.req_text("sourceSystemHSAId")?.to_string();
     let document_time = match h.opt_text("documentTime")? {
-        Some(t) => Some(stockholm(ts14(t, &h.field("documentTime"))?)),
+        Some(t) => Some(stockholm(ts14(t, h.f("documentTime"))?)),
         None => None,
     };
     let pid = h.req("patientId")?;
-    let patient = patient_id(pid.req_text("id")?, &pid.field("id"), pid.req_text("type")?, &pid.field("type"), ctx)?;
+    let patient = patient_id(pid.req_text("id")?, pid.f("id"), pid.req_text("type")?, pid.f("type"), ctx)?;
     let ahp = h.req("accountableHealthcareProfessional")?;
-    ts14(ahp.req_text("authorTime")?, &ahp.field("authorTime"))?;
+    ts14(ahp.req_text("authorTime")?, ahp.f("authorTime"))?;
     let profession = cv_optional(&ahp, "healthcareProfessionalRoleCode")?;
-    let unit_field = ahp.field("healthcareProfessionalCareUnitHSAId");
-    let unit = match hsa(ahp.opt_text("healthcareProfessionalCareUnitHSAId")?, &unit_field)? {
+    let unit = match hsa(ahp.opt_text("healthcareProfessionalCareUnitHSAId")?, ahp.f("healthcareProfessionalCareUnitHSAId"))? {
         Some(u) => Some(u),
-        None => hsa(ahp.opt_text("healthcareProfessionalOrgUnit/orgUnitHSAId")?, &ahp.field("healthcareProfessionalOrgUnit/orgUnitHSAId"))?,
+        None => hsa(ahp.opt_text("healthcareProfessionalOrgUnit/orgUnitHSAId")?, ahp.f("healthcareProfessionalOrgUnit/orgUnitHSAId"))?,
     };
     if let Some(la) = h.opt("legalAuthenticator")? {
-        ts14(la.req_text("signatureTime")?, &la.field("signatureTime"))?;
+        ts14(la.req_text("signatureTime")?, la.f("signatureTime"))?;
     }
     req_bool(h, "approvedForPatient")?;
     let nullified = opt_bool(h, "nullified")?.unwrap_or(false);
@@ -1447,17 +1621,17 @@ fn care_contact(item: &At, ctx: &ParseContext) -> Fr<CareContact> {
     let body = item.req("careContactBody")?;
     let contact_type = cv_optional(&body, "careContactCode")?;
     let status = cv_optional(&body, "careContactStatus")?;
-    let unit = match hsa(body.opt_text("careContactOrgUnit/orgUnitHSAId")?, &body.field("careContactOrgUnit/orgUnitHSAId"))? {
+    let unit = match hsa(body.opt_text("careContactOrgUnit/orgUnitHSAId")?, body.f("careContactOrgUnit/orgUnitHSAId"))? {
         Some(u) => Some(u),
         None => h.unit.clone(),
     };
     let (mut start, mut end) = (None, None);
     if let Some(p) = body.opt("careContactTimePeriod")? {
-        let sf = p.field("start");
-        start = Some(not_future(stockholm(ts14(p.req_text("start")?, &sf)?), ctx.today, &sf)?);
+        let sf = p.f("start");
+        start = Some(not_future(stockholm(ts14(p.req_text("start")?, sf)?), ctx.today, sf)?);
         if let Some(e) = p.opt_text("end")? {
-            let ef = p.field("end");
-            end = Some(not_future(stockholm(ts14(e, &ef)?), ctx.today, &ef)?);
+            let ef = p.f("end");
+            end = Some(not_future(stockholm(ts14(e, ef)?), ctx.today, ef)?);
         }
     }
     if let Some(api) = body.opt("additionalPatientInformation")? {
@@ -1493,19 +1667,18 @@ fn diagnosis(item: &At, ctx: &ParseContext) -> Fr<Diagnosis> {
     let chronic = opt_bool(&body, "chronicDiagnosis")?;
     let time = match body.opt_text("diagnosisTime")? {
         Some(t) => {
-            let f = body.field("diagnosisTime");
-            Some(not_future(stockholm(ts14(t, &f)?), ctx.today, &f)?)
+            let f = body.f("diagnosisTime");
+            Some(not_future(stockholm(ts14(t, f)?), ctx.today, f)?)
         }
         None => h.document_time,
     };
-    let cf = body.field("diagnosisCode");
     let Some(cv) = body.opt("diagnosisCode")? else {
-        return Err(ferr(&cf, "no diagnosis code (optional in the contract, but a diagnosis without a code cannot be used)"));
+        return Err(ferr(body.f("diagnosisCode"), "no diagnosis code (optional in the contract, but a diagnosis without a code cannot be used)"));
     };
     let code = cv.opt_text("code")?.ok_or_else(|| ferr(&cv.field("code"), "no diagnosis code"))?;
     let system = cv.opt_text("codeSystem")?.ok_or_else(|| ferr(&cv.field("codeSystem"), "no code system"))?;
     let mut code = Code { system: system.to_string(), code: code.to_string(), display: cv.opt_text("displayName")?.map(str::to_string) };
-    check_known(&code, &cv.field("codeSystem"), ctx)?;
+    check_known(&code, cv.f("codeSystem"), ctx)?;
     if code.system == OID_ICD10SE {
         code.code = normalise_icd(&code.code);
         if code.code.is_empty() || !code.code.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -1543,7 +1716,7 @@ struct GroupHeader {
 fn group_header(g: &At, ctx: &ParseContext) -> Fr<GroupHeader> {
     let p = g.req("patient")?;
     let id = p.req("id")?;
-    let patient = patient_id(id.req_text("extension")?, &id.field("extension"), id.req_text("root")?, &id.field("root"), ctx)?;
+    let patient = patient_id(id.req_text("extension")?, id.f("extension"), id.req_text("root")?, id.f("root"), ctx)?;
     p.req_text("dateOfBirth")?;
     let role = g.req("performerRole")?;
     let profession = Some(cv_required(&role.req("code")?)?);
@@ -1551,7 +1724,7 @@ fn group_header(g: &At, ctx: &ParseContext) -> Fr<GroupHeader> {
         Some(cu) => {
             let id = cu.req("id")?;
             cu.req("careGiver")?;
-            hsa(Some(id.req_text("extension")?), &id.field("extension"))?
+            hsa(Some(id.req_text("extension")?), id.f("extension"))?
         }
         None => None,
     };
@@ -1597,10 +1770,10 @@ fn activity(a: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Activity> {
     };
     let code_at = a.req("code")?;
     let code = cv_required(&code_at)?;
-    check_known(&code, &code_at.field("codeSystem"), ctx)?;
+    check_known(&code, code_at.f("codeSystem"), ctx)?;
     let time = period_time(&a.req("time")?, ctx)?;
     req_bool(a, "approvedForPatient")?;
-    ts14(a.req_text("registrationTime")?, &a.field("registrationTime"))?;
+    ts14(a.req_text("registrationTime")?, a.f("registrationTime"))?;
     let care_contact_id = related_contact(a)?;
     Ok(Activity {
         provenance: provenance(ctx, &g.source_system, &document_id),
@@ -1625,19 +1798,13 @@ fn is_nullified_status(c: &Code) -> bool {
 
 /// The clinical time of a PartialTimePeriod: its start, else its end.
 fn period_time(t: &At, ctx: &ParseContext) -> Fr<LocalTime> {
-    let (at, f) = match (t.opt("start")?, t.opt("end")?) {
-        (Some(s), _) => {
-            let f = s.field("value");
-            (s, f)
-        }
-        (None, Some(e)) => {
-            let f = e.field("value");
-            (e, f)
-        }
+    let at = match (t.opt("start")?, t.opt("end")?) {
+        (Some(s), _) => s,
+        (None, Some(e)) => e,
         (None, None) => return Err(ferr(&t.path.render(), "has neither start nor end")),
     };
     let v = partial_time(&at)?;
-    not_future(v, ctx.today, &f)
+    not_future(v, ctx.today, at.f("value"))
 }
 
 fn observation(o: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Observation> {
@@ -1646,7 +1813,7 @@ fn observation(o: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Observation> {
     id.req_text("root")?;
     let type_at = o.req("type")?;
     let term = cv_required(&type_at)?;
-    check_known(&term, &type_at.field("codeSystem"), ctx)?;
+    check_known(&term, type_at.f("codeSystem"), ctx)?;
     let time = period_time(&o.req("time")?, ctx)?;
     let value = observation_value(&o.req("value")?)?;
     if req_bool(o, "valueNegation")? {
@@ -1654,7 +1821,7 @@ fn observation(o: &At, g: &GroupHeader, ctx: &ParseContext) -> Fr<Observation> {
     }
     req_bool(o, "approvedForPatient")?;
     if let Some(rt) = o.opt_text("registrationTime")? {
-        ts14(rt, &o.field("registrationTime"))?;
+        ts14(rt, o.f("registrationTime"))?;
     }
     let care_contact_id = related_contact(o)?;
     let nullified = match o.opt("status")? {
@@ -1753,7 +1920,7 @@ fn resident(item: &At, ctx: &ParseContext) -> (Option<RawResidentId>, Fr<Residen
 
 fn resident_inner(item: &At, raw: &str, ctx: &ParseContext) -> Fr<Resident> {
     let patient = PatientId::parse_national(raw, ctx.today)
-        .map_err(|e| ferr(&item.field("registeredResidentIdentification"), format!("invalid patient identity: {e}")))?;
+        .map_err(|e| ferr(item.f("registeredResidentIdentification"), format!("invalid patient identity: {e}")))?;
     let mut engagements = vec![];
     for e in item.all("engagement") {
         e.req_text("clinicalProcessInterestId")?;
@@ -1921,7 +2088,7 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                             let actual = self.x.ns_name(n).to_string();
                             self.refuse(
                                 label,
-                                ferr(&l, format!("element is in namespace {}, expected {}", sanitise(&actual, 120), contract.responder_ns())),
+                                ferr(l.as_ref(), format!("element is in namespace {}, expected {}", sanitise(&actual, 120), contract.responder_ns())),
                             );
                         } else {
                             // Extension elements (xs:any ##other) are allowed and not ours to read.
@@ -2171,6 +2338,81 @@ mod tests {
         let doc = b"<GetCareContactsResponse xmlns=\"urn:riv:clinicalprocess:logistics:logistics:GetCareContactsResponder:3\">\n<careContact>\n</c></GetCareContactsResponse>";
         let e = parse_bytes(doc, "doc", &ctx()).unwrap_err();
         assert!(e.refusal.reason.contains("line 3"), "{e}");
+    }
+
+    /// Hands out a document in pieces of 1–7 bytes, saying "not ready" before every piece, so
+    /// multi-byte characters and tokens are cut at every possible place.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+        ready: bool,
+    }
+
+    impl tokio::io::AsyncRead for Trickle<'_> {
+        fn poll_read(self: Pin<&mut Self>, _: &mut std::task::Context<'_>, _: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+            unreachable!("read through AsyncBufRead")
+        }
+    }
+
+    impl AsyncBufRead for Trickle<'_> {
+        fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<&[u8]>> {
+            let this = self.get_mut();
+            if !this.ready && !this.data.is_empty() {
+                this.ready = true;
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            let n = this.data.len().min(1 + this.step % 7);
+            std::task::Poll::Ready(Ok(&this.data[..n]))
+        }
+        fn consume(self: Pin<&mut Self>, amt: usize) {
+            let this = self.get_mut();
+            this.data = &this.data[amt..];
+            this.step += 1;
+            this.ready = false;
+        }
+    }
+
+    fn sandbox_contacts() -> (Vec<u8>, ParseContext) {
+        use crate::sandbox::journal::{render_patient, Contract as J, Population, PopulationSpec};
+        let today = NaiveDate::from_ymd_opt(2026, 5, 1).unwrap();
+        let pop = std::sync::Arc::new(Population::generate(&PopulationSpec::new(3, 40, today)));
+        let doc = (0..pop.len()).map(|p| render_patient(&pop, J::GetCareContacts, p)).max_by_key(|d| d.len()).unwrap();
+        let mut c = ParseContext::new("test", today);
+        c.known_code_systems.push(crate::sandbox::vocabulary::LOCAL_TERMS.into());
+        c.reserve_oids.push(crate::sandbox::journal::OID_RESERVE_VARMLAND.into());
+        (doc, c)
+    }
+
+    fn trickled(doc: &[u8], c: &ParseContext) -> Result<Parsed, DocumentError> {
+        futures::executor::block_on(parse_response(Trickle { data: doc, step: 0, ready: false }, "doc", c))
+    }
+
+    #[test]
+    fn characters_cut_between_reads_are_read_whole() {
+        let (doc, c) = sandbox_contacts();
+        // Two- and three-byte characters in a display name and a document id.
+        let text = String::from_utf8(doc).unwrap();
+        let text = text.replacen("<displayName>", "<displayName>Vårdcentral Åre – ", 1).replacen("<documentId>", "<documentId>ö€", 1);
+        let whole = parse_bytes(text.as_bytes(), "doc", &c).unwrap();
+        let cut = trickled(text.as_bytes(), &c).unwrap();
+        assert!(whole.records.len() > 1 && whole.refused.is_empty(), "{:?}", whole.refused);
+        assert_eq!(whole.records, cut.records);
+        let json = serde_json::to_string(&whole.records).unwrap();
+        assert!(json.contains("Vårdcentral Åre – ") && json.contains("ö€"), "{json}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_with_its_line() {
+        let (doc, c) = sandbox_contacts();
+        let at = doc.windows(12).rposition(|w| w == b"<documentId>").unwrap() + 12;
+        let line = 1 + doc[..at].iter().filter(|b| **b == b'\n').count();
+        let mut bad = doc.clone();
+        bad.insert(at, 0xFF);
+        for e in [parse_bytes(&bad, "doc", &c).unwrap_err(), trickled(&bad, &c).unwrap_err()] {
+            assert!(e.refusal.reason.contains(&format!("malformed XML at line {line},")), "{e}");
+            assert!(!e.transient);
+        }
     }
 
     #[test]
