@@ -141,19 +141,45 @@ pub async fn build_runtime(app: &App) -> Result<Runtime> {
     Ok(Runtime { connectors: Arc::new(connectors), clients, engine, warnings })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The process's stop and reload signals, taken over once when `run` starts and kept for the
+/// whole process. A signal that arrives while no serving period listens (during start-up, or
+/// between the periods of a reload) stays pending until the next one does, instead of being
+/// lost or, before any handler exists, ending the process by its default action.
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn take_over() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup: signal(SignalKind::hangup())? })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// The next signal: `true` for a stop (SIGTERM or Ctrl-C), `false` for a reload (SIGHUP).
+    async fn next_is_stop(&mut self) -> bool {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => true,
+                _ = self.int.recv() => true,
+                _ = self.hup.recv() => false,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            true
+        }
     }
 }
 
@@ -164,7 +190,7 @@ pub const RELOAD_REQUEST: &str = "config.reload.request";
 /// What ends one serving period.
 enum Next {
     Stop,
-    Reload { loaded: crate::config::Loaded, actor: String, reason: String },
+    Reload { loaded: Box<crate::config::Loaded>, actor: String, reason: String },
 }
 
 async fn reload_generation(app: &App) -> i64 {
@@ -172,29 +198,23 @@ async fn reload_generation(app: &App) -> i64 {
 }
 
 /// Wait for SIGTERM/Ctrl-C (stop) or a reload request (SIGHUP, or `config reload` seen in the
-/// store). A reload is applied only if the new configuration loads without errors; a rejected
-/// one is audited and the daemon carries on with what it has.
-async fn stop_or_reload(app: &App, opts: &crate::config::LoadOptions) -> Next {
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("signal handler");
-    let mut seen = reload_generation(app).await;
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
+/// store as a generation above `seen`). A reload is applied only if the new configuration loads
+/// without errors; a rejected one is audited and the daemon carries on with what it has.
+async fn stop_or_reload(app: &App, opts: &crate::config::LoadOptions, signals: &mut Signals, seen: &mut i64) -> Next {
     loop {
         let (actor, reason) = tokio::select! {
-            _ = &mut stop => return Next::Stop,
-            _ = async {
-                #[cfg(unix)]
-                { hup.recv().await; }
-                #[cfg(not(unix))]
-                { std::future::pending::<()>().await; }
-            } => ("signal".to_string(), "SIGHUP".to_string()),
+            stop = signals.next_is_stop() => {
+                if stop {
+                    return Next::Stop;
+                }
+                ("signal".to_string(), "SIGHUP".to_string())
+            }
             _ = tokio::time::sleep(Duration::from_secs(5)) => {
                 let g = reload_generation(app).await;
-                if g <= seen {
+                if g <= *seen {
                     continue;
                 }
-                seen = g;
+                *seen = g;
                 let req: serde_json::Value = app.store.kv_get(RELOAD_REQUEST).await.ok().flatten().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
                 (req["actor"].as_str().unwrap_or("unknown").to_string(), req["reason"].as_str().unwrap_or("").to_string())
             }
@@ -205,7 +225,7 @@ async fn stop_or_reload(app: &App, opts: &crate::config::LoadOptions) -> Next {
         }
         let errors: Vec<String> = problems.iter().filter(|p| !p.warning).map(|p| p.to_string()).collect();
         match loaded {
-            Some(l) if errors.is_empty() => return Next::Reload { loaded: l, actor, reason },
+            Some(l) if errors.is_empty() => return Next::Reload { loaded: Box::new(l), actor, reason },
             _ => {
                 tracing::warn!(errors = errors.len(), "configuration reload refused; running on with the current configuration");
                 let _ = app
@@ -226,10 +246,10 @@ async fn stop_or_reload(app: &App, opts: &crate::config::LoadOptions) -> Next {
 /// `registerbrygga run`: serve until stopped; a configuration reload (SIGHUP or
 /// `registerbrygga config reload`) drains, re-reads everything and serves again.
 pub async fn run(app: App, args: RunArgs, opts: crate::config::LoadOptions) -> Result<i32> {
-    // Take over SIGHUP at once: its default action would end the process before the first
-    // serving period listens for it.
-    #[cfg(unix)]
-    let _hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // Signals and the reload generation are taken before anything else, so a request made
+    // while the daemon starts or reloads is answered by the next serving period.
+    let mut signals = Signals::take_over()?;
+    let mut seen = reload_generation(&app).await;
     let mut app = app;
     loop {
         let rt = build_runtime(&app).await?;
@@ -247,8 +267,10 @@ pub async fn run(app: App, args: RunArgs, opts: crate::config::LoadOptions) -> R
         let (tx, rx) = tokio::sync::oneshot::channel();
         let watcher_app = app.clone();
         let watcher_opts = opts.clone();
+        let watcher_signals = &mut signals;
+        let watcher_seen = &mut seen;
         serve(app.clone(), rt, async move {
-            let next = stop_or_reload(&watcher_app, &watcher_opts).await;
+            let next = stop_or_reload(&watcher_app, &watcher_opts, watcher_signals, watcher_seen).await;
             let _ = tx.send(next);
         })
         .await?;
@@ -256,7 +278,7 @@ pub async fn run(app: App, args: RunArgs, opts: crate::config::LoadOptions) -> R
             Next::Stop => return Ok(0),
             Next::Reload { loaded, actor, reason } => {
                 tracing::info!("configuration reloaded");
-                app = App::open(loaded).await?;
+                app = App::open(*loaded).await?;
                 app.store
                     .audit(vec![crate::audit::NewAuditEvent::by(
                         &actor,

@@ -145,8 +145,11 @@ async fn configuration_reload_is_applied_when_valid_and_audited_with_who_and_why
     let dir = common::test_dir();
     let today = registerbrygga::pipeline::today_stockholm();
     let env = SandboxEnv::start(&dir.path().join("sandbox"), SandboxSpec::new(6, 10, today)).await.unwrap();
-    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+    let log_path = dir.path().join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut daemon = cmd(Some(&env)).arg("run").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+    // What the daemon said, for the failure messages.
+    let said = || std::fs::read_to_string(&log_path).unwrap_or_default();
     // Read the audit log straight from the database: while the configuration file is broken on
     // purpose, CLI commands (which load it) would refuse to start.
     let db = env.db_path();
@@ -155,11 +158,13 @@ async fn configuration_reload_is_applied_when_valid_and_audited_with_who_and_why
         conn
     };
     let wait_for = |pred: &dyn Fn(&[serde_json::Value]) -> bool| {
-        for _ in 0..60 {
+        // Polled often, so that the next step follows the event closely (the signal below then
+        // tends to arrive while the daemon is between serving periods).
+        for _ in 0..300 {
             if pred(&audit("config.reload")) {
                 return true;
             }
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
         false
     };
@@ -170,27 +175,34 @@ async fn configuration_reload_is_applied_when_valid_and_audited_with_who_and_why
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    // The register answers slowly from now on, so a reload's new serving period takes a while to
+    // start (it loads the register metadata first): the signal below arrives inside that gap.
+    env.emulator.set_faults(registerbrygga::sandbox::stratum::Faults { slow_share: 1.0, slow_ms: 500, ..Default::default() });
     // A valid reload, requested through the store: applied by the running daemon, with who and why.
     let out = cmd(Some(&env)).args(["config", "reload", "--reason", "ny enhet tillagd", "--actor", "anna"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         wait_for(&|ev| ev.iter().any(|e| e["detail"]["applied"] == true && e["actor"] == "anna" && e["detail"]["reason"] == "ny enhet tillagd")),
-        "the reload was applied and audited: {:?}",
-        audit("config.reload")
+        "the reload was applied and audited: {:?}\n{}",
+        audit("config.reload"),
+        said()
     );
-    // An invalid configuration is refused on SIGHUP; the daemon keeps running.
+    // An invalid configuration is refused on SIGHUP; the daemon keeps running. The signal is sent
+    // at once, while the daemon may still be starting its new serving period: it must not be lost.
     let cfg = std::fs::read_to_string(env.config_file()).unwrap();
     std::fs::write(env.config_file(), format!("{cfg}\n[delivery]\nworkers = \"many\"\n")).unwrap();
     unsafe {
         libc::kill(daemon.id() as i32, libc::SIGHUP);
     }
-    assert!(wait_for(&|ev| ev.iter().any(|e| e["detail"]["applied"] == false && e["actor"] == "signal")), "the bad reload was refused and audited");
-    assert!(daemon.try_wait().unwrap().is_none(), "the daemon still runs");
+    assert!(wait_for(&|ev| ev.iter().any(|e| e["detail"]["applied"] == false && e["actor"] == "signal")), "the bad reload was refused and audited\n{}", said());
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon still runs\n{}", said());
+    env.emulator.clear_faults();
     std::fs::write(env.config_file(), cfg).unwrap();
     unsafe {
         libc::kill(daemon.id() as i32, libc::SIGTERM);
     }
-    assert!(daemon.wait().unwrap().success(), "clean shutdown on SIGTERM");
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "clean shutdown on SIGTERM: {status}\n{}", said());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
