@@ -264,17 +264,7 @@ pub async fn run(app: App, args: RunArgs, opts: crate::config::LoadOptions) -> R
         if args.once {
             return run_once(&app, &rt, args.connector.as_deref()).await;
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let watcher_app = app.clone();
-        let watcher_opts = opts.clone();
-        let watcher_signals = &mut signals;
-        let watcher_seen = &mut seen;
-        serve(app.clone(), rt, async move {
-            let next = stop_or_reload(&watcher_app, &watcher_opts, watcher_signals, watcher_seen).await;
-            let _ = tx.send(next);
-        })
-        .await?;
-        match rx.await.unwrap_or(Next::Stop) {
+        match serve(app.clone(), rt, stop_or_reload(&app, &opts, &mut signals, &mut seen)).await? {
             Next::Stop => return Ok(0),
             Next::Reload { loaded, actor, reason } => {
                 tracing::info!("configuration reloaded");
@@ -307,8 +297,9 @@ pub async fn run_once(app: &App, rt: &Runtime, only: Option<&str>) -> Result<i32
     Ok(if failed { 1 } else { 0 })
 }
 
-/// Serve until `stop` resolves: scheduler, delivery, metadata refresh, admin pages.
-pub async fn serve(app: App, rt: Runtime, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Serve until `stop` resolves: scheduler, delivery, metadata refresh, admin pages. Returns
+/// what `stop` resolved to (for `run`: stop, or reload with the new configuration).
+pub async fn serve<T>(app: App, rt: Runtime, stop: impl std::future::Future<Output = T>) -> Result<T> {
     let (tx, rx) = watch::channel(false);
     let grace = Duration::from_secs(app.settings().service.shutdown_grace_seconds);
     let engine = rt.engine.clone();
@@ -361,7 +352,7 @@ pub async fn serve(app: App, rt: Runtime, stop: impl std::future::Future<Output 
     });
     let admin = spawn_admin(&app, &rt, rx.clone()).await?;
     tracing::info!(instance = %app.instance_id, "registerbrygga is running");
-    stop.await;
+    let why = stop.await;
     tracing::info!("shutting down: finishing in-flight work");
     let _ = tx.send(true);
     if let Some(s) = scheduler {
@@ -380,7 +371,7 @@ pub async fn serve(app: App, rt: Runtime, stop: impl std::future::Future<Output 
         let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
     }
     app.store.close().await;
-    Ok(())
+    Ok(why)
 }
 
 /// Start the admin listener (if enabled) with the daemon's providers: next runs, readiness of
