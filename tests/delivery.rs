@@ -72,7 +72,7 @@ async fn start(ts: &TestStore) -> Env {
         timeout_seconds: 2,
         rate_limit_per_second: 10_000,
         retry: RetrySettings { initial_delay_ms: 20, multiplier: 2.0, max_delay_ms: 400, max_attempts: 60, max_elapsed_seconds: 600, jitter: true },
-        circuit: CircuitSettings { failure_threshold: 1000, open_seconds: 1 },
+        circuit: CircuitSettings { failure_threshold: 1000, open_seconds: 1, ..Default::default() },
         ..Default::default()
     };
     Env { emu, settings }
@@ -202,7 +202,7 @@ both_backends!(rejection_keeps_the_registers_reason, |ts: TestStore| async move 
 both_backends!(circuit_breaker_pauses_a_register_that_is_down, |ts: TestStore| async move {
     let env = start(&ts).await;
     let mut s = env.settings.clone();
-    s.circuit = CircuitSettings { failure_threshold: 3, open_seconds: 2 };
+    s.circuit = CircuitSettings { failure_threshold: 3, open_seconds: 2, ..Default::default() };
     ts.store.apply(ChangeSet { outbox: (0..30).map(|i| upsert(i, 5)).collect(), ..Default::default() }).await.unwrap();
     env.emu.set_faults(Faults { error_share: 1.0, ..Default::default() });
     let e = engine(&ts, &env, "w1", s);

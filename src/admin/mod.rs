@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use auth::Principal;
-pub use metrics::{record_run, record_send};
+pub use metrics::{record_circuit, record_run, record_send};
 pub use store::Role;
 
 /// When each connector runs next (the scheduler knows; `None` = not scheduled).
