@@ -210,7 +210,8 @@ both_backends!(ticks_fire_once_and_leases_exclude, |ts: TestStore| async move {
     assert_eq!(wins, 1);
     assert!(s.acquire_connector_lease("conn", "a", 60).await.unwrap());
     assert!(!s.acquire_connector_lease("conn", "b", 60).await.unwrap());
-    assert!(s.acquire_connector_lease("conn", "a", 60).await.unwrap(), "the holder renews");
+    assert!(s.renew_connector_lease("conn", "a", 60).await.unwrap(), "the holder renews");
+    assert!(!s.renew_connector_lease("conn", "b", 60).await.unwrap(), "only the holder renews");
     s.release_connector_lease("conn", "a").await.unwrap();
     assert!(s.acquire_connector_lease("conn", "b", 0).await.unwrap());
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
