@@ -129,11 +129,15 @@ pub struct SecuritySettings {
     pub encryption_keys: Vec<Secret>,
     /// Key of the HMAC that pseudonymises patient ids in logs and lookups.
     pub pseudonym_key: Option<Secret>,
+    /// Key of the HMAC that chains the audit log (held outside the database, so database access
+    /// alone cannot rewrite the log unnoticed). Strongly recommended; `config check` warns
+    /// without it.
+    pub audit_key: Option<Secret>,
 }
 
 impl Default for SecuritySettings {
     fn default() -> Self {
-        SecuritySettings { encryption_keys: vec![], pseudonym_key: None }
+        SecuritySettings { encryption_keys: vec![], pseudonym_key: None, audit_key: None }
     }
 }
 
@@ -168,6 +172,10 @@ pub struct AdminSettings {
     /// Mark session cookies `Secure` (turn off only for plain-HTTP loopback demos).
     pub cookie_secure: bool,
     pub session_minutes: u64,
+    /// A session unused this long ends (its cookie may still be within `session_minutes`).
+    pub session_idle_minutes: u64,
+    /// Longest validity of an API token (days); a token may be made shorter.
+    pub token_days: u32,
     /// Initial admin password (only used when no user exists yet).
     pub bootstrap_admin_password: Option<Secret>,
 }
@@ -181,6 +189,8 @@ impl Default for AdminSettings {
             tls_key_file: None,
             cookie_secure: true,
             session_minutes: 480,
+            session_idle_minutes: 30,
+            token_days: 90,
             bootstrap_admin_password: None,
         }
     }
@@ -235,11 +245,29 @@ impl Default for SchedulerSettings {
 pub struct AuditSettings {
     /// Events older than this are pruned (the chain stays verifiable from its anchor).
     pub retention_days: u32,
+    /// The region's minimum retention of the log (its PDL access-log rule): neither
+    /// `retention_days` nor `audit prune --older-than-days` may go below it.
+    pub min_retention_days: u32,
+    /// How often the signed audit head is exported to the log (and `head_export_file`); 0 = never.
+    pub head_export_minutes: u64,
+    /// Also append each signed head, one JSON line, to this file (keep it off the database host).
+    pub head_export_file: Option<PathBuf>,
 }
 
 impl Default for AuditSettings {
     fn default() -> Self {
-        AuditSettings { retention_days: 3650 }
+        AuditSettings { retention_days: 3650, min_retention_days: 3650, head_export_minutes: 60, head_export_file: None }
+    }
+}
+
+impl AuditSettings {
+    /// The pruning cutoff for `days` (default `retention_days`), refused below the floor.
+    pub fn prune_cutoff(&self, days: Option<u32>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        let days = days.unwrap_or(self.retention_days);
+        if days < self.min_retention_days {
+            anyhow::bail!("the audit log is kept at least {} days (audit.min_retention_days); {days} is below that", self.min_retention_days);
+        }
+        Ok(chrono::Utc::now() - chrono::Duration::days(days as i64))
     }
 }
 
@@ -393,6 +421,9 @@ pub struct SourceSettings {
     pub page_size: u32,
     /// RIV-TA: where GetActivities and GetObservations are limited to the connector's units.
     pub unit_filter: UnitFilter,
+    /// Accept plain `http://` endpoints, and only on loopback (a sandbox or a local tunnel).
+    /// Anything else must be `https://`.
+    pub allow_plain_http_loopback: bool,
 }
 
 /// How GetActivities and GetObservations, whose `careUnitId` takes a single unit, are limited to
@@ -438,6 +469,7 @@ impl Default for SourceSettings {
             source_systems: vec![],
             page_size: 100,
             unit_filter: UnitFilter::Request,
+            allow_plain_http_loopback: false,
         }
     }
 }
@@ -839,6 +871,29 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         None => p.push(Problem::error(&main_file, "security.pseudonym_key", "no pseudonym key configured")),
         Some(k) => check_secret(&mut p, &main_file, "security.pseudonym_key", k),
     }
+    match &s.security.audit_key {
+        None if !security_ok => {}
+        None => p.push(Problem::warning(
+            &main_file,
+            "security.audit_key",
+            "no audit key: the audit chain is plain SHA-256, which anyone who can write the database can recompute after an edit",
+        )),
+        Some(k) => match k.read_bytes() {
+            Ok(b) => {
+                if let Err(e) = crate::crypto::decode_key(&b) {
+                    p.push(Problem::error(&main_file, "security.audit_key", e.to_string()));
+                }
+            }
+            Err(e) => p.push(Problem::error(&main_file, "security.audit_key", e.to_string())),
+        },
+    }
+    if s.audit.retention_days < s.audit.min_retention_days {
+        p.push(Problem::error(
+            &main_file,
+            "audit.retention_days",
+            format!("{} is below audit.min_retention_days ({}), the region's minimum for the access log", s.audit.retention_days, s.audit.min_retention_days),
+        ));
+    }
     if s.admin.tls_cert_file.is_some() != s.admin.tls_key_file.is_some() {
         p.push(Problem::error(&main_file, "admin.tls_cert_file", "TLS needs both tls_cert_file and tls_key_file"));
     }
@@ -878,6 +933,13 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
             SourceKind::Riv | SourceKind::Fhir => {
                 if src.base_url.is_empty() {
                     p.push(Problem::error(&main_file, format!("{k}.base_url"), "missing"));
+                } else if let Err(e) = crate::sources::check_transport("base_url", &src.base_url, src.allow_plain_http_loopback) {
+                    p.push(Problem::error(&main_file, format!("{k}.base_url"), e));
+                }
+                if !src.engagement_index_url.is_empty() {
+                    if let Err(e) = crate::sources::check_transport("engagement_index_url", &src.engagement_index_url, src.allow_plain_http_loopback) {
+                        p.push(Problem::error(&main_file, format!("{k}.engagement_index_url"), e));
+                    }
                 }
             }
             SourceKind::Files => {

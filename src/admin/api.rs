@@ -128,7 +128,7 @@ pub async fn record_patient_view(state: &AdminState, p: &Principal, list: &str, 
     state
         .app
         .store
-        .audit(vec![NewAuditEvent::by(&p.username, kind::PATIENT_DATA_VIEW, &correlation_id(), subject, json!({"list": list, "reason": reason, "rows": rows, "via": match p.via { auth::Via::Session => "page", auth::Via::Token => "api" }}))])
+        .audit(vec![NewAuditEvent::by(&p.actor(), kind::PATIENT_DATA_VIEW, &correlation_id(), subject, json!({"list": list, "reason": reason, "rows": rows, "via": match p.via { auth::Via::Session => "page", auth::Via::Token => "api" }}))])
         .await?;
     Ok(())
 }
@@ -400,8 +400,8 @@ pub async fn do_retract(state: &AdminState, p: &Principal, id: i64, why: &str) -
         .app
         .store
         .apply(ChangeSet {
-            outbox: vec![OutboxChange::Retract { idem_key: rec.idem_key.clone(), reason: why.to_string(), correlation_id: corr.clone(), actor: p.username.clone() }],
-            audit: vec![NewAuditEvent::by(&p.username, kind::RETRACT_MANUAL, &corr, &rec.idem_key, json!({"record": id, "reason": why}))],
+            outbox: vec![OutboxChange::Retract { idem_key: rec.idem_key.clone(), reason: why.to_string(), correlation_id: corr.clone(), actor: p.actor() }],
+            audit: vec![NewAuditEvent::by(&p.actor(), kind::RETRACT_MANUAL, &corr, &rec.idem_key, json!({"record": id, "reason": why}))],
             ..Default::default()
         })
         .await?;
@@ -433,7 +433,7 @@ pub async fn replay(State(state): State<AdminState>, Extension(p): Extension<Pri
     if b.ids.is_empty() || b.ids.len() > 10_000 {
         return Err(Fail::BadRequest("Ange 1–10 000 id.".into()).into());
     }
-    let done = state.app.store.replay(&b.ids, &p.username, &why).await?;
+    let done = state.app.store.replay(&b.ids, &p.actor(), &why).await?;
     let skipped: Vec<i64> = b.ids.iter().filter(|i| !done.contains(i)).copied().collect();
     Ok(Json(json!({"requeued": done, "skipped": skipped})))
 }
@@ -467,7 +467,7 @@ pub async fn resolve_quarantine(State(state): State<AdminState>, Extension(p): E
     p.require(Role::Operator)?;
     p.check_csrf(csrf_header(&headers))?;
     let note = reason(&b.note)?;
-    let done = state.app.store.resolve_quarantine(id, &p.username, &note).await?;
+    let done = state.app.store.resolve_quarantine(id, &p.actor(), &note).await?;
     if !done {
         return Err(Fail::NotFound.into());
     }
@@ -730,13 +730,18 @@ pub async fn tokens(State(state): State<AdminState>, Extension(p): Extension<Pri
 #[derive(Deserialize)]
 pub struct TokenBody {
     pub name: String,
-    pub username: String,
+    /// Must be the caller (tokens act only for their own user); may be left out.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Validity in days (at most `admin.token_days`, the default).
+    #[serde(default)]
+    pub days: Option<u32>,
 }
 
 pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Json(b): Json<TokenBody>) -> Result<Response, ApiError> {
     p.require(Role::Admin)?;
     p.check_csrf(csrf_header(&headers))?;
-    let (id, token) = auth::create_api_token(&state, &p, &b.name, &b.username).await?;
+    let (id, token) = auth::create_api_token(&state, &p, &b.name, b.username.as_deref(), b.days).await?;
     Ok((StatusCode::CREATED, Json(json!({"id": id, "token": token}))).into_response())
 }
 

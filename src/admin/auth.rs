@@ -1,9 +1,15 @@
 //! Sign-in, sessions, API tokens, roles and CSRF.
 //!
 //! - Passwords: argon2id (PHC string in `users.password_hash`).
-//! - Sessions: random 32-byte tokens; only their SHA-256 is stored, with an expiry. The cookie is
-//!   `HttpOnly; SameSite=Strict` and `Secure` when `admin.cookie_secure`.
-//! - API tokens (`rbt_…`): random 32 bytes, stored as SHA-256, acting as their owner.
+//! - Sessions: random 32-byte tokens; only their SHA-256 is stored, with an expiry and an idle
+//!   timeout (`admin.session_idle_minutes`). The cookie is `HttpOnly; SameSite=Strict`, and with
+//!   `admin.cookie_secure` it is `Secure` and named with the `__Host-` prefix (the browser then
+//!   refuses it from a sibling domain or over plain HTTP).
+//! - API tokens (`rbt_…`): random 32 bytes, stored as SHA-256, acting as their owner only: a
+//!   signed-in user mints tokens for themself (an admin cannot mint one for someone else; the
+//!   command line `users token` can, for service users such as Prometheus). They expire
+//!   (`admin.token_days`), are revoked when the owner's password changes, and every event a
+//!   token causes names it (actor `user/token:<id>`).
 //! - CSRF: a random token per session, required on every state-changing request that a browser
 //!   could send on its own (cookie sessions); bearer tokens are never sent implicitly.
 //! - A failed sign-in gets one answer whatever the cause (unknown user, wrong password, disabled)
@@ -32,6 +38,19 @@ pub const SESSION_COOKIE: &str = "rb_session";
 /// The sign-in form's own CSRF token (double submit: this cookie and a hidden field must
 /// match), so another site cannot sign a browser in under an account of its choosing.
 pub const LOGIN_CSRF_COOKIE: &str = "rb_login";
+
+/// A cookie's name as set and read: `__Host-` prefixed when cookies are `Secure` (the prefix
+/// needs `Secure`, `Path=/` and no `Domain`, which every cookie here has).
+pub fn cookie_name(base: &str, secure: bool) -> String {
+    if secure {
+        format!("__Host-{base}")
+    } else {
+        base.to_string()
+    }
+}
+
+/// A session's last use is written at most this often (idle timeout precision vs. writes).
+const SESSION_TOUCH_US: i64 = 60_000_000;
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,12 +67,22 @@ pub struct Principal {
     /// May see patient identities (each view recorded with a reason).
     pub patient_data: bool,
     pub via: Via,
+    /// The API token used (token callers only).
+    pub token_id: Option<i64>,
     /// The session's CSRF token (cookie sessions only).
     pub csrf: Option<String>,
     session_hash: Option<String>,
 }
 
 impl Principal {
+    /// Who did it, as the audit log records it: the user, and for token callers the token too
+    /// (`anna/token:12`), so every use of a token can be traced to it.
+    pub fn actor(&self) -> String {
+        match self.token_id {
+            Some(id) => format!("{}/token:{id}", self.username),
+            None => self.username.clone(),
+        }
+    }
     pub fn can(&self, role: Role) -> bool {
         self.role >= role
     }
@@ -180,19 +209,25 @@ async fn resolve(state: &AdminState, headers: &HeaderMap) -> Result<Option<Princ
         return Ok(match db::token_user(store, &token_hash(&t)).await? {
             Some((id, u)) => {
                 db::touch_token(store, id).await.ok();
-                Some(Principal { patient_data: effective_patient_data(&u), username: u.username, role: u.role, via: Via::Token, csrf: None, session_hash: None })
+                Some(Principal { patient_data: effective_patient_data(&u), username: u.username, role: u.role, via: Via::Token, token_id: Some(id), csrf: None, session_hash: None })
             }
             None => None,
         });
     }
-    if let Some(c) = cookie_value(headers, SESSION_COOKIE) {
+    let settings = state.settings();
+    if let Some(c) = cookie_value(headers, &cookie_name(SESSION_COOKIE, settings.cookie_secure)) {
         let h = token_hash(&c);
-        if let Some(s) = db::session(store, &h).await? {
+        let idle_us = (settings.session_idle_minutes.max(1) as i64) * 60_000_000;
+        if let Some(s) = db::session(store, &h, idle_us).await? {
+            if crate::store::now_us() - s.last_seen_us > SESSION_TOUCH_US {
+                db::touch_session(store, &h).await?;
+            }
             return Ok(Some(Principal {
                 patient_data: effective_patient_data(&s.user),
                 username: s.user.username,
                 role: s.user.role,
                 via: Via::Session,
+                token_id: None,
                 csrf: Some(s.csrf),
                 session_hash: Some(h),
             }));
@@ -253,7 +288,7 @@ pub async fn login_page(State(state): State<AdminState>, axum::extract::Query(q)
 fn login_form(state: &AdminState, status: StatusCode, next: Option<&str>, error: Option<&str>, username: &str) -> Response {
     let token = random_token();
     let mut res = (status, Html(super::pages::login_page(next, error, username, &token))).into_response();
-    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, &token, "/login", 3600, state.settings().cookie_secure));
+    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, &token, 3600, state.settings().cookie_secure));
     res
 }
 
@@ -274,7 +309,7 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
     let remote = connect.map(|c| c.0 .0.ip().to_string());
     let next = f.next.as_deref().and_then(safe_next);
     // The form must come from our own sign-in page (its cookie and hidden field agree).
-    let form_ok = cookie_value(&headers, LOGIN_CSRF_COOKIE).is_some_and(|c| !c.is_empty() && constant_time_eq(c.as_bytes(), f.login_csrf.as_bytes()));
+    let form_ok = cookie_value(&headers, &cookie_name(LOGIN_CSRF_COOKIE, state.settings().cookie_secure)).is_some_and(|c| !c.is_empty() && constant_time_eq(c.as_bytes(), f.login_csrf.as_bytes()));
     if !form_ok {
         return login_form(&state, StatusCode::FORBIDDEN, next.as_deref(), Some("Inloggningsformuläret har gått ut eller kom inte från den här sidan. Försök igen."), "");
     }
@@ -320,16 +355,17 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
     let secure = state.settings().cookie_secure;
     let mut res = Redirect::to(&next.unwrap_or_else(|| "/".into())).into_response();
     *res.status_mut() = StatusCode::SEE_OTHER;
-    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, &token, "/", minutes * 60, secure));
+    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, &token, minutes * 60, secure));
     // The form token is spent.
-    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, "", "/login", 0, secure));
+    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, "", 0, secure));
     res
 }
 
-/// Every cookie we set: `HttpOnly; SameSite=Strict`, and `Secure` when configured (max age 0
-/// clears it).
-pub fn hardened_cookie(name: &str, value: &str, path: &str, max_age_seconds: u64, secure: bool) -> String {
-    format!("{name}={value}; Path={path}; Max-Age={max_age_seconds}; HttpOnly; SameSite=Strict{}", if secure { "; Secure" } else { "" })
+/// Every cookie we set: `Path=/; HttpOnly; SameSite=Strict`, and `Secure` with the `__Host-`
+/// name prefix when configured (max age 0 clears it).
+pub fn hardened_cookie(base_name: &str, value: &str, max_age_seconds: u64, secure: bool) -> String {
+    let name = cookie_name(base_name, secure);
+    format!("{name}={value}; Path=/; Max-Age={max_age_seconds}; HttpOnly; SameSite=Strict{}", if secure { "; Secure" } else { "" })
 }
 
 fn set_cookie(res: &mut Response, cookie: &str) {
@@ -354,36 +390,54 @@ pub async fn logout(State(state): State<AdminState>, Extension(p): Extension<Pri
     if let Err(e) = state
         .app
         .store
-        .audit(vec![NewAuditEvent::by(&p.username, kind::LOGOUT, &correlation_id(), format!("user:{}", p.username), serde_json::json!({}))])
+        .audit(vec![NewAuditEvent::by(&p.actor(), kind::LOGOUT, &correlation_id(), format!("user:{}", p.username), serde_json::json!({}))])
         .await
     {
         return Fail::Internal(e).page();
     }
     let mut res = (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
-    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, "", "/", 0, state.settings().cookie_secure));
+    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, "", 0, state.settings().cookie_secure));
     res
 }
 
-/// A new API token for `username`; returns (id, token). The token is shown once, stored hashed.
-pub async fn create_api_token(state: &AdminState, actor: &Principal, name: &str, username: &str) -> Result<(i64, String), Fail> {
+/// A new API token for the signed-in caller itself; returns (id, token). The token is shown once,
+/// stored hashed. `for_user` (when a form or body names one) must be the caller: nobody mints a
+/// token that acts as someone else, and a token cannot mint further tokens.
+pub async fn create_api_token(state: &AdminState, actor: &Principal, name: &str, for_user: Option<&str>, days: Option<u32>) -> Result<(i64, String), Fail> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 {
         return Err(Fail::BadRequest("Ange ett namn på nyckeln (högst 100 tecken).".into()));
     }
-    if db::user(&state.app.store, username).await?.is_none() {
-        return Err(Fail::BadRequest("Användaren finns inte.".into()));
+    if actor.via != Via::Session {
+        return Err(Fail::Forbidden);
+    }
+    if for_user.is_some_and(|u| !u.trim().is_empty() && u.trim() != actor.username) {
+        return Err(Fail::BadRequest("En API-nyckel kan bara skapas för den egna användaren.".into()));
+    }
+    let max = state.settings().token_days.max(1);
+    let days = days.unwrap_or(max);
+    if days == 0 || days > max {
+        return Err(Fail::BadRequest(format!("En nyckel gäller 1–{max} dagar.")));
+    }
+    let (id, token) = mint_token(&state.app.store, name, &actor.username, &actor.actor(), days).await?;
+    Ok((id, token))
+}
+
+/// Store a new token for `username` valid `days` days, audited as made by `actor`.
+pub async fn mint_token(store: &crate::store::Store, name: &str, username: &str, actor: &str, days: u32) -> Result<(i64, String)> {
+    if db::user(store, username).await?.is_none() {
+        bail!("no user {username}");
     }
     let token = format!("rbt_{}", random_token());
-    let id = db::create_token(&state.app.store, name, &token_hash(&token), username, &actor.username).await?;
-    state
-        .app
-        .store
+    let expires = crate::store::now_us() + days as i64 * 86_400_000_000;
+    let id = db::create_token(store, name, &token_hash(&token), username, actor, expires).await?;
+    store
         .audit(vec![NewAuditEvent::by(
-            &actor.username,
+            actor,
             kind::USER_CHANGED,
             &correlation_id(),
             format!("user:{username}"),
-            serde_json::json!({"action": "api_token.created", "token_id": id, "name": name}),
+            serde_json::json!({"action": "api_token.created", "token_id": id, "name": name, "days": days}),
         )])
         .await?;
     Ok((id, token))
@@ -395,7 +449,7 @@ pub async fn revoke_api_token(state: &AdminState, actor: &Principal, id: i64) ->
         state
             .app
             .store
-            .audit(vec![NewAuditEvent::by(&actor.username, kind::USER_CHANGED, &correlation_id(), format!("api_token:{id}"), serde_json::json!({"action": "api_token.revoked"}))])
+            .audit(vec![NewAuditEvent::by(&actor.actor(), kind::USER_CHANGED, &correlation_id(), format!("api_token:{id}"), serde_json::json!({"action": "api_token.revoked"}))])
             .await?;
     }
     Ok(done)

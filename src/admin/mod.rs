@@ -301,6 +301,18 @@ pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
             println!("{} user {username} ({}{})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
             Ok(0)
         }
+        UsersCmd::Token { username, name, days } => {
+            let max = app.settings().admin.token_days.max(1);
+            let days = days.unwrap_or(max);
+            if days == 0 || days > max {
+                bail!("--days must be 1–{max} (admin.token_days)");
+            }
+            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let (id, token) = auth::mint_token(&app.store, name.trim(), &username, &format!("{actor} (cli)"), days).await?;
+            eprintln!("token {id} for {username}, valid {days} days (shown once):");
+            println!("{token}");
+            Ok(0)
+        }
         UsersCmd::List { json } => {
             let users = store::users(&app.store).await?;
             if json {

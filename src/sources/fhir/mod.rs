@@ -71,6 +71,7 @@ impl FhirSource {
         if raw.is_empty() {
             bail!("a FHIR source needs base_url");
         }
+        crate::sources::check_transport("base_url", raw, settings.allow_plain_http_loopback).map_err(anyhow::Error::msg)?;
         let base = reqwest::Url::parse(&format!("{}/", raw.trim_end_matches('/'))).context("base_url is not a URL")?;
         let http = crate::sandbox::tls::http_client(&settings.tls, Duration::from_secs(settings.timeout_seconds.max(1)), false)?;
         Ok(FhirSource { settings: settings.clone(), http, base })
