@@ -333,12 +333,12 @@ impl Store {
                 }
                 let b = a.len();
                 a.push(sql::Val::from(&d.connector));
-                a.push(sql::Val::from(key));
+                a.push(sql::Val::from(&key));
                 a.push(sql::Val::from(&d.patient_key));
                 a.push(sql::Val::from(d.record.unit().map(|u| u.as_str().to_string())));
                 a.push(sql::Val::from(d.record.kind().as_str()));
                 a.push(sql::Val::from(hash));
-                a.push(sql::Val::from(self.cipher.encrypt_json(&sealed::document(&d.connector, key), &d.record)));
+                a.push(sql::Val::from(self.cipher.encrypt_json(&sealed::document(&d.connector, &key), &d.record)));
                 a.push(sql::Val::from(d.record.nullified()));
                 a.push(sql::Val::from(d.record.date().map(|x| x.to_string())));
                 rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1, $1)", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9));

@@ -1,0 +1,324 @@
+//! Security hardening (issue 17, items 7–13), each on SQLite and PostgreSQL where a store is
+//! involved: payloads bound to their rows and `keys rotate`; sources refused over plain HTTP;
+//! API tokens and sessions; the keyed audit chain, its exported head and the retention floor.
+
+mod admin_support;
+mod common;
+
+use admin_support::*;
+use common::TestStore;
+use registerbrygga::admin::{self, AdminState, Role};
+use registerbrygga::config::{SourceKind, SourceSettings};
+use registerbrygga::crypto::{key_id, Cipher};
+use registerbrygga::store::sql::Val;
+use registerbrygga::store::{sealed, AuditQuery, Store};
+use serde_json::{json, Value};
+
+const NEW_KEY: [u8; 32] = [11u8; 32];
+const AUDIT_KEY: [u8; 32] = [13u8; 32];
+
+async fn exec(store: &Store, sql: &str, args: &[Val]) -> u64 {
+    let mut tx = store.begin().await.unwrap();
+    let n = tx.exec(sql, args).await.unwrap();
+    tx.commit().await.unwrap();
+    n
+}
+
+async fn reopen(ts: &TestStore, keys: &[[u8; 32]]) -> Store {
+    Store::open(&ts.settings, Cipher::new(keys).unwrap()).await.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. Payloads bound to their rows; keys rotate
+
+both_backends!(a_payload_moved_to_another_row_does_not_decrypt, |ts: TestStore| async move {
+    let app = app_for(&ts, |_| {});
+    let seeded = seed(&app).await;
+    let s = &ts.store;
+    // Someone with database access copies the delivered patient's payload over the dead
+    // letter's (another patient's registration): it must not be read as that row's.
+    assert!(s.record(seeded.dead_id).await.unwrap().unwrap().payload.is_some());
+    exec(s, "UPDATE records SET payload = (SELECT payload FROM records WHERE id = $1) WHERE id = $2", &[Val::I64(seeded.delivered_id), Val::I64(seeded.dead_id)]).await;
+    let err = s.record(seeded.dead_id).await.expect_err("a payload moved from another row must fail authentication");
+    assert!(format!("{err:#}").contains("authentication"), "{err:#}");
+    // The same holds between columns and tables: a lookup is not a payload, a worklist entry's
+    // identity is not another's.
+    exec(s, "UPDATE records SET payload = lookup WHERE id = $1", &[Val::I64(seeded.delivered_id)]).await;
+    assert!(s.record(seeded.delivered_id).await.is_err());
+});
+
+both_backends!(keys_rotate_rewrites_every_payload_so_the_old_key_can_go, |ts: TestStore| async move {
+    let app = app_for(&ts, |_| {});
+    let seeded = seed(&app).await;
+    let original = ts.store.record(seeded.dead_id).await.unwrap().unwrap().payload.unwrap();
+    // A store from before the binding: its payloads are unbound (v1) under the old key.
+    exec(&ts.store, "DELETE FROM kv WHERE key = $1", &[Val::from(sealed::PAYLOADS_BOUND)]).await;
+    let old = reopen(&ts, &[common::TEST_KEY]).await;
+    let legacy = old.cipher().encrypt_unbound_v1(&serde_json::to_vec(&original).unwrap());
+    exec(&old, "UPDATE records SET payload = $1 WHERE id = $2", &[Val::Bytes(legacy), Val::I64(seeded.dead_id)]).await;
+    assert_eq!(old.record(seeded.dead_id).await.unwrap().unwrap().payload.as_ref(), Some(&original), "old rows stay readable");
+
+    // New key first, old key after it: rotate.
+    let both = reopen(&ts, &[NEW_KEY, common::TEST_KEY]).await;
+    let report = both.rotate_payload_keys("it-drift").await.unwrap();
+    assert!(report.rewritten >= 6, "{report:?}");
+    assert_eq!(report.key_id, key_id(&NEW_KEY));
+    // Again: nothing left to do.
+    assert_eq!(both.rotate_payload_keys("it-drift").await.unwrap().rewritten, 0);
+
+    // The old key removed: everything still reads.
+    let new_only = reopen(&ts, &[NEW_KEY]).await;
+    assert_eq!(new_only.record(seeded.dead_id).await.unwrap().unwrap().payload.as_ref(), Some(&original));
+    assert!(new_only.registration(&new_only.record(seeded.delivered_id).await.unwrap().unwrap().idem_key).await.unwrap().unwrap().delivered_payload.is_some());
+    assert_eq!(new_only.worklist(None, None).await.unwrap().len(), 1);
+    let list = new_only.pvk_patient_list("pvk-vc", 2026, UNIT, 2026, 3, "KOL_spirometri").await.unwrap().unwrap();
+    assert_eq!(list[0]["namn"], PATIENT_NAME);
+    let prefix = format!("v2:{}:", key_id(&NEW_KEY));
+    let mut tx = new_only.read().await.unwrap();
+    for col in sealed::SEALED {
+        for r in tx.rows(&format!("SELECT {} FROM {} WHERE {} IS NOT NULL", col.column, col.table, col.column), &[]).await.unwrap() {
+            assert!(r.bytes(0).unwrap().starts_with(prefix.as_bytes()), "{}.{} not under the new key", col.table, col.column);
+        }
+    }
+    drop(tx);
+    let audit = new_only.audit_search(&AuditQuery { kind: Some("keys.rotated".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[1].actor, "it-drift");
+
+    // Once every payload is bound, an unbound ciphertext is refused (it could only be planted).
+    let planted = new_only.cipher().encrypt_unbound_v1(&serde_json::to_vec(&original).unwrap());
+    exec(&new_only, "UPDATE records SET payload = $1 WHERE id = $2", &[Val::Bytes(planted), Val::I64(seeded.dead_id)]).await;
+    assert!(new_only.record(seeded.dead_id).await.is_err());
+});
+
+#[test]
+fn sources_refuse_plain_http_except_allowed_loopback() {
+    use registerbrygga::sources::{fhir::FhirSource, riv::RivSource};
+    let src = |kind: SourceKind, url: &str, allow: bool| SourceSettings { kind, base_url: url.into(), allow_plain_http_loopback: allow, ..Default::default() };
+    for kind in [SourceKind::Riv, SourceKind::Fhir] {
+        let build = |s: &SourceSettings| match kind {
+            SourceKind::Riv => RivSource::new(s).map(|_| ()),
+            _ => FhirSource::new(s).map(|_| ()),
+        };
+        for (url, allow, ok) in [
+            ("http://ntjp.region.se/vp", false, false),
+            ("http://ntjp.region.se/vp", true, false),
+            ("http://10.1.2.3:8080/fhir", true, false),
+            ("http://127.0.0.1:8080/vp", false, false),
+            ("http://127.0.0.1:8080/vp", true, true),
+            ("http://[::1]:8080/vp", true, true),
+            ("http://localhost:8080/vp", true, true),
+            ("ftp://ntjp.region.se/vp", true, false),
+            ("https://ntjp.region.se/vp", false, true),
+        ] {
+            let r = build(&src(kind, url, allow));
+            assert_eq!(r.is_ok(), ok, "{kind:?} {url} allow={allow}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("base_url"), "{e}");
+            }
+        }
+        // The engagement index too.
+        let mut s = src(kind, "https://ntjp.region.se/vp", false);
+        s.engagement_index_url = "http://ei.region.se/vp".into();
+        if kind == SourceKind::Riv {
+            assert!(RivSource::new(&s).is_err());
+        }
+    }
+    // `config check` names the setting.
+    let mut settings = registerbrygga::config::Settings::default();
+    settings.sources.insert("journal".into(), src(SourceKind::Fhir, "http://fhir.region.se/r4", false));
+    let loaded = registerbrygga::config::Loaded { settings, failed_sections: vec![], connectors: vec![], files: vec![] };
+    let problems = registerbrygga::config::check_static(&loaded);
+    assert!(problems.iter().any(|p| !p.warning && p.to_string().contains("sources.journal.base_url") && p.to_string().contains("https")), "{problems:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. API tokens and sessions
+
+async fn setup(ts: &TestStore, tweak: impl FnOnce(&mut registerbrygga::config::Settings)) -> (Running, Seeded) {
+    let app = app_for(ts, tweak);
+    add_standard_users(&app).await;
+    let seeded = seed(&app).await;
+    (serve(AdminState::new(app)).await, seeded)
+}
+
+both_backends!(api_tokens_act_only_for_their_owner_expire_and_die_with_the_password, |ts: TestStore| async move {
+    let (srv, seeded) = setup(&ts, |_| {}).await;
+    let boss = Client::login(&srv.base, "boss", PASSWORD).await;
+    // Not for someone else, not longer than the configured maximum.
+    for body in [json!({"name": "x", "username": "pat"}), json!({"name": "x", "days": 400})] {
+        let r = boss.post_json("/api/v1/tokens", body, true).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+    }
+    assert_eq!(ts.store.read().await.unwrap().rows("SELECT id FROM api_tokens", &[]).await.unwrap().len(), 0);
+    let r = boss.post_json("/api/v1/tokens", json!({"name": "skript", "days": 7}), true).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let v: Value = serde_json::from_str(&r.body).unwrap();
+    let (id, token) = (v["id"].as_i64().unwrap(), v["token"].as_str().unwrap().to_string());
+    let t = Client::with_bearer(&srv.base, &token);
+
+    // Each use is traced to the token: the replay it makes names it.
+    let r = t.post_json("/api/v1/replay", json!({"ids": [seeded.dead_id], "reason": "registret rättat"}), false).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ev = ts.store.audit_search(&AuditQuery { kind: Some("replay".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(ev[0].actor, format!("boss/token:{id}"));
+    // … and a search for the user finds what their tokens did.
+    assert!(!ts.store.audit_search(&AuditQuery { actor: Some("boss".into()), kind: Some("replay".into()), ..Default::default() }).await.unwrap().is_empty());
+
+    // Expiry: a token past its time is refused.
+    let expires: i64 = ts.store.read().await.unwrap().row("SELECT expires_us FROM api_tokens WHERE id = $1", &[Val::I64(id)]).await.unwrap().unwrap().i64(0).unwrap();
+    let week = 7 * 86_400_000_000i64;
+    assert!((expires - registerbrygga::store::now_us() - week).abs() < 60_000_000, "7 days from now");
+    exec(&ts.store, "UPDATE api_tokens SET expires_us = $1 WHERE id = $2", &[Val::I64(registerbrygga::store::now_us() - 1), Val::I64(id)]).await;
+    assert_eq!(t.get("/api/v1/me").await.status, 401);
+
+    // A password change revokes the user's tokens (and ends their sessions).
+    let r = boss.post_json("/api/v1/tokens", json!({"name": "skript2"}), true).await;
+    let token2 = serde_json::from_str::<Value>(&r.body).unwrap()["token"].as_str().unwrap().to_string();
+    let t2 = Client::with_bearer(&srv.base, &token2);
+    assert_eq!(t2.get("/api/v1/me").await.status, 200);
+    let hash = admin::auth::hash_password("ett-helt-nytt-lösenord".into()).await.unwrap();
+    admin::store::put_user(&ts.store, "boss", Some(&hash), Role::Admin, false, false).await.unwrap();
+    assert_eq!(t2.get("/api/v1/me").await.status, 401);
+    assert_eq!(boss.get("/api/v1/me").await.status, 401);
+});
+
+both_backends!(sessions_end_when_idle_and_use_the_host_prefix, |ts: TestStore| async move {
+    let (srv, _) = setup(&ts, |s| s.admin.session_idle_minutes = 15).await;
+    let anon = Client::anonymous(&srv.base);
+    let ok = anon.post_login(&[("username", "oper"), ("password", PASSWORD)]).await;
+    assert_eq!(ok.status, 303);
+    let cookie = ok.headers.get("set-cookie").unwrap().to_str().unwrap().to_string();
+    assert!(cookie.starts_with("__Host-rb_session=") && cookie.contains("; Secure") && cookie.contains("Path=/") && !cookie.contains("Domain"), "{cookie}");
+    let c = Client::login(&srv.base, "oper", PASSWORD).await;
+    assert_eq!(c.get("/api/v1/me").await.status, 200);
+    // The old cookie name is not read any more.
+    let mut renamed = Client::anonymous(&srv.base);
+    renamed.cookie = c.cookie.clone().map(|v| v.replace("__Host-", ""));
+    assert_eq!(renamed.get("/api/v1/me").await.status, 401);
+    // Unused for 16 minutes (but well inside session_minutes): ended.
+    exec(&ts.store, "UPDATE sessions SET last_seen_us = $1", &[Val::I64(registerbrygga::store::now_us() - 16 * 60_000_000)]).await;
+    assert_eq!(c.get("/api/v1/me").await.status, 401);
+});
+
+// ---------------------------------------------------------------------------------------------
+// 10. The keyed audit chain
+
+fn ev(n: usize) -> Vec<registerbrygga::audit::NewAuditEvent> {
+    (0..n).map(|i| registerbrygga::audit::NewAuditEvent::by("anna", "config.reload", "corr", format!("s{i}"), json!({"i": i}))).collect()
+}
+
+/// What someone with database access but without the key does after editing an event: recompute
+/// every later plain hash and the head, so the plain chain is consistent again.
+async fn rewrite_from(store: &Store, seq: i64) {
+    let mut tx = store.begin().await.unwrap();
+    tx.exec("UPDATE audit_events SET detail = $1 WHERE seq = $2", &[Val::from("{\"i\":\"rewritten\"}"), Val::I64(seq)]).await.unwrap();
+    let prev_row = tx.row("SELECT hash FROM audit_events WHERE seq = $1", &[Val::I64(seq - 1)]).await.unwrap();
+    let mut prev = prev_row.map(|r| r.text(0).unwrap()).unwrap_or_else(|| registerbrygga::store::GENESIS_HASH.to_string());
+    let rows = tx.rows("SELECT seq, at_us, actor, kind, correlation_id, subject, detail FROM audit_events WHERE seq >= $1 ORDER BY seq", &[Val::I64(seq)]).await.unwrap();
+    let mut last = seq;
+    for r in &rows {
+        let s = r.i64(0).unwrap();
+        let h = registerbrygga::store::chain_hash(s, r.i64(1).unwrap(), &r.text(2).unwrap(), &r.text(3).unwrap(), &r.text(4).unwrap(), &r.text(5).unwrap(), &r.text(6).unwrap(), &prev);
+        tx.exec("UPDATE audit_events SET prev_hash = $1, hash = $2 WHERE seq = $3", &[Val::from(prev.clone()), Val::from(h.clone()), Val::I64(s)]).await.unwrap();
+        prev = h;
+        last = s;
+    }
+    tx.exec("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", &[Val::I64(last), Val::from(prev)]).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+both_backends!(a_rewritten_audit_log_is_caught_only_with_the_key, |ts: TestStore| async move {
+    // Without a key (today's chain), a consistent rewrite passes: that is the threat.
+    ts.store.audit(ev(5)).await.unwrap();
+    rewrite_from(&ts.store, 3).await;
+    assert!(ts.store.audit_verify().await.unwrap().ok);
+
+    // An existing store gets the key: its chain continues keyed from the head it has now.
+    let mut keyed = reopen(&ts, &[common::TEST_KEY]).await;
+    keyed.enable_audit_mac(AUDIT_KEY).await.unwrap();
+    keyed.audit(ev(5)).await.unwrap();
+    let r = keyed.audit_verify().await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.events_checked, 10);
+    let hashes = keyed.audit_search(&AuditQuery::default()).await.unwrap();
+    assert!(hashes.iter().filter(|e| e.seq > 5).all(|e| e.hash.starts_with("m1:")));
+
+    // The same rewrite after the mark is caught (event 7 is the first rewritten).
+    rewrite_from(&keyed, 7).await;
+    let r = keyed.audit_verify().await.unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.first_bad_seq, Some(7), "{r:?}");
+
+    // Removing or moving the mark to hide it is caught as well.
+    exec(&keyed, "UPDATE kv SET value = $1 WHERE key = 'audit.hmac_from'", &[Val::from("{\"seq\": 100, \"mac\": \"00\"}")]).await;
+    assert!(!keyed.audit_verify().await.unwrap().ok);
+    exec(&keyed, "DELETE FROM kv WHERE key = 'audit.hmac_from'", &[]).await;
+    assert!(keyed.audit_verify().await.unwrap().problem.unwrap().contains("mark is missing"));
+    // A verifier without the key says it cannot check keyed events instead of passing them.
+    let r = reopen(&ts, &[common::TEST_KEY]).await.audit_verify().await.unwrap();
+    assert!(!r.ok && r.problem.unwrap().contains("audit_key"));
+});
+
+both_backends!(a_truncated_tail_is_caught_against_the_exported_head, |ts: TestStore| async move {
+    let mut store = reopen(&ts, &[common::TEST_KEY]).await;
+    store.enable_audit_mac(AUDIT_KEY).await.unwrap();
+    store.audit(ev(8)).await.unwrap();
+    let head = store.audit_head_signed().await.unwrap().unwrap();
+    assert_eq!(head.seq, 8);
+    assert!(store.audit_verify_against(Some(&head)).await.unwrap().ok);
+    // The last three events removed and the head set back to a real (keyed) event: the chain
+    // itself is consistent, but it no longer reaches the exported head.
+    let five = store.audit_search(&AuditQuery::default()).await.unwrap().into_iter().find(|e| e.seq == 5).unwrap();
+    exec(&store, "DELETE FROM audit_events WHERE seq > 5", &[]).await;
+    exec(&store, "UPDATE audit_head SET seq = 5, hash = $1 WHERE id = 1", &[Val::from(five.hash)]).await;
+    assert!(store.audit_verify().await.unwrap().ok);
+    let r = store.audit_verify_against(Some(&head)).await.unwrap();
+    assert!(!r.ok && r.problem.as_deref().unwrap().contains("removed"), "{r:?}");
+    // A forged export is refused.
+    let mut forged = head.clone();
+    forged.seq = 5;
+    assert!(store.audit_verify_against(Some(&forged)).await.is_err());
+});
+
+both_backends!(audit_verify_during_appends_is_no_false_alarm, |ts: TestStore| async move {
+    let mut store = reopen(&ts, &[common::TEST_KEY]).await;
+    store.enable_audit_mac(AUDIT_KEY).await.unwrap();
+    for _ in 0..6 {
+        store.audit(ev(2000)).await.unwrap();
+    }
+    let writer = store.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let appender = tokio::spawn(async move {
+        let mut n = 0;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            writer.audit(ev(20)).await.unwrap();
+            n += 1;
+        }
+        n
+    });
+    for _ in 0..4 {
+        let r = store.audit_verify().await.unwrap();
+        assert!(r.ok, "verify during appends: {r:?}");
+        assert!(r.events_checked >= 12_000);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(appender.await.unwrap() > 0, "appends ran during the walks");
+});
+
+#[test]
+fn retention_has_a_floor() {
+    let mut a = registerbrygga::config::AuditSettings::default();
+    a.min_retention_days = 1825;
+    assert!(a.prune_cutoff(Some(30)).is_err());
+    assert!(a.prune_cutoff(Some(1825)).is_ok());
+    a.retention_days = 365;
+    assert!(a.prune_cutoff(None).is_err());
+    let mut settings = registerbrygga::config::Settings::default();
+    settings.audit = a;
+    let loaded = registerbrygga::config::Loaded { settings, failed_sections: vec![], connectors: vec![], files: vec![] };
+    let problems = registerbrygga::config::check_static(&loaded);
+    assert!(problems.iter().any(|p| !p.warning && p.to_string().contains("audit.retention_days")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.warning && p.to_string().contains("security.audit_key")), "{problems:?}");
+}
