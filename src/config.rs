@@ -176,6 +176,16 @@ pub struct AdminSettings {
     pub session_idle_minutes: u64,
     /// Longest validity of an API token (days); a token may be made shorter.
     pub token_days: u32,
+    /// Failed sign-ins for one user name, and from one address, before each further failure
+    /// doubles the wait (1 s, 2 s, 4 s … up to `login_max_delay_seconds`).
+    pub login_free_failures_per_user: u32,
+    pub login_free_failures_per_ip: u32,
+    pub login_max_delay_seconds: u64,
+    /// Password checks (argon2id, ~19 MiB each) run at once at most.
+    pub password_checks_in_parallel: usize,
+    /// Requests in progress at most (more are refused with 503), and each one's time limit.
+    pub max_requests_in_progress: usize,
+    pub request_timeout_seconds: u64,
     /// Initial admin password (only used when no user exists yet).
     pub bootstrap_admin_password: Option<Secret>,
 }
@@ -191,6 +201,12 @@ impl Default for AdminSettings {
             session_minutes: 480,
             session_idle_minutes: 30,
             token_days: 90,
+            login_free_failures_per_user: 5,
+            login_free_failures_per_ip: 20,
+            login_max_delay_seconds: 900,
+            password_checks_in_parallel: 2,
+            max_requests_in_progress: 64,
+            request_timeout_seconds: 30,
             bootstrap_admin_password: None,
         }
     }
@@ -850,6 +866,7 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
     }
     if let Some(secret) = &s.store.postgres_url {
         check_secret(&mut p, &main_file, "store.postgres_url", secret);
+        check_pg_tls(&mut p, &main_file, "store.postgres_url", secret);
     }
     let security_ok = !loaded.failed_sections.iter().any(|f| f == "security");
     if security_ok && s.security.encryption_keys.is_empty() {
@@ -987,6 +1004,9 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
                 }
             }
         }
+        if let PatientDiscovery::Sql { url, .. } = &c.patients {
+            check_pg_tls(&mut p, &f, "patients.url", url);
+        }
         if let PatientDiscovery::File { path } = &c.patients {
             let full = if path.is_absolute() { path.clone() } else { c.dir.join(path) };
             if !full.exists() {
@@ -995,6 +1015,43 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         }
     }
     p
+}
+
+/// A PostgreSQL connection that leaves the host carries personal data and passwords: the
+/// runbook asks for `sslmode=verify-full` (TLS, the server's certificate checked against
+/// `sslrootcert` or the system's roots, and its name against the host). Anything weaker is a
+/// warning naming the setting; loopback and Unix-socket connections are exempt. The URL itself
+/// is never quoted (it holds a password).
+pub fn check_pg_tls(p: &mut Vec<Problem>, file: &str, key: &str, secret: &Secret) {
+    let Ok(url) = secret.read_string() else { return }; // unreadable secrets are reported elsewhere
+    let url = url.trim();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return;
+    }
+    let Ok(u) = reqwest::Url::parse(url) else {
+        p.push(Problem::error(file, key, "not a valid PostgreSQL URL"));
+        return;
+    };
+    let param = |name: &str| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.to_string());
+    let host = param("host").unwrap_or_else(|| u.host_str().unwrap_or("").to_string());
+    let local = host.is_empty()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if local {
+        return;
+    }
+    match param("sslmode").as_deref() {
+        Some("verify-full") => {}
+        Some("verify-ca") => p.push(Problem::warning(file, key, "sslmode=verify-ca checks the certificate's CA but not that it names the host: use sslmode=verify-full")),
+        Some(m @ ("disable" | "allow" | "prefer" | "require")) => p.push(Problem::warning(
+            file,
+            key,
+            format!("sslmode={m} does not verify the server (or does not encrypt): use sslmode=verify-full (with sslrootcert=<CA file> for a private CA)"),
+        )),
+        Some(other) => p.push(Problem::error(file, key, format!("unknown sslmode {other:?}"))),
+        None => p.push(Problem::warning(file, key, "no sslmode: the default (prefer) falls back to plain text and never verifies the server; use sslmode=verify-full")),
+    }
 }
 
 fn check_secret(p: &mut Vec<Problem>, file: &str, key: &str, secret: &Secret) {

@@ -148,9 +148,52 @@ pub fn check_username(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Threads that run argon2 (each check takes ~19 MiB). A fixed pair, not the blocking pool:
+/// every thread that ever ran a check keeps its allocator arena's memory, so a flood spread
+/// over hundreds of blocking threads would keep hundreds of MiB after the checks were done.
+const ARGON2_THREADS: usize = 2;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+fn argon2_pool() -> &'static std::sync::mpsc::SyncSender<Job> {
+    static POOL: OnceLock<std::sync::mpsc::SyncSender<Job>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1024);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..ARGON2_THREADS {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })
+                .expect("argon2 thread starts");
+        }
+        tx
+    })
+}
+
+/// Run `f` on the argon2 threads and wait for its answer without blocking the async threads.
+async fn on_argon2_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    let pool = argon2_pool().clone();
+    tokio::task::spawn_blocking(move || pool.send(job)).await?.map_err(|_| anyhow!("argon2 threads stopped"))?;
+    rx.await.map_err(|_| anyhow!("argon2 thread dropped the job"))
+}
+
 /// Hash a password (argon2id, random salt) off the async threads.
 pub async fn hash_password(pw: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
+    on_argon2_thread(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default().hash_password(pw.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| anyhow!("password hashing failed: {e}"))
     })
@@ -167,7 +210,7 @@ pub async fn verify_password(pw: String, stored: Option<String>) -> bool {
             .get_or_init(|| Argon2::default().hash_password(random_token().as_bytes(), &SaltString::generate(&mut OsRng)).expect("hash").to_string())
             .clone()
     });
-    tokio::task::spawn_blocking(move || {
+    on_argon2_thread(move || {
         let ok = PasswordHash::new(&hash).map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok()).unwrap_or(false);
         ok && real
     })
@@ -314,6 +357,13 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
         return login_form(&state, StatusCode::FORBIDDEN, next.as_deref(), Some("Inloggningsformuläret har gått ut eller kom inte från den här sidan. Försök igen."), "");
     }
     let username = f.username.trim().to_string();
+    // Growing delay per address and per name: refused at once, before any password check.
+    let name_key = state.app.pseudo.hash_str(&username);
+    let wait = state.guard.wait(remote.as_deref(), &name_key);
+    if !wait.is_zero() {
+        let msg = format!("För många misslyckade inloggningar. Försök igen om {} sekunder.", wait.as_secs().max(1));
+        return super::guard::too_many(wait, login_form(&state, StatusCode::TOO_MANY_REQUESTS, next.as_deref(), Some(&msg), ""));
+    }
     let user: Option<User> = if username.is_empty() || username.len() > 64 {
         None
     } else {
@@ -324,7 +374,11 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
     };
     let known = user.is_some();
     let usable = user.filter(|u| !u.disabled);
-    let ok = verify_password(f.password, usable.as_ref().map(|u| u.password_hash.clone())).await;
+    let ok = {
+        // Few argon2 checks at once: each takes ~19 MiB and a core.
+        let Ok(_permit) = state.guard.password_checks.acquire().await else { return Fail::Internal(anyhow!("password check limiter closed")).page() };
+        verify_password(f.password, usable.as_ref().map(|u| u.password_hash.clone())).await
+    };
     let corr = correlation_id();
     let Some(u) = usable.filter(|_| ok) else {
         // Audit who tried without ever writing what was typed as a password: a name that is
@@ -334,11 +388,14 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
         } else {
             ("user:?".to_string(), serde_json::json!({"via": "password", "remote": remote, "username_hash": state.app.pseudo.hash_str(&username)}))
         };
-        if let Err(e) = store.audit(vec![NewAuditEvent::by("anonymous", kind::LOGIN_FAILED, &corr, subject, detail)]).await {
+        state.guard.failed(remote.as_deref(), &name_key);
+        // Batched: a flood of failures takes the audit chain's lock once per batch.
+        if let Err(e) = state.guard.audit_failure(store, NewAuditEvent::by("anonymous", kind::LOGIN_FAILED, &corr, subject, detail)).await {
             return Fail::Internal(e).page();
         }
         return login_form(&state, StatusCode::UNAUTHORIZED, next.as_deref(), Some("Fel användarnamn eller lösenord."), "");
     };
+    state.guard.succeeded(remote.as_deref(), &name_key);
     let token = random_token();
     let csrf = random_token();
     let minutes = state.settings().session_minutes.max(1);

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod guard;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
@@ -61,11 +62,14 @@ pub struct AdminState {
     pub next_runs: NextRuns,
     pub readiness: Readiness,
     pub warnings: Warnings,
+    /// Sign-in delays, the password-check and request limits, batched failure auditing.
+    pub guard: Arc<guard::Guard>,
 }
 
 impl AdminState {
     pub fn new(app: App) -> AdminState {
-        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new) }
+        let guard = Arc::new(guard::Guard::new(&app.settings().admin));
+        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new), guard }
     }
     pub fn with_next_runs(mut self, f: impl Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync + 'static) -> Self {
         self.next_runs = Arc::new(f);
@@ -168,6 +172,8 @@ pub fn router(state: AdminState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn(log_request))
+        // Outermost: bounds requests in progress and their time before anything else runs.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::limit_requests))
         .with_state(state)
 }
 

@@ -116,8 +116,10 @@ impl Store {
     }
 
     async fn rotate_column(&self, col: &SealedColumn, prefix: &[u8]) -> Result<(u64, u64)> {
-        let key_cols: Vec<&str> = col.key.iter().map(|(c, _)| *c).collect();
-        let identity: Vec<String> = col.identity.iter().map(|c| format!("CAST({c} AS TEXT)")).collect();
+        // Qualified and aliased: PostgreSQL names a cast column after its source, which would
+        // make ORDER BY ambiguous.
+        let key_cols: Vec<String> = col.key.iter().map(|(c, _)| format!("t.{c}")).collect();
+        let identity: Vec<String> = col.identity.iter().enumerate().map(|(i, c)| format!("CAST(t.{c} AS TEXT) AS aad_{i}")).collect();
         let order = key_cols.join(", ");
         let mut after: Option<Vec<Val>> = None;
         let (mut rewritten, mut current) = (0u64, 0u64);
@@ -137,7 +139,7 @@ impl Store {
                 }
             };
             let sql = format!(
-                "SELECT {order}, {}, {} FROM {} WHERE {} IS NOT NULL {filter} ORDER BY {order} LIMIT {ROTATE_BATCH}",
+                "SELECT {order}, {}, t.{} FROM {} t WHERE t.{} IS NOT NULL {filter} ORDER BY {order} LIMIT {ROTATE_BATCH}",
                 identity.join(", "),
                 col.column,
                 col.table,
