@@ -228,6 +228,10 @@ pub enum AuditCmd {
         subject: Option<String>,
         #[arg(long)]
         actor: Option<String>,
+        /// Every recorded view of this patient's identity (personnummer or samordningsnummer;
+        /// looked up by its pseudonym, never stored or logged).
+        #[arg(long)]
+        patient: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
         #[arg(long)]
@@ -348,9 +352,16 @@ pub async fn main(cli: Cli) -> Result<i32> {
             }
             Ok(if r.ok { 0 } else { 1 })
         }
-        Command::Audit(AuditCmd::Search { kind, subject, actor, limit, json }) => {
+        Command::Audit(AuditCmd::Search { kind, subject, actor, patient, limit, json }) => {
             let app = open_app(&g).await?;
-            let ev = app.store.audit_search(&crate::store::AuditQuery { kind, subject, actor, limit: Some(limit), ..Default::default() }).await?;
+            let ev = match patient {
+                Some(p) => {
+                    let today = crate::pipeline::today_stockholm();
+                    let id = crate::model::PatientId::parse_national(p.trim(), today).map_err(|_| anyhow::anyhow!("--patient is not a valid personnummer or samordningsnummer"))?;
+                    app.store.audit_views_of_patient(&app.pseudo.patient_key(&id), limit).await?
+                }
+                None => app.store.audit_search(&crate::store::AuditQuery { kind, subject, actor, limit: Some(limit), ..Default::default() }).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&ev)?);
             } else {

@@ -120,17 +120,47 @@ pub fn reason(s: &Option<String>) -> Result<String, Fail> {
     Ok(scrub(&r))
 }
 
-/// Record one use of the patient-data right. Called *before* the data is returned.
-pub async fn record_patient_view(state: &AdminState, p: &Principal, list: &str, subject: &str, reason: &str, rows: usize) -> Result<(), Fail> {
+/// Record one use of the patient-data right, with the pseudonyms of the patients it shows (the
+/// PDL access log: `audit search --patient` answers who has seen a patient). Called *before*
+/// the data is returned; event and patients are written in one transaction.
+pub async fn record_patient_view(state: &AdminState, p: &Principal, list: &str, subject: &str, reason: &str, rows: usize, patients: &[String]) -> Result<(), Fail> {
     if !p.patient_data {
         return Err(Fail::Forbidden);
     }
-    state
-        .app
-        .store
-        .audit(vec![NewAuditEvent::by(&p.actor(), kind::PATIENT_DATA_VIEW, &correlation_id(), subject, json!({"list": list, "reason": reason, "rows": rows, "via": match p.via { auth::Via::Session => "page", auth::Via::Token => "api" }}))])
-        .await?;
+    let event = NewAuditEvent::by(&p.actor(), kind::PATIENT_DATA_VIEW, &correlation_id(), subject, json!({"list": list, "reason": reason, "rows": rows, "via": match p.via { auth::Via::Session => "page", auth::Via::Token => "api" }}));
+    state.app.store.audit_patient_view(event, patients).await?;
     Ok(())
+}
+
+/// The patients in a stored patient list, as pseudonyms: its `patient_key` fields, and the
+/// identities in `personnummer` / `id` fields (lists written by other tools carry only those).
+pub fn patient_keys_in(v: &Value, pseudo: &crate::crypto::Pseudonymizer) -> Vec<String> {
+    let today = crate::pipeline::today_stockholm();
+    let mut out = vec![];
+    let mut walk_stack = vec![v];
+    while let Some(v) = walk_stack.pop() {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(s)) = o.get("patient_key") {
+                    out.push(s.clone());
+                    continue;
+                }
+                for (k, x) in o {
+                    match (k.as_str(), x) {
+                        ("personnummer" | "id", Value::String(s)) => {
+                            if let Ok(id) = crate::model::PatientId::parse_national(s, today) {
+                                out.push(pseudo.patient_key(&id));
+                            }
+                        }
+                        _ => walk_stack.push(x),
+                    }
+                }
+            }
+            Value::Array(a) => walk_stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// A patient identity for display: `ÅÅÅÅMMDD-NNNN` for national ids, the raw value otherwise.
@@ -507,7 +537,8 @@ pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Opti
     let show = why.is_some();
     if let Some(why) = &why {
         let subject = format!("worklist:{}:{}", connector.as_deref().unwrap_or("*"), unit.as_deref().unwrap_or("*"));
-        record_patient_view(state, p, "worklist", &subject, why, items.len()).await?;
+        let shown: Vec<String> = items.iter().map(|i| i.patient_key.clone()).collect();
+        record_patient_view(state, p, "worklist", &subject, why, items.len(), &shown).await?;
     }
     Ok(items
         .into_iter()
@@ -661,7 +692,7 @@ pub async fn patient_list(state: &AdminState, p: &Principal, k: &ListKey, why: &
     let list = state.app.store.pvk_patient_list(&k.connector, k.rule_year, &k.unit, k.year, k.month, &k.indicator).await?.ok_or(Fail::NotFound)?;
     let rows = list.as_array().map(|a| a.len()).unwrap_or(1);
     let subject = format!("pvk:{}:{}:{}:{:04}-{:02}:{}", k.connector, k.rule_year, k.unit, k.year, k.month, k.indicator);
-    record_patient_view(state, p, "pvk_patient_list", &subject, why, rows).await?;
+    record_patient_view(state, p, "pvk_patient_list", &subject, why, rows, &patient_keys_in(&list, &state.app.pseudo)).await?;
     Ok(list)
 }
 

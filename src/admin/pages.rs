@@ -627,7 +627,7 @@ async fn transfer_page(state: &AdminState, p: &Principal, id: i64, msg: Option<S
     let (h, payload, held) = api::history(&state.app.store, id).await?;
     let payload_rows = match reveal {
         Some(why) => {
-            api::record_patient_view(state, p, "record_payload", &h.record.idem_key, &why, 1).await?;
+            api::record_patient_view(state, p, "record_payload", &h.record.idem_key, &why, 1, &h.record.subject.clone().into_iter().collect::<Vec<_>>()).await?;
             let mut cols: Vec<String> = payload.as_ref().map(|m| m.keys().cloned().collect()).unwrap_or_default();
             for k in held.as_ref().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
                 if !cols.contains(&k) {

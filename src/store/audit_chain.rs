@@ -323,11 +323,13 @@ impl Store {
                 removed += n;
             }
             removed += tx.exec("DELETE FROM audit_events_default WHERE seq <= $1", args![aseq]).await? as i64;
+            tx.exec("DELETE FROM audit_patient_views WHERE seq <= $1", args![aseq]).await?;
         } else {
             let last = tx.row("SELECT seq, hash FROM audit_events WHERE at_us < $1 ORDER BY seq DESC LIMIT 1", args![cutoff]).await?;
             let Some(last) = last else { return Ok(0) };
             let (aseq, ahash) = (last.i64(0)?, last.text(1)?);
             set_anchor(&mut *tx, self.audit_mac.as_ref(), aseq, &ahash).await?;
+            tx.exec("DELETE FROM audit_patient_views WHERE seq <= $1", args![aseq]).await?;
             tx.commit().await?;
             // Batched deletes keep each write transaction short.
             loop {
@@ -350,6 +352,53 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(removed)
+    }
+
+    /// Record a view of patient identities (PDL access log): the event and one row per patient
+    /// shown (their pseudonyms), in one transaction. The event's detail carries the number of
+    /// patients and a digest of their sorted pseudonyms, so the chain covers the list too.
+    pub async fn audit_patient_view(&self, mut event: NewAuditEvent, patient_keys: &[String]) -> Result<i64> {
+        let mut keys: Vec<&String> = patient_keys.iter().collect();
+        keys.sort();
+        keys.dedup();
+        let mut h = Sha256::new();
+        for k in &keys {
+            h.update(k.as_bytes());
+            h.update([0x1f]);
+        }
+        if let Some(o) = event.detail.as_object_mut() {
+            o.insert("patients".into(), serde_json::json!(keys.len()));
+            o.insert("patients_digest".into(), serde_json::json!(hex::encode(h.finalize())));
+        }
+        let mut tx = self.begin().await?;
+        append(&mut *tx, self.audit_mac.as_ref(), &[event]).await?;
+        let seq = tx.row("SELECT seq FROM audit_head WHERE id = 1", &[]).await?.context("audit_head row exists")?.i64(0)?;
+        for chunk in keys.chunks(400) {
+            let mut a: Vec<super::sql::Val> = vec![seq.into()];
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|k| {
+                    a.push(k.as_str().into());
+                    format!("($1, ${})", a.len())
+                })
+                .collect();
+            tx.exec(&format!("INSERT INTO audit_patient_views (seq, patient_key) VALUES {} ON CONFLICT DO NOTHING", rows.join(", ")), &a).await?;
+        }
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    /// Every recorded view of one patient's identity (newest first): who saw them, when, why.
+    pub async fn audit_views_of_patient(&self, patient_key: &str, limit: i64) -> Result<Vec<AuditEvent>> {
+        let mut tx = self.read().await?;
+        let rows = tx
+            .rows(
+                "SELECT e.seq, e.at_us, e.actor, e.kind, e.correlation_id, e.subject, e.detail, e.prev_hash, e.hash FROM audit_events e
+                 JOIN audit_patient_views v ON v.seq = e.seq WHERE v.patient_key = $1 ORDER BY e.seq DESC LIMIT $2",
+                args![patient_key, limit.clamp(1, 100_000)],
+            )
+            .await?;
+        rows.iter().map(|r| event_from(&**r)).collect()
     }
 
     /// Search events (newest first).
@@ -387,22 +436,22 @@ impl Store {
         sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", a.len()));
         let mut tx = self.read().await?;
         let rows = tx.rows(&sql, &a).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEvent {
-                    seq: r.i64(0)?,
-                    at: from_us(r.i64(1)?),
-                    actor: r.text(2)?,
-                    kind: r.text(3)?,
-                    correlation_id: r.text(4)?,
-                    subject: r.text(5)?,
-                    detail: serde_json::from_str(&r.text(6)?).unwrap_or(serde_json::Value::Null),
-                    prev_hash: r.text(7)?,
-                    hash: r.text(8)?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| event_from(&**r)).collect()
     }
+}
+
+fn event_from(r: &dyn super::sql::Row) -> Result<AuditEvent> {
+    Ok(AuditEvent {
+        seq: r.i64(0)?,
+        at: from_us(r.i64(1)?),
+        actor: r.text(2)?,
+        kind: r.text(3)?,
+        correlation_id: r.text(4)?,
+        subject: r.text(5)?,
+        detail: serde_json::from_str(&r.text(6)?).unwrap_or(serde_json::Value::Null),
+        prev_hash: r.text(7)?,
+        hash: r.text(8)?,
+    })
 }
 
 async fn set_anchor(tx: &mut dyn Tx, mac: Option<&AuditMac>, seq: i64, hash: &str) -> Result<()> {

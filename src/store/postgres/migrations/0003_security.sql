@@ -19,3 +19,11 @@ UPDATE api_tokens SET expires_us = (EXTRACT(EPOCH FROM now()) * 1000000)::BIGINT
 -- Sessions end after a period without use (admin.session_idle_minutes).
 ALTER TABLE sessions ADD COLUMN last_seen_us BIGINT NOT NULL DEFAULT 0;
 UPDATE sessions SET last_seen_us = created_us;
+
+-- PDL access log: the patients (pseudonyms) each view of identities showed, written in the same
+-- transaction as its audit event; answers "who has seen patient X?".
+CREATE TABLE audit_patient_views (
+    seq         BIGINT NOT NULL,
+    patient_key TEXT NOT NULL,
+    PRIMARY KEY (patient_key, seq)
+);
