@@ -435,6 +435,9 @@ pub struct SourceSettings {
     pub source_systems: Vec<String>,
     /// FHIR: resources asked for per search page (`_count`).
     pub page_size: u32,
+    /// FHIR: refuse a search page larger than this (bytes) as hostile; a page is held whole
+    /// while it is parsed, so this is far below `max_response_bytes`.
+    pub max_page_bytes: u64,
     /// RIV-TA: where GetActivities and GetObservations are limited to the connector's units.
     pub unit_filter: UnitFilter,
     /// Accept plain `http://` endpoints, and only on loopback (a sandbox or a local tunnel).
@@ -484,6 +487,7 @@ impl Default for SourceSettings {
             retry: RetrySettings { initial_delay_ms: 200, max_attempts: 4, max_delay_ms: 5_000, ..RetrySettings::default() },
             source_systems: vec![],
             page_size: 100,
+            max_page_bytes: 32 * 1024 * 1024,
             unit_filter: UnitFilter::Request,
             allow_plain_http_loopback: false,
         }

@@ -475,3 +475,57 @@ both_backends!(every_view_of_identities_is_found_by_the_patient, |ts: TestStore|
     assert!(views.iter().all(|e| e.detail["patients_digest"].as_str().is_some_and(|d| d.len() == 64)));
     assert!(ts.store.audit_verify().await.unwrap().ok);
 });
+
+// ---------------------------------------------------------------------------------------------
+// 12. FHIR: a page is capped far below 2 GiB
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fhir_page_beyond_the_page_cap_is_refused() {
+    use registerbrygga::sources::{fhir::FhirSource, PullRequest, Source, SourceItem};
+    assert!(SourceSettings::default().max_page_bytes <= 64 * 1024 * 1024, "a page is held whole while parsed");
+    // A server whose Encounter page is 3 MiB of padding (a Bundle all the same).
+    let pad = "x".repeat(3 * 1024 * 1024);
+    let app = axum::Router::new().route(
+        "/{ty}",
+        axum::routing::get(move |axum::extract::Path(ty): axum::extract::Path<String>| {
+            let pad = pad.clone();
+            async move {
+                let body = if ty == "Encounter" { json!({"resourceType": "Bundle", "type": "searchset", "meta": {"pad": pad}, "entry": []}) } else { json!({"resourceType": "Bundle", "type": "searchset", "entry": []}) };
+                ([("content-type", "application/fhir+json")], body.to_string())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let settings = SourceSettings {
+        kind: SourceKind::Fhir,
+        base_url: format!("http://127.0.0.1:{port}"),
+        allow_plain_http_loopback: true,
+        max_page_bytes: 1024 * 1024,
+        ..Default::default()
+    };
+    let src = FhirSource::new(&settings).unwrap();
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let req = PullRequest {
+        connector: "sar-test".into(),
+        units: vec![],
+        changed_since: None,
+        window_from: today,
+        window_to: today,
+        discovery: registerbrygga::config::PatientDiscovery::All,
+        connector_dir: ".".into(),
+        correlation_id: "c".into(),
+        today,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(100);
+    let summary = src.pull(&req, tx).await.unwrap();
+    let mut refused = vec![];
+    while let Some(item) = rx.recv().await {
+        if let SourceItem::Refused { refusal, .. } = item {
+            refused.push(refusal);
+        }
+    }
+    assert!(!summary.complete);
+    assert!(refused.iter().any(|r| r.document == "FHIR Encounter search" && r.reason.contains("max_page_bytes")), "{refused:?}");
+}
