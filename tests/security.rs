@@ -529,3 +529,24 @@ async fn a_fhir_page_beyond_the_page_cap_is_refused() {
     assert!(!summary.complete);
     assert!(refused.iter().any(|r| r.document == "FHIR Encounter search" && r.reason.contains("max_page_bytes")), "{refused:?}");
 }
+
+both_backends!(the_daemon_exports_a_signed_head_that_verify_accepts, |ts: TestStore| async move {
+    let mut store = reopen(&ts, &[common::TEST_KEY]).await;
+    store.enable_audit_mac(AUDIT_KEY).await.unwrap();
+    store.audit(ev(3)).await.unwrap();
+    let file = ts.dir.path().join("audit-heads.jsonl");
+    let mut app = app_for(&ts, |s| s.audit.head_export_file = Some(file.clone()));
+    app.store = store.clone();
+    let first = registerbrygga::daemon::export_head(&app).await.unwrap().unwrap();
+    store.audit(ev(2)).await.unwrap();
+    let second = registerbrygga::daemon::export_head(&app).await.unwrap().unwrap();
+    assert_eq!((first.seq, second.seq), (3, 5));
+    // One JSON line per export, appended; the last is the head to check against.
+    let lines: Vec<registerbrygga::store::SignedHead> = std::fs::read_to_string(&file).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines, vec![first, second.clone()]);
+    assert!(store.audit_verify_against(Some(&second)).await.unwrap().ok);
+    // Without the key there is nothing to sign.
+    let mut plain_app = app_for(&ts, |_| {});
+    plain_app.store = reopen(&ts, &[common::TEST_KEY]).await;
+    assert!(registerbrygga::daemon::export_head(&plain_app).await.unwrap().is_none());
+});
