@@ -103,3 +103,34 @@ async fn flood_once(ts: &TestStore) {
     assert!(ts.store.audit_verify().await.unwrap().ok);
     eprintln!("{:?}: peak memory grew {grown} MiB; answers {answers:?}", ts.settings.backend);
 }
+
+/// The listener's own limits, with a handler that takes its time: beyond the requests in
+/// progress a request is refused at once (503, health probes excepted), and one that runs past
+/// the time limit is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_progress_and_their_time_are_bounded() {
+    let ts = common::store_for(Backend::Sqlite, "limits").await;
+    let app = app_for(&ts, |s| {
+        s.admin.max_requests_in_progress = 2;
+        s.admin.request_timeout_seconds = 1;
+    });
+    let state = AdminState::new(app);
+    let router = axum::Router::new()
+        .route("/slow", axum::routing::get(|| async { tokio::time::sleep(std::time::Duration::from_millis(1500)).await; "done" }))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), registerbrygga::admin::guard::limit_requests))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = registerbrygga_http();
+    let slow: Vec<_> = (0..2).map(|_| tokio::spawn({ let (h, b) = (http.clone(), base.clone()); async move { h.get(format!("{b}/slow")).send().await.unwrap().status().as_u16() } })).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(http.get(format!("{base}/slow")).send().await.unwrap().status().as_u16(), 503, "a third request in progress is refused");
+    assert!(started.elapsed() < std::time::Duration::from_millis(500), "refused at once");
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status().as_u16(), 200, "health probes pass");
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 503, "cut off after request_timeout_seconds");
+    }
+}
