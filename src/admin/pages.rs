@@ -632,7 +632,7 @@ async fn transfer_page(state: &AdminState, p: &Principal, id: i64, msg: Option<S
     let (h, payload, held) = api::history(&state.app.store, id).await?;
     let payload_rows = match reveal {
         Some(why) => {
-            api::record_patient_view(state, p, "record_payload", &h.record.idem_key, &why, 1).await?;
+            api::record_patient_view(state, p, "record_payload", &h.record.idem_key, &why, 1, &h.record.subject.clone().into_iter().collect::<Vec<_>>()).await?;
             let mut cols: Vec<String> = payload.as_ref().map(|m| m.keys().cloned().collect()).unwrap_or_default();
             for k in held.as_ref().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
                 if !cols.contains(&k) {
@@ -1327,6 +1327,7 @@ struct TokenView {
     created: String,
     last_used: String,
     revoked: bool,
+    expires: String,
 }
 
 #[derive(Template)]
@@ -1356,6 +1357,7 @@ async fn users_page(state: &AdminState, p: &Principal, msg: Option<String>, new_
             created: t(k.created),
             last_used: t_opt(k.last_used),
             revoked: k.revoked.is_some(),
+            expires: t(k.expires),
         })
         .collect();
     render(UsersTpl { l: layout(p, "/anvandare", "Användare och API-nycklar", flash(&msg)), users, tokens, new_token })
@@ -1417,13 +1419,17 @@ pub async fn user_save(State(state): State<AdminState>, Extension(p): Extension<
 pub struct TokenForm {
     pub csrf: Option<String>,
     pub name: String,
-    pub username: String,
+    /// Must be the signed-in user (tokens act only for their own user).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub days: Option<u32>,
 }
 
 pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, Form(f): Form<TokenForm>) -> PageResult {
     p.require(Role::Admin)?;
     p.check_csrf(f.csrf.as_deref())?;
-    let (_, token) = auth::create_api_token(&state, &p, &f.name, &f.username).await?;
+    let (_, token) = auth::create_api_token(&state, &p, &f.name, f.username.as_deref(), f.days).await?;
     // Rendered directly (not redirected) so the token is shown once and never lands in a URL.
     users_page(&state, &p, None, Some(token)).await
 }

@@ -263,14 +263,15 @@ impl Store {
             subject: r.text_opt(5)?,
             event_id: r.text_opt(6)?,
             delivered_hash: r.text_opt(7)?,
-            delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&b)).transpose()?,
+            delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&super::sealed::delivered_payload(&r.text(0)?), &b)).transpose()?,
             state: r.text(9)?,
         })
     }
 
     pub(super) fn record_from_row(&self, r: &dyn super::sql::Row) -> Result<OutboxRecord> {
-        let dec = |b: Option<Vec<u8>>| -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
-            b.map(|b| self.cipher.decrypt_json(&b)).transpose()
+        let (idem_key, version) = (r.text(1)?, r.i64(2)?);
+        let dec = |aad: crate::crypto::Aad, b: Option<Vec<u8>>| -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+            b.map(|b| self.cipher.decrypt_json(&aad, &b)).transpose()
         };
         Ok(OutboxRecord {
             id: r.i64(0)?,
@@ -282,9 +283,9 @@ impl Store {
             form: r.text(6)?,
             subject: r.text_opt(7)?,
             op: Op::parse(&r.text(8)?),
-            payload: dec(r.bytes_opt(9)?)?,
+            payload: dec(super::sealed::record_payload(&idem_key, version), r.bytes_opt(9)?)?,
             payload_hash: r.text_opt(10)?,
-            lookup: dec(r.bytes_opt(11)?)?,
+            lookup: dec(super::sealed::record_lookup(&idem_key, version), r.bytes_opt(11)?)?,
             state: RecordState::parse(&r.text(12)?)?,
             reason: r.text_opt(13)?,
             attempts: r.i64(14)?,
@@ -397,7 +398,7 @@ impl Store {
         let unknown = tx
             .rows(
                 &format!(
-                    "SELECT DISTINCT a.idem_key, a.record_id, r.lookup FROM attempts a JOIN records r ON r.id = a.record_id
+                    "SELECT DISTINCT a.idem_key, a.record_id, r.lookup, r.version FROM attempts a JOIN records r ON r.id = a.record_id
                      WHERE a.idem_key IN ({ph}) AND a.outcome IN ('in_flight', 'unknown', 'transient')"
                 ),
                 &b,
@@ -407,7 +408,7 @@ impl Store {
         for u in &unknown {
             let e = earlier.entry(u.text(0)?).or_default();
             if let Some(l) = u.bytes_opt(2)? {
-                e.push(self.cipher.decrypt_json(&l)?);
+                e.push(self.cipher.decrypt_json(&super::sealed::record_lookup(&u.text(0)?, u.i64(3)?), &l)?);
             }
         }
         let mut b: Vec<Val> = vec![];
@@ -538,7 +539,7 @@ impl Store {
             &attempts,
         )
         .await?;
-        append_audit(&mut *tx, &events).await?;
+        self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -601,7 +602,7 @@ impl Store {
                 if rec.op == Op::Upsert {
                     tx.exec(
                         "UPDATE registrations SET event_id = $1, delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5 AND event_id IS NULL",
-                        args![eid, rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(p)), now, &rec.idem_key],
+                        args![eid, rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p)), now, &rec.idem_key],
                     )
                     .await?;
                 }
@@ -618,7 +619,7 @@ impl Store {
                     )
                     .await?;
                 } else {
-                    let payload = rec.payload.as_ref().map(|p| self.cipher.encrypt_json(p));
+                    let payload = rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p));
                     tx.exec(
                         "UPDATE registrations SET event_id = COALESCE($1, event_id), delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5",
                         args![event_id.clone(), rec.payload_hash.clone(), payload, now, &rec.idem_key],
@@ -662,7 +663,7 @@ impl Store {
         let mut tx = self.begin().await?;
         tx.exec(
             "UPDATE registrations SET event_id = $1, state = 'present', delivered_payload = COALESCE($2, delivered_payload), delivered_hash = COALESCE($3, delivered_hash), updated_us = $4 WHERE idem_key = $5",
-            args![event_id, payload.map(|p| self.cipher.encrypt_json(p)), payload.map(super::payload_hash), now_us(), idem_key],
+            args![event_id, payload.map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(idem_key), p)), payload.map(super::payload_hash), now_us(), idem_key],
         )
         .await?;
         tx.commit().await
@@ -706,7 +707,7 @@ impl Store {
         let mut b = vec![Val::I64(now)];
         let ph = in_list(&mut b, ids);
         tx.exec(&format!("UPDATE attempts SET outcome = 'unknown', ended_us = $1 WHERE record_id IN ({ph}) AND outcome = 'in_flight'"), &b).await?;
-        append_audit(&mut *tx, &events).await?;
+        self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
     }
@@ -770,7 +771,7 @@ impl Store {
             args![LOOKUP_UNTIL_KEY, until.to_string(), now],
         )
         .await?;
-        append_audit(
+        self.append_audit(
             &mut *tx,
             &[NewAuditEvent::by(
                 actor,
@@ -817,7 +818,7 @@ impl Store {
                 requeued = Some(id);
             }
         }
-        append_audit(
+        self.append_audit(
             &mut *tx,
             &[NewAuditEvent::by(
                 actor,
@@ -858,7 +859,7 @@ impl Store {
             events.push(NewAuditEvent::by(actor, kind::REPLAY, &corr, &key, serde_json::json!({"record": id, "from_state": state, "reason": reason})));
             done.push(*id);
         }
-        append_audit(&mut *tx, &events).await?;
+        self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(done)
     }
@@ -884,8 +885,10 @@ pub(super) fn db_clock(dialect: Dialect, params: &mut Vec<Val>) -> String {
     }
 }
 
-async fn append_audit(tx: &mut dyn Tx, events: &[NewAuditEvent]) -> Result<()> {
-    super::audit_chain::append(tx, events).await
+impl Store {
+    async fn append_audit(&self, tx: &mut dyn Tx, events: &[NewAuditEvent]) -> Result<()> {
+        super::audit_chain::append(tx, self.audit_mac.as_ref(), events).await
+    }
 }
 
 /// Append `vals` to the parameter list and return their placeholders (`$n, $n+1, …`).
@@ -957,9 +960,9 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
                     &key.unit,
                     &key.form,
                     key.subject.clone(),
-                    store.cipher.encrypt_json(payload),
+                    store.cipher.encrypt_json(&super::sealed::record_payload(&key.idem_key, version), payload),
                     &hash,
-                    store.cipher.encrypt_json(lookup),
+                    store.cipher.encrypt_json(&super::sealed::record_lookup(&key.idem_key, version), lookup),
                     now,
                     correlation_id,
                     state

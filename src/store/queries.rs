@@ -98,6 +98,7 @@ impl Store {
         .await?;
         super::audit_chain::append(
             &mut *tx,
+            self.audit_mac.as_ref(),
             &[NewAuditEvent::system(kind::RUN_STARTED, correlation_id, connector, serde_json::json!({"run": id, "kind": kind_, "owner": owner, "scheduled_for": scheduled_for}))],
         )
         .await?;
@@ -116,6 +117,7 @@ impl Store {
         if let Some(r) = r {
             super::audit_chain::append(
                 &mut *tx,
+                self.audit_mac.as_ref(),
                 &[NewAuditEvent::system(kind::RUN_ENDED, &r.text(1)?, r.text(0)?, serde_json::json!({"run": id, "status": status, "stats": stats, "error": error}))],
             )
             .await?;
@@ -175,6 +177,7 @@ impl Store {
         if n == 1 {
             super::audit_chain::append(
                 &mut *tx,
+                self.audit_mac.as_ref(),
                 &[NewAuditEvent::system(kind::TICK_FIRED, &crate::audit::correlation_id(), connector, serde_json::json!({"scheduled_for": scheduled_for, "owner": owner}))],
             )
             .await?;
@@ -402,6 +405,7 @@ impl Store {
         if n == 1 {
             super::audit_chain::append(
                 &mut *tx,
+                self.audit_mac.as_ref(),
                 &[NewAuditEvent::by(actor, kind::QUARANTINE_RESOLVED, &crate::audit::correlation_id(), format!("quarantine:{id}"), serde_json::json!({"note": note}))],
             )
             .await?;
@@ -434,7 +438,7 @@ impl Store {
                     unit: r.text(2)?,
                     form: r.text(3)?,
                     patient_key: r.text(4)?,
-                    patient: Some(self.cipher.decrypt_json(&r.bytes(5)?)?),
+                    patient: Some(self.cipher.decrypt_json(&super::sealed::worklist_patient(&r.text(0)?), &r.bytes(5)?)?),
                     missing: serde_json::from_str(&r.text(6)?).unwrap_or_default(),
                     event_date: r.text_opt(7)?,
                     since: from_us(r.i64(8)?),
@@ -564,7 +568,7 @@ impl Store {
             )
             .await?;
         match r.and_then(|r| r.bytes_opt(0).ok().flatten()) {
-            Some(b) => Ok(Some(self.cipher.decrypt_json(&b)?)),
+            Some(b) => Ok(Some(self.cipher.decrypt_json(&super::sealed::pvk_patient_list(connector, rule_year, unit, year, month, indicator), &b)?)),
             None => Ok(None),
         }
     }
