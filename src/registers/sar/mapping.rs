@@ -984,8 +984,14 @@ mod tests {
                 assert!(f.columns.iter().any(|c| &c.column == m), "{}: {m} mapped", f.name);
             }
         }
-        assert_eq!(mapping.three_months, Window { from_day: 75, to_day: 150 });
-        assert_eq!(mapping.one_year, Window { from_day: 330, to_day: 540 });
+        assert_eq!(mapping.three_months, Window { from_day: 91, to_day: 152 });
+        assert_eq!(mapping.one_year, Window { from_day: 365, to_day: 540 });
+        assert_eq!(mapping.first_visit_window, Window { from_day: -14, to_day: 14 });
+        assert_eq!(mapping.joint_of("M19.0E"), Some("hand"));
+        assert_eq!(mapping.joint_of("M19.0G"), None);
+        assert!(mapping.unmatched_artros("M19.0G"));
+        assert_eq!(mapping.joint_of("M15.1"), Some("hand"));
+        assert!(mapping.bilateral("M17.0") && !mapping.bilateral("M17.1"));
         assert_eq!(mapping.joint_of("M17.1"), Some("knee"));
         assert_eq!(mapping.joint_of("M16"), Some("hip"));
         assert_eq!(mapping.joint_of("M180"), Some("hand"));
