@@ -156,6 +156,8 @@ pub struct Mapping {
     /// Days before and after the first visit whose answers count for the first-visit forms.
     pub first_visit_window: Window,
     pub follow_up_mark: Option<FollowUpMark>,
+    /// Indicator input → register column (`[indicators]`).
+    pub indicator_columns: BTreeMap<String, String>,
     /// ICD-10-SE prefixes of artros codes that, matching no joint, are reported (not guessed).
     pub report_unmatched: Vec<String>,
     pub opt_out: OptOutRule,
@@ -222,6 +224,9 @@ struct MappingFile {
     #[serde(default)]
     codes: BTreeMap<String, BTreeMap<String, toml::Value>>,
     forms: BTreeMap<String, FormFile>,
+    /// Indicator input → register column (see `indicators.rs`).
+    #[serde(default)]
+    indicators: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -231,6 +236,9 @@ struct TermsFile {
     #[serde(default)]
     answers: Option<String>,
     activities: String,
+    /// Keyword names as the journal shows them (code → name), for the worklist.
+    #[serde(default)]
+    names: BTreeMap<String, String>,
 }
 
 fn default_icd() -> String {
@@ -740,6 +748,11 @@ pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, 
         }
     }
 
+    for (k, col) in &raw.indicators {
+        if !metadata.forms.iter().any(|f| f.questions.iter().any(|q| &q.column_name == col)) {
+            problems.push(Problem::warning(&file, format!("indicators.{k}"), format!("no form of the register has column {col}: the indicator is not computed")));
+        }
+    }
     if problems.iter().any(|p| !p.warning) {
         return (None, problems);
     }
@@ -752,6 +765,7 @@ pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, 
         gap_days: raw.course.gap_days,
         first_visit_window,
         follow_up_mark,
+        indicator_columns: raw.indicators.clone(),
         report_unmatched,
         opt_out,
         three_months: windows.get(&Occasion::ThreeMonths).copied().unwrap_or(Window { from_day: 91, to_day: 152 }),
@@ -928,6 +942,36 @@ fn column_spec(
         return Err(reasons);
     }
     Ok((ColumnSpec { column: col.to_string(), source, conversion, domain: domain.clone() }, table_used))
+}
+
+/// What a physiotherapist documents in the journal for one register column: the keyword (sökord)
+/// code and its name from `[terms.names]`, for the worklist ("att komplettera").
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DocumentHint {
+    pub column: String,
+    /// The journal keyword code, or `None` when the column is not filled from a keyword (the
+    /// course's joint, counted activities, a first-visit form a follow-up waits for).
+    pub term: Option<String>,
+    pub name: Option<String>,
+    /// The item is a first-visit form this follow-up waits for, not a column.
+    pub waits_for: bool,
+}
+
+/// For every form and column of a SAR connector's mapping, the journal keyword that fills it.
+/// Reads mapping.toml only (no register metadata): an unreadable file gives an empty map.
+pub fn document_hints(c: &ConnectorDef) -> BTreeMap<(String, String), DocumentHint> {
+    let mut out = BTreeMap::new();
+    let Ok(opts) = options(c) else { return out };
+    let Ok(text) = std::fs::read_to_string(&opts.mapping_path) else { return out };
+    let Ok(raw) = toml::from_str::<MappingFile>(&text) else { return out };
+    for (form, f) in &raw.forms {
+        for (col, spec) in &f.columns {
+            let term = spec.observation.as_ref().map(|t| t.trim().to_string());
+            let name = term.as_ref().and_then(|t| raw.terms.names.get(t).cloned());
+            out.insert((form.clone(), col.clone()), DocumentHint { column: col.clone(), term, name, waits_for: false });
+        }
+    }
+    out
 }
 
 /// The register metadata for an offline check: the connector's `metadata_file` option, else

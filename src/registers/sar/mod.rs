@@ -12,6 +12,8 @@
 //!   validated column by column.
 //! - `coverage.rs`: täckningsgrad (courses found vs registrations delivered).
 //! - `check.rs`: `config check` for SAR connectors.
+//! - `indicators.rs`: the register's own indicators per clinic and year of first visit,
+//!   computed from the registrations the register holds.
 //!
 //! # The SAR rules
 //!
@@ -76,6 +78,7 @@ mod check;
 mod coverage;
 pub mod episode;
 pub mod forms;
+pub mod indicators;
 pub mod mapping;
 
 pub use check::{check, check_connector};
