@@ -558,3 +558,21 @@ async fn sar_courses_end_to_end_sqlite() {
 async fn sar_courses_end_to_end_postgres() {
     sar_courses_end_to_end(Backend::Postgres).await;
 }
+
+/// `config check --online` against the register (the emulator): per form, the register's
+/// mandatory columns the mapping leaves unmapped and mapped columns the register lacks, by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_online_names_unmapped_mandatory_and_unknown_columns() {
+    let e = start(Backend::Sqlite, 30, "check_online").await;
+    let path = e.env.connectors_dir().join("artrosregistret/mapping.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace("FV_EQVAS = { observation = \"EQ-VAS\" }\n", "FV_EQVAS_Old = { observation = \"EQ-VAS\" }\n");
+    assert_ne!(edited, text);
+    std::fs::write(&path, edited).unwrap();
+    let loaded = e.env.load_config(vec![]).unwrap();
+    let problems = registerbrygga::registers::check(&loaded, true).await;
+    let texts: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(problems.iter().any(|p| p.key == "forms.FVPat.columns" && p.reason.contains("mandatory column FV_EQVAS is not mapped")), "{texts:#?}");
+    assert!(problems.iter().any(|p| p.key == "forms.FVPat.columns.FV_EQVAS_Old" && p.reason.contains("no column FV_EQVAS_Old in form FVPat")), "{texts:#?}");
+    assert!(!problems.iter().any(|p| p.reason.contains("not reachable")), "the check ran online: {texts:#?}");
+}
