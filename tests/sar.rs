@@ -1157,3 +1157,32 @@ fn reconcile_retracts_what_lost_its_basis_and_keeps_what_waits() {
     assert!(re.is_empty(), "{re:?}");
     assert_eq!(wl, ["FVPat", "M3Pat", "M3PT", "Y1Pat"]);
 }
+
+/// Every mapped column of the shipped mapping cites its source or says provisional.
+#[test]
+fn every_shipped_column_cites_a_source_or_says_provisional() {
+    let text = std::fs::read_to_string("connectors/artrosregistret/mapping.toml").unwrap();
+    let mut in_columns = false;
+    let mut n = 0;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_columns = line.ends_with(".columns]");
+            continue;
+        }
+        if in_columns && !line.starts_with('#') && line.contains(" = {") {
+            let comment = line.split_once('#').map(|(_, c)| c).unwrap_or("");
+            assert!(comment.contains("facts:") || comment.contains("provisional"), "no source: {line}");
+            n += 1;
+        }
+    }
+    assert!(n > 60, "{n} columns checked");
+}
+
+#[test]
+fn the_worklist_names_the_journal_keyword_of_each_column() {
+    let hints = sar::mapping::document_hints(&shipped_connector());
+    let h = &hints[&("FVPat".to_string(), "FV_EQVAS".to_string())];
+    assert_eq!((h.term.as_deref(), h.name.as_deref()), (Some("EQ-VAS"), Some("EQ VAS 0–100")));
+    let j = &hints[&("FVPT".to_string(), "PT_Joint".to_string())];
+    assert_eq!(j.term, None, "the course's joint is not a keyword");
+}
