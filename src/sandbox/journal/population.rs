@@ -1911,8 +1911,8 @@ fn build_archetype(i: usize, b: &mut Builder, r: &mut Rng, h: &Header) {
 }
 
 /// Deliberately bad items: a header personnummer with a wrong check digit, or a code in a code
-/// system nobody knows. Never on SAR answers or objections, whose loss would change the
-/// registers' expected outcome in ways the truth does not describe.
+/// system nobody knows. Never on SAR answers, objections, follow-up marks or artros diagnoses,
+/// whose loss would change the registers' expected outcome in ways the truth does not describe.
 fn apply_defects(plan: &mut Plan, r: &mut Rng, share: f64, kind: IdKind) {
     let national = kind != IdKind::Reserve;
     for c in &mut plan.contacts {
@@ -1921,7 +1921,8 @@ fn apply_defects(plan: &mut Plan, r: &mut Rng, share: f64, kind: IdKind) {
         }
     }
     for d in &mut plan.diagnoses {
-        if r.chance(share) {
+        // Artros diagnoses (M15–M19) open and classify SAR courses: like SAR answers, never bad.
+        if r.chance(share) && !matches!(d.code.get(..3), Some("M15" | "M16" | "M17" | "M18" | "M19")) {
             d.defect = Some(if national && r.chance(0.5) { Defect::InvalidPersonnummer } else { Defect::UnknownCodeSystem });
         }
     }

@@ -69,10 +69,11 @@ pub(super) fn build(i: usize, b: &mut Builder, r: &mut Rng, h: &Header) {
             let (fvc, unit) = (b.plan.episodes[ep].fv_contact, b.plan.episodes[ep].unit);
             let fv = b.plan.contacts[fvc as usize].start.date();
             // The questionnaire: a phone contact three days before (a weekend moves it to the
-            // Monday, still before the visit), carrying the patient's own first-visit answers.
+            // Monday, still before the visit), carrying the patient's own first-visit answers
+            // (the most troublesome joint and side too, which FVPT reads as well).
             let Some(q) = b.contact(r, fv - days(3), unit, Prof::Physio, true, 15, false) else { return };
             debug_assert!(b.plan.contacts[q as usize].start.date() < fv);
-            for o in b.plan.observations.iter_mut().filter(|o| o.contact == fvc && o.episode == Some(ep as u8) && o.forms == SarForm::FVPat.bit()) {
+            for o in b.plan.observations.iter_mut().filter(|o| o.contact == fvc && o.episode == Some(ep as u8) && o.forms & SarForm::FVPat.bit() != 0) {
                 o.contact = q;
             }
         }
