@@ -131,6 +131,14 @@ async fn indicators_match_the_register(backend: Backend) {
     for text in ["Artrosregistrets indikatorer", "Registrerat 3-månadersbesök", "≥ 80 %", "index saknas", "SE2321000156-FT01"] {
         assert!(page.body.contains(text), "{text} on the page");
     }
+    // M19 at another site (an archetype of the population) is in the data-quality view of the
+    // Täckningsgrad page: per unit, not guessed into a course.
+    let pop = &e.env.population;
+    let unit = pop.truth().patient(registerbrygga::sandbox::journal::archetype::SAR_M19_OTHER_SITE).diagnoses[0].unit.clone();
+    let cov = c.get_html("/tackningsgrad").await;
+    assert_eq!(cov.status, 200);
+    let section = &cov.body[cov.body.find("Datakvalitet").expect("a data-quality section")..];
+    assert!(section.contains(&format!("<td>{unit}</td>")), "{section}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -595,6 +595,23 @@ pub async fn coverage(store: &Store) -> Result<Vec<CoverageRow>, Fail> {
     Ok(out)
 }
 
+/// SAR data quality: artros diagnoses that classify no joint of the mapping (M19 at another
+/// site, M15.0 …), per connector and unit, counted as distinct journal documents — from the
+/// mapper's notes in the audit log (`mapping.note`, `unmatched_diagnosis`).
+pub async fn sar_unmatched_diagnoses(store: &Store) -> Result<BTreeMap<(String, String), usize>, Fail> {
+    let events = store.audit_search(&AuditQuery { kind: Some("mapping.note".into()), limit: Some(100_000), ..Default::default() }).await?;
+    let mut docs: BTreeMap<(String, String), std::collections::BTreeSet<String>> = BTreeMap::new();
+    for e in events {
+        let Some(note) = e.detail.get("note").and_then(Value::as_str).and_then(|n| serde_json::from_str::<Value>(n).ok()) else { continue };
+        if note["kind"].as_str() != Some("unmatched_diagnosis") {
+            continue;
+        }
+        let (Some(unit), Some(doc)) = (note["unit"].as_str(), note["document"].as_str()) else { continue };
+        docs.entry((e.subject.clone(), unit.to_string())).or_default().insert(doc.to_string());
+    }
+    Ok(docs.into_iter().map(|(k, v)| (k, v.len())).collect())
+}
+
 pub async fn sar_coverage(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> ApiResult<Vec<CoverageRow>> {
     Ok(Json(coverage(&state.app.store).await?))
 }

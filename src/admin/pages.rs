@@ -891,6 +891,8 @@ struct CovUnit {
 struct CoverageTpl {
     l: Layout,
     units: Vec<CovUnit>,
+    /// Data quality: (unit, artros diagnoses that classify no joint).
+    unmatched: Vec<(String, usize)>,
 }
 
 pub async fn coverage(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> PageResult {
@@ -912,7 +914,12 @@ pub async fn coverage(State(state): State<AdminState>, Extension(p): Extension<P
             u
         })
         .collect();
-    render(CoverageTpl { l: layout(&p, "/tackningsgrad", "Täckningsgrad per mottagning", None), units })
+    let unmatched = api::sar_unmatched_diagnoses(&state.app.store)
+        .await?
+        .into_iter()
+        .map(|((connector, unit), n)| (if several { format!("{unit} ({connector})") } else { unit }, n))
+        .collect();
+    render(CoverageTpl { l: layout(&p, "/tackningsgrad", "Täckningsgrad per mottagning", None), units, unmatched })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ pub fn build_form(
     for col in &form.columns {
         let note = |kind: NoteKind, document: Option<String>, reason: String| SarNote {
             kind,
+            unit: Some(ep.unit.clone()),
             idem_key: Some(idem_key.to_string()),
             form: Some(form.name.clone()),
             column: Some(col.column.clone()),

@@ -156,6 +156,9 @@ pub enum NoteKind {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SarNote {
     pub kind: NoteKind,
+    /// The unit (HSA id) the note concerns, where one does (the data-quality view counts per unit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     pub idem_key: Option<String>,
     pub form: Option<String>,
     pub column: Option<String>,
@@ -199,6 +202,7 @@ impl SarMapper {
         if foreign > 0 {
             out.notes.push(SarNote {
                 kind: NoteKind::ForeignRecords,
+                unit: None,
                 idem_key: None,
                 form: None,
                 column: None,
@@ -229,6 +233,7 @@ impl SarMapper {
             if !episodes.is_empty() {
                 out.notes.push(SarNote {
                     kind: NoteKind::ReserveNumber,
+                    unit: None,
                     idem_key: None,
                     form: None,
                     column: None,
@@ -306,6 +311,7 @@ impl SarMapper {
             if d.code.system == self.mapping.diagnosis_system && at_unit && self.mapping.unmatched_artros(&d.code.code) {
                 notes.push(SarNote {
                     kind: NoteKind::UnmatchedDiagnosis,
+                    unit: d.unit.as_ref().map(|u| u.as_str().to_string()),
                     idem_key: None,
                     form: None,
                     column: None,
