@@ -566,7 +566,7 @@ async fn config_check_online_names_unmapped_mandatory_and_unknown_columns() {
     let e = start(Backend::Sqlite, 30, "check_online").await;
     let path = e.env.connectors_dir().join("artrosregistret/mapping.toml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let edited = text.replace("FV_EQVAS = { observation = \"EQ-VAS\" }\n", "FV_EQVAS_Old = { observation = \"EQ-VAS\" }\n");
+    let edited = text.replace("\nFV_EQVAS = { observation = \"EQ-VAS\" }", "\nFV_EQVAS_Old = { observation = \"EQ-VAS\" }");
     assert_ne!(edited, text);
     std::fs::write(&path, edited).unwrap();
     let loaded = e.env.load_config(vec![]).unwrap();

@@ -89,10 +89,12 @@ pub(super) fn build(i: usize, b: &mut Builder, r: &mut Rng, h: &Header) {
             }
         }
         SAR_SECOND_COURSE => {
-            // The history reaches back far enough for a course two years ago.
+            // The history reaches back far enough for a course two years ago (inside 900 days,
+            // the longest backfill the tests run). The second first visit comes more than 365
+            // days after the first course's 1-year visit (at most 402 days after its first).
             b.start = b.today - days(1000);
-            artros(b, r, h, ArtrosCourse::fixed(Joint::Knee, 920));
-            artros(b, r, h, ArtrosCourse::fixed(Joint::Knee, 130));
+            artros(b, r, h, ArtrosCourse::fixed(Joint::Knee, 880));
+            artros(b, r, h, ArtrosCourse::fixed(Joint::Knee, 100));
         }
         _ => unreachable!("archetype index"),
     }
