@@ -1,4 +1,4 @@
-//! The store migration `0003_sar_course_keys` on both backends: a store written before the SAR
+//! The store migration `0004_sar_course_keys` on both backends: a store written before the SAR
 //! course model (one episode per joint) is carried over to course keys when the store opens.
 
 mod common;

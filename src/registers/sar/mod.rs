@@ -72,7 +72,7 @@
 //! patient pseudonym, never the personnummer. A corrected first-visit date of the first course
 //! changes the payload (EventDate) of the same key; a later course never overwrites an earlier
 //! one. Keys of the old scheme (`…|<joint>|form`, one episode per joint) were carried over by
-//! the store migration `0003_sar_course_keys` (both backends): nothing is sent again.
+//! the store migration `0004_sar_course_keys` (both backends): nothing is sent again.
 
 mod check;
 mod coverage;
@@ -335,5 +335,5 @@ fn episode_key(input: &PatientInput, ep: &episode::Episode) -> String {
 }
 
 /// The course token of keys (the old scheme had the joint name here; migration
-/// `0003_sar_course_keys` carried those keys over).
+/// `0004_sar_course_keys` carried those keys over).
 pub const COURSE: &str = "course";
