@@ -18,7 +18,7 @@ use axum::{Extension, Json};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -540,6 +540,11 @@ pub struct WorklistEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
     pub missing: Vec<String>,
+    /// Per missing item, what to document in the journal: the keyword (code and name from the
+    /// connector's mapping.toml) that fills the column; a first-visit form a follow-up waits for
+    /// has no keyword.
+    pub document: Vec<crate::registers::sar::mapping::DocumentHint>,
+    /// The occasion's date (the visit the answers belong to).
     pub event_date: Option<String>,
     pub since: DateTime<Utc>,
 }
@@ -553,9 +558,26 @@ pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Opti
         let shown: Vec<String> = items.iter().map(|i| i.patient_key.clone()).collect();
         record_patient_view(state, p, "worklist", &subject, why, items.len(), &shown).await?;
     }
+    let mut hints: BTreeMap<String, BTreeMap<(String, String), crate::registers::sar::mapping::DocumentHint>> = BTreeMap::new();
+    for c in state.app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+        hints.insert(c.name.clone(), crate::registers::sar::mapping::document_hints(c));
+    }
     Ok(items
         .into_iter()
         .map(|i| WorklistEntry {
+            document: i
+                .missing
+                .iter()
+                .map(|m| {
+                    let h = hints.get(&i.connector);
+                    h.and_then(|h| h.get(&(i.form.clone(), m.clone())).cloned()).unwrap_or(crate::registers::sar::mapping::DocumentHint {
+                        column: m.clone(),
+                        term: None,
+                        name: None,
+                        waits_for: h.is_some_and(|h| h.keys().any(|(f, _)| f == m)),
+                    })
+                })
+                .collect(),
             patient: if show { i.patient.as_ref().map(show_identity) } else { None },
             idem_key: i.idem_key,
             connector: i.connector,
@@ -617,8 +639,72 @@ pub async fn coverage(store: &Store) -> Result<Vec<CoverageRow>, Fail> {
     Ok(out)
 }
 
+/// SAR data quality: artros diagnoses that classify no joint of the mapping (M19 at another
+/// site, M15.0 …), per connector and unit, counted as distinct journal documents — from the
+/// mapper's notes in the audit log (`mapping.note`, `unmatched_diagnosis`).
+pub async fn sar_unmatched_diagnoses(store: &Store) -> Result<BTreeMap<(String, String), usize>, Fail> {
+    let events = store.audit_search(&AuditQuery { kind: Some("mapping.note".into()), limit: Some(100_000), ..Default::default() }).await?;
+    let mut docs: BTreeMap<(String, String), std::collections::BTreeSet<String>> = BTreeMap::new();
+    for e in events {
+        let Some(note) = e.detail.get("note").and_then(Value::as_str).and_then(|n| serde_json::from_str::<Value>(n).ok()) else { continue };
+        if note["kind"].as_str() != Some("unmatched_diagnosis") {
+            continue;
+        }
+        let (Some(unit), Some(doc)) = (note["unit"].as_str(), note["document"].as_str()) else { continue };
+        docs.entry((e.subject.clone(), unit.to_string())).or_default().insert(doc.to_string());
+    }
+    Ok(docs.into_iter().map(|(k, v)| (k, v.len())).collect())
+}
+
 pub async fn sar_coverage(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> ApiResult<Vec<CoverageRow>> {
     Ok(Json(coverage(&state.app.store).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// SAR: the register's own indicators
+
+#[derive(Deserialize, Default)]
+pub struct SarIndicatorQuery {
+    pub connector: Option<String>,
+    /// `kvinna` or `man`.
+    pub sex: Option<String>,
+    /// `-54`, `55-64`, `65-74`, `75-`.
+    pub age_group: Option<String>,
+    /// `hip`, `knee`, `hand`.
+    pub joint: Option<String>,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SarIndicators {
+    pub connector: String,
+    pub rows: Vec<crate::registers::sar::indicators::IndicatorRow>,
+}
+
+/// Artrosregistrets indikatorer per SAR connector, unit and year of first visit, from what the
+/// register holds (the delivered payloads), by the rules in `registers::sar::indicators`.
+pub async fn sar_indicators_of(app: &crate::app::App, q: &SarIndicatorQuery) -> anyhow::Result<Vec<SarIndicators>> {
+    use crate::registers::sar::{indicators, mapping};
+    let filter = indicators::Filter { sex: nz(&q.sex), age_group: nz(&q.age_group), joint: nz(&q.joint) };
+    let mut out = vec![];
+    for c in app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+        if nz(&q.connector).is_some_and(|n| n != c.name) {
+            continue;
+        }
+        // The mapping names the columns; loaded against the connector's offline metadata (the
+        // same file `config check` uses), as the page must work while the register is down.
+        let Ok(meta) = mapping::offline_metadata(c) else { continue };
+        let (Some(m), _) = mapping::load(c, &meta) else { continue };
+        let Some(fv) = m.forms.iter().find(|f| f.occasion == mapping::Occasion::FirstVisit) else { continue };
+        let held: Vec<indicators::Held> =
+            app.store.registrations_delivered(&c.name).await?.into_iter().map(|(unit, form, payload)| indicators::Held { unit, form, payload }).collect();
+        let rows = indicators::compute(&held, &m.indicator_columns, &fv.subject_column, &fv.event_date_column, &filter);
+        out.push(SarIndicators { connector: c.name.clone(), rows });
+    }
+    Ok(out)
+}
+
+pub async fn sar_indicators(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<SarIndicatorQuery>) -> ApiResult<Vec<SarIndicators>> {
+    Ok(Json(sar_indicators_of(&state.app, &q).await.map_err(Fail::from)?))
 }
 
 // ---------------------------------------------------------------------------------------------

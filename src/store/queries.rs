@@ -490,6 +490,16 @@ impl Store {
         rows.iter().map(|r| self.registration_from_row(&**r)).collect()
     }
 
+    /// What the register holds (state `present`) under a connector: unit, form and the delivered
+    /// payload, decrypted (for the SAR indicators, computed in memory and shown as aggregates).
+    pub async fn registrations_delivered(&self, connector: &str) -> Result<Vec<(String, String, serde_json::Map<String, serde_json::Value>)>> {
+        let mut tx = self.read().await?;
+        let rows = tx
+            .rows("SELECT unit, form, delivered_payload, idem_key FROM registrations WHERE connector = $1 AND state = 'present' AND delivered_payload IS NOT NULL", args![connector])
+            .await?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?, self.cipher.decrypt_json(&super::sealed::delivered_payload(&r.text(3)?), &r.bytes(2)?)?))).collect()
+    }
+
     /// Idempotency keys (with state) of a subject's registrations under a connector.
     pub async fn registrations_of_subject(&self, connector: &str, subject: &str) -> Result<Vec<(String, String)>> {
         let mut tx = self.read().await?;
