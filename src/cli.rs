@@ -301,6 +301,14 @@ pub async fn main(cli: Cli) -> Result<i32> {
         Command::Config(ConfigCmd::Check { json, online }) => {
             let problems = crate::checks::check_all(&g.load_options(), online).await;
             print_problems(&problems, json);
+            if !json {
+                // Per PVK indicator: beräkningsbar, or what is missing.
+                if let (Some(loaded), _) = config::load_collect(&g.load_options()) {
+                    for line in crate::registers::pvk::indicator_report(&loaded) {
+                        println!("{line}");
+                    }
+                }
+            }
             Ok(if problems.iter().any(|p| !p.warning) { 1 } else { 0 })
         }
         Command::Inspect(a) => crate::sources::riv::inspect::run(&a.file, a.json),

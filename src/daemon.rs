@@ -98,9 +98,8 @@ pub async fn build_runtime(app: &App) -> Result<Runtime> {
             }
             ConnectorKind::Pvk => {
                 let engine = crate::registers::pvk::PvkEngine::load(def).map_err(|ps| anyhow!("connector '{}': {}", def.name, ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
-                for w in &engine.warnings {
-                    warnings.push(crate::admin::Warning { area: "pvk".into(), text: format!("{}: {}", w.key, w.reason) });
-                }
+                // One short summary, not one banner per code list (details: `config check`).
+                warnings.push(crate::admin::Warning { area: "pvk".into(), text: engine.summary() });
                 let reg = settings.registers.get(&def.register).with_context(|| format!("connector '{}': no register '{}'", def.name, def.register))?;
                 let metadata = if reg.kind == RegisterKind::Stratum {
                     let client = clients.get(&def.register);
@@ -569,6 +568,7 @@ impl crate::pipeline::AfterPull for PvkAfter {
                     &out.results,
                     dir,
                     &crate::sinks::export::RunInfo { connector: self.def.name.clone(), run_id: run.run_id.to_string(), generated_at: chrono::Utc::now() },
+                    &self.engine.labels(),
                 )?;
                 cs.audit.push(crate::audit::NewAuditEvent::system(
                     crate::audit::kind::EXPORT_WRITTEN,
