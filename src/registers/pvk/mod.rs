@@ -525,7 +525,7 @@ impl Listing {
         l
     }
 
-    /// Read `personnummer;hsa_id[;listad_from;listad_tom]` lines (header line required; `;`,
+    /// Read `personnummer;hsa_id[;listad_fran;listad_tom]` lines (header line required; `;`,
     /// tab or `,` separated; `#` comments). Errors name the file and line, never a value.
     pub fn read_file(path: &Path, today: NaiveDate, pseudo: &Pseudonymizer) -> anyhow::Result<Listing> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read listing file {}: {e}", path.display()))?;
@@ -535,8 +535,8 @@ impl Listing {
         let (Some(pi), Some(ui)) = (cols.iter().position(|c| c == "personnummer"), cols.iter().position(|c| c == "hsa_id" || c == "vardcentral")) else {
             anyhow::bail!("listing file {}: header must name the columns personnummer and hsa_id (or vardcentral)", path.display());
         };
-        let fi = cols.iter().position(|c| c == "listad_from" || c == "from");
-        let ti = cols.iter().position(|c| c == "listad_tom" || c == "to");
+        let fi = cols.iter().position(|c| c == "listad_fran" || c == "listad_from" || c == "from");
+        let ti = cols.iter().position(|c| c == "listad_tom" || c == "listad_till" || c == "to");
         let mut rows = vec![];
         let mut line_nos = vec![];
         for (n, line) in lines {
