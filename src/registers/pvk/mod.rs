@@ -85,6 +85,11 @@ pub struct DataSource {
     pub sql: Option<String>,
     #[serde(default)]
     pub url: Option<Secret>,
+    /// How many columns the query returns: a listing 2 (personnummer, hsa_id) or 4 (+ listed
+    /// from, listed until, `YYYY-MM-DD` or NULL); a drug list 3 (personnummer, atc, date) or 5
+    /// (+ prescribed days, prescriber's unit HSA id).
+    #[serde(default)]
+    pub columns: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -243,6 +248,10 @@ impl PvkEngine {
                     }
                 }
                 (None, Some(_)) => {
+                    let allowed: &[usize] = if name == "listing" { &[2, 4] } else { &[3, 5] };
+                    if src.columns.is_some_and(|n| !allowed.contains(&n)) {
+                        errors.push(Problem::error(&cfile, format!("options.{name}.columns"), format!("{} or {} columns", allowed[0], allowed[1])));
+                    }
                     if src.url.is_none() {
                         errors.push(Problem::error(&cfile, format!("options.{name}.url"), "a SQL source needs url (a secret: { env = \"…\" } or { file = \"…\" })"));
                     }
@@ -405,15 +414,16 @@ impl PvkEngine {
         }
     }
 
-    /// The configured listing query (`listing = { sql = …, url = … }`), which the caller runs
-    /// (I/O stays at the edges) and hands to [`Listing::from_rows`].
-    pub fn listing_query(&self) -> Option<(&Secret, &str)> {
-        self.options.listing.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?)))
+    /// The configured listing query (`listing = { sql = …, url = …, columns = 2 | 4 }`), which
+    /// the caller runs (I/O stays at the edges) and hands to [`Listing::from_dated_rows`].
+    pub fn listing_query(&self) -> Option<(&Secret, &str, usize)> {
+        self.options.listing.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?, s.columns.unwrap_or(2))))
     }
 
-    /// The configured drug-list query (rows of personnummer, ATC code, date `YYYY-MM-DD`).
-    pub fn drug_list_query(&self) -> Option<(&Secret, &str)> {
-        self.options.drug_list.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?)))
+    /// The configured drug-list query (rows of personnummer, ATC code, date signed
+    /// `YYYY-MM-DD`, and with `columns = 5` prescribed days and the prescriber's unit).
+    pub fn drug_list_query(&self) -> Option<(&Secret, &str, usize)> {
+        self.options.drug_list.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?, s.columns.unwrap_or(3))))
     }
 
     /// Read the configured drug-list file (same rules as the listing).
@@ -755,7 +765,8 @@ pub fn check_against_metadata(engine: &PvkEngine, meta: &RegisterMetadata) -> Ve
     };
     let values: BTreeSet<String> = domain.domain_values.iter().filter(|v| v.is_active).map(|v| json_code(&v.value_code)).collect();
     for rs in &engine.rule_sets {
-        for (i, ind) in rs.indicators.iter().enumerate() {
+        // Regional measures are never sent, so the register need not know them.
+        for (i, ind) in rs.indicators.iter().enumerate().filter(|(_, i)| !i.regional) {
             if !values.contains(&ind.register_code) {
                 out.push(Problem::error(
                     rs.file.display().to_string(),
