@@ -24,6 +24,7 @@
 
 pub mod aggregate;
 pub mod engine;
+pub mod import;
 pub mod quality;
 pub mod rules;
 
