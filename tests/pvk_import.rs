@@ -20,7 +20,7 @@ fn repo() -> PathBuf {
 fn write_xlsx(path: &Path, sheets: &[(&str, Vec<Vec<String>>)]) {
     let f = std::fs::File::create(path).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    let opts = zip::write::SimpleFileOptions::default();
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
     let mut types = String::from(r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType="application/xml"/><Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>"#);
     let mut wb = String::from(r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><sheets>"#);
@@ -152,7 +152,7 @@ fn connector(dir: &Path, units: &[&str], options: &str) -> ConnectorDef {
 }
 
 /// The sandbox population's canonical records, as the RIV-TA consumer reads them.
-fn sandbox_patients(pop: &Population) -> Vec<PatientRecords> {
+fn sandbox_patients(pop: &std::sync::Arc<Population>) -> Vec<PatientRecords> {
     let ctx = registerbrygga::sources::riv::ParseContext::new("import-test", pop.spec().today);
     let pseudo = registerbrygga::crypto::Pseudonymizer::new([3u8; 32]);
     let mut out = vec![];
@@ -210,7 +210,7 @@ fn imported_spreadsheets_compute_what_the_hand_written_rules_compute() {
 
     // The same numbers as the hand-written sandbox rules, on the sandbox population.
     let today = registerbrygga::pipeline::today_stockholm();
-    let pop = Population::generate(&PopulationSpec::new(11, 600, today));
+    let pop = std::sync::Arc::new(Population::generate(&PopulationSpec::new(11, 600, today)));
     let patients = sandbox_patients(&pop);
     let pseudo = registerbrygga::crypto::Pseudonymizer::new([3u8; 32]);
     let listing = Listing::from_rows(pop.listing().into_iter().map(|(id, vc, _)| (id, vc)), today, &pseudo);
