@@ -6,14 +6,24 @@
 //! is 2025-04-01 … 2026-03-31 (or up to `today` while the month is running).
 //!
 //! Semantics (the exact SKR definitions are not public; research/pvk.md):
-//! - base population: a vårdcentral's listed patients (listing snapshot) or a rehab unit's
-//!   visitors (a care contact at the unit in the visit window);
-//! - population: base ∩ age limits ∩ a diagnosis from the code sets in the look-back window
-//!   (scope: the unit's own records for rehab units, all records for vårdcentraler, unless the
-//!   rule says otherwise), optionally a drug criterion and a new-onset condition;
+//! - base population: a vårdcentral's listed patients (the listing snapshot of each computed
+//!   month: listed on its last day counted) or a rehab unit's visitors (a care contact at the
+//!   unit in the visit window);
+//! - population: base ∩ age limits ∩ a diagnosis from the code sets in the look-back window,
+//!   counted from primary-care units only (`options.primary_care_units`; scope `primary_care`,
+//!   the same for vårdcentral and rehab variants unless the rule says `unit` or `any`),
+//!   optionally a drug criterion and a new-onset condition;
+//! - drug criterion: prescriptions of the set signed in scope (default: at the vårdcentral
+//!   itself; at a rehab unit, at any primary-care unit), at least `min_distinct` substances and,
+//!   with `min_days`, that many prescribed days in all, in the look-back window; "and" narrows
+//!   the diagnosis population, "or" is another way in (its first prescription can be the index);
 //! - proportion: numerator = population members with a measure event in the window;
 //! - prevalence: numerator = base members in the population, denominator = base;
-//! - mångsökare: numerator = base members with more than `threshold` visits in the window.
+//! - mångsökare: numerator = base members with more than `threshold` visits in the window;
+//! - per FTE (regional, vårdval): numerator = the unit's visits (or distinct patients) of the
+//!   configured professions and contact types in the calendar year up to the month's last day
+//!   counted; denominator = the unit's FTE for that year in hundredths (`options.fte`), else the
+//!   cell is not computable.
 //!
 //! The details, as tests/pvk_truth.rs recomputes them from the sandbox's ground truth:
 //! - nullified records never count (activities and observations arrive nullified when their
@@ -22,14 +32,15 @@
 //!   prevalence's denominator is the base within the limits (Ink01: listed patients ≥ 20);
 //! - membership needs a listed diagnosis in scope in the look-back window; the index date is the
 //!   earliest listed diagnosis in that window at any unit; new onset excludes a patient with an
-//!   excluded diagnosis at any unit in the clear months before the index date;
+//!   excluded diagnosis at any unit (or, for an "or" drug criterion, the criterion met) in the
+//!   clear months before the index date;
 //! - `anchor = "index"`: the measure window runs from the index date to the earlier of index +
 //!   `window_months` and the month's last day counted; otherwise it is the `window_months`
 //!   ending with the month;
-//! - measure and mångsökare scopes default like the population's (rehab unit: its own
-//!   records; vårdcentral: every unit's); mångsökare counts contacts of the configured types;
-//! - the listing is one snapshot for every month; listed patients without records are in the
-//!   base.
+//! - measure and mångsökare scopes default to the rehab unit's own records, and at a
+//!   vårdcentral to every primary-care unit's; mångsökare counts contacts of the configured types;
+//! - listed patients without records are in the base; small-cell protection applies to counts
+//!   of patients (not to visit counts or FTE).
 
 use super::quality::{self, KnownCodes, QualityTally};
 use super::rules::{Anchor, CodeSetKind, Combine, CountMode, FteCount, Indicator, IndicatorKind, RuleSet, Scope, Variant, ATC};
