@@ -1003,6 +1003,10 @@ async fn pvk_matches_ground_truth_sqlite() {
         c.options.insert("primary_care_units".into(), toml::Value::Array(primary));
     })
     .await;
+    // The admin overview gets one short Swedish summary for PVK, not one banner per code list.
+    let pvk_warnings: Vec<&str> = e.rt.warnings.iter().filter(|w| w.area == "pvk").map(|w| w.text.as_str()).collect();
+    assert_eq!(pvk_warnings.len(), 1, "{pvk_warnings:#?}");
+    assert!(pvk_warnings[0].starts_with("PVK (primarvardskvalitet): ") && pvk_warnings[0].contains("indikatorer beräkningsbara"), "{}", pvk_warnings[0]);
     let r = run_ok(&e, today).await;
     eprintln!("pull + compute of {} patients: {:?}", r.patients, t0.elapsed());
 
