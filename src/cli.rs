@@ -69,6 +69,26 @@ pub enum Command {
         /// Required, to say what happened.
         #[arg(long)]
         after_restore: bool,
+        /// For this many days every create of a registration without a known EventID looks in
+        /// the register first (registrations made after the backup are unknown to the store).
+        #[arg(long, default_value_t = 7)]
+        lookup_days: u32,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Lift a withdrawal made by a person (which holds its registration back from every later
+    /// journal change) so the registration may be sent again. Audited with who and why.
+    LiftHold {
+        /// A record id of the registration (any version) …
+        #[arg(long)]
+        id: Option<i64>,
+        /// … or its key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Who (default: $USER).
         #[arg(long)]
         actor: Option<String>,
     },
@@ -489,13 +509,33 @@ pub async fn main(cli: Cli) -> Result<i32> {
             crate::daemon::backfill(app, a).await
         }
         Command::Demo(a) => crate::demo::run(g, a).await,
-        Command::Recover { after_restore, actor } => {
+        Command::Recover { after_restore, lookup_days, actor } => {
             if !after_restore {
                 bail!("say --after-restore: this marks every undelivered registration's outcome as unknown");
             }
             let app = open_app(&g).await?;
-            let n = app.store.mark_unknown_after_restore(&actor_or_user(&actor)).await?;
+            let n = app.store.mark_unknown_after_restore(&actor_or_user(&actor), lookup_days).await?;
             println!("{n} registration(s) will be looked up in the register before they are sent again");
+            println!("for {lookup_days} day(s), every new registration is looked up in the register before it is created");
+            Ok(0)
+        }
+        Command::LiftHold { id, key, reason, actor } => {
+            let app = open_app(&g).await?;
+            let key = match (id, key) {
+                (Some(id), None) => app.store.record(id).await?.with_context(|| format!("no record {id}"))?.idem_key,
+                (None, Some(k)) => k,
+                _ => bail!("give exactly one of --id or --key"),
+            };
+            if reason.trim().is_empty() {
+                bail!("--reason must say why the withdrawal no longer holds");
+            }
+            match app.store.lift_hold(&key, &actor_or_user(&actor), &reason).await? {
+                None => bail!("{key} is not held by a withdrawal"),
+                Some(l) => match l.requeued {
+                    Some(r) => println!("lifted the hold on {key}; record {r} is queued to be sent"),
+                    None => println!("lifted the hold on {key}; the next journal change may send it again"),
+                },
+            }
             Ok(0)
         }
         Command::Sandbox(a) => {

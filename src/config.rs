@@ -277,11 +277,14 @@ pub struct CircuitSettings {
     pub failure_threshold: u32,
     /// How long an open circuit pauses the register before one trial send.
     pub open_seconds: u64,
+    /// The longest a half-open trial may stay unanswered before another one is let through
+    /// (a trial whose outcome never arrives must not pause the register for good).
+    pub trial_seconds: u64,
 }
 
 impl Default for CircuitSettings {
     fn default() -> Self {
-        CircuitSettings { failure_threshold: 20, open_seconds: 30 }
+        CircuitSettings { failure_threshold: 20, open_seconds: 30, trial_seconds: 120 }
     }
 }
 

@@ -416,6 +416,19 @@ pub async fn retract(State(state): State<AdminState>, Extension(p): Extension<Pr
     Ok(Json(json!({"retracted": key})))
 }
 
+/// Lift a withdrawal made by a person, on a person's word (operator, with a reason; audited):
+/// the registration may be sent again, starting with what the journal said meanwhile.
+pub async fn lift_hold(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Path(id): Path<i64>, Json(b): Json<ReasonBody>) -> ApiResult<Value> {
+    p.require(Role::Operator)?;
+    p.check_csrf(csrf_header(&headers))?;
+    let why = reason(&b.reason)?;
+    let rec = state.app.store.record(id).await?.ok_or(Fail::NotFound)?;
+    match state.app.store.lift_hold(&rec.idem_key, &p.username, &why).await? {
+        Some(l) => Ok(Json(json!({"lifted": l.idem_key, "requeued": l.requeued}))),
+        None => Err(Fail::BadRequest("Nyckeln är inte spärrad av en återkallelse.".into()).into()),
+    }
+}
+
 fn csrf_header(h: &HeaderMap) -> Option<&str> {
     h.get(auth::CSRF_HEADER).and_then(|v| v.to_str().ok())
 }

@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use auth::Principal;
-pub use metrics::{record_run, record_send};
+pub use metrics::{record_circuit, record_run, record_send};
 pub use store::Role;
 
 /// When each connector runs next (the scheduler knows; `None` = not scheduled).
@@ -130,6 +130,7 @@ fn table() -> Vec<Entry> {
         ("GET", "/api/v1/records/{id}", get(api::record)),
         ("GET", "/api/v1/records/{id}/attempts", get(api::record_attempts)),
         ("POST", "/api/v1/records/{id}/retract", post(api::retract)),
+        ("POST", "/api/v1/records/{id}/lift-hold", post(api::lift_hold)),
         ("GET", "/api/v1/dead-letters", get(api::dead_letters)),
         ("POST", "/api/v1/replay", post(api::replay)),
         ("GET", "/api/v1/quarantine", get(api::quarantine)),

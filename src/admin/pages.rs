@@ -172,6 +172,9 @@ pub fn audit_label(kind_: &str) -> &'static str {
         kind::QUARANTINE_RESOLVED => "Karantän löst",
         kind::REPLAY => "Nytt försök begärt",
         kind::RETRACT_MANUAL => "Manuell återkallelse",
+        kind::WITHDRAWAL_HOLD => "Spärrad tills en person häver den",
+        kind::WITHDRAWAL_LIFTED => "Spärr hävd",
+        kind::RECORD_HELD => "Ny version spärrad, inte skickad",
         kind::OPT_OUT => "Patienten avböjer registrering",
         kind::NULLIFIED => "Dokument makulerat",
         kind::WORKLIST_ADDED => "Till att komplettera",
@@ -202,6 +205,7 @@ const AUDIT_KINDS: &[&str] = &[
     kind::PATIENT_DATA_VIEW,
     kind::REPLAY,
     kind::RETRACT_MANUAL,
+    "withdrawal.",
     kind::USER_CHANGED,
     "record.",
     kind::ATTEMPT_SENT,
@@ -231,6 +235,7 @@ fn kind_options() -> Vec<(String, String)> {
                 "worklist." => "Att komplettera (alla)",
                 "config." => "Konfiguration (alla)",
                 "circuit." => "Brytare (alla)",
+                "withdrawal." => "Spärrar (alla)",
                 other => audit_label(other),
             };
             (k.to_string(), label.to_string())

@@ -190,6 +190,8 @@ pub struct ApplyOutcome {
     pub outbox_updated: u32,
     pub outbox_retracted: u32,
     pub outbox_unchanged: u32,
+    /// New versions kept back because a person's withdrawal holds their key.
+    pub outbox_held: u32,
     pub quarantined: u32,
 }
 

@@ -205,18 +205,34 @@ impl Store {
 
     // ------------------------------------------------------------------ connector leases
 
-    /// Take (or renew) the lease that keeps one run of a connector at a time across replicas.
+    /// Take the lease that keeps one run of a connector at a time across replicas: only when
+    /// nobody holds it or the holder's lease has expired. A holder asking again is refused like
+    /// anyone else (two runs in one replica must not overlap either); it renews with
+    /// [`Store::renew_connector_lease`]. Expiry is judged by the database's clock.
     pub async fn acquire_connector_lease(&self, connector: &str, owner: &str, ttl_seconds: u64) -> Result<bool> {
-        let now = now_us();
         let mut tx = self.begin().await?;
+        let mut a = vec![Val::from(connector), Val::from(owner), Val::I64(ttl_seconds as i64 * 1_000_000)];
+        let clock = super::outbox::db_clock(tx.dialect(), &mut a);
         let n = tx
             .exec(
-                "INSERT INTO connector_leases (connector, owner, expires_us) VALUES ($1, $2, $3)
-                 ON CONFLICT (connector) DO UPDATE SET owner = excluded.owner, expires_us = excluded.expires_us
-                 WHERE connector_leases.expires_us < $4 OR connector_leases.owner = excluded.owner",
-                args![connector, owner, now + ttl_seconds as i64 * 1_000_000, now],
+                &format!(
+                    "INSERT INTO connector_leases (connector, owner, expires_us) VALUES ($1, $2, {clock} + $3)
+                     ON CONFLICT (connector) DO UPDATE SET owner = excluded.owner, expires_us = excluded.expires_us
+                     WHERE connector_leases.expires_us < {clock}"
+                ),
+                &a,
             )
             .await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Extend a connector lease `owner` holds. False if it is no longer theirs.
+    pub async fn renew_connector_lease(&self, connector: &str, owner: &str, ttl_seconds: u64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let mut a = vec![Val::from(connector), Val::from(owner), Val::I64(ttl_seconds as i64 * 1_000_000)];
+        let clock = super::outbox::db_clock(tx.dialect(), &mut a);
+        let n = tx.exec(&format!("UPDATE connector_leases SET expires_us = {clock} + $3 WHERE connector = $1 AND owner = $2"), &a).await?;
         tx.commit().await?;
         Ok(n == 1)
     }
