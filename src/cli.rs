@@ -43,6 +43,9 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Primärvårdskvalitet tools.
+    #[command(subcommand)]
+    Pvk(PvkCmd),
     /// Show what the daemon makes of a RIV-TA response document, as canonical records.
     Inspect(InspectArgs),
     /// Re-read a period from the journal (with --dry-run: report what would be sent).
@@ -141,6 +144,24 @@ pub enum ConfigCmd {
         reason: String,
         #[arg(long)]
         actor: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PvkCmd {
+    /// Read SKR's yearly indicator spreadsheets (.xlsx or .csv) and write the connector's rule
+    /// set `rules/<year>.toml` (every code list with its file, sheet and rows); prints the
+    /// difference against the previous year's rule set. Sheet and column names: the connector's
+    /// `[options.import]` (defaults: src/registers/pvk/import.rs).
+    Import {
+        /// The PVK connector whose rules folder and layout are used (default: the only one).
+        #[arg(long)]
+        connector: Option<String>,
+        /// The revision year of the files.
+        #[arg(long)]
+        year: i32,
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
     },
 }
 
@@ -356,7 +377,43 @@ pub async fn main(cli: Cli) -> Result<i32> {
         Command::Config(ConfigCmd::Check { json, online }) => {
             let problems = crate::checks::check_all(&g.load_options(), online).await;
             print_problems(&problems, json);
+            if !json {
+                // Per PVK indicator: beräkningsbar, or what is missing.
+                if let (Some(loaded), _) = config::load_collect(&g.load_options()) {
+                    for line in crate::registers::pvk::indicator_report(&loaded) {
+                        println!("{line}");
+                    }
+                }
+            }
             Ok(if problems.iter().any(|p| !p.warning) { 1 } else { 0 })
+        }
+        Command::Pvk(PvkCmd::Import { connector, year, files }) => {
+            let loaded = config::load(&g.load_options())?;
+            let pvk: Vec<&crate::config::ConnectorDef> = loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Pvk && connector.as_ref().map_or(true, |n| &c.name == n)).collect();
+            let [c] = pvk.as_slice() else {
+                anyhow::bail!("name the PVK connector with --connector (found {})", pvk.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
+            };
+            let layout: crate::registers::pvk::import::Layout = match c.options.get("import") {
+                Some(v) => v.clone().try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{}: options.import: {}", c.name, e.message()))?,
+                None => Default::default(),
+            };
+            let rules_dir = match c.options.get("rules_dir").and_then(|v| v.as_str()) {
+                Some(d) => c.dir.join(d),
+                None => c.dir.join("rules"),
+            };
+            let r = crate::registers::pvk::import::run(&files, &layout, year, &rules_dir)?;
+            println!("wrote {} ({} indicators, {} code lists, every list verified with its source)", r.written.display(), r.indicators, r.code_lists);
+            match r.diff {
+                Some((prev, lines)) if lines.is_empty() => println!("no change against {}", prev.display()),
+                Some((prev, lines)) => {
+                    println!("against {}:", prev.display());
+                    for l in lines {
+                        println!("  {l}");
+                    }
+                }
+                None => println!("no previous rule set ({}.toml) to compare with", year - 1),
+            }
+            Ok(0)
         }
         Command::Inspect(a) => crate::sources::riv::inspect::run(&a.file, a.json),
         Command::Audit(AuditCmd::Verify { json, head }) => {

@@ -98,9 +98,8 @@ pub async fn build_runtime(app: &App) -> Result<Runtime> {
             }
             ConnectorKind::Pvk => {
                 let engine = crate::registers::pvk::PvkEngine::load(def).map_err(|ps| anyhow!("connector '{}': {}", def.name, ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
-                for w in &engine.warnings {
-                    warnings.push(crate::admin::Warning { area: "pvk".into(), text: format!("{}: {}", w.key, w.reason) });
-                }
+                // One short summary, not one banner per code list (details: `config check`).
+                warnings.push(crate::admin::Warning { area: "pvk".into(), text: engine.summary() });
                 let reg = settings.registers.get(&def.register).with_context(|| format!("connector '{}': no register '{}'", def.name, def.register))?;
                 let metadata = if reg.kind == RegisterKind::Stratum {
                     let client = clients.get(&def.register);
@@ -516,23 +515,35 @@ pub struct PvkInputs {
 pub async fn pvk_inputs(engine: &crate::registers::pvk::PvkEngine, today: chrono::NaiveDate, pseudo: &crate::crypto::Pseudonymizer) -> Result<PvkInputs> {
     use crate::registers::pvk::{DrugList, Listing};
     let listing = match engine.listing_query() {
-        Some((url, sql)) => {
-            let rows = crate::sources::sql::text_rows(url, sql, 2, "PVK listing query").await?;
-            Some(Listing::from_rows(rows.into_iter().map(|mut r| (r[0].take().unwrap_or_default(), r[1].take().unwrap_or_default())), today, pseudo))
+        Some((url, sql, columns)) => {
+            let rows = crate::sources::sql::text_rows(url, sql, columns, "PVK listing query").await?;
+            Some(Listing::from_dated_rows(
+                rows.into_iter().map(|mut r| {
+                    let (from, to) = if columns >= 4 { (r[2].take(), r[3].take()) } else { (None, None) };
+                    (r[0].take().unwrap_or_default(), r[1].take().unwrap_or_default(), from, to)
+                }),
+                today,
+                pseudo,
+            ))
         }
         None => engine.read_listing(today, pseudo)?,
     };
     let (drugs, bad_dates) = match engine.drug_list_query() {
-        Some((url, sql)) => {
-            let rows = crate::sources::sql::text_rows(url, sql, 3, "PVK drug-list query").await?;
+        Some((url, sql, columns)) => {
+            let rows = crate::sources::sql::text_rows(url, sql, columns, "PVK drug-list query").await?;
             let (mut good, mut bad) = (vec![], 0usize);
             for mut r in rows {
-                match r[2].as_deref().and_then(|d| chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d").ok()) {
-                    Some(date) => good.push((r[0].take().unwrap_or_default(), r[1].take().unwrap_or_default(), date)),
-                    None => bad += 1,
+                let date = r[2].as_deref().and_then(|d| chrono::NaiveDate::parse_from_str(d.trim(), "%Y-%m-%d").ok());
+                let days = if columns >= 5 { r[3].as_deref().map(|d| d.trim().parse::<u32>().ok()) } else { None };
+                match (date, days) {
+                    (Some(_), Some(None)) | (None, _) => bad += 1,
+                    (Some(date), days) => {
+                        let unit = if columns >= 5 { r[4].take() } else { None };
+                        good.push((r[0].take().unwrap_or_default(), r[1].take().unwrap_or_default(), date, days.flatten(), unit))
+                    }
                 }
             }
-            (Some(DrugList::from_rows(good, today)), bad)
+            (Some(DrugList::from_prescriptions(good, today)), bad)
         }
         None => (engine.read_drug_list(today)?, 0),
     };
@@ -611,6 +622,7 @@ impl crate::pipeline::AfterPull for PvkAfter {
                     &out.results,
                     dir,
                     &crate::sinks::export::RunInfo { connector: self.def.name.clone(), run_id: run.run_id.to_string(), generated_at: chrono::Utc::now() },
+                    &self.engine.labels(),
                 )?;
                 cs.audit.push(crate::audit::NewAuditEvent::system(
                     crate::audit::kind::EXPORT_WRITTEN,

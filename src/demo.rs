@@ -29,6 +29,8 @@ pub async fn run(_g: Global, a: DemoArgs) -> Result<i32> {
     // A few deliberately bad journal items, so quarantine has something to show.
     spec.bad_item_share = 0.01;
     let env = SandboxEnv::start(&dir, spec).await?;
+    // PVK indicators the generator does not cover (långvarig smärta, demens, Ink02).
+    crate::sandbox::pvk::apply_scenario(&env.population)?;
     let overrides = vec![
         ("admin.listen".to_string(), a.listen.clone()),
         // Plain HTTP on loopback for the demo: a Secure cookie would not be sent back.
@@ -127,9 +129,30 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
         let ind = r.columns.get("Q_Indicator").and_then(|v| v.as_str()).unwrap_or("?").to_string();
         *per.entry(ind).or_default() += 1;
     }
-    let line: Vec<String> = per.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    for chunk in line.chunks(8) {
-        println!("  {}", chunk.join(", "));
+    // Every configured indicator by name: aggregates sent, or why none (regional, not computable).
+    let mut regional = vec![];
+    for c in app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Pvk) {
+        let Ok(engine) = crate::registers::pvk::PvkEngine::load(c) else { continue };
+        println!("  {}", engine.summary());
+        for (_, ind, why) in engine.computability() {
+            let line = match (per.get(&ind.register_code), why) {
+                (_, Some(w)) => format!("{} — {} {w}", ind.display_name(), crate::registers::pvk::NOT_COMPUTABLE),
+                _ if ind.regional => format!("{} — regionalt mått, skickas inte (se export och adminsidan)", ind.display_name()),
+                (Some(n), None) => format!("{} — {n} aggregat", ind.display_name()),
+                (None, None) => format!("{} — 0 aggregat (små tal undertrycks)", ind.display_name()),
+            };
+            if ind.regional {
+                regional.push(line);
+            } else {
+                println!("  {line}");
+            }
+        }
+    }
+    if !regional.is_empty() {
+        println!("Regional measures (never sent to PVK):");
+        for l in regional {
+            println!("  {l}");
+        }
     }
     let exports = std::fs::read_dir(env.dir.join("export/pvk")).map(|d| d.count()).unwrap_or(0);
     println!("  export files written: {exports} (in {})", env.dir.join("export/pvk").display());

@@ -153,9 +153,12 @@ fn shipped() -> PathBuf {
     repo().join("connectors/primarvardskvalitet")
 }
 
-/// The shipped sandbox rules, no small-cell protection (threshold 1), for exact counts.
+/// The shipped sandbox rules, no small-cell protection (threshold 1), for exact counts. The
+/// region's primary care is FT01, FT02 and VC01 unless `extra` says otherwise (diagnoses
+/// elsewhere, e.g. at hospital unit SJH1, do not count).
 fn sandbox_engine(units: &[&str], extra: &str) -> PvkEngine {
-    let c = connector(&shipped(), units, &format!("rule_files = [\"sandbox-2026.toml\"]\nsmall_cells = {{ threshold = 1 }}\n{extra}"));
+    let primary = if extra.contains("primary_care_units") { String::new() } else { format!("primary_care_units = [\"{FT01}\", \"{FT02}\", \"{VC01}\"]\n") };
+    let c = connector(&shipped(), units, &format!("rule_files = [\"sandbox-2026.toml\"]\nsmall_cells = {{ threshold = 1 }}\n{primary}{extra}"));
     PvkEngine::load(&c).unwrap_or_else(|e| panic!("{e:#?}"))
 }
 
@@ -212,14 +215,31 @@ fn shipped_rule_sets_load_cover_the_register_and_warn_for_every_unverified_list(
         assert_eq!(rs.year, 2026);
         let codes: Vec<&str> = rs.indicators.iter().map(|i| i.register_code.as_str()).collect();
         for want in [
-            "Ar03", "Ar04", "Ar11", "Ar12", "Ar13", "KOL06", "KOL08", "KOL09", "KOL12", "KOL14", "KOL15", "TS01", "TS05", "TS11", "Hj1", "Os04", "Os11", "Ink01", "Ink03", "Dep1",
-            "St01", "St02", "St11", "St12", "FaR01", "MS01",
+            "Ar03", "Ar04", "Ar11", "Ar12", "Ar13", "KOL06", "KOL07", "KOL08", "KOL09", "KOL12", "KOL13", "KOL14", "KOL15", "TS01", "TS05", "TS11", "Hj01", "Os04", "Os10",
+            "Os11", "Ink01", "Ink02", "Ink03", "Dep01", "St01", "St02", "St11", "St12", "Sm01", "Sm11", "Dem11", "Dem12", "Dem13", "LevFA11", "LevFA12", "LevKO11", "LevKO12",
+            "MS01", "REGFAR01", "REGVV01", "REGVV02",
         ] {
             assert!(codes.contains(&want), "{label} lacks {want}");
         }
         assert_eq!(rs.indicator("TS01").unwrap().id, "T/S01");
-        assert_eq!(rs.indicator("FaR01").unwrap().id, "FaR");
-        assert_eq!(rs.indicator("MS01").unwrap().id, "Mångsökare");
+        // FaR is no PVK indicator: a regional measure with its own prefix.
+        assert!(!codes.contains(&"FaR01"));
+        let far = rs.indicator("REGFAR01").unwrap();
+        assert!(far.regional && far.id.starts_with("REG-"));
+        assert!(rs.indicators.iter().all(|i| i.regional == i.register_code.starts_with("REG")));
+        // Mångsökare stays, its id marked provisional with the reason.
+        assert!(rs.indicator("MS01").unwrap().provisional.as_deref().unwrap().contains("samsjuklighet"));
+        // KOL09/KOL15 are not limited to the two-drug subgroup; KOL06–08/12–14 are.
+        for code in ["KOL09", "KOL15"] {
+            assert!(rs.indicator(code).unwrap().population.drugs.is_none(), "{label} {code}");
+        }
+        for code in ["KOL06", "KOL07", "KOL08", "KOL12", "KOL13", "KOL14"] {
+            assert_eq!(rs.indicator(code).unwrap().population.drugs.as_ref().map(|d| d.min_distinct), Some(2), "{label} {code}");
+        }
+        // Longer cortisone treatment is a duration, not a single prescription.
+        assert_eq!(rs.indicator("Os11").unwrap().population.drugs.as_ref().and_then(|d| d.min_days), Some(90));
+        // Every indicator says where its windows come from.
+        assert!(rs.indicators.iter().all(|i| i.windows_source.is_some()), "{label}");
         assert!(pvk::check_against_metadata(&engine, &meta).is_empty(), "{label}: every register code is in the Indikator domain");
         // Every code list cites a source; every unverified one produces a warning naming it.
         for cs in &rs.code_sets {
@@ -231,7 +251,7 @@ fn shipped_rule_sets_load_cover_the_register_and_warn_for_every_unverified_list(
     // Only sources that confirm codes are verified: hip/knee artros (M16/M17) and FaR (DV200).
     let engine = PvkEngine::load(&connector(&shipped(), &[FT01], "rule_years = [2026]")).unwrap();
     let verified: Vec<&str> = engine.rule_sets[0].code_sets.iter().filter(|c| c.verified).map(|c| c.name.as_str()).collect();
-    assert_eq!(verified, vec!["artros_hoft_kna", "far"]);
+    assert_eq!(verified, vec!["artros_hoft_kna", "far", "langvarig_smarta"]);
     let sandbox = sandbox_engine(&[FT01], "");
     assert!(sandbox.rule_sets[0].code_sets.iter().filter(|c| c.system == LOCAL_TERMS).all(|c| !c.verified && c.note.as_deref().unwrap().contains("sandbox codes, demo only")));
 }
@@ -245,11 +265,14 @@ fn shipped_2026_rules_report_missing_code_lists_as_not_computable_never_zero() {
     let ar12 = row(&out, 2026, FT01, MAR, "Ar12");
     assert!(!ar12.computable);
     assert_eq!(counts(ar12), (None, None));
-    assert!(ar12.note.as_deref().unwrap().contains("code list missing (artrosskola)"), "{:?}", ar12.note);
+    assert_eq!(ar12.note.as_deref(), Some("ej beräkningsbar: kodlista saknas (artrosskola)"));
     assert!(ar12.patient_list.is_none());
     let kol12 = row(&out, 2026, FT01, MAR, "KOL12");
     assert!(!kol12.computable);
-    assert!(kol12.note.as_deref().unwrap().contains("needs drug data"));
+    assert!(kol12.note.as_deref().unwrap().contains("läkemedelsdata saknas"));
+    // Where SKR's definition is not public, the row says what is missing.
+    let lev = row(&out, 2026, FT01, MAR, "LevFA11");
+    assert!(!lev.computable && lev.note.as_deref().unwrap().starts_with("ej beräkningsbar: SKR:s definition är inte offentlig"), "{:?}", lev.note);
     assert!(!row(&out, 2026, FT01, MAR, "St11").computable, "St11 needs the rehab symptom list");
     // What the shipped lists can compute, they compute.
     assert_eq!(counts(row(&out, 2026, FT01, MAR, "Ar11")), (Some(1), Some(1)));
@@ -294,8 +317,15 @@ fn artros_rehab_prevalence_and_actions_keep_the_performing_profession() {
     assert_eq!(pa["id"], a.raw(), "the local list carries the identity for authorised follow-up");
     // Rehab scope: B's exercise at FT02 does not count for FT01 …
     assert_eq!(counts(row(&out, 2026, FT01, MAR, "Ar13")), (Some(0), Some(2)));
-    // … and at FT02 B's diagnosis (set at FT01) is out of scope, so B is not in FT02's population.
-    assert_eq!(counts(row(&out, 2026, FT02, MAR, "Ar13")), (Some(0), Some(0)));
+    // … while at FT02 B's diagnosis (set at FT01, primary care) counts: one diagnosis scope, and
+    // B's exercise there is FT02's.
+    assert_eq!(counts(row(&out, 2026, FT02, MAR, "Ar13")), (Some(1), Some(1)));
+    // A diagnosis set outside primary care does not count: with FT01 not primary care, B is not in
+    // FT02's population and A, C and E are out of FT01's.
+    let only_ft02 = sandbox_engine(&[FT01, FT02], &format!("primary_care_units = [\"{FT02}\"]"));
+    let out2 = compute(&only_ft02, &pats, None, None, &[FT01, FT02], &[MAR]);
+    assert_eq!(counts(row(&out2, 2026, FT02, MAR, "Ar13")), (Some(0), Some(0)));
+    assert_eq!(counts(row(&out2, 2026, FT01, MAR, "Ar11")), (Some(0), Some(3)));
     // Vårdcentral variants are not produced for rehab units.
     assert!(!out.results.iter().any(|r| r.indicator == "Ar03"));
 }
@@ -312,10 +342,19 @@ fn kol_prevalence_measures_and_observations_and_declared_drug_requirement() {
         patient(&b, vec![visit(&b, FT01, "2026-02-01", "1", profession::PHYSIOTHERAPIST), diag(&b, FT01, "2026-02-01", "J44.1"), observation(&b, FT01, "2026-02-01", obs::SIX_MINUTE_WALK, None), activity(&b, FT01, "2026-02-03", local(act::PATIENT_EDUCATION_KOL), profession::NURSE)]),
         patient(&c, vec![visit(&c, FT01, "2026-02-01", "1", profession::PHYSIOTHERAPIST), diag(&c, FT01, "2026-02-01", "J44.9"), activity(&c, FT01, "2026-03-01", local(act::SIX_MINUTE_WALK_TEST), profession::PHYSIOTHERAPIST)]),
     ];
-    let out = compute(&engine, &pats, None, None, &[FT01], &[MAR]);
-    // A's diagnosis was set at a vårdcentral; KOL12 takes the diagnosis from any unit.
+    // Everyone on two maintenance drugs, signed at the vårdcentral (primary care).
+    let rx = |p: &PatientId| {
+        ["R03AK06", "R03BB04"].map(|atc| (p.raw().to_string(), atc.to_string(), d("2026-01-05"), Some(90u32), Some(VC01.to_string())))
+    };
+    let drugs = DrugList::from_prescriptions([rx(&a), rx(&b), rx(&c)].concat(), today());
+    let out = compute(&engine, &pats, None, Some(&drugs), &[FT01], &[MAR]);
+    // A's diagnosis was set at a vårdcentral: primary care, so it counts at the rehab unit.
     assert_eq!(counts(row(&out, 2026, FT01, MAR, "KOL12")), (Some(2), Some(3)), "an observation without a value is not a performed test");
     assert_eq!(counts(row(&out, 2026, FT01, MAR, "KOL15")), (Some(1), Some(3)));
+    // KOL15 (patient education) needs no drug list at all; KOL12 does.
+    let out = compute(&engine, &pats, None, None, &[FT01], &[MAR]);
+    assert_eq!(counts(row(&out, 2026, FT01, MAR, "KOL15")), (Some(1), Some(3)));
+    assert!(!row(&out, 2026, FT01, MAR, "KOL12").computable);
 
     // The real rule shape: KOL patients with ≥2 maintenance drugs. Without drug data: not computable.
     let rules = r#"
@@ -353,7 +392,7 @@ kind = "proportion"
 [indicators.population]
 diagnoses = ["kol"]
 scope = "any"
-drugs = { code_set = "underhall", min_distinct = 2, combine = "and", description = "minst två underhållsläkemedel" }
+drugs = { code_set = "underhall", min_distinct = 2, combine = "and", scope = "any", description = "minst två underhållsläkemedel" }
 [indicators.measure]
 activities = ["gangtest"]
 "#;
@@ -361,7 +400,7 @@ activities = ["gangtest"]
     let engine = PvkEngine::load(&connector(dir.path(), &[FT01], "rule_years = [2026]\nsmall_cells = { threshold = 1 }")).unwrap();
     let out = compute(&engine, &pats, None, None, &[FT01], &[MAR]);
     let r = row(&out, 2026, FT01, MAR, "KOL12");
-    assert!(!r.computable && r.note.as_deref().unwrap().contains("needs drug data (minst två underhållsläkemedel)"));
+    assert!(!r.computable && r.note.as_deref().unwrap().contains("läkemedelsdata saknas (minst två underhållsläkemedel"));
     // With a drug list: C has two distinct maintenance drugs, A only one (twice), B none.
     let drugs = DrugList::from_rows(
         vec![
@@ -407,11 +446,11 @@ fn vardcentral_variants_need_listing_data_and_count_listed_patients_without_reco
     ];
     // Without listing: every vårdcentral indicator is reported, as not computable.
     let out = compute(&engine, &pats, None, None, &[FT01, VC01], &[MAR]);
-    for code in ["Ar03", "Ar04", "KOL06", "TS01", "TS05", "Hj1", "Os04", "Ink01", "Ink03", "Dep1", "St01", "St02"] {
+    for code in ["Ar03", "Ar04", "KOL06", "TS01", "TS05", "Hj01", "Os04", "Ink01", "Ink03", "Dep01", "St01", "St02"] {
         let r = row(&out, 2026, VC01, MAR, code);
         assert!(!r.computable, "{code}");
         assert_eq!(counts(r), (None, None), "{code}: never zero");
-        assert!(r.note.as_deref().unwrap().contains("no listing data"), "{code}: {:?}", r.note);
+        assert!(r.note.as_deref().unwrap().contains("listningsdata saknas"), "{code}: {:?}", r.note);
     }
     assert!(!row(&out, 2026, VC01, MAR, "MS01").computable, "the any-variant at a vårdcentral needs the listing too");
     assert!(!out.results.iter().any(|r| r.unit == VC01 && r.indicator == "Ar12"), "rehab variants are not produced for vårdcentraler");
@@ -420,14 +459,18 @@ fn vardcentral_variants_need_listing_data_and_count_listed_patients_without_reco
     let listing = Listing::from_rows(vec![(a.raw(), VC01), (b.raw(), VC01), (c.raw(), VC01), ("191212121213", VC01), (x.raw(), "not-an-hsa-id")], today(), &pseudo());
     assert_eq!(listing.refused_lines, vec![4, 5], "invalid rows are refused by line, without their values");
     let out = compute(&engine, &pats, Some(&listing), None, &[FT01, VC01], &[(2026, 1), MAR]);
-    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Hj1")), (Some(1), Some(3)), "listed a (diagnosed anywhere) of a, b, c; x is not listed");
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Hj01")), (Some(0), Some(3)), "a's heart failure was diagnosed in hospital, not in primary care; x is not listed");
     assert_eq!(counts(row(&out, 2026, VC01, MAR, "TS01")), (Some(1), Some(3)));
     assert_eq!(counts(row(&out, 2026, VC01, MAR, "TS05")), (Some(1), Some(3)));
-    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Dep1")), (Some(1), Some(3)));
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Dep01")), (Some(1), Some(3)));
     assert_eq!(counts(row(&out, 2026, VC01, MAR, "St01")), (Some(1), Some(3)));
     assert_eq!(counts(row(&out, 2026, VC01, MAR, "St02")), (Some(1), Some(3)));
-    assert_eq!(counts(row(&out, 2026, VC01, (2026, 1), "Dep1")), (Some(0), Some(3)), "diagnosed in February");
-    assert_eq!(listed(row(&out, 2026, VC01, MAR, "Hj1"), "numerator"), vec![pseudo().patient_key(&a)]);
+    assert_eq!(counts(row(&out, 2026, VC01, (2026, 1), "Dep01")), (Some(0), Some(3)), "diagnosed in February");
+    // Counted anywhere (scope = "any"), a's hospital diagnosis would count.
+    let any = sandbox_engine(&[FT01, VC01], &format!("vardcentraler = [\"{VC01}\"]\nprimary_care_units = [\"{VC01}\", \"SE2321000156-SJH1\"]"));
+    let out = compute(&any, &pats, Some(&listing), None, &[FT01, VC01], &[MAR]);
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Hj01")), (Some(1), Some(3)));
+    assert_eq!(listed(row(&out, 2026, VC01, MAR, "Hj01"), "numerator"), vec![pseudo().patient_key(&a)]);
 }
 
 /// The sandbox engine with a vårdcentral whose listing (and drug list) come from queries against
@@ -468,7 +511,8 @@ async fn listing_and_drug_lists_come_from_the_regions_database_when_configured_a
     // With the listing read from the database, the vårdcentral variants become computable.
     let pats = vec![patient(&a, vec![diag(&a, "SE2321000156-SJH1", "2025-12-01", "I50.9")])];
     let out = compute(&engine, &pats, inputs.listing.as_ref(), inputs.drugs.as_ref(), &[FT01, VC01], &[MAR]);
-    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Hj1")), (Some(1), Some(3)));
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Hj01")), (Some(0), Some(3)), "a's diagnosis was set in hospital");
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "TS01")), (Some(0), Some(3)));
 
     // A failing query is an error naming what failed, never a silent empty listing.
     let broken = engine_with_queries(dir.path(), &url, "SELECT pnr, hsa FROM no_such_table", None);
@@ -544,7 +588,8 @@ fn osteoporosis_new_onset_look_back_age_and_index_anchored_measure() {
         patient(&before, vec![v(&before), diag(&before, FT01, "2025-10-01", "M80.0"), activity(&before, FT01, "2025-09-01", local(act::BALANCE_TRAINING), profession::PHYSIOTHERAPIST)]),
         patient(&long_ago, vec![v(&long_ago), diag(&long_ago, FT01, "2025-09-01", "M81.0"), diag(&long_ago, FT01, "2023-09-01", "M81.0")]),
     ];
-    let out = compute(&engine, &pats, None, None, &[FT01], &[MAR]);
+    // No prescriptions at all: the cortisone alternative adds nobody.
+    let out = compute(&engine, &pats, None, Some(&DrugList::default()), &[FT01], &[MAR]);
     let os11 = row(&out, 2026, FT01, MAR, "Os11");
     assert_eq!(counts(os11), (Some(1), Some(3)));
     let key = |p: &PatientId| pseudo().patient_key(p);
@@ -567,7 +612,7 @@ fn far_counts_kva_dv200_among_visitors() {
         patient(&b, vec![visit(&b, FT01, "2026-03-02", "1", profession::PHYSIOTHERAPIST), activity(&b, FT01, "2026-03-02", Code::new(OID_KVA, "DV201"), profession::PHYSIOTHERAPIST)]),
     ];
     let out = compute(&engine, &pats, None, None, &[FT01], &[MAR]);
-    assert_eq!(counts(row(&out, 2026, FT01, MAR, "FaR01")), (Some(1), Some(2)));
+    assert_eq!(counts(row(&out, 2026, FT01, MAR, "REGFAR01")), (Some(1), Some(2)));
 }
 
 #[test]
@@ -781,7 +826,11 @@ fn aggregates_carry_no_identity_have_stable_keys_and_the_form_columns() {
         assert_eq!(i.key.unit, FT01, "vårdcentraler have no register binding: files only");
     }
     assert!(plan.intents.iter().any(|i| i.key.idem_key == "pvk|1701|2026|3|Ar12"));
-    assert!(plan.intents.iter().any(|i| i.key.idem_key == "pvk|1701|2026|3|FaR01"));
+    assert!(plan.intents.iter().any(|i| i.key.idem_key == "pvk|1701|2026|3|MS01" || i.key.idem_key == "pvk|1701|2026|3|Ar11"));
+    // FaR is computed (a regional measure) but never planned for the register.
+    assert!(out.results.iter().any(|r| r.indicator == "REGFAR01" && r.computable));
+    assert!(plan.intents.iter().all(|i| !i.payload["Q_Indicator"].as_str().unwrap().starts_with("REG")));
+    assert!(plan.skipped.iter().any(|s| s.indicator == "REGFAR01" && s.reason.contains("regional measure")));
     assert!(plan.skipped.iter().any(|s| s.unit == VC01 && s.reason.contains("no binding")));
     let keys: std::collections::BTreeSet<&str> = plan.intents.iter().map(|i| i.key.idem_key.as_str()).collect();
     assert_eq!(keys.len(), plan.intents.len(), "one intent per key");
@@ -828,8 +877,11 @@ fn xml_export_validates_against_the_shipped_xsd_and_csv_has_its_columns() {
     let out = compute(&engine, &pats, None, None, &[FT01, VC01], &[(2026, 2), MAR, (2026, 5)]);
     let dir = tempfile::tempdir().unwrap();
     let run = RunInfo { connector: "pvk".into(), run_id: "run-42".into(), generated_at: chrono::DateTime::parse_from_rfc3339("2026-04-15T01:00:00Z").unwrap().to_utc() };
-    let files = write_exports(&out.results, &dir.path().join("out"), &run).unwrap();
-    assert_eq!(files.len(), 2);
+    let files = write_exports(&out.results, &dir.path().join("out"), &run, &engine.labels()).unwrap();
+    assert_eq!(files.len(), 3, "PVK XML and CSV, and the regional measures' own file");
+    let pvk_rows = out.results.iter().filter(|r| !r.indicator.starts_with("REG")).count();
+    let regional_rows = out.results.len() - pvk_rows;
+    assert!(regional_rows > 0);
     let xml = &files[0];
     assert!(xml.ends_with("pvk-aggregates-pvk-20260415T010000Z.xml"));
     let xsd = repo().join("conformance/pvk-export/pvk-aggregate-export-1.0.xsd");
@@ -837,25 +889,36 @@ fn xml_export_validates_against_the_shipped_xsd_and_csv_has_its_columns() {
     assert!(res.status.success(), "xmllint: {}", String::from_utf8_lossy(&res.stderr));
     let text = std::fs::read_to_string(xml).unwrap();
     assert!(text.contains("<Suppressed>") && text.contains("<NotComputable>") && text.contains("<Reported>"));
-    assert!(text.contains(&format!("<CellCount>{}</CellCount>", out.results.len())));
+    assert!(text.contains(&format!("<CellCount>{pvk_rows}</CellCount>")));
+    assert!(!text.contains("REGFAR01") && !text.contains("REGVV01"), "regional measures are not in the PVK file");
+    assert!(text.contains("<IndicatorName>Ar12 – Andel patienter med höft- eller knäartros som deltagit i artrosskola (rehabenhet)</IndicatorName>"));
 
     let csv = std::fs::read_to_string(&files[1]).unwrap();
     let mut lines = csv.lines();
     assert_eq!(lines.next().unwrap().split(';').collect::<Vec<_>>(), CSV_COLUMNS.to_vec());
-    assert_eq!(csv.lines().count(), out.results.len() + 1);
+    assert_eq!(csv.lines().count(), pvk_rows + 1);
+    assert!(!csv.contains("REGFAR01"));
+    assert!(csv.contains(";Ar11 – Förekomst av diagnos höft- eller knäartros (rehabenhet)\r\n"), "the indicator's name is the last column");
     for line in csv.lines().skip(1) {
-        let f: Vec<&str> = line.splitn(9, ';').collect();
-        assert_eq!(f.len(), 9, "{line}");
+        let f: Vec<&str> = line.split(';').collect();
+        assert!(f.len() >= 10, "{line}");
         let reported = f[5].starts_with("reported");
         assert_eq!(!f[6].is_empty(), reported, "numbers only for reported cells: {line}");
     }
     assert!(csv.contains(";not_computable;;;"));
+    // The regional file: FaR and the per-FTE measures, with names, never the PVK register's.
+    let regional = std::fs::read_to_string(&files[2]).unwrap();
+    assert!(files[2].file_name().unwrap().to_string_lossy().starts_with("regional-measures-pvk-"));
+    assert_eq!(regional.lines().next().unwrap().split(';').collect::<Vec<_>>(), registerbrygga::sinks::export::REGIONAL_CSV_COLUMNS.to_vec());
+    assert_eq!(regional.lines().count(), regional_rows + 1);
+    assert!(regional.contains("REGFAR01;REG-FaR01 – Regionalt mått: andel patienter som fått fysisk aktivitet på recept (FaR);"));
+    assert!(regional.contains("REGVV01;REG-VV01 – Vårdval: besök per heltidsarbetande fysioterapeut (krav 1 200 per år);not_computable"));
     for f in identities(&pats) {
         assert!(!text.contains(f.as_str()) && !csv.contains(f.as_str()), "an export carries an identity");
     }
     // Atomic writes leave no temp files behind.
     let names: Vec<String> = std::fs::read_dir(dir.path().join("out")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names.len(), 3, "{names:?}");
 
     // The schema really constrains: a suppressed cell with numbers is invalid.
     let broken = text.replacen("<Suppressed>", "<Suppressed><Numerator>1</Numerator>", 1);
@@ -1004,7 +1067,13 @@ activities = ["artros"]
     assert!(problems.iter().all(|p| p.warning), "{problems:#?}");
     let unverified = PvkEngine::load(&loaded.connectors[0]).unwrap().rule_sets[0].code_sets.iter().filter(|c| !c.verified).count();
     assert_eq!(problems.iter().filter(|p| p.key.starts_with("code_sets.")).count(), unverified);
-    assert!(problems.iter().any(|p| p.key.contains("(Ar12)") && p.reason.contains("not computable: code list missing (artrosskola)")));
+    // Per indicator, `config check` lists "beräkningsbar" or what is missing.
+    let report = pvk::indicator_report(&loaded);
+    assert!(report.iter().any(|l| l.contains("Ar12 – ") && l.ends_with("ej beräkningsbar: kodlista saknas (artrosskola)")), "{report:#?}");
+    assert!(report.iter().any(|l| l.contains("Ar11 – ") && l.ends_with(": beräkningsbar")), "{report:#?}");
+    assert!(report.iter().any(|l| l.contains("LevFA11 – ") && l.contains("SKR:s definition är inte offentlig")), "{report:#?}");
+    assert!(report.iter().any(|l| l.contains("REG-VV01 – ") && l.contains("regionalt mått") && l.contains("årsarbetskrafter saknas")), "{report:#?}");
+    assert!(report[0].starts_with("PVK-indikatorer, PVK (pvk): ") && report[0].contains(" indikatorer beräkningsbara"), "{}", report[0]);
 
     // A syntax error names the line.
     let dir = write_rules("2026.toml", "[rule_set]\nyear = \"x\"\n");
@@ -1027,7 +1096,122 @@ fn streaming_computation_equals_batch_and_future_months_are_not_computable() {
     }
     assert_eq!(c.finish(), batch);
     let may = row(&batch, 2026, FT01, (2026, 5), "Ar11");
-    assert!(!may.computable && may.note.as_deref().unwrap().contains("after the computation date"));
+    assert!(!may.computable && may.note.as_deref().unwrap().contains("efter beräkningsdagen"));
     let april = row(&batch, 2026, FT01, (2026, 4), "Ar11");
     assert!(april.computable && april.note.as_deref().unwrap().contains("partial month"));
+}
+
+// --------------------------------------------------------------------------------- issue 16
+
+/// Drug criteria read prescriptions signed at the unit (a vårdcentral's own), with their
+/// duration: "longer cortisone treatment" is prescribed days, not one prescription.
+#[test]
+fn drug_criteria_count_prescriptions_signed_at_the_unit_and_their_duration() {
+    const VC02: &str = "SE2321000156-VC02";
+    let engine = sandbox_engine(&[VC01, VC02], &format!("vardcentraler = [\"{VC01}\", \"{VC02}\"]\nprimary_care_units = [\"{VC01}\", \"{VC02}\"]"));
+    let own = pnr("19450101", 601); // KOL, two drugs signed at VC01 (where listed)
+    let elsewhere = pnr("19450202", 611); // KOL, two drugs but one signed at VC02
+    let short = pnr("19500303", 621); // 70+, cortisone 30 days: not longer treatment
+    let long = pnr("19500404", 631); // cortisone 30 + 70 days at VC01: longer treatment
+    let pats = vec![
+        patient(&own, vec![diag(&own, VC01, "2026-01-10", "J44.9"), activity(&own, VC01, "2026-02-10", local(act::SIX_MINUTE_WALK_TEST), profession::PHYSIOTHERAPIST)]),
+        patient(&elsewhere, vec![diag(&elsewhere, VC01, "2026-01-10", "J44.9")]),
+        patient(&short, vec![]),
+        patient(&long, vec![]),
+    ];
+    let listing = Listing::from_rows([&own, &elsewhere, &short, &long].iter().map(|p| (p.raw().to_string(), VC01)), today(), &pseudo());
+    let rx = |p: &PatientId, atc: &str, date: &str, days: u32, unit: &str| (p.raw().to_string(), atc.to_string(), d(date), Some(days), Some(unit.to_string()));
+    let drugs = DrugList::from_prescriptions(
+        vec![
+            rx(&own, "R03AK06", "2025-12-01", 90, VC01),
+            rx(&own, "R03BB04", "2026-01-05", 90, VC01),
+            rx(&elsewhere, "R03AK06", "2025-12-01", 90, VC01),
+            rx(&elsewhere, "R03BB04", "2026-01-05", 90, VC02),
+            rx(&short, "H02AB06", "2026-02-01", 30, VC01),
+            rx(&long, "H02AB06", "2025-12-01", 30, VC01),
+            rx(&long, "H02AB06", "2026-02-01", 70, VC01),
+        ],
+        today(),
+    );
+    assert!(drugs.refused_lines.is_empty());
+    let out = compute(&engine, &pats, Some(&listing), Some(&drugs), &[VC01, VC02], &[MAR]);
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "KOL06")), (Some(1), Some(1)), "only the patient whose two drugs were both signed here");
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "KOL09")), (Some(0), Some(2)), "patient education: every KOL patient, no drug restriction");
+    let os04 = row(&out, 2026, VC01, MAR, "Os04");
+    assert_eq!(counts(os04), (Some(0), Some(1)), "90 days or more of cortisone: only `long`");
+    assert_eq!(listed(os04, "denominator"), vec![pseudo().patient_key(&long)]);
+}
+
+/// The listing is a snapshot per computed month: a patient who moved counts at the old
+/// vårdcentral before and at the new one after.
+#[test]
+fn listing_periods_give_a_snapshot_per_month() {
+    const VC02: &str = "SE2321000156-VC02";
+    let engine = sandbox_engine(&[VC01, VC02], &format!("vardcentraler = [\"{VC01}\", \"{VC02}\"]"));
+    let moved = pnr("19600101", 701);
+    let stays = pnr("19610101", 711);
+    let pats = vec![patient(&moved, vec![diag(&moved, VC01, "2025-12-01", "I50.9")]), patient(&stays, vec![])];
+    let listing = Listing::from_dated_rows(
+        vec![
+            (moved.raw().to_string(), VC01.to_string(), None, Some("2026-02-14".to_string())),
+            (moved.raw().to_string(), VC02.to_string(), Some("2026-02-15".to_string()), None),
+            (stays.raw().to_string(), VC01.to_string(), Some("2025-01-01".to_string()), None),
+            // Overlapping period: refused by line.
+            (stays.raw().to_string(), VC02.to_string(), Some("2026-01-01".to_string()), None),
+        ],
+        today(),
+        &pseudo(),
+    );
+    assert_eq!(listing.refused_lines, vec![4]);
+    let out = compute(&engine, &pats, Some(&listing), None, &[VC01, VC02], &[(2026, 1), MAR]);
+    assert_eq!(counts(row(&out, 2026, VC01, (2026, 1), "Hj01")), (Some(1), Some(2)));
+    assert_eq!(counts(row(&out, 2026, VC02, (2026, 1), "Hj01")), (Some(0), Some(0)));
+    assert_eq!(counts(row(&out, 2026, VC01, MAR, "Hj01")), (Some(0), Some(1)));
+    assert_eq!(counts(row(&out, 2026, VC02, MAR, "Hj01")), (Some(1), Some(1)));
+    // The listing file reads the same periods.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("listing.csv");
+    std::fs::write(&f, format!("personnummer;vardcentral;listad_fran;listad_tom\n{m};{VC01};;2026-02-14\n{m};{VC02};2026-02-15;\n", m = moved.raw())).unwrap();
+    let l = Listing::read_file(&f, today(), &pseudo()).unwrap();
+    assert_eq!(l.unit_at(&moved, d("2026-01-31")).map(|h| h.as_str()), Some(VC01));
+    assert_eq!(l.unit_at(&moved, d("2026-03-31")).map(|h| h.as_str()), Some(VC02));
+}
+
+/// Vårdval follow-up: physiotherapist visits and unique patients per full-time equivalent,
+/// per clinic and calendar year, with the FTE configured per unit and year.
+#[test]
+fn per_fte_measures_count_the_years_physiotherapist_visits_and_patients() {
+    let engine = sandbox_engine(&[FT01, FT02], &format!("fte = {{ \"{FT01}\" = {{ \"2026\" = 2.5 }} }}"));
+    let a = pnr("19700101", 801);
+    let b = pnr("19710101", 811);
+    let pats = vec![
+        patient(
+            &a,
+            vec![
+                visit(&a, FT01, "2025-12-20", CARE_CONTACT_VISIT, profession::PHYSIOTHERAPIST), // last year
+                visit(&a, FT01, "2026-01-10", CARE_CONTACT_VISIT, profession::PHYSIOTHERAPIST),
+                visit(&a, FT01, "2026-02-10", CARE_CONTACT_VISIT, profession::PHYSIOTHERAPIST),
+                visit(&a, FT01, "2026-02-11", CARE_CONTACT_PHONE, profession::PHYSIOTHERAPIST), // phone
+                visit(&a, FT01, "2026-03-10", CARE_CONTACT_VISIT, profession::OCCUPATIONAL_THERAPIST), // not a physio
+            ],
+        ),
+        patient(&b, vec![visit(&b, FT01, "2026-03-05", CARE_CONTACT_VISIT, profession::PHYSIOTHERAPIST), visit(&b, FT02, "2026-03-05", CARE_CONTACT_VISIT, profession::PHYSIOTHERAPIST)]),
+    ];
+    let out = compute(&engine, &pats, None, None, &[FT01, FT02], &[(2026, 1), MAR]);
+    assert_eq!(counts(row(&out, 2026, FT01, (2026, 1), "REGVV01")), (Some(1), Some(250)));
+    assert_eq!(counts(row(&out, 2026, FT01, MAR, "REGVV01")), (Some(3), Some(250)), "year to date: a's two and b's one");
+    assert_eq!(counts(row(&out, 2026, FT01, MAR, "REGVV02")), (Some(2), Some(250)));
+    let ft02 = row(&out, 2026, FT02, MAR, "REGVV01");
+    assert!(!ft02.computable && ft02.note.as_deref().unwrap().contains("årsarbetskrafter saknas"), "{:?}", ft02.note);
+    // Computed, shown and exported; never planned for the register, even one that would accept it.
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(repo().join("conformance/stratum/pvk-aggregate.json")).unwrap()).unwrap();
+    let values = meta["Domains"].as_array_mut().unwrap().iter_mut().find_map(|d| d.get_mut("DomainValues").and_then(|v| v.as_array_mut()).filter(|v| v.iter().any(|x| x["ValueCode"] == "Ar12"))).unwrap();
+    for code in ["REGVV01", "REGVV02", "REGFAR01"] {
+        values.push(serde_json::json!({"ValueCode": code, "ValueName": code, "Sequence": 900, "IsActive": true}));
+    }
+    let meta = RegisterMetadata::from_json(&serde_json::to_vec(&meta).unwrap()).unwrap();
+    let plan = aggregate_plan(&out.results, &meta, &bindings(), "pvk", today());
+    assert!(!plan.intents.is_empty());
+    assert!(plan.intents.iter().all(|i| !i.payload["Q_Indicator"].as_str().unwrap().starts_with("REG")));
+    assert_eq!(plan.skipped.iter().filter(|s| s.reason.contains("regional measure")).count(), out.results.iter().filter(|r| r.indicator.starts_with("REG")).count());
 }

@@ -50,7 +50,7 @@ mod oracle {
             if system != self.system {
                 return false;
             }
-            let code = if self.kind == "diagnosis" || self.system == OID_KVA { normalise_icd(code) } else { code.trim().to_string() };
+            let code = if self.kind == "diagnosis" || self.system == OID_KVA || self.system == "atc" { normalise_icd(code) } else { code.trim().to_string() };
             self.codes.iter().any(|c| if self.prefix { code.starts_with(c.as_str()) } else { code == *c })
         }
     }
@@ -73,9 +73,30 @@ mod oracle {
         pub scope: Option<String>,
     }
 
+    /// A drug criterion: code set, substances, prescribed days, look-back, and/or, scope.
+    #[derive(Clone, Debug)]
+    pub struct Drugs {
+        pub set: String,
+        pub min_distinct: usize,
+        pub min_days: Option<u32>,
+        pub lookback: u32,
+        pub or: bool,
+        pub scope: Option<String>,
+    }
+
+    /// A vårdval per-FTE measure: visits or unique patients of these professions and types.
+    #[derive(Clone, Debug)]
+    pub struct PerFte {
+        pub patients: bool,
+        pub professions: Vec<String>,
+        pub types: Vec<String>,
+    }
+
     #[derive(Clone, Debug)]
     pub struct Ind {
         pub code: String,
+        pub undefined: bool,
+        pub per_fte: Option<PerFte>,
         pub variant: String,
         pub kind: String,
         pub everyone: bool,
@@ -85,7 +106,7 @@ mod oracle {
         pub min_age: Option<i64>,
         pub max_age: Option<i64>,
         pub new_onset: Option<(u32, Vec<String>)>,
-        pub drugs: bool,
+        pub drugs: Option<Drugs>,
         pub visit_window: u32,
         pub visit_types: Vec<String>,
         pub measure: Option<Measure>,
@@ -119,7 +140,7 @@ mod oracle {
                 "kva" => OID_KVA.to_string(),
                 other => other.to_string(),
             };
-            let normalise = kind == "diagnosis" || system == OID_KVA;
+            let normalise = kind == "diagnosis" || system == OID_KVA || system == "atc";
             let codes = strs(s.get("codes")).into_iter().map(|c| if normalise { normalise_icd(&c) } else { c.trim().to_string() }).collect();
             let prefix = match s.get("match").and_then(Value::as_str) {
                 Some(m) => m == "prefix",
@@ -160,18 +181,34 @@ mod oracle {
                 }
             });
             let id = i["id"].as_str().unwrap().to_string();
+            let ind_lookback = int(pg("lookback_months")).map(|x| x as u32).unwrap_or(lookback);
+            let drugs = pg("drugs").map(|d| Drugs {
+                set: d["code_set"].as_str().unwrap().to_string(),
+                min_distinct: int(d.get("min_distinct")).unwrap_or(1) as usize,
+                min_days: int(d.get("min_days")).map(|x| x as u32),
+                lookback: int(d.get("lookback_months")).map(|x| x as u32).unwrap_or(ind_lookback),
+                or: d["combine"].as_str() == Some("or"),
+                scope: d.get("scope").and_then(Value::as_str).map(str::to_string),
+            });
+            let per_fte = i.get("per_fte").map(|f| PerFte {
+                patients: f["count"].as_str() == Some("patients"),
+                professions: strs(f.get("professions")),
+                types: strs(f.get("contact_types")),
+            });
             inds.push(Ind {
                 code: i.get("register_code").and_then(Value::as_str).map(str::to_string).unwrap_or(id),
+                undefined: i.get("definition_missing").is_some(),
+                per_fte,
                 variant: i["variant"].as_str().unwrap().to_string(),
                 kind,
                 everyone: pg("everyone").and_then(Value::as_bool).unwrap_or(false),
                 diagnoses,
-                lookback: int(pg("lookback_months")).map(|x| x as u32).unwrap_or(lookback),
+                lookback: ind_lookback,
                 scope: pg("scope").and_then(Value::as_str).map(str::to_string),
                 min_age: int(pg("min_age")),
                 max_age: int(pg("max_age")),
                 new_onset,
-                drugs: pg("drugs").is_some(),
+                drugs,
                 visit_window: int(pg("visit_window_months")).map(|x| x as u32).unwrap_or(visit_window),
                 visit_types: strs(pg("visit_contact_types")),
                 measure,
@@ -187,9 +224,12 @@ mod oracle {
     pub struct Pat {
         pub id: String,
         pub birth: NaiveDate,
-        pub listed: Option<String>,
-        /// (date, unit, careContactCode)
-        pub visits: Vec<(NaiveDate, String, String)>,
+        /// Listed vårdcentral and since when (the listing file's `listad_fran`).
+        pub listed: Option<(String, NaiveDate)>,
+        /// (date, unit, careContactCode, profession)
+        pub visits: Vec<(NaiveDate, String, String, String)>,
+        /// Prescriptions: (ATC, date signed, days, prescriber unit).
+        pub rx: Vec<(String, NaiveDate, u32, String)>,
         /// (date, unit, normalised ICD-10-SE code)
         pub diags: Vec<(NaiveDate, String, String)>,
         /// (date, unit, "activity" | "observation", system, code, profession); the sandbox's
@@ -198,7 +238,7 @@ mod oracle {
     }
 
     impl Pat {
-        pub fn of(p: &PatientTruth) -> Pat {
+        pub fn of(p: &PatientTruth, rx: &[registerbrygga::sandbox::pvk::SandboxPrescription]) -> Pat {
             let mut events: Vec<_> = p
                 .activities
                 .iter()
@@ -214,8 +254,9 @@ mod oracle {
             Pat {
                 id: p.id.raw().to_string(),
                 birth: p.birth_date,
-                listed: p.listed_at().map(str::to_string),
-                visits: p.valid_visits().map(|v| (v.date, v.unit.clone(), v.contact_type.to_string())).collect(),
+                listed: p.listing.clone(),
+                visits: p.valid_visits().map(|v| (v.date, v.unit.clone(), v.contact_type.to_string(), v.profession.to_string())).collect(),
+                rx: rx.iter().filter(|r| r.patient == p.index).map(|r| (r.atc.clone(), r.date, r.days, r.unit.clone())).collect(),
                 diags: p.diagnoses.iter().filter(|d| !d.nullified && d.defect.is_none()).map(|d| (d.date, d.unit.clone(), d.code.clone())).collect(),
                 events,
             }
@@ -267,6 +308,9 @@ mod oracle {
             /// others list only numerator patients.
             lists_denominator: bool,
         },
+        /// Vårdval per FTE: the patients with a counted visit, the count (visits, or patients),
+        /// the unit's FTE in hundredths.
+        PerFte { patients: BTreeSet<String>, count: i64, fte: i64, by_patients: bool },
     }
 
     impl Cell {
@@ -274,6 +318,7 @@ mod oracle {
             match self {
                 Cell::NotComputable => None,
                 Cell::Counts { num, den, .. } => Some((num.len() as i64, den.len() as i64)),
+                Cell::PerFte { count, fte, .. } => Some((*count, *fte)),
             }
         }
     }
@@ -281,14 +326,17 @@ mod oracle {
     /// A unit: HSA id and whether it is a vårdcentral (listed population) or a rehab unit.
     pub type Unit = (String, bool);
 
-    /// `scope` "unit" (only records at the unit) or "any"; the default is the unit's own
-    /// records at a rehab unit, every record at a vårdcentral.
-    fn in_scope(scope: &Option<String>, is_vc: bool, unit: &str, at: &str) -> bool {
-        let any = match scope.as_deref() {
-            Some(s) => s == "any",
-            None => is_vc,
-        };
-        any || unit == at
+    /// Where records count: "unit" (only at the unit), "primary_care" (at a primary-care unit)
+    /// or "any". `default_any_vc`: the default at a vårdcentral is primary care, at a rehab unit
+    /// the unit's own records (measures, mångsökare); population diagnoses default to primary
+    /// care everywhere (`population_default`).
+    fn in_scope(scope: &Option<String>, is_vc: bool, unit: &str, at: &str, primary: &BTreeSet<String>) -> bool {
+        let s = scope.as_deref().unwrap_or(if is_vc { "primary_care" } else { "unit" });
+        match s {
+            "any" => true,
+            "primary_care" => primary.contains(at),
+            _ => unit == at,
+        }
     }
 
     /// (date, unit, profession) of one valid item in a code list.
@@ -300,6 +348,7 @@ mod oracle {
         for (name, set) in &rules.sets {
             let hits: Vec<Hit> = match set.kind.as_str() {
                 "diagnosis" => p.diags.iter().filter(|d| set.matches(OID_ICD10SE, &d.2)).map(|d| (d.0, d.1.as_str(), "")).collect(),
+                "drug" => vec![],
                 kind => p.events.iter().filter(|e| e.2 == kind && set.matches(&e.3, &e.4)).map(|e| (e.0, e.1.as_str(), e.5.as_str())).collect(),
             };
             out.insert(name.as_str(), hits);
@@ -307,12 +356,25 @@ mod oracle {
         out
     }
 
-    pub fn compute(rules: &Rules, pats: &[Pat], units: &[Unit], months: &[(i32, u32)], today: NaiveDate) -> BTreeMap<CellKey, Cell> {
+    /// What the oracle needs besides the rules and the patients.
+    pub struct Setup<'a> {
+        pub units: &'a [Unit],
+        pub months: &'a [(i32, u32)],
+        pub today: NaiveDate,
+        /// HSA ids of primary-care units.
+        pub primary: &'a BTreeSet<String>,
+        /// FTE in hundredths per (unit, year).
+        pub fte: &'a BTreeMap<(String, i32), i64>,
+    }
+
+    pub fn compute(rules: &Rules, pats: &[Pat], setup: &Setup) -> BTreeMap<CellKey, Cell> {
         let all: Vec<(&Pat, BTreeMap<&str, Vec<Hit>>)> = pats.iter().map(|p| (p, matched(rules, p))).collect();
         let mut out = BTreeMap::new();
-        for (unit, is_vc) in units {
-            let mine: Vec<&(&Pat, BTreeMap<&str, Vec<Hit>>)> =
-                all.iter().filter(|(p, _)| if *is_vc { p.listed.as_deref() == Some(unit.as_str()) } else { p.visits.iter().any(|v| &v.1 == unit) }).collect();
+        for (unit, is_vc) in setup.units {
+            let mine: Vec<&(&Pat, BTreeMap<&str, Vec<Hit>>)> = all
+                .iter()
+                .filter(|(p, _)| if *is_vc { p.listed.as_ref().is_some_and(|l| &l.0 == unit) } else { p.visits.iter().any(|v| &v.1 == unit) })
+                .collect();
             for ind in &rules.inds {
                 let applies = match ind.variant.as_str() {
                     "any" => true,
@@ -325,18 +387,32 @@ mod oracle {
                 let mut used: Vec<&String> = ind.diagnoses.iter().collect();
                 used.extend(ind.new_onset.iter().flat_map(|n| n.1.iter()));
                 used.extend(ind.measure.iter().flat_map(|m| m.sets.iter()));
-                // No drug list is configured in the sandbox; an empty code list cannot count.
-                let blocked = ind.drugs || used.iter().any(|s| rules.sets[*s].codes.is_empty());
-                for &(y, m) in months {
+                used.extend(ind.drugs.iter().map(|d| &d.set));
+                // An empty code list or an unpublished definition cannot count.
+                let blocked = ind.undefined || used.iter().any(|s| rules.sets[*s].codes.is_empty());
+                for &(y, m) in setup.months {
                     let key = (rules.year, unit.clone(), y, m, ind.code.clone());
-                    if blocked {
+                    let fte = setup.fte.get(&(unit.clone(), y)).copied();
+                    if blocked || (ind.per_fte.is_some() && fte.is_none()) {
                         out.insert(key, Cell::NotComputable);
                         continue;
                     }
-                    let at = At { unit, is_vc: *is_vc, y, m, end: month_end(y, m, today) };
+                    let at = At { rules, unit, is_vc: *is_vc, y, m, end: month_end(y, m, setup.today), primary: setup.primary };
                     let mut num = BTreeSet::new();
                     let mut den = BTreeSet::new();
+                    let mut total = 0i64;
                     for (p, hits) in &mine {
+                        if *is_vc && !p.listed.as_ref().is_some_and(|l| l.1 <= at.end) {
+                            continue; // not yet listed at the month's end: the month's snapshot
+                        }
+                        if let Some(f) = &ind.per_fte {
+                            let n = per_fte(f, p, &at);
+                            if n > 0 {
+                                num.insert(p.id.clone());
+                                total += if f.patients { 1 } else { n };
+                            }
+                            continue;
+                        }
                         if let Some((in_num, in_den)) = evaluate(ind, p, hits, &at) {
                             if in_den {
                                 den.insert(p.id.clone());
@@ -346,21 +422,36 @@ mod oracle {
                             }
                         }
                     }
-                    let lists_denominator = ind.kind == "proportion" && !ind.everyone;
-                    out.insert(key, Cell::Counts { num, den, lists_denominator });
+                    let cell = match (&ind.per_fte, fte) {
+                        (Some(pf), Some(f)) => Cell::PerFte { patients: num, count: total, fte: f, by_patients: pf.patients },
+                        _ => Cell::Counts { num, den, lists_denominator: ind.kind == "proportion" && !ind.everyone },
+                    };
+                    out.insert(key, cell);
                 }
             }
         }
         out
     }
 
+    /// Vårdval: the patient's visits at the unit of the measure's professions and types in the
+    /// calendar year up to the month's last day counted.
+    fn per_fte(f: &PerFte, p: &Pat, at: &At) -> i64 {
+        let from = first(at.y, 1);
+        p.visits
+            .iter()
+            .filter(|(d, u, t, prof)| u == at.unit && *d >= from && *d <= at.end && (f.types.is_empty() || f.types.contains(t)) && (f.professions.is_empty() || f.professions.contains(prof)))
+            .count() as i64
+    }
+
     /// The cell being computed: unit, kind of unit, month and its last day counted.
     struct At<'a> {
+        rules: &'a Rules,
         unit: &'a str,
         is_vc: bool,
         y: i32,
         m: u32,
         end: NaiveDate,
+        primary: &'a BTreeSet<String>,
     }
 
     /// (numerator, denominator) membership of one patient, or None when outside the base.
@@ -369,7 +460,7 @@ mod oracle {
         if !at.is_vc {
             let from = window_start(at.y, at.m, ind.visit_window);
             let visitor =
-                p.visits.iter().any(|(d, u, t)| u == at.unit && *d >= from && *d <= at.end && (ind.visit_types.is_empty() || ind.visit_types.contains(t)));
+                p.visits.iter().any(|(d, u, t, _)| u == at.unit && *d >= from && *d <= at.end && (ind.visit_types.is_empty() || ind.visit_types.contains(t)));
             if !visitor {
                 return None;
             }
@@ -388,15 +479,15 @@ mod oracle {
                 let counted: Vec<NaiveDate> = p
                     .visits
                     .iter()
-                    .filter(|(d, u, t)| *d >= from && *d <= at.end && in_scope(&f.scope, at.is_vc, at.unit, u) && (f.types.is_empty() || f.types.contains(t)))
+                    .filter(|(d, u, t, _)| *d >= from && *d <= at.end && in_scope(&f.scope, at.is_vc, at.unit, u, at.primary) && (f.types.is_empty() || f.types.contains(t)))
                     .map(|v| v.0)
                     .collect();
                 let n = if f.days { counted.iter().collect::<BTreeSet<_>>().len() } else { counted.len() };
                 Some((n as u32 > f.threshold, true))
             }
-            "prevalence" => Some((population(ind, hits, at).is_some(), true)),
+            "prevalence" => Some((population(ind, p, hits, at).is_some(), true)),
             _ => {
-                let index = population(ind, hits, at)?;
+                let index = population(ind, p, hits, at)?;
                 Some((measured(ind, hits, at, index), true))
             }
         }
@@ -406,24 +497,70 @@ mod oracle {
         sets.iter().flat_map(move |s| hits[s.as_str()].iter())
     }
 
+    /// The earliest date in [from, to] from which the drug criterion holds: prescriptions of
+    /// the set signed in scope (a vårdcentral: its own; a rehab unit: primary care's), enough
+    /// distinct substances and, with min_days, enough prescribed days in all.
+    fn drug_from(d: &Drugs, rules: &Rules, p: &Pat, at: &At, from: NaiveDate, to: NaiveDate) -> Option<NaiveDate> {
+        let set = &rules.sets[&d.set];
+        let scope = d.scope.as_deref().unwrap_or(if at.is_vc { "unit" } else { "primary_care" });
+        let ok: Vec<&(String, NaiveDate, u32, String)> = p
+            .rx
+            .iter()
+            .filter(|(atc, date, _, unit)| {
+                *date >= from
+                    && *date <= to
+                    && set.matches("atc", atc)
+                    && match scope {
+                        "any" => true,
+                        "primary_care" => at.primary.contains(unit),
+                        _ => unit == at.unit,
+                    }
+            })
+            .collect();
+        let substances: BTreeSet<&str> = ok.iter().map(|r| r.0.as_str()).collect();
+        let days: u32 = ok.iter().map(|r| r.2).sum();
+        (substances.len() >= d.min_distinct && d.min_days.map_or(true, |m| days >= m)).then(|| ok.iter().map(|r| r.1).min()).flatten()
+    }
+
     /// `Some(index date)` when the patient belongs to the diagnosis population: a diagnosis
-    /// from the lists in the look-back window, in scope; the index date is the earliest such
-    /// diagnosis at any unit; new onset: none of the excluded diagnoses (any unit) in the clear
-    /// months before the index date.
-    fn population(ind: &Ind, hits: &BTreeMap<&str, Vec<Hit>>, at: &At) -> Option<Option<NaiveDate>> {
+    /// from the lists in the look-back window, in scope (primary care by default); the index
+    /// date is the earliest such diagnosis at any unit; with a drug criterion "and" it must
+    /// also hold, with "or" it is an alternative way in (its first prescription can be the
+    /// index); new onset: none of the excluded diagnoses (any unit), nor the drug criterion
+    /// ("or"), in the clear months before the index date.
+    fn population(ind: &Ind, p: &Pat, hits: &BTreeMap<&str, Vec<Hit>>, at: &At) -> Option<Option<NaiveDate>> {
         if ind.everyone {
             return Some(None);
         }
         let from = window_start(at.y, at.m, ind.lookback);
         let window: Vec<&Hit> = in_lists(hits, &ind.diagnoses).filter(|h| h.0 >= from && h.0 <= at.end).collect();
-        if !window.iter().any(|h| in_scope(&ind.scope, at.is_vc, at.unit, h.1)) {
-            return None;
-        }
-        let index = window.iter().map(|h| h.0).min()?;
+        let scope = Some(ind.scope.clone().unwrap_or_else(|| "primary_care".into()));
+        let diag = if window.iter().any(|h| in_scope(&scope, at.is_vc, at.unit, h.1, at.primary)) { window.iter().map(|h| h.0).min() } else { None };
+        let index = match &ind.drugs {
+            None => diag,
+            Some(d) => {
+                let drug = drug_from(d, at.rules, p, at, window_start(at.y, at.m, d.lookback), at.end);
+                if d.or {
+                    match (diag, drug) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                } else {
+                    diag.filter(|_| drug.is_some())
+                }
+            }
+        }?;
         if let Some((clear, exclude)) = &ind.new_onset {
             let clear_from = index.checked_sub_months(Months::new(*clear)).unwrap();
             if in_lists(hits, exclude).any(|h| h.0 >= clear_from && h.0 < index) {
                 return None;
+            }
+            if let Some(d) = ind.drugs.as_ref().filter(|d| d.or) {
+                if let Some(prev) = index.pred_opt() {
+                    if drug_from(d, at.rules, p, at, clear_from, prev).is_some() {
+                        return None;
+                    }
+                }
             }
         }
         Some(Some(index))
@@ -439,10 +576,9 @@ mod oracle {
             _ => (window_start(at.y, at.m, me.window), at.end),
         };
         in_lists(hits, &me.sets).any(|(d, u, prof)| {
-            *d >= from && *d <= to && in_scope(&me.scope, at.is_vc, at.unit, u) && (me.professions.is_empty() || me.professions.iter().any(|x| x == prof))
+            *d >= from && *d <= to && in_scope(&me.scope, at.is_vc, at.unit, u, at.primary) && (me.professions.is_empty() || me.professions.iter().any(|x| x == prof))
         })
     }
-
     // ------------------------------------------------------------------ data quality
 
     fn icd_shaped(code: &str) -> bool {
@@ -546,12 +682,28 @@ fn visible(e: &E2e) -> Vec<PatientTruth> {
     e.env.population.truth().patients().filter(|p| p.kind() != IdKind::Reserve).collect()
 }
 
-fn expected_cells(rule_sets: &[&Rules], truths: &[PatientTruth], today: NaiveDate) -> BTreeMap<CellKey, Cell> {
-    let pats: Vec<oracle::Pat> = truths.iter().map(oracle::Pat::of).collect();
+/// The truth's cells for these rule sets: the patients as PVK sees them, with the connector's
+/// configured primary-care units and FTE, and the sandbox's drug list (src/sandbox/pvk.rs).
+fn expected_cells(e: &E2e, rule_sets: &[&Rules], truths: &[PatientTruth], today: NaiveDate) -> BTreeMap<CellKey, Cell> {
+    let rx = registerbrygga::sandbox::pvk::prescriptions(&e.env.population);
+    let pats: Vec<oracle::Pat> = truths.iter().map(|p| oracle::Pat::of(p, &rx)).collect();
     let months = oracle::months(today, 13);
+    let c = e.app.loaded.connectors.iter().find(|c| c.name == CONNECTOR).unwrap();
+    let primary: BTreeSet<String> = match c.options.get("primary_care_units").and_then(|v| v.as_array()) {
+        Some(a) => a.iter().map(|u| u.as_str().unwrap().to_string()).collect(),
+        None => c.units.iter().cloned().collect(),
+    };
+    let mut fte = BTreeMap::new();
+    for (unit, years) in c.options.get("fte").and_then(|v| v.as_table()).into_iter().flatten() {
+        for (y, v) in years.as_table().unwrap() {
+            fte.insert((unit.clone(), y.parse::<i32>().unwrap()), (v.as_float().unwrap() * 100.0).round() as i64);
+        }
+    }
+    let units = units();
+    let setup = oracle::Setup { units: &units, months: &months, today, primary: &primary, fte: &fte };
     let mut out = BTreeMap::new();
     for r in rule_sets {
-        out.extend(oracle::compute(r, &pats, &units(), &months, today));
+        out.extend(oracle::compute(r, &pats, &setup));
     }
     out
 }
@@ -584,6 +736,10 @@ fn expected_aggregates(cells: &BTreeMap<CellKey, Cell>) -> Aggregates {
     }
     let mut out = BTreeMap::new();
     for ((unit, y, m, code), (_, cell)) in chosen {
+        // Regional measures (FaR, vårdval per FTE) are never sent.
+        if code.starts_with("REG") {
+            continue;
+        }
         let (Some(uc), Some((num, den))) = (unit_code(&unit), cell.counts()) else { continue };
         if small(num) || small(den) {
             continue;
@@ -643,14 +799,19 @@ async fn assert_results(e: &E2e, rule_year: i32, expected: &BTreeMap<CellKey, Ce
         match cell.counts() {
             None => {
                 assert!(!r.computable && r.numerator.is_none() && r.denominator.is_none(), "{k:?} must be not computable: {r:?}");
-                assert!(r.note.as_deref().unwrap_or("").starts_with("not computable"), "{k:?}: {r:?}");
+                assert!(r.note.as_deref().unwrap_or("").starts_with("ej beräkningsbar: "), "{k:?}: {r:?}");
             }
             Some((num, den)) => {
                 assert!(r.computable, "{k:?} is computable: {r:?}");
                 if (r.numerator, r.denominator) != (Some(num), Some(den)) {
                     wrong.push(format!("{k:?}: engine {:?}/{:?}, truth {num}/{den}", r.numerator, r.denominator));
                 }
-                assert_eq!(r.suppressed, small(num) || small(den), "{k:?} suppression: {r:?}");
+                let want_suppressed = match cell {
+                    // FTE is no count; visits are no patients.
+                    Cell::PerFte { by_patients, .. } => *by_patients && small(num),
+                    _ => small(num) || small(den),
+                };
+                assert_eq!(r.suppressed, want_suppressed, "{k:?} suppression: {r:?}");
             }
         }
     }
@@ -668,9 +829,13 @@ async fn assert_patient_lists(e: &E2e, rule_year: i32, expected: &BTreeMap<CellK
     let mut keys = BTreeSet::new();
     for ((ry, unit, y, m, code), cell) in expected.iter().filter(|(k, _)| k.0 == rule_year) {
         let list = e.app.store.pvk_patient_list(CONNECTOR, *ry, unit, *y, *m, code).await.unwrap();
-        let Cell::Counts { num, den, lists_denominator } = cell else {
-            assert!(list.is_none(), "a not computable cell has no list");
-            continue;
+        let (num, den, lists_denominator) = match cell {
+            Cell::Counts { num, den, lists_denominator } => (num, den, *lists_denominator),
+            Cell::PerFte { patients, .. } => (patients, patients, false),
+            Cell::NotComputable => {
+                assert!(list.is_none(), "a not computable cell has no list");
+                continue;
+            }
         };
         let list = list.unwrap_or_else(|| panic!("no patient list for {unit} {y}-{m} {code}"));
         let mut ids = BTreeSet::new();
@@ -685,7 +850,7 @@ async fn assert_patient_lists(e: &E2e, rule_year: i32, expected: &BTreeMap<CellK
         }
         let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| (a.difference(b).cloned().collect::<Vec<_>>(), b.difference(a).cloned().collect::<Vec<_>>());
         assert!(&nums == num, "numerator patients of {unit} {y}-{m} {code}: (engine only, truth only) {:?}", diff(&nums, num));
-        let want = if *lists_denominator { den } else { num };
+        let want = if lists_denominator { den } else { num };
         assert!(&ids == want, "listed patients of {unit} {y}-{m} {code}: (engine only, truth only) {:?}", diff(&ids, want));
     }
     keys
@@ -793,26 +958,27 @@ async fn sandbox(backend: Backend, name: &str, patients: usize, bad_item_share: 
     start_with(backend, spec, name).await
 }
 
-/// A patient, unit and day such that one more visit there with FaR (KVÅ DV200) moves exactly one
-/// sent aggregate: a visitor of the unit this year, not listed (so no vårdcentral counts move),
-/// without FaR at the unit and far from the mångsökare threshold.
-fn far_candidate(truths: &[PatientTruth], cells: &BTreeMap<CellKey, Cell>, today: NaiveDate) -> (usize, String) {
+/// A patient and rehab unit such that one more visit there today with artrosskola moves exactly
+/// one sent aggregate (this month's Ar12): in the unit's Ar12 denominator but not its numerator,
+/// not listed (so no vårdcentral counts move), without FaR, far from the mångsökare threshold.
+fn artrosskola_candidate(truths: &[PatientTruth], cells: &BTreeMap<CellKey, Cell>, today: NaiveDate) -> (usize, String) {
     let year_ago = today - chrono::Duration::days(300);
-    for unit in REHAB_UNITS {
-        let key = (2026, unit.to_string(), today.year(), today.month(), "FaR01".to_string());
-        let Some((num, _)) = cells.get(&key).and_then(Cell::counts) else { continue };
-        if num < 5 {
+    for unit in &REHAB_UNITS[..3] {
+        let key = (2026, unit.to_string(), today.year(), today.month(), "Ar12".to_string());
+        let Some(Cell::Counts { num, den, .. }) = cells.get(&key) else { continue };
+        if num.len() < 5 {
             continue;
         }
         for p in truths {
             let here = p.visits_in(Some(unit), year_ago..=today);
             let far = p.activities.iter().any(|a| a.code == kva::FAR);
-            if p.listing.is_none() && here > 0 && here < 10 && !far {
+            let id = p.id.raw().to_string();
+            if p.listing.is_none() && den.contains(&id) && !num.contains(&id) && here > 0 && here < 10 && !far {
                 return (p.index, unit.to_string());
             }
         }
     }
-    panic!("no patient to add FaR for");
+    panic!("no patient to add artrosskola for");
 }
 
 // ---------------------------------------------------------------------------------------- tests
@@ -826,19 +992,53 @@ async fn pvk_matches_ground_truth_sqlite() {
     let mut e = sandbox(Backend::Sqlite, "pvk_truth", PATIENTS, 0.01).await;
     let today = e.env.today;
     let rules = oracle::read(&rules_dir(&e).join(SANDBOX_RULES));
+    // The PVK scenario the generator lacks (långvarig smärta, new dementia with the occupational
+    // therapist's actions, incontinence work-up), and FT04 treated as outside primary care: its
+    // diagnoses count for no population (the primary-care diagnosis scope).
+    let added = registerbrygga::sandbox::pvk::apply_scenario(&e.env.population).unwrap();
+    assert!(added > 40, "scenario visits: {added}");
+    let primary: Vec<toml::Value> = REHAB_UNITS[..3].iter().chain(VC_UNITS.iter()).map(|u| toml::Value::String(u.to_string())).collect();
+    e.reconfigure(move |l| {
+        let c = l.connectors.iter_mut().find(|c| c.name == CONNECTOR).unwrap();
+        c.options.insert("primary_care_units".into(), toml::Value::Array(primary));
+    })
+    .await;
+    // The admin overview gets one short Swedish summary for PVK, not one banner per code list.
+    let pvk_warnings: Vec<&str> = e.rt.warnings.iter().filter(|w| w.area == "pvk").map(|w| w.text.as_str()).collect();
+    assert_eq!(pvk_warnings.len(), 1, "{pvk_warnings:#?}");
+    assert!(pvk_warnings[0].starts_with("PVK (primarvardskvalitet): ") && pvk_warnings[0].contains("indikatorer beräkningsbara"), "{}", pvk_warnings[0]);
     let r = run_ok(&e, today).await;
     eprintln!("pull + compute of {} patients: {:?}", r.patients, t0.elapsed());
 
     // Every numerator and denominator, every patient list.
     let truths = visible(&e);
     eprintln!("truth derived: {:?}", t0.elapsed());
-    let cells = expected_cells(&[&rules], &truths, today);
+    let cells = expected_cells(&e, &[&rules], &truths, today);
     eprintln!("truth computed: {:?}", t0.elapsed());
     assert_results(&e, 2026, &cells).await;
     let pseudonyms = assert_patient_lists(&e, 2026, &cells).await;
     let computable = cells.values().filter(|c| c.counts().is_some()).count();
     assert!(computable > 500, "most cells are computable: {computable}");
     assert!(cells.values().filter_map(Cell::counts).filter(|(n, _)| *n >= 5).count() > 200, "the population fills the cells");
+    // The corrected definitions and every new indicator are exercised, not just declared: each
+    // has a cell with patients in its numerator this month (regional ones included), and the
+    // ones SKR has not published are reported as not computable.
+    let this_month = |code: &str| -> Vec<&Cell> { cells.iter().filter(|(k, _)| k.4 == code && (k.2, k.3) == (today.year(), today.month())).map(|(_, c)| c).collect() };
+    for code in ["Sm01", "Sm11", "Os10", "KOL07", "KOL13", "Ink02", "Dem11", "Dem12", "Dem13", "KOL06", "KOL09", "KOL15", "Os04", "REGFAR01", "REGVV01", "REGVV02"] {
+        assert!(this_month(code).iter().any(|c| c.counts().is_some_and(|(n, _)| n > 0)), "{code} has patients this month");
+    }
+    for code in ["LevFA11", "LevFA12", "LevKO11", "LevKO12"] {
+        assert!(this_month(code).iter().all(|c| **c == Cell::NotComputable), "{code}");
+    }
+    assert!(this_month("REGVV01").iter().any(|c| **c == Cell::NotComputable), "FT04 has no FTE configured");
+    // KOL09 (patient education) counts every KOL patient; KOL06 only those with two drugs.
+    let den = |code: &str| this_month(code).iter().filter_map(|c| c.counts()).map(|c| c.1).sum::<i64>();
+    assert!(den("KOL09") > den("KOL06"), "KOL09 {} vs KOL06 {}", den("KOL09"), den("KOL06"));
+    // The drug list has cortisone patients on both sides of the 90-day rule.
+    let rx = registerbrygga::sandbox::pvk::prescriptions(&e.env.population);
+    let cortisone_days = |i: usize| rx.iter().filter(|r| r.patient == i && r.atc.starts_with("H02AB")).map(|r| r.days).sum::<u32>();
+    let cortisone: BTreeSet<usize> = rx.iter().filter(|r| r.atc.starts_with("H02AB")).map(|r| r.patient).collect();
+    assert!(cortisone.iter().any(|i| cortisone_days(*i) >= 90) && cortisone.iter().any(|i| cortisone_days(*i) < 90));
 
     // Data quality per unit and month, and the bad items in quarantine.
     assert_quality(&e, &truths, &rules, today).await;
@@ -876,7 +1076,7 @@ async fn pvk_matches_ground_truth_sqlite() {
         }
         lines += 1;
     }
-    assert_eq!(lines, cells.len());
+    assert_eq!(lines, cells.keys().filter(|k| !k.4.starts_with("REG")).count(), "regional measures are not in the PVK file");
 
     // Recomputing the same day without changes sends nothing.
     let r = run_ok(&e, today).await;
@@ -886,7 +1086,7 @@ async fn pvk_matches_ground_truth_sqlite() {
     // A journal change that moves one count updates exactly that aggregate: one more visit with
     // FaR. It also carries items the quality report must flag (a diagnosis code not shaped like
     // ICD-10-SE, a malformed KVÅ code, an unknown local code), which no indicator reads.
-    let (patient, unit) = far_candidate(&truths, &cells, today);
+    let (patient, unit) = artrosskola_candidate(&truths, &cells, today);
     e.env
         .population
         .add_visit(
@@ -897,16 +1097,25 @@ async fn pvk_matches_ground_truth_sqlite() {
                 profession: profession::PHYSIOTHERAPIST.into(),
                 phone: false,
                 diagnoses: vec!["XYZ1".into()],
-                activities: vec![Code::new(OID_KVA, kva::FAR), Code::new(OID_KVA, "DV20"), Code::new(LOCAL_TERMS, "OKAND-ATGARD")],
+                // FaR moves only regional measures (never sent); artrosskola moves Ar12.
+                activities: vec![
+                    Code::new(OID_KVA, kva::FAR),
+                    Code::new(LOCAL_TERMS, registerbrygga::sandbox::vocabulary::act::ARTROSSKOLA),
+                    Code::new(OID_KVA, "DV20"),
+                    Code::new(LOCAL_TERMS, "OKAND-ATGARD"),
+                ],
                 observations: vec![],
             },
         )
         .unwrap();
     let truths2 = visible(&e);
-    let cells2 = expected_cells(&[&rules], &truths2, today);
+    let cells2 = expected_cells(&e, &[&rules], &truths2, today);
     let expected2 = expected_aggregates(&cells2);
     let moved: Vec<_> = expected2.iter().filter(|(k, v)| expected.get(*k) != Some(*v)).collect();
     assert_eq!(moved.len(), 1, "the change moves one aggregate: {moved:?}");
+    assert_eq!(moved[0].0 .3, "Ar12");
+    let regional_moved = cells2.iter().filter(|(k, c)| k.4.starts_with("REG") && cells.get(*k) != Some(*c)).count();
+    assert!(regional_moved >= 2, "FaR and the physiotherapist visit move regional measures ({regional_moved}), which are never sent");
     assert_eq!(expected2.len(), expected.len());
     run_ok(&e, today).await;
     assert_results(&e, 2026, &cells2).await;
@@ -918,17 +1127,25 @@ async fn pvk_matches_ground_truth_sqlite() {
     assert_same_aggregates(&expected2, &held_aggregates(&e).0);
     assert_eq!(ops(&e), (expected.len() as u64, 1, 0), "one PUT, no new registration");
 
-    // Nullifying the FaR activity (makulerad) moves it back.
-    let far = truths2.iter().find(|p| p.index == patient).unwrap().activities.iter().find(|a| a.code == kva::FAR && a.date == today && a.unit == unit).unwrap();
-    e.env.population.nullify_document(patient, &far.document_id).unwrap();
+    // Nullifying the artrosskola activity (makulerad) moves Ar12 back; FaR and the visit stay
+    // (regional measures only).
+    let school = truths2
+        .iter()
+        .find(|p| p.index == patient)
+        .unwrap()
+        .activities
+        .iter()
+        .find(|a| a.code == registerbrygga::sandbox::vocabulary::act::ARTROSSKOLA && a.date == today && a.unit == unit)
+        .unwrap();
+    e.env.population.nullify_document(patient, &school.document_id).unwrap();
     run_ok(&e, today).await;
-    assert_results(&e, 2026, &cells).await;
+    assert_results(&e, 2026, &expected_cells(&e, &[&rules], &visible(&e), today)).await;
     e.deliver().await;
     assert_same_aggregates(&expected, &held_aggregates(&e).0);
     assert_eq!(ops(&e), (expected.len() as u64, 2, 0));
-    // From here on the journal stays as it is now (the extra visit, its FaR nullified).
+    // From here on the journal stays as it is now (the extra visit, its artrosskola nullified).
     let truths = visible(&e);
-    let cells = expected_cells(&[&rules], &truths, today);
+    let cells = expected_cells(&e, &[&rules], &truths, today);
     assert_eq!(expected_aggregates(&cells), expected);
 
     // Rules from files alone, two rule years side by side. The 2026 file gains hand
@@ -949,7 +1166,7 @@ async fn pvk_matches_ground_truth_sqlite() {
     let (rules_changed, rules_2027) = (oracle::read(&changed), oracle::read(&y2027));
     use_rules(&mut e, &dir, &[SANDBOX_RULES, "sandbox-2027.toml"]).await;
     run_ok(&e, today).await;
-    let both = expected_cells(&[&rules_changed, &rules_2027], &truths, today);
+    let both = expected_cells(&e, &[&rules_changed, &rules_2027], &truths, today);
     assert_results(&e, 2026, &both).await;
     assert_results(&e, 2027, &both).await;
     assert_patient_lists(&e, 2027, &both).await;
@@ -976,7 +1193,7 @@ async fn pvk_matches_ground_truth_sqlite() {
     let (before, _) = held_aggregates(&e);
     let next = today.succ_opt().unwrap();
     run_ok(&e, next).await;
-    let cells4 = expected_cells(&[&rules_changed, &rules_2027], &truths, next);
+    let cells4 = expected_cells(&e, &[&rules_changed, &rules_2027], &truths, next);
     let expected4 = expected_aggregates(&cells4);
     e.deliver().await;
     let (held4, _) = held_aggregates(&e);
@@ -1021,7 +1238,7 @@ async fn pvk_aggregates_exactly_once_postgres() {
     let rules = oracle::read(&rules_dir(&e).join(SANDBOX_RULES));
     run_ok(&e, today).await;
     let truths = visible(&e);
-    let cells = expected_cells(&[&rules], &truths, today);
+    let cells = expected_cells(&e, &[&rules], &truths, today);
     assert_results(&e, 2026, &cells).await;
     e.deliver().await;
     let expected = expected_aggregates(&cells);
@@ -1031,18 +1248,18 @@ async fn pvk_aggregates_exactly_once_postgres() {
     run_ok(&e, today).await;
     e.deliver().await;
     assert_eq!(ops(&e), (expected.len() as u64, 0, 0));
-    let (patient, unit) = far_candidate(&truths, &cells, today);
+    let (patient, unit) = artrosskola_candidate(&truths, &cells, today);
     let visit = VisitSpec {
         date: today,
         unit,
         profession: profession::PHYSIOTHERAPIST.into(),
         phone: false,
         diagnoses: vec![],
-        activities: vec![Code::new(OID_KVA, kva::FAR)],
+        activities: vec![Code::new(OID_KVA, kva::FAR), Code::new(LOCAL_TERMS, registerbrygga::sandbox::vocabulary::act::ARTROSSKOLA)],
         observations: vec![],
     };
     e.env.population.add_visit(patient, visit).unwrap();
-    let expected2 = expected_aggregates(&expected_cells(&[&rules], &visible(&e), today));
+    let expected2 = expected_aggregates(&expected_cells(&e, &[&rules], &visible(&e), today));
     assert_eq!(expected2.iter().filter(|(k, v)| expected.get(*k) != Some(*v)).count(), 1);
     run_ok(&e, today).await;
     e.deliver().await;

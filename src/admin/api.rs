@@ -723,6 +723,50 @@ pub struct PvkResults {
     pub quality: Vec<crate::store::PvkQualityRow>,
     /// E.g. code lists not yet verified against their source: numbers to read with care.
     pub warnings: Vec<super::Warning>,
+    /// Every configured indicator with its name and whether it can be computed.
+    pub indicators: Vec<PvkIndicatorInfo>,
+}
+
+/// An indicator as the connector's rule sets define it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PvkIndicatorInfo {
+    pub connector: String,
+    pub rule_year: i32,
+    /// Register code (the `indicator` of result rows).
+    pub indicator: String,
+    pub id: String,
+    /// "Ar12 – Andel patienter med …".
+    pub name: String,
+    /// A regional measure (FaR, vårdval per FTE): shown and exported, never sent to PVK.
+    pub regional: bool,
+    /// Per-FTE measures: the region's requirement per full-time equivalent and year.
+    pub per_fte_requirement: Option<u32>,
+    /// "beräkningsbar", or "ej beräkningsbar: <what is missing>".
+    pub status: String,
+    /// Why the id is provisional, if it is.
+    pub provisional: Option<String>,
+}
+
+/// The indicators of every configured PVK connector (read from their rule files).
+pub fn pvk_indicators(state: &AdminState) -> Vec<PvkIndicatorInfo> {
+    let mut out = vec![];
+    for c in state.app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Pvk) {
+        let Ok(engine) = crate::registers::pvk::PvkEngine::load(c) else { continue };
+        for (rs, ind, why) in engine.computability() {
+            out.push(PvkIndicatorInfo {
+                connector: c.name.clone(),
+                rule_year: rs.year,
+                indicator: ind.register_code.clone(),
+                id: ind.id.clone(),
+                name: ind.display_name(),
+                regional: ind.regional,
+                per_fte_requirement: ind.per_fte.as_ref().map(|f| f.requirement),
+                status: why.map_or_else(|| "beräkningsbar".to_string(), |w| format!("{} {w}", crate::registers::pvk::NOT_COMPUTABLE)),
+                provisional: ind.provisional.clone(),
+            });
+        }
+    }
+    out
 }
 
 pub async fn pvk_data(state: &AdminState, connector: Option<String>, rule_year: Option<i32>, unit: Option<String>) -> Result<PvkResults, Fail> {
@@ -742,7 +786,8 @@ pub async fn pvk_data(state: &AdminState, connector: Option<String>, rule_year: 
         r.patient_list = None;
     }
     let warnings = (state.warnings)().into_iter().filter(|w| w.area == "pvk").collect();
-    Ok(PvkResults { results, quality, warnings })
+    let indicators = pvk_indicators(state);
+    Ok(PvkResults { results, quality, warnings, indicators })
 }
 
 pub async fn pvk_results(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<PvkQuery>) -> ApiResult<PvkResults> {

@@ -1007,6 +1007,8 @@ struct MonthView {
 
 struct IndicatorView {
     name: String,
+    /// Per-FTE measure: the columns are count, FTE and count per FTE against the requirement.
+    per_fte: bool,
     svg: String,
     /// First and last month shown.
     range: String,
@@ -1018,6 +1020,8 @@ struct PvkBlock {
     rule_year: i32,
     unit: String,
     indicators: Vec<IndicatorView>,
+    /// Regional measures (FaR, vårdval per FTE): shown apart, never sent to PVK.
+    regional: Vec<IndicatorView>,
 }
 
 #[derive(Template)]
@@ -1074,6 +1078,8 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
     let rule_year: Option<i32> = nz(&q.rule_year).and_then(|y| y.parse().ok());
     let unit = nz(&q.unit);
     let data = api::pvk_data(&state, nz(&q.connector), None, None).await?;
+    let infos: BTreeMap<(String, i32, String), &api::PvkIndicatorInfo> =
+        data.indicators.iter().map(|i| ((i.connector.clone(), i.rule_year, i.indicator.clone()), i)).collect();
     let mut all_units: Vec<String> = data.results.iter().map(|r| r.unit.clone()).collect();
     all_units.sort();
     all_units.dedup();
@@ -1087,9 +1093,13 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
     let blocks = grouped
         .into_iter()
         .map(|((connector, rule_year, unit), inds)| {
-            let indicators = inds
-                .into_iter()
-                .map(|(name, mut rows)| {
+            let mut indicators = vec![];
+            let mut regional = vec![];
+            for (code, mut rows) in inds {
+                    let info = infos.get(&(connector.clone(), rule_year, code.clone()));
+                    let name = info.map_or_else(|| code.clone(), |i| i.name.clone());
+                    let requirement = info.and_then(|i| i.per_fte_requirement);
+                    let per_fte = requirement.is_some();
                     rows.sort_by_key(|r| (r.year, r.month));
                     let mut points = vec![];
                     let months = rows
@@ -1097,12 +1107,14 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                         .map(|r| {
                             let month = format!("{:04}-{:02}", r.year, r.month);
                             let share = match (r.computable && !r.suppressed, r.numerator, r.denominator) {
+                                // Per FTE: the count per full-time equivalent against the requirement.
+                                (true, Some(n), Some(d)) if d > 0 && per_fte => Some(n as f64 * 100.0 / d as f64 / requirement.unwrap_or(1) as f64),
                                 (true, Some(n), Some(d)) if d > 0 => Some(n as f64 / d as f64),
                                 _ => None,
                             };
                             let mut note = vec![];
-                            if !r.computable {
-                                note.push("kan inte beräknas".to_string());
+                            if !r.computable && r.note.is_none() {
+                                note.push("ej beräkningsbar".to_string());
                             }
                             if r.suppressed {
                                 note.push("undertryckt (för få patienter)".to_string());
@@ -1111,6 +1123,9 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                                 note.push(scrub(n));
                             }
                             let share_text = match (r.numerator, r.denominator) {
+                                (Some(n), Some(d)) if share.is_some() && per_fte => {
+                                    format!("{:.0} (krav {})", n as f64 * 100.0 / d as f64, requirement.unwrap_or_default())
+                                }
                                 (Some(n), Some(d)) if share.is_some() => pct(n, d),
                                 _ => "–".into(),
                             };
@@ -1129,7 +1144,12 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                                 ),
                                 month,
                                 numerator: r.numerator.map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
-                                denominator: r.denominator.map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
+                                denominator: match r.denominator {
+                                    // Per-FTE denominators are hundredths of a full-time equivalent.
+                                    Some(d) if per_fte => format!("{},{:02}", d / 100, d % 100),
+                                    Some(d) => d.to_string(),
+                                    None => "–".into(),
+                                },
                                 share: share_text,
                                 note: if note.is_empty() { String::new() } else { note.join("; ") },
                             }
@@ -1140,10 +1160,14 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                         (Some(a), _) => a.0.clone(),
                         _ => String::new(),
                     };
-                    IndicatorView { name, svg: share_chart(&points), months, range }
-                })
-                .collect();
-            PvkBlock { connector, rule_year, unit, indicators }
+                    let view = IndicatorView { name, per_fte, svg: share_chart(&points), months, range };
+                    if crate::registers::pvk::is_regional_code(&code) {
+                        regional.push(view);
+                    } else {
+                        indicators.push(view);
+                    }
+            }
+            PvkBlock { connector, rule_year, unit, indicators, regional }
         })
         .collect();
     let quality = data

@@ -5,7 +5,8 @@
 //! The daemon is configured exactly as a region would configure it: a `--config` file layered on
 //! `config/default.toml` and `config/local.toml`, certificates and keys as files, connectors in a
 //! folder. Only the connectors' sandbox specifics differ from the shipped ones: the PVK connector
-//! reads the sandbox rule set (the sandbox's local codes) and the sandbox's listing file.
+//! reads the sandbox rule set (the sandbox's local codes), the sandbox's listing file and its
+//! PVK scenario's drug list and FTE (src/sandbox/pvk.rs).
 
 use super::journal::{JournalHandle, JournalServer, Population, PopulationSpec, SharedPopulation};
 use super::stratum::{self as emulator, EmulatorHandle, EmulatorOptions};
@@ -100,6 +101,7 @@ impl SandboxEnv {
         random_key_file(&dir.join("keys/pseudonym.key"))?;
         std::fs::write(dir.join("stratum.apikey"), emulator.api_key())?;
         population.write_listing(&dir.join("listing.csv"))?;
+        super::pvk::write_drug_list(&population, &dir.join("drugs.csv"))?;
         population.write_patient_list(&dir.join("patients.txt"))?;
         let fhir_listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let fhir_url = super::fhir::spawn(super::fhir::FhirSandbox::new(fhir_feed(population.clone())), fhir_listener, Some(certs.server_config()?))?;
@@ -210,6 +212,18 @@ export_dir = "{dir}/export/pvk"
                 let mut listing = toml::Table::new();
                 listing.insert("file".into(), self.dir.join("listing.csv").display().to_string().into());
                 o.insert("listing".into(), toml::Value::Table(listing));
+                // PVK scenario (src/sandbox/pvk.rs): prescriptions and physiotherapist FTE.
+                let mut drugs = toml::Table::new();
+                drugs.insert("file".into(), self.dir.join("drugs.csv").display().to_string().into());
+                o.insert("drug_list".into(), toml::Value::Table(drugs));
+                let mut fte = toml::Table::new();
+                for (unit, year, v) in super::pvk::fte(self.today) {
+                    let t = fte.entry(unit).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    if let toml::Value::Table(t) = t {
+                        t.insert(year.to_string(), v.into());
+                    }
+                }
+                o.insert("fte".into(), toml::Value::Table(fte));
             }
             std::fs::write(&pvk, format!("# Sandbox copy: sandbox rule set and listing.\n{}", toml::to_string(&t)?))?;
         }

@@ -4,6 +4,7 @@
 pub mod fhir;
 pub mod env;
 pub mod journal;
+pub mod pvk;
 pub mod stratum;
 pub mod tls;
 pub mod vocabulary;

@@ -79,6 +79,12 @@ pub mod act {
     pub const BODY_AWARENESS: &str = "KROPPSKANNEDOM";
     /// Energibesparande tekniker (occupational therapy, KOL).
     pub const ENERGY_CONSERVATION: &str = "ENERGIBESPARANDE-TEKNIK";
+    /// Strukturerad utredning och behandling vid urininkontinens (PVK Ink02; src/sandbox/pvk.rs).
+    pub const INCONTINENCE_WORKUP: &str = "INK-UTREDNING";
+    /// Arbetsterapeutisk bedömning vid ny demensdiagnos (PVK Dem12; src/sandbox/pvk.rs).
+    pub const DEMENTIA_OT_ASSESSMENT: &str = "AT-BEDOMNING-DEMENS";
+    /// Kognitiva hjälpmedel (PVK Dem13; src/sandbox/pvk.rs).
+    pub const COGNITIVE_AIDS: &str = "KOGNITIVA-HJALPMEDEL";
 }
 
 /// Units of quantity answers (observation `value/pq/unit`, UCUM).

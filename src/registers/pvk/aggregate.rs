@@ -2,6 +2,8 @@
 //! one per unit, month and indicator. Only numbers leave: no patient list, no pseudonym.
 //!
 //! Decisions:
+//! - Regional measures (register code `REG…`: FaR, vårdval visits and patients per FTE) are
+//!   never sent, whatever the register's metadata says: they are not PVK indicators.
 //! - Suppressed (small-cell) and not-computable cells are not sent. An earlier registration of a
 //!   cell that becomes suppressed is retracted by `outbox::reconcile`, because it is no longer
 //!   among the intents.
@@ -56,6 +58,10 @@ pub fn aggregate_plan(results: &[PvkResultRow], metadata: &RegisterMetadata, bin
     let skip = |plan: &mut AggregatePlan, r: &PvkResultRow, reason: &str| {
         plan.skipped.push(Skipped { unit: r.unit.clone(), year: r.year, month: r.month, indicator: r.indicator.clone(), rule_year: r.rule_year, reason: reason.to_string() })
     };
+    let (regional, results): (Vec<&PvkResultRow>, Vec<&PvkResultRow>) = results.iter().partition(|r| super::is_regional_code(&r.indicator));
+    for r in regional {
+        skip(&mut plan, r, "regional measure: never sent to the PVK register");
+    }
     let Some(form) = metadata.form(FORM_NAME) else {
         for r in results {
             skip(&mut plan, r, "the register has no form Indikatorvarde");

@@ -6,14 +6,24 @@
 //! is 2025-04-01 … 2026-03-31 (or up to `today` while the month is running).
 //!
 //! Semantics (the exact SKR definitions are not public; research/pvk.md):
-//! - base population: a vårdcentral's listed patients (listing snapshot) or a rehab unit's
-//!   visitors (a care contact at the unit in the visit window);
-//! - population: base ∩ age limits ∩ a diagnosis from the code sets in the look-back window
-//!   (scope: the unit's own records for rehab units, all records for vårdcentraler, unless the
-//!   rule says otherwise), optionally a drug criterion and a new-onset condition;
+//! - base population: a vårdcentral's listed patients (the listing snapshot of each computed
+//!   month: listed on its last day counted) or a rehab unit's visitors (a care contact at the
+//!   unit in the visit window);
+//! - population: base ∩ age limits ∩ a diagnosis from the code sets in the look-back window,
+//!   counted from primary-care units only (`options.primary_care_units`; scope `primary_care`,
+//!   the same for vårdcentral and rehab variants unless the rule says `unit` or `any`),
+//!   optionally a drug criterion and a new-onset condition;
+//! - drug criterion: prescriptions of the set signed in scope (default: at the vårdcentral
+//!   itself; at a rehab unit, at any primary-care unit), at least `min_distinct` substances and,
+//!   with `min_days`, that many prescribed days in all, in the look-back window; "and" narrows
+//!   the diagnosis population, "or" is another way in (its first prescription can be the index);
 //! - proportion: numerator = population members with a measure event in the window;
 //! - prevalence: numerator = base members in the population, denominator = base;
-//! - mångsökare: numerator = base members with more than `threshold` visits in the window.
+//! - mångsökare: numerator = base members with more than `threshold` visits in the window;
+//! - per FTE (regional, vårdval): numerator = the unit's visits (or distinct patients) of the
+//!   configured professions and contact types in the calendar year up to the month's last day
+//!   counted; denominator = the unit's FTE for that year in hundredths (`options.fte`), else the
+//!   cell is not computable.
 //!
 //! The details, as tests/pvk_truth.rs recomputes them from the sandbox's ground truth:
 //! - nullified records never count (activities and observations arrive nullified when their
@@ -22,18 +32,19 @@
 //!   prevalence's denominator is the base within the limits (Ink01: listed patients ≥ 20);
 //! - membership needs a listed diagnosis in scope in the look-back window; the index date is the
 //!   earliest listed diagnosis in that window at any unit; new onset excludes a patient with an
-//!   excluded diagnosis at any unit in the clear months before the index date;
+//!   excluded diagnosis at any unit (or, for an "or" drug criterion, the criterion met) in the
+//!   clear months before the index date;
 //! - `anchor = "index"`: the measure window runs from the index date to the earlier of index +
 //!   `window_months` and the month's last day counted; otherwise it is the `window_months`
 //!   ending with the month;
-//! - measure and mångsökare scopes default like the population's (rehab unit: its own
-//!   records; vårdcentral: every unit's); mångsökare counts contacts of the configured types;
-//! - the listing is one snapshot for every month; listed patients without records are in the
-//!   base.
+//! - measure and mångsökare scopes default to the rehab unit's own records, and at a
+//!   vårdcentral to every primary-care unit's; mångsökare counts contacts of the configured types;
+//! - listed patients without records are in the base; small-cell protection applies to counts
+//!   of patients (not to visit counts or FTE).
 
 use super::quality::{self, KnownCodes, QualityTally};
-use super::rules::{Anchor, CodeSetKind, Combine, CountMode, Indicator, IndicatorKind, RuleSet, Scope, Variant, ATC};
-use super::{DrugList, Listing, PvkEngine, SmallCellMode, UnitKind};
+use super::rules::{Anchor, CodeSetKind, Combine, CountMode, FteCount, Indicator, IndicatorKind, RuleSet, Scope, Variant, ATC};
+use super::{DrugList, Listing, Prescription, PvkEngine, SmallCellMode, UnitKind, NOT_COMPUTABLE};
 use crate::model::{normalise_icd, HsaId, PatientId, Record};
 use crate::store::{add_months, PvkQualityRow, PvkResultRow};
 use chrono::{Datelike, Months, NaiveDate};
@@ -127,6 +138,8 @@ struct Ev {
     date: NaiveDate,
     unit: Option<u16>,
     prof: Option<u16>,
+    /// Registered at a primary-care unit (`options.primary_care_units`).
+    pc: bool,
 }
 
 /// An activity or observation of the patient being added (borrows the records).
@@ -134,13 +147,14 @@ struct Coded<'r> {
     date: NaiveDate,
     unit: Option<u16>,
     prof: Option<u16>,
+    pc: bool,
     system: &'r str,
     code: &'r str,
 }
 
 impl Coded<'_> {
     fn ev(&self) -> Ev {
-        Ev { date: self.date, unit: self.unit, prof: self.prof }
+        Ev { date: self.date, unit: self.unit, prof: self.prof, pc: self.pc }
     }
 }
 
@@ -148,6 +162,8 @@ impl Coded<'_> {
 struct Visit {
     date: NaiveDate,
     unit: Option<u16>,
+    pc: bool,
+    prof: Option<u16>,
     ctype: Option<String>,
 }
 
@@ -200,10 +216,21 @@ impl std::fmt::Debug for Computation<'_> {
     }
 }
 
+/// Measures and mångsökare: a rehab unit's own records; a vårdcentral's listed patients'
+/// records from any primary-care unit.
 fn default_scope(kind: UnitKind) -> Scope {
     match kind {
         UnitKind::Rehab => Scope::Unit,
-        UnitKind::Vardcentral => Scope::Any,
+        UnitKind::Vardcentral => Scope::PrimaryCare,
+    }
+}
+
+/// Drug criteria: prescriptions signed at the vårdcentral itself (PVK counts prescriptions
+/// signed at the unit, VGR); a rehab unit prescribes none, so primary care's.
+fn drug_scope(kind: UnitKind) -> Scope {
+    match kind {
+        UnitKind::Vardcentral => Scope::Unit,
+        UnitKind::Rehab => Scope::PrimaryCare,
     }
 }
 
@@ -305,6 +332,8 @@ impl<'a> Computation<'a> {
         }
         let unit_index = &self.unit_index;
         let unit_of = |h: Option<&HsaId>| h.and_then(|h| unit_index.get(h.as_str()).copied());
+        let primary = &self.engine.options.primary_care_units;
+        let pc_of = |h: Option<&HsaId>| h.is_some_and(|h| primary.contains(h.as_str()));
         // Data quality counts every record, nullified or not.
         {
             let month_index = &self.month_index;
@@ -313,34 +342,44 @@ impl<'a> Computation<'a> {
         }
 
         let mut visits = vec![];
-        let mut diags: Vec<(NaiveDate, Option<u16>, &str, String)> = vec![];
+        let mut diags: Vec<(NaiveDate, Option<u16>, &str, String, bool)> = vec![];
         let mut acts: Vec<Coded> = vec![];
         let mut obs: Vec<Coded> = vec![];
         for r in records.iter().filter(|r| !r.nullified()) {
             let Some(date) = r.date() else { continue };
             let unit = unit_of(r.unit());
+            let pc = pc_of(r.unit());
             match r {
-                Record::CareContact(c) => visits.push(Visit { date, unit, ctype: c.contact_type.as_ref().map(|t| t.code.trim().to_string()) }),
-                Record::Diagnosis(d) => diags.push((date, unit, d.code.system.as_str(), normalise_icd(&d.code.code))),
+                Record::CareContact(c) => {
+                    let prof = Self::prof_id(&mut self.profs, &mut self.prof_index, c.profession.as_ref());
+                    visits.push(Visit { date, unit, pc, prof, ctype: c.contact_type.as_ref().map(|t| t.code.trim().to_string()) })
+                }
+                Record::Diagnosis(d) => diags.push((date, unit, d.code.system.as_str(), normalise_icd(&d.code.code), pc)),
                 Record::Activity(a) => {
                     let p = Self::prof_id(&mut self.profs, &mut self.prof_index, a.profession.as_ref());
-                    acts.push(Coded { date, unit, prof: p, system: a.code.system.as_str(), code: a.code.code.as_str() });
+                    acts.push(Coded { date, unit, prof: p, pc, system: a.code.system.as_str(), code: a.code.code.as_str() });
                 }
                 Record::Observation(o) => {
                     // An observation counts as performed only when it carries a value.
                     if o.value.is_some() {
                         let p = Self::prof_id(&mut self.profs, &mut self.prof_index, o.profession.as_ref());
-                        obs.push(Coded { date, unit, prof: p, system: o.term.system.as_str(), code: o.term.code.as_str() });
+                        obs.push(Coded { date, unit, prof: p, pc, system: o.term.system.as_str(), code: o.term.code.as_str() });
                     }
                 }
             }
         }
         visits.sort_by_key(|v| v.date);
 
-        let listed_at: Option<u16> = self.listing.and_then(|l| l.unit_of(patient)).and_then(|h| self.unit_index.get(h.as_str()).copied());
+        // The listing snapshot of each computed month: where the patient was listed on the
+        // month's last day counted.
+        let listed_at: Vec<Option<u16>> = self
+            .months
+            .iter()
+            .map(|m| self.listing.and_then(|l| l.unit_at(patient, m.end)).and_then(|h| self.unit_index.get(h.as_str()).copied()))
+            .collect();
         let relevant: Vec<usize> = (0..self.units.len())
             .filter(|&u| match self.units[u].1 {
-                UnitKind::Vardcentral => listed_at == Some(u as u16),
+                UnitKind::Vardcentral => listed_at.contains(&Some(u as u16)),
                 UnitKind::Rehab => visits.iter().any(|v| v.unit == Some(u as u16)),
             })
             .collect();
@@ -348,7 +387,7 @@ impl<'a> Computation<'a> {
             return;
         }
         let birth = patient.birth_date();
-        let drug_rows: &[(String, NaiveDate)] = self.drugs.map(|d| d.of(patient)).unwrap_or(&[]);
+        let drug_rows: &[Prescription] = self.drugs.map(|d| d.of(patient)).unwrap_or(&[]);
         let mut patient_no: Option<u32> = None;
 
         let engine = self.engine;
@@ -359,7 +398,7 @@ impl<'a> Computation<'a> {
                 .iter()
                 .map(|cs| {
                     let mut v: Vec<Ev> = match cs.kind {
-                        CodeSetKind::Diagnosis => diags.iter().filter(|d| cs.matches(d.2, &d.3)).map(|d| Ev { date: d.0, unit: d.1, prof: None }).collect(),
+                        CodeSetKind::Diagnosis => diags.iter().filter(|d| cs.matches(d.2, &d.3)).map(|d| Ev { date: d.0, unit: d.1, prof: None, pc: d.4 }).collect(),
                         CodeSetKind::Activity => acts.iter().filter(|a| cs.matches(a.system, a.code)).map(Coded::ev).collect(),
                         CodeSetKind::Observation => obs.iter().filter(|o| cs.matches(o.system, o.code)).map(Coded::ev).collect(),
                         CodeSetKind::Drug => vec![],
@@ -388,10 +427,24 @@ impl<'a> Computation<'a> {
                     }
                     for mi in 0..self.months.len() {
                         let m = self.months[mi];
-                        if m.future {
+                        if m.future || (kind == UnitKind::Vardcentral && listed_at[mi] != Some(u as u16)) {
                             continue;
                         }
-                        let ctx = Ctx { rs, ind, sets: &sets, visits: &visits, unit_dates: &unit_dates, drugs: drug_rows, unit: u as u16, kind, m, birth, profs: &self.profs };
+                        let ctx = Ctx {
+                            rs,
+                            ind,
+                            sets: &sets,
+                            visits: &visits,
+                            unit_dates: &unit_dates,
+                            drugs: drug_rows,
+                            unit: u as u16,
+                            unit_hsa: self.units[u].0.as_str(),
+                            primary,
+                            kind,
+                            m,
+                            birth,
+                            profs: &self.profs,
+                        };
                         let Some((den, num, entry)) = ctx.evaluate() else { continue };
                         let entry = entry.map(|mut e| {
                             e.patient = *patient_no.get_or_insert_with(|| {
@@ -401,8 +454,8 @@ impl<'a> Computation<'a> {
                             e
                         });
                         let cell = self.cell(ri, ii, u, mi);
-                        cell.den += den as i64;
-                        cell.num += num as i64;
+                        cell.den += den;
+                        cell.num += num;
                         if let Some(e) = entry {
                             cell.entries.push(e);
                         }
@@ -448,10 +501,14 @@ impl<'a> Computation<'a> {
                             note: None,
                             patient_list: None,
                         };
+                        // Per-FTE measures: the denominator is the unit's FTE for the year.
+                        let fte = (ind.kind == IndicatorKind::PerFte).then(|| self.engine.fte_hundredths(unit, m.year));
                         if let Some(reason) = &plan.blocked[u] {
-                            row.note = Some(format!("not computable: {reason}"));
+                            row.note = Some(format!("{NOT_COMPUTABLE} {reason}"));
                         } else if m.future {
-                            row.note = Some("not computable: the month lies after the computation date".into());
+                            row.note = Some(format!("{NOT_COMPUTABLE} månaden ligger efter beräkningsdagen"));
+                        } else if fte == Some(None) {
+                            row.note = Some(format!("{NOT_COMPUTABLE} årsarbetskrafter saknas för enheten {} (options.fte)", m.year));
                         } else {
                             let nu = self.units.len();
                             let nm = self.months.len();
@@ -459,8 +516,11 @@ impl<'a> Computation<'a> {
                             let mut notes = vec![];
                             row.computable = true;
                             row.numerator = Some(cell.num);
-                            row.denominator = Some(cell.den);
-                            if small(cell.num) || small(cell.den) {
+                            row.denominator = Some(fte.flatten().unwrap_or(cell.den));
+                            // A per-FTE denominator is no count of patients; visits are no patients.
+                            let counts_patients = ind.kind != IndicatorKind::PerFte || ind.per_fte.as_ref().is_some_and(|f| f.count == FteCount::Patients);
+                            let small_den = fte.is_none() && small(cell.den);
+                            if counts_patients && (small(cell.num) || small_den) {
                                 match policy.mode {
                                     SmallCellMode::Suppress => {
                                         row.suppressed = true;
@@ -530,6 +590,7 @@ impl<'a> Computation<'a> {
             "indicator_id": ind.id,
             "title": ind.title,
             "lists": if ind.kind == IndicatorKind::Proportion && !ind.population.everyone { "denominator" } else { "numerator" },
+            "regional": ind.regional,
             "numerator": cell.num,
             "denominator": cell.den,
             "by_profession": by_prof,
@@ -539,21 +600,21 @@ impl<'a> Computation<'a> {
 }
 
 fn plan_for(rs: &RuleSet, ind: &Indicator, units: &[(HsaId, UnitKind)], has_listing: bool, has_drugs: bool) -> Plan {
-    let missing = rs.missing_code_lists(ind);
+    let missing = rs.missing(ind);
     let mut applies = vec![];
     let mut blocked = vec![];
     for (_, kind) in units {
         applies.push(variant_applies(ind.variant, *kind));
         let mut reasons = vec![];
-        if !missing.is_empty() {
-            reasons.push(format!("code list missing ({})", missing.join(", ")));
+        if let Some(m) = &missing {
+            reasons.push(m.clone());
         }
         if *kind == UnitKind::Vardcentral && !has_listing {
-            reasons.push("no listing data (listed patients per vårdcentral) configured".to_string());
+            reasons.push("listningsdata saknas (listade patienter per vårdcentral; options.listing)".to_string());
         }
         if let Some(d) = &ind.population.drugs {
             if !has_drugs {
-                reasons.push(format!("needs drug data ({}); no drug list source configured", d.description));
+                reasons.push(format!("läkemedelsdata saknas ({}; options.drug_list)", d.description));
             }
         }
         blocked.push((!reasons.is_empty()).then(|| reasons.join("; ")));
@@ -569,8 +630,10 @@ struct Ctx<'c> {
     visits: &'c [Visit],
     /// Sorted dates of the visits at `unit`.
     unit_dates: &'c [NaiveDate],
-    drugs: &'c [(String, NaiveDate)],
+    drugs: &'c [Prescription],
     unit: u16,
+    unit_hsa: &'c str,
+    primary: &'c std::collections::BTreeSet<String>,
     kind: UnitKind,
     m: MonthCtx,
     birth: Option<NaiveDate>,
@@ -578,8 +641,21 @@ struct Ctx<'c> {
 }
 
 impl Ctx<'_> {
-    fn in_scope(&self, scope: Scope, unit: Option<u16>) -> bool {
-        scope == Scope::Any || unit == Some(self.unit)
+    fn in_scope(&self, scope: Scope, unit: Option<u16>, pc: bool) -> bool {
+        match scope {
+            Scope::Any => true,
+            Scope::Unit => unit == Some(self.unit),
+            Scope::PrimaryCare => pc,
+        }
+    }
+
+    /// Is a prescription signed where the drug criterion's scope says?
+    fn prescribed_in_scope(&self, scope: Scope, p: &Prescription) -> bool {
+        match scope {
+            Scope::Any => true,
+            Scope::Unit => p.unit.as_deref() == Some(self.unit_hsa),
+            Scope::PrimaryCare => p.unit.as_deref().is_some_and(|u| self.primary.contains(u)),
+        }
     }
 
     fn type_ok(types: &[String], t: &Option<String>) -> bool {
@@ -613,22 +689,28 @@ impl Ctx<'_> {
         p.min_age.map_or(true, |lo| age >= lo as i32) && p.max_age.map_or(true, |hi| age <= hi as i32)
     }
 
-    /// Earliest date in [from, to] the drug criterion is met from, if it is.
+    /// Earliest date in [from, to] the drug criterion is met from, if it is: prescriptions of
+    /// the set signed in scope (by default at the unit), at least `min_distinct` substances and,
+    /// with `min_days`, at least that many prescribed treatment days in all.
     fn drug_first(&self, from: NaiveDate, to: NaiveDate) -> Option<NaiveDate> {
         let d = self.ind.population.drugs.as_ref()?;
         let set = &self.rs.code_sets[d.code_set];
+        let scope = d.scope.unwrap_or(drug_scope(self.kind));
         let mut distinct: Vec<&str> = vec![];
         let mut first = None;
-        for (atc, date) in self.drugs {
-            if *date < from || *date > to || !set.matches(ATC, atc) {
+        let mut days: u64 = 0;
+        for p in self.drugs {
+            if p.date < from || p.date > to || !set.matches(ATC, &p.atc) || !self.prescribed_in_scope(scope, p) {
                 continue;
             }
-            first = Some(first.map_or(*date, |f: NaiveDate| f.min(*date)));
-            if !distinct.contains(&atc.as_str()) {
-                distinct.push(atc);
+            first = Some(first.map_or(p.date, |f: NaiveDate| f.min(p.date)));
+            days += p.days.unwrap_or(0) as u64;
+            if !distinct.contains(&p.atc.as_str()) {
+                distinct.push(&p.atc);
             }
         }
-        (distinct.len() as u32 >= d.min_distinct).then_some(first).flatten()
+        let long_enough = d.min_days.map_or(true, |min| days >= min as u64);
+        (distinct.len() as u32 >= d.min_distinct && long_enough).then_some(first).flatten()
     }
 
     /// `Some(index date)` if the patient is in the indicator's population.
@@ -637,14 +719,14 @@ impl Ctx<'_> {
         if p.everyone {
             return Some(None);
         }
-        let scope = p.scope.unwrap_or(default_scope(self.kind));
+        let scope = p.scope.unwrap_or(Scope::PrimaryCare);
         let from = self.m.window_start(p.lookback_months);
         let end = self.m.end;
         let diag = |scoped: bool| {
             p.diagnoses
                 .iter()
                 .flat_map(|s| self.sets[*s].iter())
-                .filter(|e| e.date >= from && e.date <= end && (!scoped || self.in_scope(scope, e.unit)))
+                .filter(|e| e.date >= from && e.date <= end && (!scoped || self.in_scope(scope, e.unit, e.pc)))
                 .map(|e| e.date)
                 .min()
         };
@@ -669,7 +751,7 @@ impl Ctx<'_> {
             let earlier = n.exclude.iter().flat_map(|s| self.sets[*s].iter()).any(|e| e.date >= clear_from && e.date < index);
             let earlier_drug = p.drugs.as_ref().is_some_and(|d| {
                 d.combine == Combine::Or
-                    && self.drugs.iter().any(|(atc, date)| *date >= clear_from && *date < index && self.rs.code_sets[d.code_set].matches(ATC, atc))
+                    && self.drug_first(clear_from, index.pred_opt().unwrap_or(index)).is_some_and(|first| first < index)
             });
             if earlier || earlier_drug {
                 return None;
@@ -690,7 +772,7 @@ impl Ctx<'_> {
         let mut profs: Vec<u16> = vec![];
         for s in me.activities.iter().chain(&me.observations) {
             for e in &self.sets[*s] {
-                if e.date < from || e.date > to || !self.in_scope(scope, e.unit) {
+                if e.date < from || e.date > to || !self.in_scope(scope, e.unit, e.pc) {
                     continue;
                 }
                 if !me.professions.is_empty() && !e.prof.is_some_and(|p| me.professions.iter().any(|x| *x == self.profs[p as usize])) {
@@ -707,8 +789,11 @@ impl Ctx<'_> {
         found.then_some(profs)
     }
 
-    /// (counts in denominator, counts in numerator, list entry)
-    fn evaluate(&self) -> Option<(bool, bool, Option<Entry>)> {
+    /// (added to the denominator, added to the numerator, list entry)
+    fn evaluate(&self) -> Option<(i64, i64, Option<Entry>)> {
+        if self.ind.kind == IndicatorKind::PerFte {
+            return self.per_fte();
+        }
         if !self.in_base() || !self.age_ok() {
             return None;
         }
@@ -716,7 +801,7 @@ impl Ctx<'_> {
             IndicatorKind::Prevalence => {
                 let index = self.population();
                 let in_pop = index.is_some();
-                Some((true, in_pop, in_pop.then(|| Entry { numerator: true, index: index.flatten(), ..Default::default() })))
+                Some((1, in_pop as i64, in_pop.then(|| Entry { numerator: true, index: index.flatten(), ..Default::default() })))
             }
             IndicatorKind::Proportion => {
                 let index = self.population()?;
@@ -724,13 +809,14 @@ impl Ctx<'_> {
                 let num = profs.is_some();
                 // A whole-population denominator (FaR) is not listed: only who got the action.
                 let listed = num || !self.ind.population.everyone;
-                Some((true, num, listed.then(|| Entry { numerator: num, index, profs: profs.unwrap_or_default(), ..Default::default() })))
+                Some((1, num as i64, listed.then(|| Entry { numerator: num, index, profs: profs.unwrap_or_default(), ..Default::default() })))
             }
+            IndicatorKind::PerFte => None,
             IndicatorKind::FrequentAttenders => {
                 let fa = self.ind.frequent_attenders.as_ref()?;
                 let scope = fa.scope.unwrap_or(default_scope(self.kind));
                 let from = self.m.window_start(fa.window_months);
-                let counted = self.visits.iter().filter(|v| v.date >= from && v.date <= self.m.end && self.in_scope(scope, v.unit) && Self::type_ok(&fa.contact_types, &v.ctype));
+                let counted = self.visits.iter().filter(|v| v.date >= from && v.date <= self.m.end && self.in_scope(scope, v.unit, v.pc) && Self::type_ok(&fa.contact_types, &v.ctype));
                 let n = match fa.count {
                     CountMode::Contacts => counted.count() as u32,
                     CountMode::Days => {
@@ -740,8 +826,34 @@ impl Ctx<'_> {
                     }
                 };
                 let num = n > fa.threshold;
-                Some((true, num, num.then(|| Entry { numerator: true, visits: Some(n), ..Default::default() })))
+                Some((1, num as i64, num.then(|| Entry { numerator: true, visits: Some(n), ..Default::default() })))
             }
         }
+    }
+
+    /// Vårdval follow-up: this patient's visits at the unit by the configured professions in
+    /// the calendar year up to the month's last day counted (visits), or 1 if any (patients).
+    fn per_fte(&self) -> Option<(i64, i64, Option<Entry>)> {
+        let f = self.ind.per_fte.as_ref()?;
+        let from = first_of(self.m.year, 1);
+        let n = self
+            .visits
+            .iter()
+            .filter(|v| {
+                v.unit == Some(self.unit)
+                    && v.date >= from
+                    && v.date <= self.m.end
+                    && Self::type_ok(&f.contact_types, &v.ctype)
+                    && (f.professions.is_empty() || v.prof.is_some_and(|p| f.professions.iter().any(|x| *x == self.profs[p as usize])))
+            })
+            .count() as i64;
+        if n == 0 {
+            return None;
+        }
+        let num = match f.count {
+            FteCount::Visits => n,
+            FteCount::Patients => 1,
+        };
+        Some((0, num, Some(Entry { numerator: true, visits: Some(n as u32), ..Default::default() })))
     }
 }

@@ -12,8 +12,11 @@
 //! rules_dir = "rules"                  # relative to the connector folder
 //! vardcentraler = ["SE…-VC01"]         # units computed with the listed-population variants;
 //!                                      # every other unit is a rehab unit (visitors)
-//! listing = { file = "listing.csv" }   # or { sql = "SELECT personnummer, hsa_id …", url = { env = "…" } }
-//! drug_list = { file = "drugs.csv" }   # prescriptions, for drug-based sub-cohorts (KOL, Os)
+//! listing = { file = "listing.csv" }   # or { sql = "SELECT personnummer, hsa_id[, listad_from, listad_tom] …", url = { env = "…" } }
+//!                                      # optional period columns: the snapshot of each computed month
+//! drug_list = { file = "drugs.csv" }   # prescriptions signed (personnummer, atc, date, days, prescriber unit)
+//! primary_care_units = ["SE…"]         # units whose diagnoses count as primary care's (default: `units`)
+//! fte = { "SE…-FT01" = { "2026" = 2.5 } }  # full-time physiotherapists per unit and year (vårdval)
 //! small_cells = { threshold = 5, mode = "suppress" }   # or mode = "flag"
 //! physician_professions = ["LAKARE"]   # profession codes that count as physician (quality report)
 //! register_metadata = "…/pvk-aggregate.json"  # offline `config check` of indicator codes
@@ -21,6 +24,7 @@
 
 pub mod aggregate;
 pub mod engine;
+pub mod import;
 pub mod quality;
 pub mod rules;
 
@@ -34,13 +38,18 @@ use crate::model::{HsaId, PatientId};
 use crate::sinks::stratum::metadata::RegisterMetadata;
 use chrono::NaiveDate;
 use serde::Deserialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 // ------------------------------------------------------------------------------- options
 
 /// Start of the note on a small cell that is sent flagged (the export marks it `SmallCell`).
 pub const SMALL_CELL_FLAG: &str = "small cell:";
+
+/// Start of the note of a cell that cannot be computed, followed by what is missing.
+pub const NOT_COMPUTABLE: &str = "ej beräkningsbar:";
+
+pub use rules::{is_regional_code, REGIONAL_PREFIX};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +86,11 @@ pub struct DataSource {
     pub sql: Option<String>,
     #[serde(default)]
     pub url: Option<Secret>,
+    /// How many columns the query returns: a listing 2 (personnummer, hsa_id) or 4 (+ listed
+    /// from, listed until, `YYYY-MM-DD` or NULL); a drug list 3 (personnummer, atc, date) or 5
+    /// (+ prescribed days, prescriber's unit HSA id).
+    #[serde(default)]
+    pub columns: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -91,10 +105,26 @@ struct OptionsDef {
     small_cells: SmallCellPolicy,
     physician_professions: Vec<String>,
     register_metadata: Option<PathBuf>,
+    primary_care_units: Option<Vec<String>>,
+    fte: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
-const KNOWN_OPTIONS: &[&str] =
-    &["rule_years", "rule_files", "rules_dir", "vardcentraler", "listing", "drug_list", "small_cells", "physician_professions", "register_metadata", "exports", "months"];
+const KNOWN_OPTIONS: &[&str] = &[
+    "rule_years",
+    "rule_files",
+    "rules_dir",
+    "vardcentraler",
+    "listing",
+    "drug_list",
+    "small_cells",
+    "physician_professions",
+    "register_metadata",
+    "exports",
+    "months",
+    "primary_care_units",
+    "fte",
+    "import",
+];
 
 /// The connector options the engine uses, validated.
 #[derive(Clone, Debug)]
@@ -106,6 +136,10 @@ pub struct EngineOptions {
     pub small_cells: SmallCellPolicy,
     pub physician_professions: Vec<String>,
     pub register_metadata: Option<PathBuf>,
+    /// HSA ids of primary-care units (diagnosis scope `primary_care`).
+    pub primary_care_units: BTreeSet<String>,
+    /// Full-time equivalents (hundredths) per (unit HSA id, year), for per-FTE measures.
+    pub fte: BTreeMap<(String, i32), i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -214,11 +248,44 @@ impl PvkEngine {
                         errors.push(Problem::error(&cfile, format!("options.{name}.file"), format!("file {} not found", full.display())));
                     }
                 }
-                (None, Some(_)) => match &src.url {
-                    None => errors.push(Problem::error(&cfile, format!("options.{name}.url"), "a SQL source needs url (a secret: { env = \"…\" } or { file = \"…\" })")),
-                    Some(url) => crate::config::check_pg_tls(&mut warnings, &cfile, &format!("options.{name}.url"), url),
-                },
+                (None, Some(_)) => {
+                    let allowed: &[usize] = if name == "listing" { &[2, 4] } else { &[3, 5] };
+                    if src.columns.is_some_and(|n| !allowed.contains(&n)) {
+                        errors.push(Problem::error(&cfile, format!("options.{name}.columns"), format!("{} or {} columns", allowed[0], allowed[1])));
+                    }
+                    match &src.url {
+                        None => errors.push(Problem::error(&cfile, format!("options.{name}.url"), "a SQL source needs url (a secret: { env = \"…\" } or { file = \"…\" })")),
+                        Some(url) => crate::config::check_pg_tls(&mut warnings, &cfile, &format!("options.{name}.url"), url),
+                    }
+                }
                 _ => errors.push(Problem::error(&cfile, format!("options.{name}"), "give exactly one of file or sql")),
+            }
+        }
+        let primary_care_units: BTreeSet<String> = match &def.primary_care_units {
+            Some(list) => {
+                for (i, u) in list.iter().enumerate() {
+                    if let Err(e) = HsaId::parse(u) {
+                        errors.push(Problem::error(&cfile, format!("options.primary_care_units[{i}]"), e.to_string()));
+                    }
+                }
+                list.iter().cloned().collect()
+            }
+            None => connector.units.iter().cloned().collect(),
+        };
+        let mut fte = BTreeMap::new();
+        for (unit, years) in &def.fte {
+            if !connector.units.iter().any(|c| c == unit) {
+                errors.push(Problem::error(&cfile, format!("options.fte.\"{unit}\""), "not one of the connector's units"));
+            }
+            for (year, v) in years {
+                let key = format!("options.fte.\"{unit}\".\"{year}\"");
+                match year.parse::<i32>() {
+                    Ok(y) if (2000..=2100).contains(&y) && *v > 0.0 && *v <= 1000.0 => {
+                        fte.insert((unit.clone(), y), (v * 100.0).round() as i64);
+                    }
+                    Ok(_) => errors.push(Problem::error(&cfile, key, "a year 2000–2100 and a number of full-time equivalents above 0")),
+                    Err(_) => errors.push(Problem::error(&cfile, key, "the key is a year, e.g. \"2026\" = 2.5")),
+                }
             }
         }
         if def.small_cells.threshold > 100 {
@@ -255,6 +322,8 @@ impl PvkEngine {
                 small_cells: def.small_cells,
                 physician_professions: def.physician_professions,
                 register_metadata: def.register_metadata.map(|p| resolve_path(&connector.dir, &p)),
+                primary_care_units,
+                fte,
             },
             rule_sets,
             warnings,
@@ -268,6 +337,66 @@ impl PvkEngine {
     /// The indicator behind a result row (for titles on the admin pages).
     pub fn indicator(&self, rule_year: i32, register_code: &str) -> Option<&Indicator> {
         self.rule_set(rule_year)?.indicator(register_code)
+    }
+
+    /// The unit's configured full-time equivalents for the year, in hundredths.
+    pub fn fte_hundredths(&self, unit: &HsaId, year: i32) -> Option<i64> {
+        self.options.fte.get(&(unit.as_str().to_string(), year)).copied()
+    }
+
+    /// Every indicator of every rule set with what it lacks (None: beräkningsbar), for
+    /// `config check`, the admin summary and the API.
+    pub fn computability(&self) -> Vec<(&RuleSet, &Indicator, Option<String>)> {
+        let mut out = vec![];
+        for rs in &self.rule_sets {
+            for ind in &rs.indicators {
+                let mut why: Vec<String> = rs.missing(ind).into_iter().collect();
+                let vc_only = ind.variant == Variant::Vardcentral;
+                if vc_only && self.options.listing.is_none() {
+                    why.push("listningsdata saknas (options.listing)".into());
+                }
+                if let Some(d) = &ind.population.drugs {
+                    if self.options.drug_list.is_none() {
+                        why.push(format!("läkemedelsdata saknas ({}; options.drug_list)", d.description));
+                    }
+                }
+                if ind.kind == IndicatorKind::PerFte && self.options.fte.is_empty() {
+                    why.push("årsarbetskrafter saknas (options.fte)".into());
+                }
+                out.push((rs, ind, (!why.is_empty()).then(|| why.join("; "))));
+            }
+        }
+        out
+    }
+
+    /// Names (and per-FTE requirements) of every indicator, for export files.
+    pub fn labels(&self) -> crate::sinks::export::Labels {
+        let mut out = crate::sinks::export::Labels::new();
+        for rs in &self.rule_sets {
+            for ind in &rs.indicators {
+                out.insert(
+                    (rs.year, ind.register_code.clone()),
+                    crate::sinks::export::IndicatorLabel { name: ind.display_name(), per_fte_requirement: ind.per_fte.as_ref().map(|f| f.requirement) },
+                );
+            }
+        }
+        out
+    }
+
+    /// One short Swedish line for the admin overview: how many PVK indicators can be computed.
+    pub fn summary(&self) -> String {
+        let all = self.computability();
+        let national: Vec<_> = all.iter().filter(|(_, i, _)| !i.regional).collect();
+        let ok = national.iter().filter(|(_, _, w)| w.is_none()).count();
+        let no_def = national.iter().filter(|(_, i, _)| i.definition_missing.is_some()).count();
+        let regional = all.len() - national.len();
+        let regional_ok = all.iter().filter(|(_, i, w)| i.regional && w.is_none()).count();
+        format!(
+            "PVK ({}): {ok} av {} indikatorer beräkningsbara; {} saknar kodlistor eller data, {no_def} saknar offentlig definition. Regionala mått: {regional_ok} av {regional}. Detaljer: registerbrygga config check.",
+            self.connector,
+            national.len(),
+            national.len() - ok - national.iter().filter(|(_, i, w)| w.is_some() && i.definition_missing.is_some()).count(),
+        )
     }
 
     pub fn unit_kind(&self, unit: &HsaId) -> UnitKind {
@@ -287,15 +416,16 @@ impl PvkEngine {
         }
     }
 
-    /// The configured listing query (`listing = { sql = …, url = … }`), which the caller runs
-    /// (I/O stays at the edges) and hands to [`Listing::from_rows`].
-    pub fn listing_query(&self) -> Option<(&Secret, &str)> {
-        self.options.listing.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?)))
+    /// The configured listing query (`listing = { sql = …, url = …, columns = 2 | 4 }`), which
+    /// the caller runs (I/O stays at the edges) and hands to [`Listing::from_dated_rows`].
+    pub fn listing_query(&self) -> Option<(&Secret, &str, usize)> {
+        self.options.listing.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?, s.columns.unwrap_or(2))))
     }
 
-    /// The configured drug-list query (rows of personnummer, ATC code, date `YYYY-MM-DD`).
-    pub fn drug_list_query(&self) -> Option<(&Secret, &str)> {
-        self.options.drug_list.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?)))
+    /// The configured drug-list query (rows of personnummer, ATC code, date signed
+    /// `YYYY-MM-DD`, and with `columns = 5` prescribed days and the prescriber's unit).
+    pub fn drug_list_query(&self) -> Option<(&Secret, &str, usize)> {
+        self.options.drug_list.as_ref().and_then(|s| Some((s.url.as_ref()?, s.sql.as_deref()?, s.columns.unwrap_or(3))))
     }
 
     /// Read the configured drug-list file (same rules as the listing).
@@ -309,27 +439,46 @@ impl PvkEngine {
 
 // ------------------------------------------------------------------------------- listing
 
-/// One listed patient: who (for the local patient list), their pseudonym, and where listed.
+/// One listing period: who (for the local patient list), their pseudonym, where listed, and
+/// from/until when (open ends: listed before the data begins / still listed).
 #[derive(Clone, Debug)]
 pub struct ListedPatient {
     pub patient: PatientId,
     pub patient_key: String,
     pub unit: HsaId,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
 }
 
-/// Listed population: personnummer → the vårdcentral the patient is listed at. A snapshot (the
-/// listing as of the file's date) applied to every month computed.
+impl ListedPatient {
+    fn covers(&self, d: NaiveDate) -> bool {
+        self.from.map_or(true, |f| f <= d) && self.to.map_or(true, |t| d <= t)
+    }
+}
+
+/// Listed population: personnummer → the vårdcentral the patient is listed at, per period.
+/// The engine takes a snapshot per computed month (listed on the month's last day counted), so
+/// a patient who moves between vårdcentraler counts at the old one before and the new one after.
+/// A listing without periods is one snapshot valid for every month.
 #[derive(Clone, Debug, Default)]
 pub struct Listing {
     entries: Vec<ListedPatient>,
-    by_id: HashMap<String, usize>,
-    /// Line numbers (1-based) refused: invalid identity or HSA id, or listed twice.
+    by_id: HashMap<String, Vec<usize>>,
+    /// Line numbers (1-based) refused: invalid identity, HSA id or date, or an overlapping period.
     pub refused_lines: Vec<usize>,
 }
 
 fn split_line(line: &str) -> Vec<&str> {
     let sep = if line.contains(';') { ';' } else if line.contains('\t') { '\t' } else { ',' };
     line.split(sep).map(|s| s.trim().trim_matches('"')).collect()
+}
+
+/// An optional date column: empty is open, otherwise `YYYY-MM-DD`.
+fn opt_date(s: Option<&str>) -> Result<Option<NaiveDate>, ()> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d").map(Some).map_err(|_| ()),
+    }
 }
 
 impl Listing {
@@ -341,25 +490,55 @@ impl Listing {
         A: AsRef<str>,
         B: AsRef<str>,
     {
+        Listing::from_dated_rows(rows.into_iter().map(|(a, b)| (a, b, None::<String>, None::<String>)), today, pseudo)
+    }
+
+    /// Build from (personnummer, HSA id, listed from, listed until) rows; the dates are
+    /// `YYYY-MM-DD` or empty/None for an open end. A patient's periods must not overlap.
+    pub fn from_dated_rows<I, A, B, C, D>(rows: I, today: NaiveDate, pseudo: &Pseudonymizer) -> Listing
+    where
+        I: IntoIterator<Item = (A, B, Option<C>, Option<D>)>,
+        A: AsRef<str>,
+        B: AsRef<str>,
+        C: AsRef<str>,
+        D: AsRef<str>,
+    {
         let mut l = Listing::default();
-        for (i, (id, unit)) in rows.into_iter().enumerate() {
-            let (Ok(patient), Ok(unit)) = (PatientId::parse_national(id.as_ref(), today), HsaId::parse(unit.as_ref())) else {
+        for (i, (id, unit, from, to)) in rows.into_iter().enumerate() {
+            let (Ok(patient), Ok(unit), Ok(from), Ok(to)) = (
+                PatientId::parse_national(id.as_ref(), today),
+                HsaId::parse(unit.as_ref()),
+                opt_date(from.as_ref().map(|s| s.as_ref())),
+                opt_date(to.as_ref().map(|s| s.as_ref())),
+            ) else {
                 l.refused_lines.push(i + 1);
                 continue;
             };
-            if l.by_id.contains_key(patient.raw()) {
+            if from.zip(to).is_some_and(|(f, t)| f > t) {
+                l.refused_lines.push(i + 1);
+                continue;
+            }
+            let lo = from.unwrap_or(NaiveDate::MIN);
+            let hi = to.unwrap_or(NaiveDate::MAX);
+            let overlaps = l.by_id.get(patient.raw()).is_some_and(|ix| {
+                ix.iter().any(|&j| {
+                    let e = &l.entries[j];
+                    e.from.unwrap_or(NaiveDate::MIN) <= hi && lo <= e.to.unwrap_or(NaiveDate::MAX)
+                })
+            });
+            if overlaps {
                 l.refused_lines.push(i + 1);
                 continue;
             }
             let patient_key = pseudo.patient_key(&patient);
-            l.by_id.insert(patient.raw().to_string(), l.entries.len());
-            l.entries.push(ListedPatient { patient, patient_key, unit });
+            l.by_id.entry(patient.raw().to_string()).or_default().push(l.entries.len());
+            l.entries.push(ListedPatient { patient, patient_key, unit, from, to });
         }
         l
     }
 
-    /// Read `personnummer;hsa_id` lines (header line required; `;`, tab or `,` separated;
-    /// `#` comments). Errors name the file and line, never a value.
+    /// Read `personnummer;hsa_id[;listad_fran;listad_tom]` lines (header line required; `;`,
+    /// tab or `,` separated; `#` comments). Errors name the file and line, never a value.
     pub fn read_file(path: &Path, today: NaiveDate, pseudo: &Pseudonymizer) -> anyhow::Result<Listing> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read listing file {}: {e}", path.display()))?;
         let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
@@ -368,26 +547,38 @@ impl Listing {
         let (Some(pi), Some(ui)) = (cols.iter().position(|c| c == "personnummer"), cols.iter().position(|c| c == "hsa_id" || c == "vardcentral")) else {
             anyhow::bail!("listing file {}: header must name the columns personnummer and hsa_id (or vardcentral)", path.display());
         };
+        let fi = cols.iter().position(|c| c == "listad_fran" || c == "listad_from" || c == "from");
+        let ti = cols.iter().position(|c| c == "listad_tom" || c == "listad_till" || c == "to");
         let mut rows = vec![];
         let mut line_nos = vec![];
         for (n, line) in lines {
             let f = split_line(line);
-            rows.push((f.get(pi).copied().unwrap_or("").to_string(), f.get(ui).copied().unwrap_or("").to_string()));
+            let get = |i: Option<usize>| i.and_then(|i| f.get(i)).map(|s| s.to_string());
+            rows.push((f.get(pi).copied().unwrap_or("").to_string(), f.get(ui).copied().unwrap_or("").to_string(), get(fi), get(ti)));
             line_nos.push(n + 1);
         }
-        let mut l = Listing::from_rows(rows, today, pseudo);
+        let mut l = Listing::from_dated_rows(rows, today, pseudo);
         l.refused_lines = l.refused_lines.iter().map(|r| line_nos[r - 1]).collect();
         Ok(l)
     }
 
+    /// Where the patient is listed now (the period without an end, else the latest).
     pub fn unit_of(&self, patient: &PatientId) -> Option<&HsaId> {
-        self.by_id.get(patient.raw()).map(|i| &self.entries[*i].unit)
+        let ix = self.by_id.get(patient.raw())?;
+        ix.iter().map(|&i| &self.entries[i]).max_by_key(|e| e.to.unwrap_or(NaiveDate::MAX)).map(|e| &e.unit)
+    }
+
+    /// Where the patient was listed on `date` (the snapshot of a computed month).
+    pub fn unit_at(&self, patient: &PatientId, date: NaiveDate) -> Option<&HsaId> {
+        let ix = self.by_id.get(patient.raw())?;
+        ix.iter().map(|&i| &self.entries[i]).find(|e| e.covers(date)).map(|e| &e.unit)
     }
 
     pub fn entries(&self) -> &[ListedPatient] {
         &self.entries
     }
 
+    /// Listing periods (a patient who moved has more than one).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -397,36 +588,64 @@ impl Listing {
     }
 }
 
-/// Prescriptions (ATC code and date) per patient, for drug-based sub-cohorts.
+/// One prescription as the drug-list query returns it: substance, the date it was signed, the
+/// prescribed treatment days (if known) and the HSA id of the prescriber's unit. PVK counts
+/// prescriptions signed at the unit, not dispensings (VGR, research/pvk.md §1.4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prescription {
+    pub atc: String,
+    pub date: NaiveDate,
+    pub days: Option<u32>,
+    pub unit: Option<String>,
+}
+
+/// Prescriptions per patient, for drug-based sub-cohorts.
 #[derive(Clone, Debug, Default)]
 pub struct DrugList {
-    by_id: HashMap<String, Vec<(String, NaiveDate)>>,
+    by_id: HashMap<String, Vec<Prescription>>,
     pub refused_lines: Vec<usize>,
 }
 
 impl DrugList {
-    /// Build from (personnummer, ATC, date) rows.
+    /// Build from (personnummer, ATC, date) rows (no prescriber unit or duration known:
+    /// such rows only count for criteria with scope `any` and no `min_days`).
     pub fn from_rows<I, A, B>(rows: I, today: NaiveDate) -> DrugList
     where
         I: IntoIterator<Item = (A, B, NaiveDate)>,
         A: AsRef<str>,
         B: AsRef<str>,
     {
+        DrugList::from_prescriptions(rows.into_iter().map(|(a, b, d)| (a, b, d, None, None::<String>)), today)
+    }
+
+    /// Build from (personnummer, ATC, date signed, days prescribed, prescriber unit HSA id).
+    pub fn from_prescriptions<I, A, B, U>(rows: I, today: NaiveDate) -> DrugList
+    where
+        I: IntoIterator<Item = (A, B, NaiveDate, Option<u32>, Option<U>)>,
+        A: AsRef<str>,
+        B: AsRef<str>,
+        U: AsRef<str>,
+    {
         let mut d = DrugList::default();
-        for (i, (id, atc, date)) in rows.into_iter().enumerate() {
+        for (i, (id, atc, date, days, unit)) in rows.into_iter().enumerate() {
             let atc = crate::model::normalise_icd(atc.as_ref());
-            match PatientId::parse_national(id.as_ref(), today) {
-                Ok(p) if !atc.is_empty() => d.by_id.entry(p.raw().to_string()).or_default().push((atc, date)),
+            let unit = match unit.as_ref().map(|u| u.as_ref().trim()).filter(|u| !u.is_empty()) {
+                None => Ok(None),
+                Some(u) => HsaId::parse(u).map(|h| Some(h.as_str().to_string())),
+            };
+            match (PatientId::parse_national(id.as_ref(), today), unit) {
+                (Ok(p), Ok(unit)) if !atc.is_empty() => d.by_id.entry(p.raw().to_string()).or_default().push(Prescription { atc, date, days, unit }),
                 _ => d.refused_lines.push(i + 1),
             }
         }
         for v in d.by_id.values_mut() {
-            v.sort_by_key(|a| a.1);
+            v.sort_by_key(|a| a.date);
         }
         d
     }
 
-    /// Read `personnummer;atc;date` lines (header required, date `YYYY-MM-DD`).
+    /// Read `personnummer;atc;date[;days;prescriber_unit]` lines (header required, date
+    /// `YYYY-MM-DD`, days a whole number).
     pub fn read_file(path: &Path, today: NaiveDate) -> anyhow::Result<DrugList> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read drug list {}: {e}", path.display()))?;
         let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
@@ -435,31 +654,70 @@ impl DrugList {
         let (Some(pi), Some(ai), Some(di)) =
             (cols.iter().position(|c| c == "personnummer"), cols.iter().position(|c| c == "atc"), cols.iter().position(|c| c == "date"))
         else {
-            anyhow::bail!("drug list {}: header must name the columns personnummer, atc and date", path.display());
+            anyhow::bail!("drug list {}: header must name the columns personnummer, atc and date (optional: days, prescriber_unit)", path.display());
         };
+        let dayi = cols.iter().position(|c| c == "days");
+        let ui = cols.iter().position(|c| c == "prescriber_unit");
         let mut rows = vec![];
         let mut refused = vec![];
         for (n, line) in lines {
             let f = split_line(line);
-            match f.get(di).and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()) {
-                Some(date) => rows.push((f.get(pi).copied().unwrap_or("").to_string(), f.get(ai).copied().unwrap_or("").to_string(), date, n + 1)),
-                None => refused.push(n + 1),
+            let days = match dayi.and_then(|i| f.get(i)).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+                None => Some(None),
+                Some(s) => s.parse::<u32>().ok().map(Some),
+            };
+            match (f.get(di).and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()), days) {
+                (Some(date), Some(days)) => rows.push((
+                    f.get(pi).copied().unwrap_or("").to_string(),
+                    f.get(ai).copied().unwrap_or("").to_string(),
+                    date,
+                    days,
+                    ui.and_then(|i| f.get(i)).map(|s| s.to_string()),
+                    n + 1,
+                )),
+                _ => refused.push(n + 1),
             }
         }
-        let line_nos: Vec<usize> = rows.iter().map(|r| r.3).collect();
-        let mut d = DrugList::from_rows(rows.into_iter().map(|(a, b, c, _)| (a, b, c)), today);
+        let line_nos: Vec<usize> = rows.iter().map(|r| r.5).collect();
+        let mut d = DrugList::from_prescriptions(rows.into_iter().map(|(a, b, c, e, u, _)| (a, b, c, e, u)), today);
         refused.extend(d.refused_lines.iter().map(|r| line_nos[r - 1]));
         refused.sort_unstable();
         d.refused_lines = refused;
         Ok(d)
     }
 
-    pub fn of(&self, patient: &PatientId) -> &[(String, NaiveDate)] {
+    pub fn of(&self, patient: &PatientId) -> &[Prescription] {
         self.by_id.get(patient.raw()).map(|v| v.as_slice()).unwrap_or(&[])
     }
 }
 
 // ------------------------------------------------------------------------------- config check
+
+/// `config check`'s indicator list: per PVK connector, rule year and indicator, "beräkningsbar"
+/// or "ej beräkningsbar: <what is missing>"; regional measures and provisional ids marked.
+pub fn indicator_report(loaded: &Loaded) -> Vec<String> {
+    let mut out = vec![];
+    for c in loaded.connectors.iter().filter(|c| c.kind == ConnectorKind::Pvk) {
+        let Ok(engine) = PvkEngine::load(c) else { continue };
+        out.push(format!("PVK-indikatorer, {}:", engine.summary()));
+        for (rs, ind, why) in engine.computability() {
+            let mut tags = vec![];
+            if ind.regional {
+                tags.push("regionalt mått, skickas inte".to_string());
+            }
+            if let Some(p) = &ind.provisional {
+                tags.push(format!("preliminärt id: {}", p.trim()));
+            }
+            let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join("; ")) };
+            let state = match why {
+                None => "beräkningsbar".to_string(),
+                Some(w) => format!("{NOT_COMPUTABLE} {w}"),
+            };
+            out.push(format!("  {} {}{tags}: {state}", rs.year, ind.display_name()));
+        }
+    }
+    out
+}
 
 /// `config check` for every PVK connector: rule files load, indicator codes are in the register's
 /// `Indikator` domain (when metadata is at hand), and a warning for every unverified code list.
@@ -509,7 +767,8 @@ pub fn check_against_metadata(engine: &PvkEngine, meta: &RegisterMetadata) -> Ve
     };
     let values: BTreeSet<String> = domain.domain_values.iter().filter(|v| v.is_active).map(|v| json_code(&v.value_code)).collect();
     for rs in &engine.rule_sets {
-        for (i, ind) in rs.indicators.iter().enumerate() {
+        // Regional measures are never sent, so the register need not know them.
+        for (i, ind) in rs.indicators.iter().enumerate().filter(|(_, i)| !i.regional) {
             if !values.contains(&ind.register_code) {
                 out.push(Problem::error(
                     rs.file.display().to_string(),

@@ -41,6 +41,9 @@ struct Header {
     verified: bool,
     #[serde(default)]
     note: Option<String>,
+    /// The files the set was imported from (`pvk import`), or where it was written from.
+    #[serde(default)]
+    source: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -124,6 +127,10 @@ pub enum IndicatorKind {
     Prevalence,
     /// Mångsökare: base members with more than `threshold` visits in a rolling window.
     FrequentAttenders,
+    /// Vårdval follow-up (regional only): visits or unique patients of the configured
+    /// professions at the unit in the calendar year so far, per full-time equivalent. Numerator:
+    /// the count; denominator: the unit's FTE for the year in hundredths (`options.fte`).
+    PerFte,
 }
 
 impl IndicatorKind {
@@ -132,6 +139,7 @@ impl IndicatorKind {
             IndicatorKind::Proportion => "proportion",
             IndicatorKind::Prevalence => "prevalence",
             IndicatorKind::FrequentAttenders => "frequent_attenders",
+            IndicatorKind::PerFte => "per_fte",
         }
     }
 }
@@ -144,6 +152,10 @@ pub enum Scope {
     Unit,
     /// Records from any unit the source delivers.
     Any,
+    /// Records from primary-care units only (`options.primary_care_units`, by default the
+    /// connector's units): PVK extracts primary-care data; diagnoses set in hospital are not
+    /// part of it (SKR osteoporos page, research/pvk-indicator-facts.md).
+    PrimaryCare,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -192,6 +204,48 @@ struct IndicatorDef {
     measure: Option<MeasureDef>,
     #[serde(default)]
     frequent_attenders: Option<FrequentAttendersDef>,
+    #[serde(default)]
+    per_fte: Option<PerFteDef>,
+    /// A regional measure (vårdval follow-up, FaR): register code starts with `REG`, shown and
+    /// exported apart, never sent to the PVK register.
+    #[serde(default)]
+    regional: bool,
+    /// Where the indicator's windows (look-back, measure window) come from.
+    #[serde(default)]
+    windows_source: Option<String>,
+    /// SKR's definition is not public: what is missing. The indicator is then reported as
+    /// "ej beräkningsbar: <this>" until a region's rule set fills it in.
+    #[serde(default)]
+    definition_missing: Option<String>,
+    /// The id is not confirmed as SKR's: why (shown on pages and in `config check`).
+    #[serde(default)]
+    provisional: Option<String>,
+}
+
+/// What a per-FTE measure counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FteCount {
+    /// Care contacts (visits) at the unit.
+    Visits,
+    /// Distinct patients with a visit at the unit.
+    Patients,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PerFteDef {
+    count: FteCount,
+    /// Professions whose contacts count (empty: every profession).
+    #[serde(default)]
+    professions: Vec<String>,
+    /// careContactCode values that count (empty: every contact type).
+    #[serde(default)]
+    contact_types: Vec<String>,
+    /// The region's requirement per full-time equivalent and year.
+    requirement: u32,
+    /// Where the requirement comes from.
+    source: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -230,6 +284,15 @@ struct DrugCriterionDef {
     lookback_months: Option<u32>,
     combine: Combine,
     description: String,
+    /// Prescribed treatment days (summed over the set's prescriptions in the look-back window)
+    /// the criterion needs, e.g. "longer cortisone treatment". None: any prescription counts.
+    #[serde(default)]
+    min_days: Option<u32>,
+    /// Whose prescriptions count: `unit` (signed at the unit computed; PVK's rule, VGR), `any`,
+    /// or `primary_care`. Default: `unit` at a vårdcentral, `primary_care` at a rehab unit
+    /// (which prescribes no drugs itself).
+    #[serde(default)]
+    scope: Option<Scope>,
 }
 
 fn one() -> u32 {
@@ -325,6 +388,8 @@ pub struct DrugCriterion {
     pub lookback_months: u32,
     pub combine: Combine,
     pub description: String,
+    pub min_days: Option<u32>,
+    pub scope: Option<Scope>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -361,6 +426,23 @@ pub struct FrequentAttenders {
 }
 
 #[derive(Clone, Debug, PartialEq)]
+pub struct PerFte {
+    pub count: FteCount,
+    pub professions: Vec<String>,
+    pub contact_types: Vec<String>,
+    pub requirement: u32,
+    pub source: String,
+}
+
+/// Register codes of regional measures start with this; nothing with it is ever sent to PVK.
+pub const REGIONAL_PREFIX: &str = "REG";
+
+/// Is this register code a regional measure's (never sent to the PVK register)?
+pub fn is_regional_code(code: &str) -> bool {
+    code.starts_with(REGIONAL_PREFIX)
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct Indicator {
     /// SKR's id as written (`T/S01`) or our name for a regional one.
     pub id: String,
@@ -373,6 +455,18 @@ pub struct Indicator {
     pub population: Population,
     pub measure: Option<Measure>,
     pub frequent_attenders: Option<FrequentAttenders>,
+    pub per_fte: Option<PerFte>,
+    pub regional: bool,
+    pub windows_source: Option<String>,
+    pub definition_missing: Option<String>,
+    pub provisional: Option<String>,
+}
+
+impl Indicator {
+    /// "Ar12 – Andel patienter med …": how the indicator is named wherever it is shown.
+    pub fn display_name(&self) -> String {
+        format!("{} – {}", self.id, self.title)
+    }
 }
 
 /// One revision year's rules, validated.
@@ -383,6 +477,7 @@ pub struct RuleSet {
     pub description: Option<String>,
     pub verified: bool,
     pub note: Option<String>,
+    pub source: Option<String>,
     pub file: PathBuf,
     pub code_sets: Vec<CodeSet>,
     pub indicators: Vec<Indicator>,
@@ -418,6 +513,20 @@ impl RuleSet {
     /// Names of the empty code lists an indicator depends on (it is not computable while any).
     pub fn missing_code_lists(&self, ind: &Indicator) -> Vec<&str> {
         self.sets_of(ind).into_iter().filter(|i| self.code_sets[*i].is_empty()).map(|i| self.code_sets[i].name.as_str()).collect()
+    }
+
+    /// What the rule set itself lacks for the indicator, in Swedish (None: beräkningsbar as far
+    /// as the rules go; data such as listing, drug list or FTE is checked when computing).
+    pub fn missing(&self, ind: &Indicator) -> Option<String> {
+        let mut reasons = vec![];
+        if let Some(d) = &ind.definition_missing {
+            reasons.push(format!("SKR:s definition är inte offentlig ({})", d.trim()));
+        }
+        let lists = self.missing_code_lists(ind);
+        if !lists.is_empty() {
+            reasons.push(format!("kodlista saknas ({})", lists.join(", ")));
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 }
 
@@ -471,7 +580,7 @@ fn line_of(text: &str, offset: usize) -> String {
 }
 
 /// Load and validate one rule file. `Err` holds every error found; `Ok` carries the warnings
-/// (one per unverified code list, one per indicator that cannot be computed as shipped).
+/// (one per unverified code list, and one when the set as a whole is not verified).
 pub fn load_file(path: &Path) -> Result<(RuleSet, Vec<Problem>), Vec<Problem>> {
     let label = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| vec![Problem::error(&label, "", format!("cannot read rule file: {e}"))])?;
@@ -610,6 +719,16 @@ pub fn parse(text: &str, path: &Path) -> Result<(RuleSet, Vec<Problem>), Vec<Pro
         if register_code.is_empty() || !register_code.bytes().all(|b| b.is_ascii_alphanumeric()) {
             err(&mut errors, format!("{key}.register_code"), format!("'{register_code}' must be letters and digits only (give register_code explicitly for ids like T/S01)"));
         }
+        if def.regional != is_regional_code(&register_code) {
+            let why = if def.regional { format!("a regional measure's register code starts with {REGIONAL_PREFIX}") } else { format!("only regional measures (regional = true) use register codes starting with {REGIONAL_PREFIX}") };
+            err(&mut errors, format!("{key}.register_code"), format!("'{register_code}': {why}"));
+        }
+        if def.kind == IndicatorKind::PerFte && !def.regional {
+            err(&mut errors, format!("{key}.regional"), "a per_fte measure is a regional vårdval follow-up (regional = true)".into());
+        }
+        if def.definition_missing.as_deref().is_some_and(|d| d.trim().is_empty()) {
+            err(&mut errors, format!("{key}.definition_missing"), "say what is missing".into());
+        }
         if !codes.insert(register_code.clone()) {
             err(&mut errors, format!("{key}.register_code"), format!("register code '{register_code}' is used twice"));
         }
@@ -621,13 +740,13 @@ pub fn parse(text: &str, path: &Path) -> Result<(RuleSet, Vec<Problem>), Vec<Pro
         if p.everyone && (!p.diagnoses.is_empty() || p.drugs.is_some() || p.new_onset.is_some()) {
             err(&mut errors, format!("{key}.population.everyone"), "everyone = true cannot be combined with diagnoses, drugs or new_onset".into());
         }
-        let needs_cohort = def.kind != IndicatorKind::FrequentAttenders;
+        let needs_cohort = !matches!(def.kind, IndicatorKind::FrequentAttenders | IndicatorKind::PerFte);
         let drug_or = p.drugs.as_ref().is_some_and(|d| d.combine == Combine::Or);
-        if needs_cohort && !p.everyone && p.diagnoses.is_empty() && !drug_or {
+        if needs_cohort && !p.everyone && p.diagnoses.is_empty() && !drug_or && def.definition_missing.is_none() {
             err(&mut errors, format!("{key}.population"), "give diagnoses (code set names), a drug criterion with combine = \"or\", or everyone = true".into());
         }
-        if def.kind == IndicatorKind::FrequentAttenders && (!p.diagnoses.is_empty() || p.drugs.is_some() || p.new_onset.is_some()) {
-            err(&mut errors, format!("{key}.population"), "a frequent_attenders indicator counts the whole base population; diagnoses, drugs and new_onset do not apply".into());
+        if !needs_cohort && (!p.diagnoses.is_empty() || p.drugs.is_some() || p.new_onset.is_some()) {
+            err(&mut errors, format!("{key}.population"), format!("a {} indicator counts the whole base population; diagnoses, drugs and new_onset do not apply", def.kind.as_str()));
         }
         if let (Some(lo), Some(hi)) = (p.min_age, p.max_age) {
             if lo > hi {
@@ -660,15 +779,23 @@ pub fn parse(text: &str, path: &Path) -> Result<(RuleSet, Vec<Problem>), Vec<Pro
             if dc.description.trim().is_empty() {
                 err(&mut errors, format!("{key}.population.drugs.description"), "describe the requirement (it is shown when the indicator cannot be computed)".into());
             }
+            if dc.min_days.is_some_and(|d| d == 0 || d > 3650) {
+                err(&mut errors, format!("{key}.population.drugs.min_days"), "must be between 1 and 3650 days".into());
+            }
             ix.first().map(|&code_set| DrugCriterion {
                 code_set,
                 min_distinct: dc.min_distinct,
                 lookback_months: dc.lookback_months.unwrap_or(lookback_months),
                 combine: dc.combine,
                 description: dc.description.trim().to_string(),
+                min_days: dc.min_days,
+                scope: dc.scope,
             })
         });
+        let undefined = def.definition_missing.is_some();
         let measure = match (def.kind, &def.measure) {
+            // SKR's definition is not public: the indicator is declared, never computed.
+            (IndicatorKind::Proportion, None) if undefined => None,
             (IndicatorKind::Proportion, None) => {
                 err(&mut errors, format!("{key}.measure"), "a proportion indicator needs a measure (activity or observation code sets)".into());
                 None
@@ -708,6 +835,26 @@ pub fn parse(text: &str, path: &Path) -> Result<(RuleSet, Vec<Problem>), Vec<Pro
             }
             (_, None) => None,
         };
+        let per_fte = match (def.kind, &def.per_fte) {
+            (IndicatorKind::PerFte, Some(f)) => {
+                if f.requirement == 0 {
+                    err(&mut errors, format!("{key}.per_fte.requirement"), "must be above 0".into());
+                }
+                if f.source.trim().is_empty() {
+                    err(&mut errors, format!("{key}.per_fte.source"), "cite where the requirement comes from".into());
+                }
+                Some(PerFte { count: f.count, professions: f.professions.clone(), contact_types: f.contact_types.clone(), requirement: f.requirement, source: f.source.trim().to_string() })
+            }
+            (IndicatorKind::PerFte, None) => {
+                err(&mut errors, format!("{key}.per_fte"), "a per_fte measure needs [indicators.per_fte] (count, requirement, source)".into());
+                None
+            }
+            (_, Some(_)) => {
+                err(&mut errors, format!("{key}.per_fte"), "only for kind = \"per_fte\"".into());
+                None
+            }
+            (_, None) => None,
+        };
         indicators.push(Indicator {
             id: def.id.clone(),
             register_code,
@@ -729,6 +876,11 @@ pub fn parse(text: &str, path: &Path) -> Result<(RuleSet, Vec<Problem>), Vec<Pro
             },
             measure,
             frequent_attenders,
+            per_fte,
+            regional: def.regional,
+            windows_source: def.windows_source.clone(),
+            definition_missing: def.definition_missing.as_ref().map(|d| d.trim().to_string()),
+            provisional: def.provisional.clone(),
         });
     }
     if indicators.is_empty() && errors.is_empty() {
@@ -743,20 +895,13 @@ pub fn parse(text: &str, path: &Path) -> Result<(RuleSet, Vec<Problem>), Vec<Pro
         description: file.rule_set.description.clone(),
         verified: file.rule_set.verified,
         note: file.rule_set.note.clone(),
+        source: file.rule_set.source.clone(),
         file: path.to_path_buf(),
         code_sets,
         indicators,
     };
-    for (i, ind) in rs.indicators.iter().enumerate() {
-        let missing = rs.missing_code_lists(ind);
-        if !missing.is_empty() {
-            warnings.push(Problem::warning(
-                &label,
-                format!("indicators[{i}] ({})", ind.id),
-                format!("will be reported as not computable: code list missing ({})", missing.join(", ")),
-            ));
-        }
-    }
+    // Per-indicator computability is not a warning here: `config check` lists every indicator
+    // as "beräkningsbar" or with what it lacks (`pvk::indicator_report`).
     if !rs.verified {
         warnings.push(Problem::warning(&label, "rule_set.verified", format!("rule set '{}' is not verified against SKR's indicator definitions: {}", rs.name, rs.note.as_deref().unwrap_or("").trim())));
     }

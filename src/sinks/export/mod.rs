@@ -2,6 +2,9 @@
 //! one XML file (schema `conformance/pvk-export/pvk-aggregate-export-1.0.xsd`) and one CSV file
 //! per run, written atomically (temp file in the same folder, fsync, rename).
 //!
+//! Regional measures (register code `REG…`: FaR, vårdval per FTE) are not PVK indicators: they
+//! go to their own file, `regional-measures-<connector>-<time>.csv`, never into the PVK files.
+//!
 //! Only the numbers leave: a row's patient list is never read here. Suppressed and
 //! not-computable cells are written with their status and reason but without numbers, so the
 //! receiving tool can tell "nothing to report" from "zero".
@@ -15,7 +18,7 @@ use chrono::{DateTime, Utc};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use self::csv::{render_csv, CSV_COLUMNS};
+pub use self::csv::{render_csv, render_regional_csv, CSV_COLUMNS, REGIONAL_CSV_COLUMNS};
 pub use self::xml::{render_xml, NAMESPACE, SCHEMA_FILE};
 
 /// Who wrote the files and when (no personal data).
@@ -25,6 +28,18 @@ pub struct RunInfo {
     pub run_id: String,
     pub generated_at: DateTime<Utc>,
 }
+
+/// What the files say about an indicator besides its code (from the rule set).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndicatorLabel {
+    /// "Ar12 – Andel patienter med artros som deltagit i artrosskola".
+    pub name: String,
+    /// Per-FTE measures: the region's requirement per full-time equivalent and year.
+    pub per_fte_requirement: Option<u32>,
+}
+
+/// Labels by (rule year, register code).
+pub type Labels = std::collections::BTreeMap<(i32, String), IndicatorLabel>;
 
 /// How a cell is reported in a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,17 +80,25 @@ fn sorted(results: &[PvkResultRow]) -> Vec<&PvkResultRow> {
     v
 }
 
-/// Write `<stem>.xml` and `<stem>.csv` into `dir` (created if missing); returns their paths.
-pub fn write_exports(results: &[PvkResultRow], dir: &Path, run: &RunInfo) -> Result<Vec<PathBuf>> {
+/// Write `<stem>.xml` and `<stem>.csv` (PVK indicators) and, when there are regional
+/// measures, `regional-measures-….csv` into `dir` (created if missing); returns their paths.
+pub fn write_exports(results: &[PvkResultRow], dir: &Path, run: &RunInfo, labels: &Labels) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create export folder {}", dir.display()))?;
     let safe: String = run.connector.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    let stem = format!("pvk-aggregates-{safe}-{}", run.generated_at.format("%Y%m%dT%H%M%SZ"));
-    let rows = sorted(results);
+    let at = run.generated_at.format("%Y%m%dT%H%M%SZ");
+    let stem = format!("pvk-aggregates-{safe}-{at}");
+    let (regional, rows): (Vec<&PvkResultRow>, Vec<&PvkResultRow>) = sorted(results).into_iter().partition(|r| crate::registers::pvk::is_regional_code(&r.indicator));
     let xml_path = dir.join(format!("{stem}.xml"));
     let csv_path = dir.join(format!("{stem}.csv"));
-    write_atomic(&xml_path, &render_xml(&rows, run)?)?;
-    write_atomic(&csv_path, render_csv(&rows).as_bytes())?;
-    Ok(vec![xml_path, csv_path])
+    write_atomic(&xml_path, &render_xml(&rows, run, labels)?)?;
+    write_atomic(&csv_path, render_csv(&rows, labels).as_bytes())?;
+    let mut out = vec![xml_path, csv_path];
+    if !regional.is_empty() {
+        let p = dir.join(format!("regional-measures-{safe}-{at}.csv"));
+        write_atomic(&p, render_regional_csv(&regional, labels).as_bytes())?;
+        out.push(p);
+    }
+    Ok(out)
 }
 
 /// Write to a temp file next to `path`, flush it to disk, then rename over `path`, so a reader

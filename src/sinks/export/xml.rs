@@ -1,7 +1,7 @@
 //! XML export in the namespace `urn:registerbrygga:pvk:aggregate-export:1.0`, valid against
 //! `conformance/pvk-export/pvk-aggregate-export-1.0.xsd` (the tests check with xmllint).
 
-use super::{CellStatus, RunInfo};
+use super::{CellStatus, Labels, RunInfo};
 use crate::store::PvkResultRow;
 use anyhow::Result;
 use quick_xml::events::{BytesDecl, BytesText, Event};
@@ -15,7 +15,7 @@ fn text<W: std::io::Write>(w: &mut Writer<W>, name: &str, value: &str) -> std::i
     Ok(())
 }
 
-pub fn render_xml(rows: &[&PvkResultRow], run: &RunInfo) -> Result<Vec<u8>> {
+pub fn render_xml(rows: &[&PvkResultRow], run: &RunInfo, labels: &Labels) -> Result<Vec<u8>> {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
     w.create_element("PvkAggregateExport")
@@ -36,6 +36,9 @@ pub fn render_xml(rows: &[&PvkResultRow], run: &RunInfo) -> Result<Vec<u8>> {
                     text(w, "Year", &r.year.to_string())?;
                     text(w, "Month", &r.month.to_string())?;
                     text(w, "Indicator", &r.indicator)?;
+                    if let Some(l) = labels.get(&(r.rule_year, r.indicator.clone())) {
+                        text(w, "IndicatorName", &l.name)?;
+                    }
                     let note = r.note.as_deref().unwrap_or("");
                     match CellStatus::of(r) {
                         status @ (CellStatus::Reported | CellStatus::ReportedSmallCell) => {
