@@ -127,6 +127,9 @@ pub struct InspectArgs {
     pub file: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// Keyword table for GetCareDocumentation notes (a connector's keywords.toml).
+    #[arg(long)]
+    pub keywords: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -303,7 +306,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
             print_problems(&problems, json);
             Ok(if problems.iter().any(|p| !p.warning) { 1 } else { 0 })
         }
-        Command::Inspect(a) => crate::sources::riv::inspect::run(&a.file, a.json),
+        Command::Inspect(a) => crate::sources::riv::inspect::run_with(&a.file, a.json, a.keywords.as_deref()),
         Command::Audit(AuditCmd::Verify { json }) => {
             let app = open_app(&g).await?;
             let r = app.store.audit_verify().await?;

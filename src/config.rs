@@ -393,6 +393,23 @@ pub struct SourceSettings {
     pub page_size: u32,
     /// RIV-TA: where GetActivities and GetObservations are limited to the connector's units.
     pub unit_filter: UnitFilter,
+    /// RIV-TA: where observations (measurements, keyword answers) come from: the structured
+    /// GetObservations contract, keyword notes (GetCareDocumentation read with the connector's
+    /// `keywords.toml`), or both.
+    pub observations: ObservationSource,
+}
+
+/// Where a RIV-TA source reads observations from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservationSource {
+    /// GetObservations 1.1.
+    #[default]
+    Structured,
+    /// GetCareDocumentation 2.1 keyword notes, read with the connector's keyword table.
+    Notes,
+    /// Both contracts.
+    Both,
 }
 
 /// How GetActivities and GetObservations, whose `careUnitId` takes a single unit, are limited to
@@ -438,6 +455,7 @@ impl Default for SourceSettings {
             source_systems: vec![],
             page_size: 100,
             unit_filter: UnitFilter::Request,
+            observations: ObservationSource::Structured,
         }
     }
 }

@@ -327,6 +327,9 @@ fn response_xsd(c: Contract) -> PathBuf {
         Contract::GetActivities => "GetActivities-1.0/interactions/GetActivitiesInteraction/GetActivitiesResponder_1.0.xsd",
         Contract::GetObservations => "GetObservations-1.1/interactions/GetObservationsInteraction/GetObservationsResponder_1.1.xsd",
         Contract::GetUpdates => "EngagementIndex-1.0/interactions/GetUpdatesInteraction/GetUpdatesResponder_1.0.xsd",
+        Contract::GetCareDocumentation => {
+            "GetCareDocumentation-2.1/interactions/GetCareDocumentationInteraction/GetCareDocumentationResponder_2.1.xsd"
+        }
     })
 }
 

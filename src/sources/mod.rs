@@ -72,6 +72,9 @@ pub struct PullSummary {
     pub complete: bool,
     /// The instant the pull's change query started (the next watermark).
     pub started_at: Option<DateTime<Utc>>,
+    /// Things the operator should know about this pull (e.g. files not settled yet); shown in
+    /// the run report.
+    pub warnings: Vec<String>,
     /// Files consumed (files source), moved aside on `commit`.
     #[serde(skip)]
     pub files: Vec<std::path::PathBuf>,
