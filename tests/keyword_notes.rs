@@ -89,7 +89,7 @@ fn keyword_notes_and_their_request_validate_against_the_xsd() {
 
 #[test]
 fn keyword_note_corpus_reads_every_keyword_and_refuses_exactly_the_broken_ones() {
-    let (pop, today) = population(60, 0.05);
+    let (pop, today) = population(400, 0.5);
     let c = ctx(today);
     let mut structured: BTreeMap<String, usize> = BTreeMap::new();
     let mut notes: BTreeMap<String, usize> = BTreeMap::new();
@@ -97,7 +97,13 @@ fn keyword_note_corpus_reads_every_keyword_and_refuses_exactly_the_broken_ones()
     let mut texts = String::new();
     for p in 0..pop.len() {
         let s = parse_bytes(&render_patient(&pop, Contract::GetObservations, p), "obs", &c).unwrap();
-        let doc = render_patient(&pop, Contract::GetCareDocumentation, p);
+        let mut doc = render_patient(&pop, Contract::GetCareDocumentation, p);
+        if p == 0 {
+            // A coded keyword with an answer the table does not allow, in a note that has no
+            // other answer to it (the generator breaks only answers outside SAR episodes).
+            let text = String::from_utf8(doc).unwrap().replacen(">Fysioterapeutisk bedömning\n", ">Fysioterapeutisk bedömning\nSpärr kvalitetsregister: Kanske\n", 1);
+            doc = text.into_bytes();
+        }
         texts.push_str(&String::from_utf8_lossy(&doc));
         let n = parse_bytes(&doc, "notes", &c).unwrap();
         for r in &s.records {
@@ -117,7 +123,7 @@ fn keyword_note_corpus_reads_every_keyword_and_refuses_exactly_the_broken_ones()
     assert!(missing.is_empty() && extra.is_empty(), "notes differ from the structured observations\nmissing {missing:#?}\nextra {extra:#?}");
     // Exactly the deliberately bad answers are refused, one refusal per keyword, each with its reason.
     assert!(!refused_structured.is_empty());
-    assert_eq!(refused_notes.len(), refused_structured.len(), "{refused_notes:#?}");
+    assert_eq!(refused_notes.len(), refused_structured.len() + 1, "{refused_notes:#?}");
     let reasons: Vec<&str> = refused_notes.iter().map(|r| r.reason.as_str()).collect();
     assert!(reasons.iter().any(|r| r.contains("different values")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("not one of the allowed answers")), "{reasons:?}");
@@ -125,7 +131,7 @@ fn keyword_note_corpus_reads_every_keyword_and_refuses_exactly_the_broken_ones()
     for r in &refused_notes {
         assert!(r.field.starts_with("careDocumentationBody/clinicalDocumentNote/clinicalDocumentNoteText/"), "{r:?}");
         assert!(r.document.contains("careDocumentation[") && r.document.contains("documentId"), "{r:?}");
-        assert!(!r.reason.contains("Vet ej") && !r.reason.contains("ungefär"), "the value written is not repeated: {r:?}");
+        assert!(!r.reason.contains("Kanske") && !r.reason.contains("ungefär"), "the value written is not repeated: {r:?}");
     }
     // The corpus carries the template variations the table must absorb.
     for v in ["NRS smärta:", "Smärta (NRS)", "SMÄRTA (NRS)", "  :   ", "EQ-5D Rörlighet", "eq5d rörlighet", " kg\n", "Anamnes:"] {
@@ -145,7 +151,7 @@ fn a_note_without_a_keyword_table_is_refused_whole() {
 
 #[test]
 fn inspect_lists_keywords_found_and_refused() {
-    let (pop, _) = population(60, 0.05);
+    let (pop, _) = population(400, 0.5);
     let dir = common::test_dir();
     // A patient whose notes hold a broken keyword.
     let table = table();

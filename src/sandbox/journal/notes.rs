@@ -40,9 +40,9 @@ pub enum Breakage {
     NotANumber,
 }
 
-/// The breakage of a bad observation (by its index, so it is fixed per document).
-pub fn breakage(k: &KeywordDef, obs_index: u32) -> Breakage {
-    match (k.value_type, obs_index % 2) {
+/// The breakage of a bad observation (by patient and index, so it is fixed per document).
+pub fn breakage(k: &KeywordDef, patient: u32, obs_index: u32) -> Breakage {
+    match (k.value_type, mix(patient as u64, obs_index as u64 ^ 0xb4d) % 2) {
         (_, 0) => Breakage::TwoValues,
         (ValueType::Code, _) => Breakage::UnknownValue,
         (ValueType::Quantity, _) => Breakage::NotANumber,
@@ -137,7 +137,7 @@ pub(crate) fn note_text(plan: &Plan, patient: u32, idx: &[u32]) -> String {
         let colon = if (h >> 40) % 3 == 0 { "  :   " } else { ": " };
         let value = answer_text(k, &o.value, h).unwrap_or_else(|| "?".into());
         if o.defect == Some(Defect::UnknownCodeSystem) {
-            match breakage(k, i) {
+            match breakage(k, patient, i) {
                 Breakage::TwoValues => {
                     let _ = writeln!(t, "{head}{colon}{value}");
                     let _ = writeln!(t, "{head}: {}", other_value(k, &o.value));
