@@ -353,6 +353,8 @@ pub enum SourceKind {
     Files,
     /// FHIR R4 REST.
     Fhir,
+    /// The region's data warehouse over ODBC: one query per record kind (`sources::warehouse`).
+    Sql,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -397,6 +399,25 @@ pub struct SourceSettings {
     /// GetObservations contract, keyword notes (GetCareDocumentation read with the connector's
     /// `keywords.toml`), or both.
     pub observations: ObservationSource,
+    /// SQL (data warehouse): the ODBC connection string, a secret (it holds the password).
+    pub connection: Option<Secret>,
+    /// SQL (data warehouse): the queries, one per record kind (see `sources::warehouse`).
+    pub queries: WarehouseQueries,
+    /// SQL (data warehouse): the source system named in provenance when a row gives none.
+    pub source_system: String,
+}
+
+/// The data warehouse's queries. Each returns the documented columns (by name); `:patient`,
+/// `:from`, `:to` and `:since` are bound as parameters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarehouseQueries {
+    /// Patients with data changed since `:since` (column `patient_id`, optional `patient_id_type`).
+    pub patients: Option<String>,
+    pub care_contacts: Option<String>,
+    pub diagnoses: Option<String>,
+    pub activities: Option<String>,
+    pub observations: Option<String>,
 }
 
 /// Where a RIV-TA source reads observations from.
@@ -456,6 +477,9 @@ impl Default for SourceSettings {
             page_size: 100,
             unit_filter: UnitFilter::Request,
             observations: ObservationSource::Structured,
+            connection: None,
+            queries: WarehouseQueries::default(),
+            source_system: String::new(),
         }
     }
 }
@@ -901,6 +925,18 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
             SourceKind::Files => {
                 if src.directory.is_none() {
                     p.push(Problem::error(&main_file, format!("{k}.directory"), "a files source needs a directory"));
+                }
+            }
+            SourceKind::Sql => {
+                match &src.connection {
+                    None => p.push(Problem::error(&main_file, format!("{k}.connection"), "a sql source needs an ODBC connection string (a secret)")),
+                    Some(c) => check_secret(&mut p, &main_file, &format!("{k}.connection"), c),
+                }
+                let q = &src.queries;
+                for (key, query) in [("care_contacts", &q.care_contacts), ("diagnoses", &q.diagnoses), ("activities", &q.activities)] {
+                    if query.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                        p.push(Problem::error(&main_file, format!("{k}.queries.{key}"), "missing"));
+                    }
                 }
             }
         }

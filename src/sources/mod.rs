@@ -17,6 +17,7 @@ pub mod fhir;
 pub mod files;
 pub mod riv;
 pub mod sql;
+pub mod warehouse;
 
 /// What to pull.
 #[derive(Clone, Debug)]
@@ -95,5 +96,6 @@ pub fn from_settings(settings: &crate::config::SourceSettings) -> Result<std::sy
         SourceKind::Riv => std::sync::Arc::new(riv::RivSource::new(settings)?),
         SourceKind::Files => std::sync::Arc::new(files::FilesSource::new(settings)?),
         SourceKind::Fhir => std::sync::Arc::new(fhir::FhirSource::new(settings)?),
+        SourceKind::Sql => std::sync::Arc::new(warehouse::WarehouseSource::new(settings)?),
     })
 }
