@@ -5,7 +5,8 @@
 //! half-written file is therefore never read; writers that write `*.tmp` and rename are fine too
 //! (a `.tmp` is not looked at). A file that changes while it is read is left for the next pull.
 //!
-//! A pull that finds files still settling waits for them once (at most `settle_seconds`), so a
+//! A pull that finds files still settling waits for them once (at most `settle_seconds`, at most a
+//! minute), so a
 //! one-shot `backfill` right after a drop reads what was dropped; a file still changing after that
 //! is reported ("N files not settled yet") as a warning, and the pull is incomplete (the watermark
 //! stays). The pull's period (`--from/--to`, or the connector's window) and the connector's patient
@@ -30,6 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
+
+/// Longest a pull waits for dropped files to settle.
+const MAX_SETTLE_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Disposition {
@@ -200,6 +204,8 @@ impl Source for FilesSource {
         // Files dropped just before the pull are waited for once, so a one-shot backfill right
         // after a drop reads them; what is still changing after that is reported below.
         let (young, wait) = self.unsettled().await?;
+        // Not longer than a minute: a long settle time is a slow writer's, reported below.
+        let wait = wait.min(MAX_SETTLE_WAIT);
         if young > 0 {
             tracing::info!(files = young, wait_ms = wait.as_millis() as u64, "waiting for dropped files to settle");
             tokio::time::sleep(wait + Duration::from_millis(50)).await;
