@@ -1,5 +1,6 @@
 //! RIV-TA SOAP consumer (GetCareContacts 3, GetDiagnosis 2, GetActivities 1, GetObservations 1.1,
-//! engagement index GetUpdates).
+//! GetCareDocumentation 2.1 keyword notes when `observations` is `notes` or `both`, engagement
+//! index GetUpdates).
 //!
 //! A pull finds the patients to read (engagement index, a file or a SQL query), then fetches each
 //! patient's four contracts for the window with bounded concurrency. A patient is delivered as one

@@ -1,5 +1,7 @@
 //! Streaming parser for RIV-TA response documents (GetCareContacts 3, GetDiagnosis 2,
-//! GetActivities 1, GetObservations 1.1, GetUpdates 1) into canonical records.
+//! GetActivities 1, GetObservations 1.1, GetCareDocumentation 2.1, GetUpdates 1) into canonical
+//! records. A GetCareDocumentation note's keywords are read with the context's keyword table
+//! ([`super::keywords`]).
 //!
 //! The document is read event by event with quick-xml's namespace-aware reader from any
 //! `AsyncBufRead` (an HTTP body, a file). Only one item (a care contact, a diagnosis, one activity
