@@ -21,7 +21,7 @@ fn keyword_tables(loaded: &config::Loaded) -> Vec<Problem> {
         let f = c.dir.join(FILE_NAME);
         if f.exists() {
             if let Err(e) = KeywordTable::load(&f) {
-                p.push(Problem::error(&f.display().to_string(), "", format!("{e:#}")));
+                p.push(Problem::error(&f.display().to_string(), "keyword", format!("{e:#}")));
             }
         } else if loaded.settings.sources.get(&c.source).is_some_and(|s| s.kind == config::SourceKind::Riv && s.observations != config::ObservationSource::Structured) {
             p.push(Problem::error(&c.dir.join("connector.toml").display().to_string(), "source", format!("source {} reads keyword notes, but this connector has no {FILE_NAME}", c.source)));

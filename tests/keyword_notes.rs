@@ -263,3 +263,79 @@ async fn same_truth_over_structured_contracts_keyword_notes_and_the_warehouse_sq
 async fn same_truth_over_structured_contracts_keyword_notes_and_the_warehouse_postgres() {
     same_truth_over_structured_contracts_keyword_notes_and_the_warehouse(Backend::Postgres).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// config check knows keyword tables
+
+fn config_check(dir: &Path) -> (i32, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_registerbrygga"));
+    cmd.current_dir(dir).args(["config", "check", "--config-dir", "config"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RB__") || k == "RB_ENV" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.env("RB_TEST_KEY", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn config_check_wants_a_valid_keyword_table_when_notes_are_read() {
+    let d = common::test_dir();
+    let w = |rel: &str, text: &str| {
+        let p = d.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w(
+        "config/default.toml",
+        r#"
+[service]
+connectors_dir = "connectors"
+[security]
+encryption_keys = [{ env = "RB_TEST_KEY" }]
+pseudonym_key = { env = "RB_TEST_KEY" }
+[sources.journal]
+kind = "riv"
+base_url = "https://127.0.0.1:7443/vp"
+observations = "notes"
+[registers.sar]
+kind = "stratum"
+base_url = "https://127.0.0.1:7444"
+register_id = 104
+units = [{ hsa_id = "SE2321000156-FT01", unit_code = "1701" }]
+"#,
+    );
+    let metadata = repo("conformance/stratum/sar-104.json");
+    w(
+        "connectors/demo/connector.toml",
+        &format!(
+            r#"
+name = "demo"
+kind = "sar"
+source = "journal"
+register = "sar"
+schedule = "30 2 * * *"
+units = ["SE2321000156-FT01"]
+patients = {{ mode = "engagement_index" }}
+[options]
+mapping = "mapping.toml"
+metadata_file = "{}"
+windows = {{ three_months = {{ from_day = 75, to_day = 150 }}, one_year = {{ from_day = 330, to_day = 540 }} }}
+"#,
+            metadata.display()
+        ),
+    );
+    std::fs::copy(repo("connectors/artrosregistret/mapping.toml"), d.path().join("connectors/demo/mapping.toml")).unwrap();
+    let (code, out) = config_check(d.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("reads keyword notes") && out.contains("keywords.toml"), "{out}");
+    let shipped = std::fs::read_to_string(repo("connectors/artrosregistret/keywords.toml")).unwrap();
+    w("connectors/demo/keywords.toml", &shipped.replacen("headings = [\"Vikt\"]", "headings = [\"Sida\"]", 1));
+    let (code, out) = config_check(d.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("connectors/demo/keywords.toml") && out.contains("already a heading"), "{out}");
+    w("connectors/demo/keywords.toml", &shipped);
+    let (code, out) = config_check(d.path());
+    assert_eq!(code, 0, "{out}");
+}
