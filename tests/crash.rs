@@ -1,5 +1,6 @@
 //! Crash safety and replicas (issue #5). The real daemon runs as a separate process against the
-//! sandbox (journal + Stratum emulator on loopback, mTLS) while the emulator injects faults; the
+//! sandbox (journal + Stratum emulator on loopback, mTLS, without the 409 rule so a duplicate
+//! create would be accepted and seen) while the emulator injects faults; the
 //! test kills it with SIGKILL at random moments, restarts it, and at the end the register holds
 //! exactly the expected registrations — none missing, none twice — and the audit chain verifies.
 //! Three daemons on one PostgreSQL share the work, survive losing one, and fire every schedule
@@ -28,6 +29,9 @@ impl Harness {
         let dir = common::test_dir().path().to_path_buf();
         let today = registerbrygga::pipeline::today_stockholm();
         let env = SandboxEnv::start(&dir.join("sandbox"), SandboxSpec::new(23, patients, today)).await.unwrap();
+        // Without the 409 rule the register accepts (and counts) a second create of the same
+        // registration, so a duplicate shows in what it holds instead of being refused.
+        env.emulator.set_unique_rule(false);
         let mut extra_env = vec![
             ("RB__ADMIN__ENABLED".to_string(), "false".to_string()),
             ("RB__TELEMETRY__FORMAT".into(), "json".into()),
@@ -215,6 +219,9 @@ async fn crash_and_recover(backend: Backend) {
     let extra: Vec<_> = held.iter().filter(|e| !expected.contains(e)).collect();
     assert!(missing.is_empty() && extra.is_empty(), "after {kills} kills:\nmissing {missing:?}\nextra {extra:?}");
     assert_eq!(h.env.emulator.counts().get("FVPat", "1701").post as usize, held.iter().filter(|r| r.2 == "FVPat" && r.1 == "1701").count());
+    // Every accepted create is one registration held: none was created twice and removed.
+    let sar_posts: u64 = h.env.emulator.counts().by_form_unit.iter().filter(|((reg, _, _), _)| *reg == 104).map(|(_, c)| c.post).sum();
+    assert_eq!(sar_posts as usize, held.len(), "accepted SAR creates vs registrations held");
     // PVK aggregates: at most one per unit, month and indicator.
     let mut cells = BTreeSet::new();
     for r in h.env.emulator.registrations(218, "Indikatorvarde") {
@@ -317,6 +324,8 @@ async fn three_replicas_one_killed_postgres() {
     let unique: BTreeSet<_> = held.iter().cloned().collect();
     assert_eq!(unique.len(), held.len(), "a registration was created twice");
     assert_eq!(held, expected, "the register holds exactly the expected registrations");
+    let sar_posts: u64 = h.env.emulator.counts().by_form_unit.iter().filter(|((reg, _, _), _)| *reg == 104).map(|(_, c)| c.post).sum();
+    assert_eq!(sar_posts as usize, held.len(), "accepted SAR creates vs registrations held");
 
     // Every tick fired once: the ticks table has one row per (connector, time) by construction;
     // check that runs started for ticks never doubled.

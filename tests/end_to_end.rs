@@ -419,3 +419,45 @@ async fn scenario_sqlite() {
 async fn scenario_postgres() {
     scenario(Backend::Postgres).await;
 }
+
+// ------------------------------------------------------------------------------------------
+// Issue 17: the watermark after a failed after-pull step
+
+/// The PVK connector's after-pull step (indicators, aggregates, export files) fails: the run is
+/// failed and its watermark stays, so the next run does the work again; once the cause is gone
+/// the next run succeeds and moves it.
+async fn watermark_stays_when_the_after_pull_step_fails(backend: Backend) {
+    let e = common::e2e::start(backend, 20, "watermark").await;
+    let connector = "primarvardskvalitet";
+    let units = registerbrygga::pipeline::find(&e.rt.connectors, connector).unwrap().def.units.clone();
+    assert!(!units.is_empty());
+    // The export folder cannot be created: a file sits where it should be.
+    let export = e.env.dir.join("export/pvk");
+    let _ = std::fs::remove_dir_all(&export);
+    std::fs::create_dir_all(export.parent().unwrap()).unwrap();
+    std::fs::write(&export, b"not a folder").unwrap();
+    let r = e.run(connector).await;
+    assert_eq!(r.status, "failed", "{r:?}");
+    assert!(!r.complete);
+    for u in &units {
+        assert_eq!(e.app.store.watermark(connector, u).await.unwrap(), None, "the watermark of {u} moved although the after-pull step failed");
+    }
+    let run = e.app.store.runs(Some(connector), 1).await.unwrap().remove(0);
+    assert!(run.error.as_deref().unwrap_or("").contains("after-pull step failed"), "{:?}", run.error);
+    std::fs::remove_file(&export).unwrap();
+    let r = e.run(connector).await;
+    assert_eq!(r.status, "ok", "{r:?}");
+    for u in &units {
+        assert!(e.app.store.watermark(connector, u).await.unwrap().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_stays_when_the_after_pull_step_fails_sqlite() {
+    watermark_stays_when_the_after_pull_step_fails(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_stays_when_the_after_pull_step_fails_postgres() {
+    watermark_stays_when_the_after_pull_step_fails(Backend::Postgres).await;
+}

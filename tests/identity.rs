@@ -145,3 +145,44 @@ fn hsa_ids() {
         assert!(HsaId::parse(bad).is_err(), "{bad}");
     }
 }
+
+/// HSA ids in the 12-digit organisation-number form (`SE16` + the 10 digits, e.g. Inera's
+/// `SE165565594230-1000` in the RIV-TA service descriptions) are accepted wherever a journal
+/// document carries one, and kept exactly as written; the 10-digit form keeps working.
+#[test]
+fn journal_documents_with_both_hsa_id_forms_are_read_and_kept_as_written() {
+    use registerbrygga::sandbox::journal::{render_patient, Contract, Population, PopulationSpec};
+    use registerbrygga::sources::riv::{parse_bytes, ParseContext};
+    let pop = std::sync::Arc::new(Population::generate(&PopulationSpec::new(17, 12, today())));
+    let ctx = ParseContext::new("c", today());
+    let mut checked = 0;
+    for patient in 0..12 {
+        for contract in [Contract::GetCareContacts, Contract::GetDiagnosis, Contract::GetActivities, Contract::GetObservations] {
+            let doc = render_patient(&pop, contract, patient);
+            let ten = parse_bytes(&doc, "doc", &ctx).expect("the 10-digit form reads");
+            let units10: Vec<String> = ten.records.iter().filter_map(|r| r.unit().map(|u| u.as_str().to_string())).collect();
+            if units10.is_empty() {
+                continue;
+            }
+            // Every HSA id of the document in the 12-digit form.
+            let text = String::from_utf8(doc).unwrap();
+            let re = regex::Regex::new(r">(T?SE)([0-9]{10})-").unwrap();
+            let twelve_text = re.replace_all(&text, ">${1}16${2}-").to_string();
+            assert_ne!(twelve_text, text);
+            let twelve = parse_bytes(twelve_text.as_bytes(), "doc", &ctx).unwrap_or_else(|e| panic!("the 12-digit form was refused: {e:?}"));
+            // Nothing more is refused than in the 10-digit form (the sandbox's local code systems
+            // are unknown to a bare parse context either way).
+            assert_eq!(twelve.refused.len(), ten.refused.len(), "{:?}", twelve.refused);
+            assert!(twelve.refused.iter().all(|r| !r.field.contains("HSA")), "{:?}", twelve.refused);
+            assert_eq!(twelve.records.len(), ten.records.len());
+            let units12: Vec<String> = twelve.records.iter().filter_map(|r| r.unit().map(|u| u.as_str().to_string())).collect();
+            let expected: Vec<String> = units10.iter().map(|u| u.replacen("SE", "SE16", 1)).collect();
+            assert_eq!(units12, expected, "kept as written");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "documents with units were checked: {checked}");
+    for id in ["SE165565594230-1000", "SE162321000451-0001", "SE2321000016-12ZX"] {
+        assert_eq!(HsaId::parse(id).unwrap().as_str(), id);
+    }
+}

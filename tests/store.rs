@@ -65,12 +65,12 @@ both_backends!(documents_are_idempotent_and_encrypted, |ts: TestStore| async mov
     let docs = s.patient_documents("c", "pk1").await.unwrap();
     assert_eq!(docs, vec![changed]);
     assert_eq!(s.document_count("c").await.unwrap(), 1);
-    // At rest the payload is ciphertext: the personnummer is nowhere in the table.
+    // At rest the payload is ciphertext bound to its row (v2): the personnummer is nowhere in the table.
     let mut tx = s.read().await.unwrap();
     let rows = tx.rows("SELECT payload FROM documents", &[]).await.unwrap();
     let raw = rows[0].bytes(0).unwrap();
     let text = String::from_utf8_lossy(&raw);
-    assert!(text.starts_with("v1:"), "{text}");
+    assert!(text.starts_with("v2:"), "{text}");
     assert!(!text.contains("191212121212") && !text.contains("doc-1"));
 });
 
@@ -210,7 +210,8 @@ both_backends!(ticks_fire_once_and_leases_exclude, |ts: TestStore| async move {
     assert_eq!(wins, 1);
     assert!(s.acquire_connector_lease("conn", "a", 60).await.unwrap());
     assert!(!s.acquire_connector_lease("conn", "b", 60).await.unwrap());
-    assert!(s.acquire_connector_lease("conn", "a", 60).await.unwrap(), "the holder renews");
+    assert!(s.renew_connector_lease("conn", "a", 60).await.unwrap(), "the holder renews");
+    assert!(!s.renew_connector_lease("conn", "b", 60).await.unwrap(), "only the holder renews");
     s.release_connector_lease("conn", "a").await.unwrap();
     assert!(s.acquire_connector_lease("conn", "b", 0).await.unwrap());
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -338,3 +339,147 @@ fn s_backend(s: &Store) -> registerbrygga::config::Backend {
         registerbrygga::store::sql::Dialect::Postgres => registerbrygga::config::Backend::Postgres,
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 17: stale versions, guarded finish, withdrawals that hold, connector leases.
+
+fn retract(k: &str, actor: &str, reason: &str) -> OutboxChange {
+    OutboxChange::Retract { idem_key: k.into(), reason: reason.into(), correlation_id: "corr".into(), actor: actor.into() }
+}
+
+fn retry_now() -> Outcome {
+    Outcome::Retry { operation: "POST".into(), http_status: None, error: "timed out".into(), next_at: Utc::now() - chrono::Duration::seconds(1) }
+}
+
+/// (version, op, state) of every claimed record, sorted.
+fn claimed_versions(c: &[Claimed]) -> Vec<(String, i64, Op)> {
+    let mut v: Vec<(String, i64, Op)> = c.iter().map(|c| (c.record.idem_key.clone(), c.record.version, c.record.op)).collect();
+    v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    v
+}
+
+both_backends!(only_the_newest_version_of_a_key_is_ever_claimed, |ts: TestStore| async move {
+    let s = &ts.store;
+    // v1 of three keys is in flight; meanwhile v2 of each is queued (an update, a withdrawal,
+    // an update); then v1 comes back: a timeout (Retry), a shutdown (release), an expired lease.
+    s.apply(ChangeSet { outbox: vec![upsert("k1", 1), upsert("k2", 1)], ..Default::default() }).await.unwrap();
+    let first = s.claim("w1", &[], 10, 60).await.unwrap();
+    assert_eq!(first.len(), 2);
+    s.apply(ChangeSet { outbox: vec![upsert("k3", 1)], ..Default::default() }).await.unwrap();
+    let k3 = s.claim("w3", &[], 10, 0).await.unwrap().remove(0);
+    s.apply(ChangeSet { outbox: vec![upsert("k1", 2), retract("k2", "system", "opt-out"), upsert("k3", 2)], ..Default::default() }).await.unwrap();
+    // Nothing of a key with a version in flight is claimed.
+    assert!(s.claim("w2", &[], 10, 60).await.unwrap().is_empty());
+    let c1 = first.iter().find(|c| c.record.idem_key == "k1").unwrap();
+    let c2 = first.iter().find(|c| c.record.idem_key == "k2").unwrap();
+    // k1: v1 times out and is due again at once.
+    assert!(s.finish(c1, "w1", retry_now()).await.unwrap());
+    // k2: w1 shuts down before k2's outcome is known... (release only what w1 still holds).
+    assert_eq!(s.release_leases("w1").await.unwrap(), 1);
+    // k3: the lease expires and the rescuer takes it back.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(s.rescue_expired().await.unwrap(), 1);
+    for (k, id) in [("k1", c1.record.id), ("k2", c2.record.id), ("k3", k3.record.id)] {
+        assert_eq!(s.record(id).await.unwrap().unwrap().state, RecordState::Superseded, "{k} v1 is superseded by v2, never sent again");
+    }
+    // Only the v2s are claimed; the withdrawal looks first (v1's outcome is unknown).
+    let next = s.claim("w2", &[], 10, 60).await.unwrap();
+    assert_eq!(claimed_versions(&next), vec![("k1".into(), 2, Op::Upsert), ("k2".into(), 2, Op::Retract), ("k3".into(), 2, Op::Upsert)]);
+    assert!(next.iter().all(|c| c.outcome_unknown_before), "every v2 follows a v1 whose outcome is unknown");
+    for c in &next {
+        s.finish(c, "w2", Outcome::Delivered { operation: "PUT".into(), http_status: Some(200), event_id: Some(format!("E-{}", c.record.idem_key)), detail: None }).await.unwrap();
+    }
+    // Nothing older comes back, now or later.
+    assert!(s.claim("w2", &[], 10, 60).await.unwrap().is_empty());
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+    assert!(s.audit_verify().await.unwrap().ok);
+});
+
+both_backends!(finish_updates_only_rows_the_worker_still_owns, |ts: TestStore| async move {
+    let s = ts.store.clone();
+    s.apply(ChangeSet { outbox: vec![upsert("k1", 1)], ..Default::default() }).await.unwrap();
+    let c = s.claim("w1", &[], 10, 60).await.unwrap().remove(0);
+    let id = c.record.id;
+    // Another transaction holds the row while w1 finishes: in it the lease passes to w2 (as an
+    // expiry, a rescue and w2's claim would). On PostgreSQL w1's finish reads the row before
+    // that commits; it must still not write over w2's claim.
+    let pg = s.dialect() == registerbrygga::store::sql::Dialect::Postgres;
+    let mut holder = s.begin().await.unwrap();
+    if pg {
+        holder.rows("SELECT id FROM records WHERE id = $1 FOR UPDATE", &[registerbrygga::store::sql::Val::I64(id)]).await.unwrap();
+    }
+    let s2 = s.clone();
+    let finishing = tokio::spawn(async move { s2.finish(&c, "w1", delivered("E1")).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    holder.exec("UPDATE records SET lease_owner = 'w2' WHERE id = $1", &[registerbrygga::store::sql::Val::I64(id)]).await.unwrap();
+    holder.commit().await.unwrap();
+    let kept = finishing.await.unwrap();
+    assert!(!kept, "w1 no longer owns the row: its finish must not settle it");
+    let r = s.record(id).await.unwrap().unwrap();
+    assert_eq!((r.state, r.lease_owner.as_deref()), (RecordState::Sending, Some("w2")), "w2's claim is untouched");
+    // What w1 learned is kept: the register holds E1, so w2 will not create it again.
+    assert_eq!(s.registration("k1").await.unwrap().unwrap().event_id.as_deref(), Some("E1"));
+});
+
+both_backends!(a_withdrawal_by_a_person_holds_until_a_person_lifts_it, |ts: TestStore| async move {
+    use registerbrygga::outbox::{reconcile, Existing, RegisterIntent};
+    let s = &ts.store;
+    // What the journal says about the patient, as the mapper would put it.
+    let intent = |nrs: i64| {
+        let OutboxChange::Upsert { key, payload, lookup, .. } = upsert("k1", nrs) else { unreachable!() };
+        RegisterIntent { key, payload, lookup, detail: json!({}) }
+    };
+    let journal_run = |nrs: i64| async move {
+        let existing = Existing { intents: s.intents_of_subject("c", "p1").await.unwrap().into_iter().map(|(k, op, st)| (k, (op, st))).collect(), worklist: Default::default() };
+        let mut cs = ChangeSet::default();
+        reconcile(&mut cs, "c", "p1", None, vec![intent(nrs)], vec![], &existing, false, "run");
+        s.apply(cs).await.unwrap()
+    };
+    journal_run(5).await;
+    let c = s.claim("w1", &[], 10, 60).await.unwrap().remove(0);
+    s.finish(&c, "w1", delivered("E1")).await.unwrap();
+    // A person withdraws the registration: the patient declines registration.
+    let why = "patienten avböjer registrering";
+    s.apply(ChangeSet { outbox: vec![retract("k1", "anna", why)], ..Default::default() }).await.unwrap();
+    let c = s.claim("w1", &[], 10, 60).await.unwrap().remove(0);
+    assert_eq!(c.record.op, Op::Retract);
+    s.finish(&c, "w1", Outcome::Delivered { operation: "DELETE".into(), http_status: Some(200), event_id: None, detail: None }).await.unwrap();
+    assert_eq!(s.hold("k1").await.unwrap().map(|h| (h.by, h.reason)), Some(("anna".to_string(), Some(why.to_string()))));
+    // The journal changes: the mapper wants the registration again. Nothing is sent.
+    let o = journal_run(8).await;
+    assert_eq!(o.outbox_held, 1);
+    assert!(s.claim("w1", &[], 10, 60).await.unwrap().is_empty(), "a held key is never sent");
+    let versions = s.record_versions("k1").await.unwrap();
+    assert_eq!(versions.last().unwrap().state, RecordState::Held);
+    // The same journal content again changes nothing and says nothing new.
+    assert_eq!(journal_run(8).await.outbox_unchanged, 1);
+    let held = s.audit_search(&AuditQuery { kind: Some("record.held".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].detail["held_by"], json!("anna"));
+    assert_eq!(held[0].detail["hold_reason"], json!(why));
+    let hold = s.audit_search(&AuditQuery { kind: Some("withdrawal.hold".into()), ..Default::default() }).await.unwrap();
+    assert_eq!((hold.len(), hold[0].actor.as_str()), (1, "anna"));
+    // The register still holds nothing; a person lifts the hold, with a reason.
+    assert!(s.lift_hold("k2-unknown", "bertil", "x").await.unwrap().is_none());
+    let lifted = s.lift_hold("k1", "bertil", "patienten har ångrat sig").await.unwrap().unwrap();
+    let c = s.claim("w1", &[], 10, 60).await.unwrap().remove(0);
+    assert_eq!(Some(c.record.id), lifted.requeued);
+    assert_eq!((c.record.op, c.record.payload.as_ref().unwrap()["FV_PainNRS"].clone()), (Op::Upsert, json!(8)));
+    assert!(s.hold("k1").await.unwrap().is_none());
+    let ev = s.audit_search(&AuditQuery { kind: Some("withdrawal.lifted".into()), ..Default::default() }).await.unwrap();
+    assert_eq!((ev[0].actor.as_str(), ev[0].detail["reason"].as_str()), ("bertil", Some("patienten har ångrat sig")));
+    // A withdrawal the journal caused (opt-out noted in the journal) does not hold.
+    s.apply(ChangeSet { outbox: vec![upsert("k9", 1), retract("k9", "system", "opt-out")], ..Default::default() }).await.unwrap();
+    assert!(s.hold("k9").await.unwrap().is_none());
+    assert!(s.audit_verify().await.unwrap().ok);
+});
+
+both_backends!(a_connector_lease_is_not_granted_twice_to_the_same_owner, |ts: TestStore| async move {
+    let s = &ts.store;
+    assert!(s.acquire_connector_lease("conn", "replica-1", 60).await.unwrap());
+    // A second run in the same replica (a later tick while the first run goes on) is refused.
+    assert!(!s.acquire_connector_lease("conn", "replica-1", 60).await.unwrap(), "granted twice to the same owner");
+    assert!(s.renew_connector_lease("conn", "replica-1", 60).await.unwrap());
+    s.release_connector_lease("conn", "replica-1").await.unwrap();
+    assert!(s.acquire_connector_lease("conn", "replica-1", 60).await.unwrap());
+});

@@ -89,7 +89,7 @@ pub async fn run(backend: &str, records: usize, workers: usize, batch_size: u32,
         // The shipped default (200/s) is a politeness limit for the real register; the benchmark
         // measures what the engine can do, so the limiter is opened wide.
         rate_limit_per_second: 1_000_000,
-        circuit: CircuitSettings { failure_threshold: 1_000_000, open_seconds: 1 },
+        circuit: CircuitSettings { failure_threshold: 1_000_000, open_seconds: 1, ..Default::default() },
         ..Default::default()
     };
     let concurrency = workers * batch_size as usize;

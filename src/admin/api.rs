@@ -120,17 +120,47 @@ pub fn reason(s: &Option<String>) -> Result<String, Fail> {
     Ok(scrub(&r))
 }
 
-/// Record one use of the patient-data right. Called *before* the data is returned.
-pub async fn record_patient_view(state: &AdminState, p: &Principal, list: &str, subject: &str, reason: &str, rows: usize) -> Result<(), Fail> {
+/// Record one use of the patient-data right, with the pseudonyms of the patients it shows (the
+/// PDL access log: `audit search --patient` answers who has seen a patient). Called *before*
+/// the data is returned; event and patients are written in one transaction.
+pub async fn record_patient_view(state: &AdminState, p: &Principal, list: &str, subject: &str, reason: &str, rows: usize, patients: &[String]) -> Result<(), Fail> {
     if !p.patient_data {
         return Err(Fail::Forbidden);
     }
-    state
-        .app
-        .store
-        .audit(vec![NewAuditEvent::by(&p.username, kind::PATIENT_DATA_VIEW, &correlation_id(), subject, json!({"list": list, "reason": reason, "rows": rows, "via": match p.via { auth::Via::Session => "page", auth::Via::Token => "api" }}))])
-        .await?;
+    let event = NewAuditEvent::by(&p.actor(), kind::PATIENT_DATA_VIEW, &correlation_id(), subject, json!({"list": list, "reason": reason, "rows": rows, "via": match p.via { auth::Via::Session => "page", auth::Via::Token => "api" }}));
+    state.app.store.audit_patient_view(event, patients).await?;
     Ok(())
+}
+
+/// The patients in a stored patient list, as pseudonyms: its `patient_key` fields, and the
+/// identities in `personnummer` / `id` fields (lists written by other tools carry only those).
+pub fn patient_keys_in(v: &Value, pseudo: &crate::crypto::Pseudonymizer) -> Vec<String> {
+    let today = crate::pipeline::today_stockholm();
+    let mut out = vec![];
+    let mut walk_stack = vec![v];
+    while let Some(v) = walk_stack.pop() {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(s)) = o.get("patient_key") {
+                    out.push(s.clone());
+                    continue;
+                }
+                for (k, x) in o {
+                    match (k.as_str(), x) {
+                        ("personnummer" | "id", Value::String(s)) => {
+                            if let Ok(id) = crate::model::PatientId::parse_national(s, today) {
+                                out.push(pseudo.patient_key(&id));
+                            }
+                        }
+                        _ => walk_stack.push(x),
+                    }
+                }
+            }
+            Value::Array(a) => walk_stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// A patient identity for display: `ÅÅÅÅMMDD-NNNN` for national ids, the raw value otherwise.
@@ -400,8 +430,8 @@ pub async fn do_retract(state: &AdminState, p: &Principal, id: i64, why: &str) -
         .app
         .store
         .apply(ChangeSet {
-            outbox: vec![OutboxChange::Retract { idem_key: rec.idem_key.clone(), reason: why.to_string(), correlation_id: corr.clone(), actor: p.username.clone() }],
-            audit: vec![NewAuditEvent::by(&p.username, kind::RETRACT_MANUAL, &corr, &rec.idem_key, json!({"record": id, "reason": why}))],
+            outbox: vec![OutboxChange::Retract { idem_key: rec.idem_key.clone(), reason: why.to_string(), correlation_id: corr.clone(), actor: p.actor() }],
+            audit: vec![NewAuditEvent::by(&p.actor(), kind::RETRACT_MANUAL, &corr, &rec.idem_key, json!({"record": id, "reason": why}))],
             ..Default::default()
         })
         .await?;
@@ -414,6 +444,19 @@ pub async fn retract(State(state): State<AdminState>, Extension(p): Extension<Pr
     let why = reason(&b.reason)?;
     let key = do_retract(&state, &p, id, &why).await?;
     Ok(Json(json!({"retracted": key})))
+}
+
+/// Lift a withdrawal made by a person, on a person's word (operator, with a reason; audited):
+/// the registration may be sent again, starting with what the journal said meanwhile.
+pub async fn lift_hold(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Path(id): Path<i64>, Json(b): Json<ReasonBody>) -> ApiResult<Value> {
+    p.require(Role::Operator)?;
+    p.check_csrf(csrf_header(&headers))?;
+    let why = reason(&b.reason)?;
+    let rec = state.app.store.record(id).await?.ok_or(Fail::NotFound)?;
+    match state.app.store.lift_hold(&rec.idem_key, &p.username, &why).await? {
+        Some(l) => Ok(Json(json!({"lifted": l.idem_key, "requeued": l.requeued}))),
+        None => Err(Fail::BadRequest("Nyckeln är inte spärrad av en återkallelse.".into()).into()),
+    }
 }
 
 fn csrf_header(h: &HeaderMap) -> Option<&str> {
@@ -433,7 +476,7 @@ pub async fn replay(State(state): State<AdminState>, Extension(p): Extension<Pri
     if b.ids.is_empty() || b.ids.len() > 10_000 {
         return Err(Fail::BadRequest("Ange 1–10 000 id.".into()).into());
     }
-    let done = state.app.store.replay(&b.ids, &p.username, &why).await?;
+    let done = state.app.store.replay(&b.ids, &p.actor(), &why).await?;
     let skipped: Vec<i64> = b.ids.iter().filter(|i| !done.contains(i)).copied().collect();
     Ok(Json(json!({"requeued": done, "skipped": skipped})))
 }
@@ -467,7 +510,7 @@ pub async fn resolve_quarantine(State(state): State<AdminState>, Extension(p): E
     p.require(Role::Operator)?;
     p.check_csrf(csrf_header(&headers))?;
     let note = reason(&b.note)?;
-    let done = state.app.store.resolve_quarantine(id, &p.username, &note).await?;
+    let done = state.app.store.resolve_quarantine(id, &p.actor(), &note).await?;
     if !done {
         return Err(Fail::NotFound.into());
     }
@@ -507,7 +550,8 @@ pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Opti
     let show = why.is_some();
     if let Some(why) = &why {
         let subject = format!("worklist:{}:{}", connector.as_deref().unwrap_or("*"), unit.as_deref().unwrap_or("*"));
-        record_patient_view(state, p, "worklist", &subject, why, items.len()).await?;
+        let shown: Vec<String> = items.iter().map(|i| i.patient_key.clone()).collect();
+        record_patient_view(state, p, "worklist", &subject, why, items.len(), &shown).await?;
     }
     Ok(items
         .into_iter()
@@ -661,7 +705,7 @@ pub async fn patient_list(state: &AdminState, p: &Principal, k: &ListKey, why: &
     let list = state.app.store.pvk_patient_list(&k.connector, k.rule_year, &k.unit, k.year, k.month, &k.indicator).await?.ok_or(Fail::NotFound)?;
     let rows = list.as_array().map(|a| a.len()).unwrap_or(1);
     let subject = format!("pvk:{}:{}:{}:{:04}-{:02}:{}", k.connector, k.rule_year, k.unit, k.year, k.month, k.indicator);
-    record_patient_view(state, p, "pvk_patient_list", &subject, why, rows).await?;
+    record_patient_view(state, p, "pvk_patient_list", &subject, why, rows, &patient_keys_in(&list, &state.app.pseudo)).await?;
     Ok(list)
 }
 
@@ -730,13 +774,18 @@ pub async fn tokens(State(state): State<AdminState>, Extension(p): Extension<Pri
 #[derive(Deserialize)]
 pub struct TokenBody {
     pub name: String,
-    pub username: String,
+    /// Must be the caller (tokens act only for their own user); may be left out.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Validity in days (at most `admin.token_days`, the default).
+    #[serde(default)]
+    pub days: Option<u32>,
 }
 
 pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Json(b): Json<TokenBody>) -> Result<Response, ApiError> {
     p.require(Role::Admin)?;
     p.check_csrf(csrf_header(&headers))?;
-    let (id, token) = auth::create_api_token(&state, &p, &b.name, &b.username).await?;
+    let (id, token) = auth::create_api_token(&state, &p, &b.name, b.username.as_deref(), b.days).await?;
     Ok((StatusCode::CREATED, Json(json!({"id": id, "token": token}))).into_response())
 }
 

@@ -61,6 +61,7 @@ fn describe() {
     describe_gauge!("rb_worklist_items", "Registrations waiting for missing answers in the journal.");
     describe_histogram!("rb_send_duration_seconds", Unit::Seconds, "Time to send one record to a register, by register and outcome.");
     describe_histogram!("rb_run_duration_seconds", Unit::Seconds, "Duration of connector runs, by connector and status.");
+    describe_gauge!("rb_circuit_open", "1 while this replica's circuit breaker pauses a register, else 0.");
     describe_gauge!("rb_build_info", "Build information (value is always 1).");
 }
 
@@ -89,6 +90,13 @@ pub fn record_send(register: &str, outcome: &str, duration: Duration) {
 pub fn record_run(connector: &str, status: &str, duration: Duration) {
     install();
     metrics::histogram!("rb_run_duration_seconds", "connector" => label(connector), "status" => label(status)).record(duration.as_secs_f64());
+}
+
+/// The delivery engine calls this when a register's circuit breaker opens or closes (and once
+/// per register at start, so the series exists before anything goes wrong).
+pub fn record_circuit(register: &str, open: bool) {
+    install();
+    metrics::gauge!("rb_circuit_open", "register" => label(register)).set(if open { 1.0 } else { 0.0 });
 }
 
 /// Label sets of `rb_records` published before: a state that drops to zero is reported as 0

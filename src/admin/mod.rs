@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod guard;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
@@ -28,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use auth::Principal;
-pub use metrics::{record_run, record_send};
+pub use metrics::{record_circuit, record_run, record_send};
 pub use store::Role;
 
 /// When each connector runs next (the scheduler knows; `None` = not scheduled).
@@ -61,11 +62,14 @@ pub struct AdminState {
     pub next_runs: NextRuns,
     pub readiness: Readiness,
     pub warnings: Warnings,
+    /// Sign-in delays, the password-check and request limits, batched failure auditing.
+    pub guard: Arc<guard::Guard>,
 }
 
 impl AdminState {
     pub fn new(app: App) -> AdminState {
-        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new) }
+        let guard = Arc::new(guard::Guard::new(&app.settings().admin));
+        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new), guard }
     }
     pub fn with_next_runs(mut self, f: impl Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync + 'static) -> Self {
         self.next_runs = Arc::new(f);
@@ -130,6 +134,7 @@ fn table() -> Vec<Entry> {
         ("GET", "/api/v1/records/{id}", get(api::record)),
         ("GET", "/api/v1/records/{id}/attempts", get(api::record_attempts)),
         ("POST", "/api/v1/records/{id}/retract", post(api::retract)),
+        ("POST", "/api/v1/records/{id}/lift-hold", post(api::lift_hold)),
         ("GET", "/api/v1/dead-letters", get(api::dead_letters)),
         ("POST", "/api/v1/replay", post(api::replay)),
         ("GET", "/api/v1/quarantine", get(api::quarantine)),
@@ -168,6 +173,8 @@ pub fn router(state: AdminState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn(log_request))
+        // Outermost: bounds requests in progress and their time before anything else runs.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::limit_requests))
         .with_state(state)
 }
 
@@ -299,6 +306,18 @@ pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
                 )])
                 .await?;
             println!("{} user {username} ({}{})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
+            Ok(0)
+        }
+        UsersCmd::Token { username, name, days } => {
+            let max = app.settings().admin.token_days.max(1);
+            let days = days.unwrap_or(max);
+            if days == 0 || days > max {
+                bail!("--days must be 1–{max} (admin.token_days)");
+            }
+            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let (id, token) = auth::mint_token(&app.store, name.trim(), &username, &format!("{actor} (cli)"), days).await?;
+            eprintln!("token {id} for {username}, valid {days} days (shown once):");
+            println!("{token}");
             Ok(0)
         }
         UsersCmd::List { json } => {

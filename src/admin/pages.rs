@@ -172,6 +172,9 @@ pub fn audit_label(kind_: &str) -> &'static str {
         kind::QUARANTINE_RESOLVED => "Karantän löst",
         kind::REPLAY => "Nytt försök begärt",
         kind::RETRACT_MANUAL => "Manuell återkallelse",
+        kind::WITHDRAWAL_HOLD => "Spärrad tills en person häver den",
+        kind::WITHDRAWAL_LIFTED => "Spärr hävd",
+        kind::RECORD_HELD => "Ny version spärrad, inte skickad",
         kind::OPT_OUT => "Patienten avböjer registrering",
         kind::NULLIFIED => "Dokument makulerat",
         kind::WORKLIST_ADDED => "Till att komplettera",
@@ -202,6 +205,7 @@ const AUDIT_KINDS: &[&str] = &[
     kind::PATIENT_DATA_VIEW,
     kind::REPLAY,
     kind::RETRACT_MANUAL,
+    "withdrawal.",
     kind::USER_CHANGED,
     "record.",
     kind::ATTEMPT_SENT,
@@ -231,6 +235,7 @@ fn kind_options() -> Vec<(String, String)> {
                 "worklist." => "Att komplettera (alla)",
                 "config." => "Konfiguration (alla)",
                 "circuit." => "Brytare (alla)",
+                "withdrawal." => "Spärrar (alla)",
                 other => audit_label(other),
             };
             (k.to_string(), label.to_string())
@@ -627,7 +632,7 @@ async fn transfer_page(state: &AdminState, p: &Principal, id: i64, msg: Option<S
     let (h, payload, held) = api::history(&state.app.store, id).await?;
     let payload_rows = match reveal {
         Some(why) => {
-            api::record_patient_view(state, p, "record_payload", &h.record.idem_key, &why, 1).await?;
+            api::record_patient_view(state, p, "record_payload", &h.record.idem_key, &why, 1, &h.record.subject.clone().into_iter().collect::<Vec<_>>()).await?;
             let mut cols: Vec<String> = payload.as_ref().map(|m| m.keys().cloned().collect()).unwrap_or_default();
             for k in held.as_ref().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
                 if !cols.contains(&k) {
@@ -1322,6 +1327,7 @@ struct TokenView {
     created: String,
     last_used: String,
     revoked: bool,
+    expires: String,
 }
 
 #[derive(Template)]
@@ -1351,6 +1357,7 @@ async fn users_page(state: &AdminState, p: &Principal, msg: Option<String>, new_
             created: t(k.created),
             last_used: t_opt(k.last_used),
             revoked: k.revoked.is_some(),
+            expires: t(k.expires),
         })
         .collect();
     render(UsersTpl { l: layout(p, "/anvandare", "Användare och API-nycklar", flash(&msg)), users, tokens, new_token })
@@ -1412,13 +1419,17 @@ pub async fn user_save(State(state): State<AdminState>, Extension(p): Extension<
 pub struct TokenForm {
     pub csrf: Option<String>,
     pub name: String,
-    pub username: String,
+    /// Must be the signed-in user (tokens act only for their own user).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub days: Option<u32>,
 }
 
 pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, Form(f): Form<TokenForm>) -> PageResult {
     p.require(Role::Admin)?;
     p.check_csrf(f.csrf.as_deref())?;
-    let (_, token) = auth::create_api_token(&state, &p, &f.name, &f.username).await?;
+    let (_, token) = auth::create_api_token(&state, &p, &f.name, f.username.as_deref(), f.days).await?;
     // Rendered directly (not redirected) so the token is shown once and never lands in a URL.
     users_page(&state, &p, None, Some(token)).await
 }

@@ -29,6 +29,11 @@ pub mod kind {
     pub const QUARANTINE_RESOLVED: &str = "quarantine.resolved";
     pub const REPLAY: &str = "replay";
     pub const RETRACT_MANUAL: &str = "retract.manual";
+    /// A person's withdrawal holds the key: nothing is sent for it until a person lifts it.
+    pub const WITHDRAWAL_HOLD: &str = "withdrawal.hold";
+    pub const WITHDRAWAL_LIFTED: &str = "withdrawal.lifted";
+    /// A new version for a held key was kept, not sent.
+    pub const RECORD_HELD: &str = "record.held";
     pub const OPT_OUT: &str = "patient.opt_out";
     pub const NULLIFIED: &str = "document.nullified";
     pub const WORKLIST_ADDED: &str = "worklist.added";
@@ -48,6 +53,7 @@ pub mod kind {
     pub const EXPORT_WRITTEN: &str = "export.written";
     pub const PVK_COMPUTED: &str = "pvk.computed";
     pub const BACKFILL: &str = "backfill";
+    pub const KEYS_ROTATED: &str = "keys.rotated";
 }
 
 /// An event to append. `subject` names what it is about (a record's idempotency key, a

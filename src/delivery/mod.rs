@@ -11,7 +11,7 @@ use crate::sinks::{SendResult, Sink};
 use crate::store::{Claimed, Store};
 use anyhow::Result;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use policy::{Breaker, BreakerEvent};
+use policy::{Admission, Breaker, BreakerEvent};
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,9 +77,16 @@ impl DeliveryEngine {
         self.lanes.keys().cloned().collect()
     }
 
-    /// Run workers and the rescuer until `shutdown` turns true; then finish in-flight sends
-    /// (bounded by the grace period) and release leases.
+    /// Run workers and the rescuer until `shutdown` turns true; then let in-flight sends finish
+    /// within the grace period. Workers still sending after it are aborted and their leases are
+    /// left to expire (another replica's rescuer, or the next start, takes them over with the
+    /// outcome marked unknown): releasing a lease while its send may still reach the register
+    /// would let someone else send the same record at the same time. Only when every worker
+    /// finished are the remaining leases given back at once.
     pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>, grace: Duration) -> Result<()> {
+        for lane in self.lanes.values() {
+            crate::admin::metrics::record_circuit(&lane.name, lane.breaker.is_open());
+        }
         let mut tasks = vec![];
         for i in 0..self.settings.workers.max(1) {
             let me = self.clone();
@@ -96,14 +103,20 @@ impl DeliveryEngine {
             }
         }
         self.wake.notify_waiters();
-        let deadline = Instant::now() + grace;
-        for t in tasks {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, t).await.is_err() {
-                tracing::warn!("a delivery worker did not finish within the grace period");
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut aborted = 0;
+        for mut t in tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+                aborted += 1;
             }
         }
         let _ = rescuer.await;
+        if aborted > 0 {
+            tracing::warn!(aborted, lease_seconds = self.settings.lease_seconds, "delivery workers were still sending after the grace period; aborted them and left their leases to expire");
+            return Ok(());
+        }
         let released = self.store.release_leases(&self.owner).await?;
         if released > 0 {
             tracing::info!(released, "released delivery leases on shutdown");
@@ -130,9 +143,32 @@ impl DeliveryEngine {
         }
     }
 
-    /// Registers we may send to right now (circuit closed or half-open trial).
-    fn open_lanes(&self) -> Vec<String> {
-        self.lanes.values().filter(|l| l.breaker.allow()).map(|l| l.name.clone()).collect()
+    /// Registers we may send to right now (circuit closed, or this caller holds the half-open
+    /// trial).
+    fn open_lanes(&self) -> Vec<(String, Admission)> {
+        self.lanes.values().map(|l| (l.name.clone(), l.breaker.allow())).filter(|(_, a)| a.allowed()).collect()
+    }
+
+    /// One batch for the admitted registers. A trial that claimed nothing for its register is
+    /// handed back (its records may all be in backoff longer than the open period, or the batch
+    /// went to another register), so the breaker never waits for an outcome that cannot come.
+    async fn deliver_admitted(&self, admitted: &[(String, Admission)]) -> Result<usize> {
+        let lanes: Vec<String> = admitted.iter().map(|(n, _)| n.clone()).collect();
+        let release_unused = |claimed: &[String]| {
+            for (name, a) in admitted {
+                if *a == Admission::Trial && !claimed.contains(name) {
+                    self.lanes[name].breaker.release_trial();
+                }
+            }
+        };
+        match self.deliver_batch_with(&lanes, &release_unused).await {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                // The claim failed: nothing was sent, no trial outcome will come.
+                release_unused(&[]);
+                Err(e)
+            }
+        }
     }
 
     async fn worker(&self, _n: usize, shutdown: watch::Receiver<bool>) {
@@ -143,7 +179,7 @@ impl DeliveryEngine {
                 tokio::time::sleep(idle).await;
                 continue;
             }
-            match self.deliver_batch(&lanes).await {
+            match self.deliver_admitted(&lanes).await {
                 Ok(0) => {
                     let notified = self.wake.notified();
                     tokio::select! {
@@ -160,9 +196,18 @@ impl DeliveryEngine {
         }
     }
 
-    /// Claim and send one batch. Returns how many records were handled.
+    /// Claim and send one batch of these registers. Returns how many records were handled.
     pub async fn deliver_batch(&self, lanes: &[String]) -> Result<usize> {
+        self.deliver_batch_with(lanes, &|_| {}).await
+    }
+
+    /// `after_claim` learns which registers got records, before anything is sent.
+    async fn deliver_batch_with(&self, lanes: &[String], after_claim: &(dyn Fn(&[String]) + Sync)) -> Result<usize> {
         let claimed = self.store.claim(&self.owner, lanes, self.settings.batch_size, self.settings.lease_seconds).await?;
+        let mut got: Vec<String> = claimed.iter().map(|c| c.record.register.clone()).collect();
+        got.sort();
+        got.dedup();
+        after_claim(&got);
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -236,6 +281,7 @@ impl DeliveryEngine {
                 BreakerEvent::Opened => (kind::CIRCUIT_OPEN, "open"),
                 _ => (kind::CIRCUIT_CLOSED, "closed"),
             };
+            crate::admin::metrics::record_circuit(&register, ev == BreakerEvent::Opened);
             tracing::warn!(register = %register, state, "circuit breaker changed");
             let _ = self.store.audit(vec![NewAuditEvent::system(k, &crate::audit::correlation_id(), &register, serde_json::json!({"owner": self.owner}))]).await;
         }
@@ -265,7 +311,7 @@ impl DeliveryEngine {
         let mut total = 0;
         loop {
             let lanes = self.open_lanes();
-            let n = if lanes.is_empty() { 0 } else { self.deliver_batch(&lanes).await? };
+            let n = if lanes.is_empty() { 0 } else { self.deliver_admitted(&lanes).await? };
             total += n;
             if n == 0 {
                 let due_later = self.store.queue_depth().await?;

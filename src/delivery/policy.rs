@@ -52,6 +52,11 @@ pub fn outcome_for(claimed: &Claimed, result: SendResult, policy: &RetrySettings
 
 /// Pauses a register that keeps failing: after `failure_threshold` consecutive transient
 /// failures it opens for `open_seconds`, then lets one trial batch through (half-open).
+///
+/// A trial that sends nothing (every record of the register still in backoff, the batch filled
+/// by another register, the claim failed) is handed back with [`Breaker::release_trial`], and a
+/// trial whose outcome never arrives expires after `trial_seconds`: either way the next look
+/// gets a new trial, so a half-open register is never paused for good.
 #[derive(Debug)]
 pub struct Breaker {
     settings: CircuitSettings,
@@ -62,7 +67,8 @@ pub struct Breaker {
 struct BreakerState {
     consecutive_failures: u32,
     open_until: Option<Instant>,
-    trial_in_flight: bool,
+    /// When the current half-open trial was handed out.
+    trial_since: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,26 +78,54 @@ pub enum BreakerEvent {
     Closed,
 }
 
+/// What [`Breaker::allow`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Closed: send freely.
+    Closed,
+    /// Half-open: this caller holds the one trial; it must report a success or failure, or
+    /// hand the trial back when it sent nothing.
+    Trial,
+    /// Open (or another trial is out): send nothing.
+    Denied,
+}
+
+impl Admission {
+    pub fn allowed(self) -> bool {
+        self != Admission::Denied
+    }
+}
+
 impl Breaker {
     pub fn new(settings: CircuitSettings) -> Breaker {
         Breaker { settings, state: Mutex::new(BreakerState::default()) }
     }
 
-    /// May we send to this register now? While open: no. After the pause: one trial.
-    pub fn allow(&self) -> bool {
+    /// May we send to this register now? While open: no. After the pause: one trial at a time,
+    /// and a new one once the previous trial is older than `trial_seconds`.
+    pub fn allow(&self) -> Admission {
         let mut s = self.state.lock().expect("breaker lock");
+        let now = Instant::now();
         match s.open_until {
-            None => true,
-            Some(t) if Instant::now() < t => false,
+            None => Admission::Closed,
+            Some(t) if now < t => Admission::Denied,
             Some(_) => {
-                if s.trial_in_flight {
-                    false
-                } else {
-                    s.trial_in_flight = true;
-                    true
+                let bound = Duration::from_secs(self.settings.trial_seconds);
+                match s.trial_since {
+                    Some(since) if now.duration_since(since) < bound => Admission::Denied,
+                    _ => {
+                        s.trial_since = Some(now);
+                        Admission::Trial
+                    }
                 }
             }
         }
+    }
+
+    /// The trial sent nothing (nothing of this register was claimed): give it back so the next
+    /// look can try again.
+    pub fn release_trial(&self) {
+        self.state.lock().expect("breaker lock").trial_since = None;
     }
 
     pub fn is_open(&self) -> bool {
@@ -112,7 +146,7 @@ impl Breaker {
     pub fn failure(&self) -> BreakerEvent {
         let mut s = self.state.lock().expect("breaker lock");
         s.consecutive_failures += 1;
-        s.trial_in_flight = false;
+        s.trial_since = None;
         let threshold = self.settings.failure_threshold.max(1);
         if s.consecutive_failures >= threshold {
             let was_open = s.open_until.is_some();
@@ -146,18 +180,35 @@ mod tests {
 
     #[test]
     fn breaker_opens_pauses_and_half_opens() {
-        let b = Breaker::new(CircuitSettings { failure_threshold: 3, open_seconds: 0 });
-        assert!(b.allow());
+        let b = Breaker::new(CircuitSettings { failure_threshold: 3, open_seconds: 0, trial_seconds: 3600 });
+        assert_eq!(b.allow(), Admission::Closed);
         assert_eq!(b.failure(), BreakerEvent::None);
         assert_eq!(b.failure(), BreakerEvent::None);
         assert_eq!(b.failure(), BreakerEvent::Opened);
         // open_seconds = 0: immediately half-open, exactly one trial.
-        assert!(b.allow());
-        assert!(!b.allow());
+        assert_eq!(b.allow(), Admission::Trial);
+        assert_eq!(b.allow(), Admission::Denied);
         assert_eq!(b.success(), BreakerEvent::Closed);
-        assert!(b.allow() && b.allow());
-        let long = Breaker::new(CircuitSettings { failure_threshold: 1, open_seconds: 3600 });
+        assert!(b.allow().allowed() && b.allow().allowed());
+        let long = Breaker::new(CircuitSettings { failure_threshold: 1, open_seconds: 3600, trial_seconds: 3600 });
         long.failure();
-        assert!(!long.allow());
+        assert_eq!(long.allow(), Admission::Denied);
+    }
+
+    #[test]
+    fn a_trial_that_sent_nothing_or_never_ended_is_given_again() {
+        let b = Breaker::new(CircuitSettings { failure_threshold: 1, open_seconds: 0, trial_seconds: 3600 });
+        b.failure();
+        assert_eq!(b.allow(), Admission::Trial);
+        assert_eq!(b.allow(), Admission::Denied);
+        // Nothing of the register was claimed: the trial is handed back.
+        b.release_trial();
+        assert_eq!(b.allow(), Admission::Trial);
+        // A trial whose outcome never arrives expires (trial_seconds = 0: at once).
+        let t = Breaker::new(CircuitSettings { failure_threshold: 1, open_seconds: 0, trial_seconds: 0 });
+        t.failure();
+        assert_eq!(t.allow(), Admission::Trial);
+        assert_eq!(t.allow(), Admission::Trial);
+        assert!(t.is_open());
     }
 }

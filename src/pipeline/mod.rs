@@ -4,7 +4,7 @@
 //! patient's whole stored history with the connector's mapper, reconciles the result with what
 //! the outbox already intends, and writes documents, outbox records, worklist entries and the
 //! audit events that explain them in **one transaction**. The watermark moves only when the
-//! pull was complete, in the run's last transaction. A run killed at any point is simply run
+//! pull was complete and the after-pull step (PVK) succeeded, in the run's last transaction. A run killed at any point is simply run
 //! again: unchanged documents are recognised and change nothing.
 
 use crate::app::App;
@@ -211,7 +211,6 @@ pub async fn run_connector(app: &App, rt: &ConnectorRuntime, kind: RunKind, dry_
             PullSummary::default()
         }
     };
-    report.complete = summary.complete && failure.is_none();
     report.warnings = summary.warnings.clone();
     for w in &report.warnings {
         tracing::warn!(connector = %def.name, "{w}");
@@ -221,10 +220,13 @@ pub async fn run_connector(app: &App, rt: &ConnectorRuntime, kind: RunKind, dry_
         if let Some(after) = &rt.after {
             match after.after_pull(app, &info, dry_run).await {
                 Ok(v) => report.after = v,
-                Err(e) => failure = Some(format!("{e:#}")),
+                Err(e) => failure = Some(format!("after-pull step failed: {e:#}")),
             }
         }
     }
+    // Complete only if the pull missed nothing and every step after it succeeded: a failed
+    // after-pull step (PVK) leaves the watermark where it was, so the next run does it again.
+    report.complete = summary.complete && failure.is_none();
     if dry_run {
         report.status = if failure.is_some() { "failed".into() } else { "dry-run".into() };
         return Ok(report);

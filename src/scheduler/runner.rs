@@ -93,7 +93,10 @@ pub async fn run(app: App, rts: Arc<Vec<ConnectorRuntime>>, mut shutdown: watch:
 pub async fn run_under_lease(app: &App, rt: &ConnectorRuntime, scheduled_for: DateTime<Utc>) {
     let name = rt.def.name.clone();
     let ttl = app.settings().scheduler.run_lease_seconds.max(10);
-    match app.store.acquire_connector_lease(&name, &app.instance_id, ttl).await {
+    // One holder per run, not per replica: a second tick of the same connector in this replica
+    // while the first run goes on is refused like any other replica's.
+    let holder = format!("{} run {}", app.instance_id, &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    match app.store.acquire_connector_lease(&name, &holder, ttl).await {
         Ok(true) => {}
         Ok(false) => {
             let _ = app
@@ -108,7 +111,7 @@ pub async fn run_under_lease(app: &App, rt: &ConnectorRuntime, scheduled_for: Da
         }
     }
     let renew_store = app.store.clone();
-    let renew_owner = app.instance_id.clone();
+    let renew_owner = holder.clone();
     let renew_name = name.clone();
     // Stopped by a signal, never aborted (a cancelled store call could strand a transaction).
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -118,7 +121,11 @@ pub async fn run_under_lease(app: &App, rt: &ConnectorRuntime, scheduled_for: Da
                 _ = tokio::time::sleep(Duration::from_secs(ttl / 3)) => {},
                 _ = &mut stop_rx => return,
             }
-            let _ = renew_store.acquire_connector_lease(&renew_name, &renew_owner, ttl).await;
+            match renew_store.renew_connector_lease(&renew_name, &renew_owner, ttl).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(connector = %renew_name, "the connector lease was lost while the run went on"),
+                Err(e) => tracing::warn!(connector = %renew_name, error = %e, "cannot renew the connector lease"),
+            }
         }
     });
     let today = crate::pipeline::today_stockholm();
@@ -132,5 +139,5 @@ pub async fn run_under_lease(app: &App, rt: &ConnectorRuntime, scheduled_for: Da
     }
     let _ = stop_tx.send(());
     let _ = renew.await;
-    let _ = app.store.release_connector_lease(&name, &app.instance_id).await;
+    let _ = app.store.release_connector_lease(&name, &holder).await;
 }

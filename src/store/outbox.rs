@@ -1,6 +1,16 @@
 //! The outbox: one `registrations` row per idempotency key (what the register holds) and one
 //! `records` row per version of what we want it to hold, with the state machine
-//! `pending → sending → delivered | rejected | dead`, plus `superseded` and `retracted`.
+//! `pending → sending → delivered | rejected | dead`, plus `superseded` and `retracted`, and
+//! `held` for a version kept back because a person withdrew the key (it waits until a person
+//! lifts the hold).
+//!
+//! Only the newest version of a key is ever claimed, and never while another version of it is
+//! in flight: an older version that comes back from a failed attempt, an expired lease or a
+//! shutdown while a newer one waits becomes `superseded`, so it can never overwrite the newer
+//! one (or undo a withdrawal) in the register.
+//!
+//! Lease times (claim, heartbeat, rescue) come from the database's clock on PostgreSQL, so
+//! replicas whose clocks disagree still agree on when a lease has expired.
 //!
 //! Whether a version is sent as create (POST), update (PUT) or delete is decided at send time
 //! from the registration row, so a version that supersedes an unsent create simply becomes the
@@ -25,10 +35,11 @@ pub enum RecordState {
     Dead,
     Superseded,
     Retracted,
+    Held,
 }
 
 impl RecordState {
-    pub const ALL: [RecordState; 7] = [
+    pub const ALL: [RecordState; 8] = [
         RecordState::Pending,
         RecordState::Sending,
         RecordState::Delivered,
@@ -36,6 +47,7 @@ impl RecordState {
         RecordState::Dead,
         RecordState::Superseded,
         RecordState::Retracted,
+        RecordState::Held,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,6 +58,7 @@ impl RecordState {
             RecordState::Dead => "dead",
             RecordState::Superseded => "superseded",
             RecordState::Retracted => "retracted",
+            RecordState::Held => "held",
         }
     }
     pub fn parse(s: &str) -> Result<RecordState> {
@@ -57,6 +70,7 @@ impl RecordState {
             "dead" => RecordState::Dead,
             "superseded" => RecordState::Superseded,
             "retracted" => RecordState::Retracted,
+            "held" => RecordState::Held,
             other => bail!("unknown record state {other}"),
         })
     }
@@ -70,6 +84,7 @@ impl RecordState {
             RecordState::Dead => "misslyckad",
             RecordState::Superseded => "ersatt",
             RecordState::Retracted => "återkallad",
+            RecordState::Held => "spärrad",
         }
     }
 }
@@ -200,6 +215,23 @@ pub struct Claimed {
     pub earlier_lookups: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// A person's withdrawal that holds a key.
+#[derive(Clone, Debug, Serialize)]
+pub struct Hold {
+    pub idem_key: String,
+    pub by: String,
+    pub reason: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// What lifting a hold did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lifted {
+    pub idem_key: String,
+    /// The kept-back version now queued to be sent, if the journal wanted one meanwhile.
+    pub requeued: Option<i64>,
+}
+
 /// How an attempt ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
@@ -231,14 +263,15 @@ impl Store {
             subject: r.text_opt(5)?,
             event_id: r.text_opt(6)?,
             delivered_hash: r.text_opt(7)?,
-            delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&b)).transpose()?,
+            delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&super::sealed::delivered_payload(&r.text(0)?), &b)).transpose()?,
             state: r.text(9)?,
         })
     }
 
     pub(super) fn record_from_row(&self, r: &dyn super::sql::Row) -> Result<OutboxRecord> {
-        let dec = |b: Option<Vec<u8>>| -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
-            b.map(|b| self.cipher.decrypt_json(&b)).transpose()
+        let (idem_key, version) = (r.text(1)?, r.i64(2)?);
+        let dec = |aad: crate::crypto::Aad, b: Option<Vec<u8>>| -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+            b.map(|b| self.cipher.decrypt_json(&aad, &b)).transpose()
         };
         Ok(OutboxRecord {
             id: r.i64(0)?,
@@ -250,9 +283,9 @@ impl Store {
             form: r.text(6)?,
             subject: r.text_opt(7)?,
             op: Op::parse(&r.text(8)?),
-            payload: dec(r.bytes_opt(9)?)?,
+            payload: dec(super::sealed::record_payload(&idem_key, version), r.bytes_opt(9)?)?,
             payload_hash: r.text_opt(10)?,
-            lookup: dec(r.bytes_opt(11)?)?,
+            lookup: dec(super::sealed::record_lookup(&idem_key, version), r.bytes_opt(11)?)?,
             state: RecordState::parse(&r.text(12)?)?,
             reason: r.text_opt(13)?,
             attempts: r.i64(14)?,
@@ -287,13 +320,14 @@ impl Store {
 
     /// Claim up to `limit` due records (optionally of some registers) for `owner` with a lease.
     /// PostgreSQL uses `FOR UPDATE SKIP LOCKED` so replicas never claim the same row; SQLite's
-    /// single writer gives the same guarantee. A key with a version in flight is skipped so
-    /// versions of one registration are sent in order.
+    /// single writer gives the same guarantee. Only the newest version of a key is claimed, and
+    /// a key with a version in flight is skipped, so versions of one registration are sent in
+    /// order and an older one never after a newer one.
     pub async fn claim(&self, owner: &str, registers: &[String], limit: u32, lease_seconds: u64) -> Result<Vec<Claimed>> {
         let now = now_us();
-        let expires = now + (lease_seconds as i64) * 1_000_000;
         let mut tx = self.begin().await?;
-        let mut a: Vec<Val> = vec![Val::I64(now)];
+        let mut a: Vec<Val> = vec![];
+        let clock = db_clock(tx.dialect(), &mut a);
         let reg_filter = if registers.is_empty() {
             String::new()
         } else {
@@ -307,8 +341,8 @@ impl Store {
         let lim = a.len();
         let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
         let sql = format!(
-            "SELECT r.id FROM records r WHERE r.state = 'pending' AND r.next_attempt_us <= $1{reg_filter}
-             AND NOT EXISTS (SELECT 1 FROM records s WHERE s.idem_key = r.idem_key AND s.state = 'sending')
+            "SELECT r.id FROM records r WHERE r.state = 'pending' AND r.next_attempt_us <= {clock}{reg_filter}
+             AND NOT EXISTS (SELECT 1 FROM records s WHERE s.idem_key = r.idem_key AND (s.state = 'sending' OR s.version > r.version))
              ORDER BY r.next_attempt_us, r.id LIMIT ${lim}{lock}"
         );
         let ids: Vec<i64> = tx.rows(&sql, &a).await?.iter().map(|r| r.i64(0)).collect::<Result<_>>()?;
@@ -319,11 +353,12 @@ impl Store {
         // A handful of statements per batch, not per record: claim, read rows, registrations,
         // earlier unknown outcomes, then the in-flight attempt rows in one insert.
         let id_vals: Vec<Val> = ids.iter().map(|i| Val::I64(*i)).collect();
-        let mut b: Vec<Val> = vec![owner.into(), expires.into(), now.into()];
+        let mut b: Vec<Val> = vec![owner.into(), (lease_seconds as i64 * 1_000_000).into(), now.into()];
+        let clock = db_clock(tx.dialect(), &mut b);
         let ph = in_list(&mut b, id_vals.clone());
         tx.exec(
             &format!(
-                "UPDATE records SET state = 'sending', lease_owner = $1, lease_expires_us = $2, attempts = attempts + 1,
+                "UPDATE records SET state = 'sending', lease_owner = $1, lease_expires_us = {clock} + $2, attempts = attempts + 1,
                    first_attempt_us = COALESCE(first_attempt_us, $3), updated_us = $3 WHERE id IN ({ph}) AND state = 'pending'"
             ),
             &b,
@@ -338,17 +373,23 @@ impl Store {
             return Ok(vec![]);
         }
         let keys: Vec<Val> = records.iter().map(|r| Val::Text(r.idem_key.clone())).collect();
-        let mut b = vec![];
+        // With the registrations: whether a restore's lookup window is open (see
+        // `mark_unknown_after_restore`), read in the same statement.
+        let mut b = vec![Val::Text(LOOKUP_UNTIL_KEY.into())];
         let ph = in_list(&mut b, keys.clone());
+        let mut lookup_window = false;
         let mut regs: std::collections::HashMap<String, Registration> = std::collections::HashMap::new();
         for r in tx
             .rows(
-                &format!("SELECT {REGISTRATION_COLS} FROM registrations WHERE idem_key IN ({ph})"),
+                &format!("SELECT {REGISTRATION_COLS}, (SELECT value FROM kv WHERE key = $1) FROM registrations WHERE idem_key IN ({ph})"),
                 &b,
             )
             .await?
         {
             let reg = self.registration_from_row(&*r)?;
+            if let Some(until) = r.text_opt(10)? {
+                lookup_window = until.parse::<i64>().is_ok_and(|u| u > now);
+            }
             regs.insert(reg.idem_key.clone(), reg);
         }
         // Earlier attempts whose outcome we never learned, and the lookups of their versions.
@@ -357,7 +398,7 @@ impl Store {
         let unknown = tx
             .rows(
                 &format!(
-                    "SELECT DISTINCT a.idem_key, a.record_id, r.lookup FROM attempts a JOIN records r ON r.id = a.record_id
+                    "SELECT DISTINCT a.idem_key, a.record_id, r.lookup, r.version FROM attempts a JOIN records r ON r.id = a.record_id
                      WHERE a.idem_key IN ({ph}) AND a.outcome IN ('in_flight', 'unknown', 'transient')"
                 ),
                 &b,
@@ -367,7 +408,7 @@ impl Store {
         for u in &unknown {
             let e = earlier.entry(u.text(0)?).or_default();
             if let Some(l) = u.bytes_opt(2)? {
-                e.push(self.cipher.decrypt_json(&l)?);
+                e.push(self.cipher.decrypt_json(&super::sealed::record_lookup(&u.text(0)?, u.i64(3)?), &l)?);
             }
         }
         let mut b: Vec<Val> = vec![];
@@ -385,7 +426,10 @@ impl Store {
         for record in records {
             let Some(registration) = regs.remove(&record.idem_key) else { bail!("record {} has no registration row", record.id) };
             let earlier_lookups = earlier.remove(&record.idem_key);
-            let outcome_unknown_before = earlier_lookups.is_some();
+            // After a restore, a key the store does not know an EventID for may still be in the
+            // register (made after the backup was taken): look before creating.
+            let restored_unknown = lookup_window && registration.event_id.is_none();
+            let outcome_unknown_before = earlier_lookups.is_some() || restored_unknown;
             let attempt_id = *attempt_of.get(&record.id).expect("an attempt row per claimed record");
             out.push(Claimed { record, registration, attempt_id, outcome_unknown_before, earlier_lookups: earlier_lookups.unwrap_or_default() });
         }
@@ -399,13 +443,11 @@ impl Store {
             return Ok(0);
         }
         let mut tx = self.begin().await?;
-        let mut a = vec![Val::I64(now_us() + lease_seconds as i64 * 1_000_000), Val::Text(owner.to_string())];
-        let ph: Vec<String> = ids.iter().map(|i| {
-            a.push(Val::I64(*i));
-            format!("${}", a.len())
-        }).collect();
+        let mut a = vec![Val::I64(lease_seconds as i64 * 1_000_000), Val::Text(owner.to_string())];
+        let clock = db_clock(tx.dialect(), &mut a);
+        let ph = in_list(&mut a, ids.iter().map(|i| Val::I64(*i)).collect());
         let n = tx
-            .exec(&format!("UPDATE records SET lease_expires_us = $1 WHERE lease_owner = $2 AND state = 'sending' AND id IN ({})", ph.join(", ")), &a)
+            .exec(&format!("UPDATE records SET lease_expires_us = {clock} + $1 WHERE lease_owner = $2 AND state = 'sending' AND id IN ({ph})"), &a)
             .await?;
         tx.commit().await?;
         Ok(n)
@@ -429,8 +471,11 @@ impl Store {
         let mut tx = self.begin().await?;
         let mut b: Vec<Val> = vec![owner.into()];
         let ph = in_list(&mut b, done.iter().map(|(c, _)| Val::I64(c.record.id)).collect());
+        // Lock the rows still ours (PostgreSQL) so a rescuer or another replica cannot take one
+        // between this check and the update; the updates below are guarded as well.
+        let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE" } else { "" };
         let ours: std::collections::HashSet<i64> = tx
-            .rows(&format!("SELECT id FROM records WHERE id IN ({ph}) AND state = 'sending' AND lease_owner = $1"), &b)
+            .rows(&format!("SELECT id FROM records WHERE id IN ({ph}) AND state = 'sending' AND lease_owner = $1{lock}"), &b)
             .await?
             .iter()
             .map(|r| r.i64(0))
@@ -470,10 +515,11 @@ impl Store {
                 &c.record.idem_key,
                 serde_json::json!({"record": c.record.id, "version": c.record.version, "operation": op_name, "status": status, "outcome": att_outcome, "register_ref": reg_ref, "attempt": c.record.attempts}),
             ));
-            if still_ours && matches!(o, Outcome::Delivered { .. }) {
+            let kept = self.finish_in(&mut *tx, owner, c, o, still_ours, status, &mut events).await?;
+            if kept && matches!(o, Outcome::Delivered { .. }) {
                 settled.push(Val::Text(c.record.idem_key.clone()));
             }
-            out.push(self.finish_in(&mut *tx, c, o, still_ours, status, &mut events).await?);
+            out.push(kept);
         }
         // The in-flight rows written at claim time become the final attempt rows.
         let mut b = vec![];
@@ -493,16 +539,62 @@ impl Store {
             &attempts,
         )
         .await?;
-        append_audit(&mut *tx, &events).await?;
+        self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(out)
     }
 
-    /// One record's state change (the batch writes attempt rows and audit events).
-    async fn finish_in(&self, tx: &mut dyn Tx, claimed: &Claimed, outcome: &Outcome, still_ours: bool, status: Option<u16>, events_out: &mut Vec<NewAuditEvent>) -> Result<bool> {
+    /// One record's state change (the batch writes attempt rows and audit events). Every update
+    /// of the record is guarded by `state = 'sending' AND lease_owner = owner`: a row this worker
+    /// no longer owns is never touched, whatever happened since the claim.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_in(&self, tx: &mut dyn Tx, owner: &str, claimed: &Claimed, outcome: &Outcome, still_ours: bool, status: Option<u16>, events_out: &mut Vec<NewAuditEvent>) -> Result<bool> {
         let now = now_us();
         let rec = &claimed.record;
         let mut events = vec![];
+        let still_ours = still_ours && {
+            // The state change itself, guarded; the rest follows only if it took.
+            let n = match outcome {
+                Outcome::Delivered { event_id, .. } => {
+                    let final_state = if rec.op == Op::Retract { "retracted" } else { "delivered" };
+                    tx.exec(
+                        "UPDATE records SET state = $1, lease_owner = NULL, lease_expires_us = NULL, last_status = $2, last_error = NULL,
+                           register_ref = $3, delivered_us = $4, updated_us = $4 WHERE id = $5 AND state = 'sending' AND lease_owner = $6",
+                        args![final_state, status.map(|s| s as i64), event_id.clone().or(claimed.registration.event_id.clone()), now, rec.id, owner],
+                    )
+                    .await?
+                }
+                Outcome::Retry { next_at, error, .. } => {
+                    // Back to the queue, unless a newer version of the key is waiting: then this
+                    // one is superseded and never sent again.
+                    tx.exec(
+                        &format!(
+                            "UPDATE records SET state = CASE WHEN {NEWER_EXISTS} THEN 'superseded' ELSE 'pending' END, lease_owner = NULL, lease_expires_us = NULL,
+                               next_attempt_us = $1, last_status = $2, last_error = $3, updated_us = $4 WHERE id = $5 AND state = 'sending' AND lease_owner = $6"
+                        ),
+                        args![next_at.timestamp_micros(), status.map(|s| s as i64), error, now, rec.id, owner],
+                    )
+                    .await?
+                }
+                Outcome::Rejected { reason, .. } => {
+                    tx.exec(
+                        "UPDATE records SET state = 'rejected', lease_owner = NULL, lease_expires_us = NULL, last_status = $1, last_error = $2, reason = $2, updated_us = $3
+                         WHERE id = $4 AND state = 'sending' AND lease_owner = $5",
+                        args![status.map(|s| s as i64), reason, now, rec.id, owner],
+                    )
+                    .await?
+                }
+                Outcome::Dead { error, .. } => {
+                    tx.exec(
+                        "UPDATE records SET state = 'dead', lease_owner = NULL, lease_expires_us = NULL, last_status = $1, last_error = $2, updated_us = $3
+                         WHERE id = $4 AND state = 'sending' AND lease_owner = $5",
+                        args![status.map(|s| s as i64), error, now, rec.id, owner],
+                    )
+                    .await?
+                }
+            };
+            n == 1
+        };
         if !still_ours {
             // Too late to settle the record, but what the register told us is a fact worth
             // keeping: a create that succeeded must not be repeated by whoever sends next.
@@ -510,7 +602,7 @@ impl Store {
                 if rec.op == Op::Upsert {
                     tx.exec(
                         "UPDATE registrations SET event_id = $1, delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5 AND event_id IS NULL",
-                        args![eid, rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(p)), now, &rec.idem_key],
+                        args![eid, rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p)), now, &rec.idem_key],
                     )
                     .await?;
                 }
@@ -520,13 +612,6 @@ impl Store {
         }
         match outcome {
             Outcome::Delivered { event_id, .. } => {
-                let final_state = if rec.op == Op::Retract { "retracted" } else { "delivered" };
-                tx.exec(
-                    "UPDATE records SET state = $1, lease_owner = NULL, lease_expires_us = NULL, last_status = $2, last_error = NULL,
-                       register_ref = $3, delivered_us = $4, updated_us = $4 WHERE id = $5",
-                    args![final_state, status.map(|s| s as i64), event_id.clone().or(claimed.registration.event_id.clone()), now, rec.id],
-                )
-                .await?;
                 if rec.op == Op::Retract {
                     tx.exec(
                         "UPDATE registrations SET event_id = NULL, delivered_hash = NULL, delivered_payload = NULL, state = 'retracted', updated_us = $1 WHERE idem_key = $2",
@@ -534,7 +619,7 @@ impl Store {
                     )
                     .await?;
                 } else {
-                    let payload = rec.payload.as_ref().map(|p| self.cipher.encrypt_json(p));
+                    let payload = rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p));
                     tx.exec(
                         "UPDATE registrations SET event_id = COALESCE($1, event_id), delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5",
                         args![event_id.clone(), rec.payload_hash.clone(), payload, now, &rec.idem_key],
@@ -548,19 +633,8 @@ impl Store {
                     serde_json::json!({"record": rec.id, "version": rec.version, "register": rec.register, "form": rec.form, "register_ref": event_id.clone().or(claimed.registration.event_id.clone())}),
                 ));
             }
-            Outcome::Retry { next_at, error, .. } => {
-                tx.exec(
-                    "UPDATE records SET state = 'pending', lease_owner = NULL, lease_expires_us = NULL, next_attempt_us = $1, last_status = $2, last_error = $3, updated_us = $4 WHERE id = $5",
-                    args![next_at.timestamp_micros(), status.map(|s| s as i64), error, now, rec.id],
-                )
-                .await?;
-            }
+            Outcome::Retry { .. } => {}
             Outcome::Rejected { reason, .. } => {
-                tx.exec(
-                    "UPDATE records SET state = 'rejected', lease_owner = NULL, lease_expires_us = NULL, last_status = $1, last_error = $2, reason = $2, updated_us = $3 WHERE id = $4",
-                    args![status.map(|s| s as i64), reason, now, rec.id],
-                )
-                .await?;
                 events.push(NewAuditEvent::system(
                     kind::RECORD_REJECTED,
                     &rec.correlation_id,
@@ -569,11 +643,6 @@ impl Store {
                 ));
             }
             Outcome::Dead { error, .. } => {
-                tx.exec(
-                    "UPDATE records SET state = 'dead', lease_owner = NULL, lease_expires_us = NULL, last_status = $1, last_error = $2, updated_us = $3 WHERE id = $4",
-                    args![status.map(|s| s as i64), error, now, rec.id],
-                )
-                .await?;
                 events.push(NewAuditEvent::system(kind::RECORD_DEAD, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "error": error, "attempts": rec.attempts})));
             }
         }
@@ -594,53 +663,83 @@ impl Store {
         let mut tx = self.begin().await?;
         tx.exec(
             "UPDATE registrations SET event_id = $1, state = 'present', delivered_payload = COALESCE($2, delivered_payload), delivered_hash = COALESCE($3, delivered_hash), updated_us = $4 WHERE idem_key = $5",
-            args![event_id, payload.map(|p| self.cipher.encrypt_json(p)), payload.map(super::payload_hash), now_us(), idem_key],
+            args![event_id, payload.map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(idem_key), p)), payload.map(super::payload_hash), now_us(), idem_key],
         )
         .await?;
         tx.commit().await
     }
 
-    /// Return expired leases to `pending` (or `superseded` when a newer version waits). Their
-    /// in-flight attempts become `unknown`, so the next send looks before it creates.
+    /// Return expired leases to `pending` (or `superseded` when a newer version of the key
+    /// exists). Their in-flight attempts become `unknown`, so the next send looks before it
+    /// creates. "Expired" is judged by the database's clock (PostgreSQL), the one every replica
+    /// set its leases by.
     pub async fn rescue_expired(&self) -> Result<u64> {
         let now = now_us();
         let mut tx = self.begin().await?;
         let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        let mut a = vec![];
+        let clock = db_clock(tx.dialect(), &mut a);
         let rows = tx
-            .rows(&format!("SELECT id, idem_key, version, correlation_id, lease_owner FROM records WHERE state = 'sending' AND lease_expires_us < $1{lock}"), args![now])
+            .rows(
+                &format!("SELECT id, idem_key, version, correlation_id, lease_owner, CASE WHEN {NEWER_EXISTS} THEN 1 ELSE 0 END FROM records WHERE state = 'sending' AND lease_expires_us < {clock}{lock}"),
+                &a,
+            )
             .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
         let mut events = vec![];
+        let mut ids = vec![];
         for r in &rows {
-            let (id, key, version, corr, owner) = (r.i64(0)?, r.text(1)?, r.i64(2)?, r.text(3)?, r.text_opt(4)?);
-            let newer = tx.row("SELECT 1 FROM records WHERE idem_key = $1 AND version > $2 AND state = 'pending'", args![&key, version]).await?.is_some();
+            let (id, key, corr, owner, newer) = (r.i64(0)?, r.text(1)?, r.text(3)?, r.text_opt(4)?, r.bool(5)?);
             let state = if newer { "superseded" } else { "pending" };
-            tx.exec("UPDATE records SET state = $1, lease_owner = NULL, lease_expires_us = NULL, updated_us = $2 WHERE id = $3", args![state, now, id]).await?;
-            tx.exec("UPDATE attempts SET outcome = 'unknown', ended_us = $1 WHERE record_id = $2 AND outcome = 'in_flight'", args![now, id]).await?;
+            ids.push(Val::I64(id));
             events.push(NewAuditEvent::system(kind::LEASE_RESCUED, &corr, &key, serde_json::json!({"record": id, "previous_owner": owner, "now": state})));
         }
-        append_audit(&mut *tx, &events).await?;
+        let mut b = vec![Val::I64(now)];
+        let ph = in_list(&mut b, ids.clone());
+        tx.exec(
+            &format!("UPDATE records SET state = CASE WHEN {NEWER_EXISTS} THEN 'superseded' ELSE 'pending' END, lease_owner = NULL, lease_expires_us = NULL, updated_us = $1 WHERE id IN ({ph})"),
+            &b,
+        )
+        .await?;
+        let mut b = vec![Val::I64(now)];
+        let ph = in_list(&mut b, ids);
+        tx.exec(&format!("UPDATE attempts SET outcome = 'unknown', ended_us = $1 WHERE record_id IN ({ph}) AND outcome = 'in_flight'"), &b).await?;
+        self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
     }
 
-    /// Give back every lease `owner` holds (graceful shutdown) without counting an attempt.
+    /// Give back every lease `owner` holds (graceful shutdown, once no send of `owner` is in
+    /// flight) without counting an attempt. A record with a newer version waiting becomes
+    /// `superseded`, never `pending` again.
     pub async fn release_leases(&self, owner: &str) -> Result<u64> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        let ids: Vec<i64> = tx.rows("SELECT id FROM records WHERE state = 'sending' AND lease_owner = $1", args![owner]).await?.iter().map(|r| r.i64(0)).collect::<Result<_>>()?;
-        for id in &ids {
-            tx.exec("UPDATE records SET state = 'pending', lease_owner = NULL, lease_expires_us = NULL, updated_us = $1 WHERE id = $2", args![now, *id]).await?;
-            tx.exec("UPDATE attempts SET outcome = 'unknown', ended_us = $1 WHERE record_id = $2 AND outcome = 'in_flight'", args![now, *id]).await?;
-        }
+        tx.exec(
+            "UPDATE attempts SET outcome = 'unknown', ended_us = $1 WHERE outcome = 'in_flight' AND record_id IN (SELECT id FROM records WHERE state = 'sending' AND lease_owner = $2)",
+            args![now, owner],
+        )
+        .await?;
+        let n = tx
+            .exec(
+                &format!("UPDATE records SET state = CASE WHEN {NEWER_EXISTS} THEN 'superseded' ELSE 'pending' END, lease_owner = NULL, lease_expires_us = NULL, updated_us = $1 WHERE state = 'sending' AND lease_owner = $2"),
+                args![now, owner],
+            )
+            .await?;
         tx.commit().await?;
-        Ok(ids.len() as u64)
+        Ok(n)
     }
 
     /// After restoring the store from a backup: every key the register may hold without the
     /// store knowing (no EventID, and a version not yet delivered) gets an "unknown outcome"
     /// attempt, so its next send looks the registration up in the register before creating it.
+    /// Keys the store never heard of (registrations made after the backup) are covered by a
+    /// window of `lookup_days` in which every create without a known EventID looks first.
     /// Returns the number of keys marked.
-    pub async fn mark_unknown_after_restore(&self, actor: &str) -> Result<u64> {
+    pub async fn mark_unknown_after_restore(&self, actor: &str, lookup_days: u32) -> Result<u64> {
         let now = now_us();
         let mut tx = self.begin().await?;
         let rows = tx
@@ -658,14 +757,80 @@ impl Store {
             )
             .await?;
         }
-        tx.exec("UPDATE records SET state = 'pending', lease_owner = NULL, lease_expires_us = NULL, updated_us = $1 WHERE state = 'sending'", args![now]).await?;
-        append_audit(
+        tx.exec(
+            &format!("UPDATE records SET state = CASE WHEN {NEWER_EXISTS} THEN 'superseded' ELSE 'pending' END, lease_owner = NULL, lease_expires_us = NULL, updated_us = $1 WHERE state = 'sending'"),
+            args![now],
+        )
+        .await?;
+        // Registrations made after the backup are unknown to the store altogether: for a while,
+        // every create of a key without an EventID looks in the register first (the re-read
+        // after the restore re-creates those keys).
+        let until = now + lookup_days as i64 * 86_400 * 1_000_000;
+        tx.exec(
+            "INSERT INTO kv (key, value, updated_us) VALUES ($1, $2, $3) ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_us = excluded.updated_us",
+            args![LOOKUP_UNTIL_KEY, until.to_string(), now],
+        )
+        .await?;
+        self.append_audit(
             &mut *tx,
-            &[NewAuditEvent::by(actor, "store.restored", &crate::audit::correlation_id(), "outbox", serde_json::json!({"keys_marked_unknown": rows.len()}))],
+            &[NewAuditEvent::by(
+                actor,
+                "store.restored",
+                &crate::audit::correlation_id(),
+                "outbox",
+                serde_json::json!({"keys_marked_unknown": rows.len(), "lookup_before_create_until": from_us(until)}),
+            )],
         )
         .await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
+    }
+
+    /// Who withdrew a key by hand and why, while that withdrawal holds it.
+    pub async fn hold(&self, idem_key: &str) -> Result<Option<Hold>> {
+        let mut tx = self.read().await?;
+        let r = tx.row("SELECT held_by, held_reason, held_us FROM registrations WHERE idem_key = $1 AND held_by IS NOT NULL", args![idem_key]).await?;
+        r.map(|r| Ok(Hold { idem_key: idem_key.to_string(), by: r.text(0)?, reason: r.text_opt(1)?, since: r.i64_opt(2)?.map(from_us) })).transpose()
+    }
+
+    /// Lift a person's withdrawal of a key (a person decides, with a reason; audited). What the
+    /// journal said meanwhile (the newest version, kept back as `held`) is queued to be sent.
+    /// `None` if the key is not held.
+    pub async fn lift_hold(&self, idem_key: &str, actor: &str, reason: &str) -> Result<Option<Lifted>> {
+        let now = now_us();
+        let mut tx = self.begin().await?;
+        let Some(r) = tx.row("SELECT held_by, held_reason FROM registrations WHERE idem_key = $1 AND held_by IS NOT NULL", args![idem_key]).await? else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let (by, why) = (r.text(0)?, r.text_opt(1)?);
+        tx.exec("UPDATE registrations SET held_by = NULL, held_reason = NULL, held_us = NULL WHERE idem_key = $1", args![idem_key]).await?;
+        let newest = tx.row("SELECT id, state FROM records WHERE idem_key = $1 ORDER BY version DESC LIMIT 1", args![idem_key]).await?;
+        let mut requeued = None;
+        if let Some(n) = newest {
+            if n.text(1)? == "held" {
+                let id = n.i64(0)?;
+                tx.exec(
+                    "UPDATE records SET state = 'pending', next_attempt_us = $1, first_attempt_us = NULL, attempts = 0, updated_us = $1 WHERE id = $2",
+                    args![now, id],
+                )
+                .await?;
+                requeued = Some(id);
+            }
+        }
+        self.append_audit(
+            &mut *tx,
+            &[NewAuditEvent::by(
+                actor,
+                kind::WITHDRAWAL_LIFTED,
+                &crate::audit::correlation_id(),
+                idem_key,
+                serde_json::json!({"reason": reason, "held_by": by, "hold_reason": why, "requeued_record": requeued}),
+            )],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Lifted { idem_key: idem_key.to_string(), requeued }))
     }
 
     /// Re-queue rejected or dead records (the latest version of their key only), recording who
@@ -694,14 +859,36 @@ impl Store {
             events.push(NewAuditEvent::by(actor, kind::REPLAY, &corr, &key, serde_json::json!({"record": id, "from_state": state, "reason": reason})));
             done.push(*id);
         }
-        append_audit(&mut *tx, &events).await?;
+        self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(done)
     }
 }
 
-async fn append_audit(tx: &mut dyn Tx, events: &[NewAuditEvent]) -> Result<()> {
-    super::audit_chain::append(tx, events).await
+/// `kv` key: until when (µs) creates of keys without an EventID look in the register first.
+const LOOKUP_UNTIL_KEY: &str = "outbox.lookup_before_create_until_us";
+
+/// SQL (in an `UPDATE records` or `SELECT … FROM records`): a newer version of the row's key
+/// exists, whatever its state.
+const NEWER_EXISTS: &str = "EXISTS (SELECT 1 FROM records n WHERE n.idem_key = records.idem_key AND n.version > records.version)";
+
+/// The database's clock in microseconds, for lease times. PostgreSQL: an expression on the
+/// server's clock, which every replica shares. SQLite runs inside this process, so its clock is
+/// this process's: a bound parameter.
+pub(super) fn db_clock(dialect: Dialect, params: &mut Vec<Val>) -> String {
+    match dialect {
+        Dialect::Postgres => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT".into(),
+        Dialect::Sqlite => {
+            params.push(Val::I64(now_us()));
+            format!("${}", params.len())
+        }
+    }
+}
+
+impl Store {
+    async fn append_audit(&self, tx: &mut dyn Tx, events: &[NewAuditEvent]) -> Result<()> {
+        super::audit_chain::append(tx, self.audit_mac.as_ref(), events).await
+    }
 }
 
 /// Append `vals` to the parameter list and return their placeholders (`$n, $n+1, …`).
@@ -724,11 +911,17 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
     match change {
         OutboxChange::Upsert { key, payload, lookup, correlation_id, detail } => {
             let hash = payload_hash(payload);
+            // The latest version, and whether a person's withdrawal holds the key.
             let latest = tx
-                .row("SELECT id, version, state, op, payload_hash FROM records WHERE idem_key = $1 ORDER BY version DESC LIMIT 1", args![&key.idem_key])
+                .row(
+                    "SELECT r.id, r.version, r.state, r.op, r.payload_hash, g.held_by, g.held_reason FROM records r JOIN registrations g ON g.idem_key = r.idem_key
+                     WHERE r.idem_key = $1 ORDER BY r.version DESC LIMIT 1",
+                    args![&key.idem_key],
+                )
                 .await?;
             let mut version = 1;
             let mut is_update = false;
+            let mut held: Option<(String, Option<String>)> = None;
             if let Some(l) = &latest {
                 let (state, op, lhash) = (l.text(2)?, l.text(3)?, l.text_opt(4)?);
                 if op == "upsert" && lhash.as_deref() == Some(hash.as_str()) && state != "superseded" {
@@ -737,6 +930,7 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
                 }
                 version = l.i64(1)? + 1;
                 is_update = true;
+                held = l.text_opt(5)?.map(|by| Ok::<_, anyhow::Error>((by, l.text_opt(6)?))).transpose()?;
             } else {
                 tx.exec(
                     "INSERT INTO registrations (idem_key, register, connector, unit, form, subject, state, updated_us) VALUES ($1, $2, $3, $4, $5, $6, 'absent', $7)
@@ -745,15 +939,19 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
                 )
                 .await?;
             }
-            // Unsent and failed older versions are replaced by this one; one in flight finishes first.
+            // Unsent and failed older versions are replaced by this one; one in flight finishes
+            // first and is then superseded (claim takes only the newest version).
             tx.exec(
-                "UPDATE records SET state = 'superseded', updated_us = $1 WHERE idem_key = $2 AND state IN ('pending', 'rejected', 'dead')",
+                "UPDATE records SET state = 'superseded', updated_us = $1 WHERE idem_key = $2 AND state IN ('pending', 'rejected', 'dead', 'held')",
                 args![now, &key.idem_key],
             )
             .await?;
+            // A key a person withdrew keeps what the journal now says, but sends nothing until a
+            // person lifts the hold.
+            let state = if held.is_some() { "held" } else { "pending" };
             tx.exec(
                 "INSERT INTO records (idem_key, version, register, connector, unit, form, subject, op, payload, payload_hash, lookup, state, next_attempt_us, correlation_id, created_us, updated_us)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'upsert', $8, $9, $10, 'pending', $11, $12, $11, $11)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'upsert', $8, $9, $10, $13, $11, $12, $11, $11)",
                 args![
                     &key.idem_key,
                     version,
@@ -762,25 +960,49 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
                     &key.unit,
                     &key.form,
                     key.subject.clone(),
-                    store.cipher.encrypt_json(payload),
+                    store.cipher.encrypt_json(&super::sealed::record_payload(&key.idem_key, version), payload),
                     &hash,
-                    store.cipher.encrypt_json(lookup),
+                    store.cipher.encrypt_json(&super::sealed::record_lookup(&key.idem_key, version), lookup),
                     now,
-                    correlation_id
+                    correlation_id,
+                    state
                 ],
             )
             .await?;
+            if let Some((by, reason)) = held {
+                out.outbox_held += 1;
+                audit.push(NewAuditEvent::system(
+                    kind::RECORD_HELD,
+                    correlation_id,
+                    &key.idem_key,
+                    serde_json::json!({"version": version, "register": key.register, "form": key.form, "held_by": by, "hold_reason": reason,
+                        "why": "withdrawn by a person: not sent until a person lifts the hold"}),
+                ));
+                return Ok(());
+            }
             let (k, counter) = if is_update { (kind::RECORD_UPDATED, &mut out.outbox_updated) } else { (kind::RECORD_CREATED, &mut out.outbox_created) };
             *counter += 1;
             audit.push(NewAuditEvent::system(k, correlation_id, &key.idem_key, serde_json::json!({"version": version, "register": key.register, "form": key.form, "unit": key.unit, "why": detail})));
         }
         OutboxChange::Retract { idem_key, reason, correlation_id, actor } => {
-            let latest = tx.row("SELECT id, version, state, op FROM records WHERE idem_key = $1 ORDER BY version DESC LIMIT 1", args![idem_key]).await?;
+            let latest = tx
+                .row(
+                    "SELECT r.id, r.version, r.state, r.op, g.held_by FROM records r JOIN registrations g ON g.idem_key = r.idem_key
+                     WHERE r.idem_key = $1 ORDER BY r.version DESC LIMIT 1",
+                    args![idem_key],
+                )
+                .await?;
             let Some(l) = latest else {
                 out.outbox_unchanged += 1;
                 return Ok(());
             };
-            let (version, state, op) = (l.i64(1)?, l.text(2)?, l.text(3)?);
+            let (version, state, op, held_by) = (l.i64(1)?, l.text(2)?, l.text(3)?, l.text_opt(4)?);
+            // A withdrawal made by a person holds the key until a person lifts it: the journal
+            // can no longer bring the registration back on its own.
+            if actor != crate::audit::SYSTEM && held_by.is_none() {
+                tx.exec("UPDATE registrations SET held_by = $1, held_reason = $2, held_us = $3 WHERE idem_key = $4", args![actor, reason, now, idem_key]).await?;
+                audit.push(NewAuditEvent::by(actor, kind::WITHDRAWAL_HOLD, correlation_id, idem_key, serde_json::json!({"reason": reason, "until": "a person lifts the hold"})));
+            }
             if op == "retract" && state != "superseded" {
                 out.outbox_unchanged += 1;
                 return Ok(());
@@ -792,7 +1014,7 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
                 .await?
                 .is_some();
             tx.exec(
-                "UPDATE records SET state = 'superseded', updated_us = $1 WHERE idem_key = $2 AND state IN ('pending', 'rejected', 'dead')",
+                "UPDATE records SET state = 'superseded', updated_us = $1 WHERE idem_key = $2 AND state IN ('pending', 'rejected', 'dead', 'held')",
                 args![now, idem_key],
             )
             .await?;

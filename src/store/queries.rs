@@ -98,6 +98,7 @@ impl Store {
         .await?;
         super::audit_chain::append(
             &mut *tx,
+            self.audit_mac.as_ref(),
             &[NewAuditEvent::system(kind::RUN_STARTED, correlation_id, connector, serde_json::json!({"run": id, "kind": kind_, "owner": owner, "scheduled_for": scheduled_for}))],
         )
         .await?;
@@ -116,6 +117,7 @@ impl Store {
         if let Some(r) = r {
             super::audit_chain::append(
                 &mut *tx,
+                self.audit_mac.as_ref(),
                 &[NewAuditEvent::system(kind::RUN_ENDED, &r.text(1)?, r.text(0)?, serde_json::json!({"run": id, "status": status, "stats": stats, "error": error}))],
             )
             .await?;
@@ -175,6 +177,7 @@ impl Store {
         if n == 1 {
             super::audit_chain::append(
                 &mut *tx,
+                self.audit_mac.as_ref(),
                 &[NewAuditEvent::system(kind::TICK_FIRED, &crate::audit::correlation_id(), connector, serde_json::json!({"scheduled_for": scheduled_for, "owner": owner}))],
             )
             .await?;
@@ -205,18 +208,34 @@ impl Store {
 
     // ------------------------------------------------------------------ connector leases
 
-    /// Take (or renew) the lease that keeps one run of a connector at a time across replicas.
+    /// Take the lease that keeps one run of a connector at a time across replicas: only when
+    /// nobody holds it or the holder's lease has expired. A holder asking again is refused like
+    /// anyone else (two runs in one replica must not overlap either); it renews with
+    /// [`Store::renew_connector_lease`]. Expiry is judged by the database's clock.
     pub async fn acquire_connector_lease(&self, connector: &str, owner: &str, ttl_seconds: u64) -> Result<bool> {
-        let now = now_us();
         let mut tx = self.begin().await?;
+        let mut a = vec![Val::from(connector), Val::from(owner), Val::I64(ttl_seconds as i64 * 1_000_000)];
+        let clock = super::outbox::db_clock(tx.dialect(), &mut a);
         let n = tx
             .exec(
-                "INSERT INTO connector_leases (connector, owner, expires_us) VALUES ($1, $2, $3)
-                 ON CONFLICT (connector) DO UPDATE SET owner = excluded.owner, expires_us = excluded.expires_us
-                 WHERE connector_leases.expires_us < $4 OR connector_leases.owner = excluded.owner",
-                args![connector, owner, now + ttl_seconds as i64 * 1_000_000, now],
+                &format!(
+                    "INSERT INTO connector_leases (connector, owner, expires_us) VALUES ($1, $2, {clock} + $3)
+                     ON CONFLICT (connector) DO UPDATE SET owner = excluded.owner, expires_us = excluded.expires_us
+                     WHERE connector_leases.expires_us < {clock}"
+                ),
+                &a,
             )
             .await?;
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Extend a connector lease `owner` holds. False if it is no longer theirs.
+    pub async fn renew_connector_lease(&self, connector: &str, owner: &str, ttl_seconds: u64) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let mut a = vec![Val::from(connector), Val::from(owner), Val::I64(ttl_seconds as i64 * 1_000_000)];
+        let clock = super::outbox::db_clock(tx.dialect(), &mut a);
+        let n = tx.exec(&format!("UPDATE connector_leases SET expires_us = {clock} + $3 WHERE connector = $1 AND owner = $2"), &a).await?;
         tx.commit().await?;
         Ok(n == 1)
     }
@@ -386,6 +405,7 @@ impl Store {
         if n == 1 {
             super::audit_chain::append(
                 &mut *tx,
+                self.audit_mac.as_ref(),
                 &[NewAuditEvent::by(actor, kind::QUARANTINE_RESOLVED, &crate::audit::correlation_id(), format!("quarantine:{id}"), serde_json::json!({"note": note}))],
             )
             .await?;
@@ -418,7 +438,7 @@ impl Store {
                     unit: r.text(2)?,
                     form: r.text(3)?,
                     patient_key: r.text(4)?,
-                    patient: Some(self.cipher.decrypt_json(&r.bytes(5)?)?),
+                    patient: Some(self.cipher.decrypt_json(&super::sealed::worklist_patient(&r.text(0)?), &r.bytes(5)?)?),
                     missing: serde_json::from_str(&r.text(6)?).unwrap_or_default(),
                     event_date: r.text_opt(7)?,
                     since: from_us(r.i64(8)?),
@@ -548,7 +568,7 @@ impl Store {
             )
             .await?;
         match r.and_then(|r| r.bytes_opt(0).ok().flatten()) {
-            Some(b) => Ok(Some(self.cipher.decrypt_json(&b)?)),
+            Some(b) => Ok(Some(self.cipher.decrypt_json(&super::sealed::pvk_patient_list(connector, rule_year, unit, year, month, indicator), &b)?)),
             None => Ok(None),
         }
     }

@@ -1,7 +1,8 @@
 //! The Stratum emulator: the contract in `conformance/stratum/README.md`, served over HTTPS on
 //! loopback from the contract's metadata files (registers 104 and 218 at once), with
 //! registrations in memory, every validation rule, per-cookie sessions with unit contexts,
-//! runtime fault injection, and counts of accepted writes so tests can prove exactly-once.
+//! runtime fault injection, counts of accepted writes so tests can prove exactly-once, and a
+//! mode without the 409 rule so a duplicate create is accepted (and seen) instead of refused.
 
 mod server;
 pub mod state;
@@ -57,11 +58,14 @@ pub struct EmulatorOptions {
     /// More keys, e.g. one limited to some units (for 403 tests).
     pub extra_keys: Vec<ApiKeyRights>,
     pub registers: Vec<RegisterMetadata>,
+    /// The 409 rule (one registration per form, unit, subject and date). Off: duplicates are
+    /// accepted and counted, so a test can see a registration created twice.
+    pub unique_rule: bool,
 }
 
 impl EmulatorOptions {
     pub fn new(certs: CertSet) -> EmulatorOptions {
-        EmulatorOptions { certs, mtls: true, bind: SocketAddr::from(([127, 0, 0, 1], 0)), api_key: None, extra_keys: vec![], registers: contract_registers() }
+        EmulatorOptions { certs, mtls: true, bind: SocketAddr::from(([127, 0, 0, 1], 0)), api_key: None, extra_keys: vec![], registers: contract_registers(), unique_rule: true }
     }
 }
 
@@ -82,7 +86,9 @@ pub async fn start(opts: EmulatorOptions) -> Result<EmulatorHandle> {
     });
     let mut keys = vec![ApiKeyRights { key: api_key.clone(), contexts: None }];
     keys.extend(opts.extra_keys);
-    let shared = Arc::new(Shared { emu: state::Emulated::new(opts.registers, keys), faults: RwLock::new((Faults::default(), None)), requests: AtomicU64::new(0) });
+    let emu = state::Emulated::new(opts.registers, keys);
+    emu.set_unique_rule(opts.unique_rule);
+    let shared = Arc::new(Shared { emu, faults: RwLock::new((Faults::default(), None)), requests: AtomicU64::new(0) });
     let listener = tokio::net::TcpListener::bind(opts.bind).await.with_context(|| format!("cannot bind the Stratum emulator to {}", opts.bind))?;
     let addr = listener.local_addr()?;
     let (stop, rx) = tokio::sync::watch::channel(false);
@@ -108,6 +114,11 @@ impl EmulatorHandle {
     }
     pub fn clear_faults(&self) {
         self.set_faults(Faults::default())
+    }
+    /// Turn the 409 rule on or off at run time. Off, every valid POST is accepted and counted,
+    /// duplicates included: the mode a test needs to see a registration created twice.
+    pub fn set_unique_rule(&self, on: bool) {
+        self.shared.emu.set_unique_rule(on)
     }
     pub fn counts(&self) -> Counts {
         Counts { by_form_unit: self.shared.emu.counts(), requests: self.shared.requests.load(Ordering::Relaxed) }

@@ -9,6 +9,7 @@ use crate::sinks::stratum::validate::{self, Mode};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// A refusal: HTTP status, envelope `code`, message (names columns, never values).
@@ -124,8 +125,9 @@ struct Data {
     regs: HashMap<u64, EmulatedRegistration>,
     /// (FormID, UnitCode) → EventIDs, for queries.
     by_form_unit: HashMap<(u32, String), BTreeSet<u64>>,
-    /// (FormID, UnitCode, SubjectKey, EventDate) → EventID: the 409 rule.
-    unique: HashMap<(u32, String, String, String), u64>,
+    /// (FormID, UnitCode, SubjectKey, EventDate) → EventIDs: the 409 rule, and the index for
+    /// lookups by subject and date (several when the rule is off).
+    unique: HashMap<(u32, String, String, String), BTreeSet<u64>>,
     counts: BTreeMap<(u32, String, String), OpCounts>,
 }
 
@@ -141,6 +143,9 @@ pub struct Emulated {
     pub meta_domains: HashMap<u32, Bytes>,
     sessions: Mutex<HashMap<String, Session>>,
     data: Mutex<Data>,
+    /// The 409 rule (one registration per form, unit, subject and date). Off, the emulator
+    /// accepts duplicates like a register without the rule would, so a test can see them.
+    unique_rule: AtomicBool,
 }
 
 pub fn envelope(data: &Value) -> Bytes {
@@ -189,7 +194,17 @@ impl Emulated {
             meta_domains,
             sessions: Mutex::new(HashMap::new()),
             data: Mutex::new(Data { next_event_id: 1, ..Default::default() }),
+            unique_rule: AtomicBool::new(true),
         }
+    }
+
+    /// Turn the 409 rule on or off (on by default).
+    pub fn set_unique_rule(&self, on: bool) {
+        self.unique_rule.store(on, Ordering::Relaxed);
+    }
+
+    fn enforce_unique(&self) -> bool {
+        self.unique_rule.load(Ordering::Relaxed)
     }
 
     /// The API key's rights, or 401.
@@ -308,13 +323,13 @@ impl Emulated {
         cols.retain(|_, v| !v.is_null());
         let unique = Self::unique_key(info, form_id, &ctx.unit.unit_code, &cols);
         let mut d = self.data.lock().expect("data");
-        if unique.as_ref().is_some_and(|u| d.unique.contains_key(u)) {
+        if self.enforce_unique() && unique.as_ref().is_some_and(|u| d.unique.get(u).is_some_and(|ids| !ids.is_empty())) {
             return Err(Self::conflict(info, form));
         }
         let id = d.next_event_id;
         d.next_event_id += 1;
         if let Some(u) = unique {
-            d.unique.insert(u, id);
+            d.unique.entry(u).or_default().insert(id);
         }
         d.by_form_unit.entry((form_id, ctx.unit.unit_code.clone())).or_default().insert(id);
         d.counts.entry((ctx.register_id, form.form_name.clone(), ctx.unit.unit_code.clone())).or_default().post += 1;
@@ -363,15 +378,15 @@ impl Emulated {
         let new_unique = Self::unique_key(info, form_id, &ctx.unit.unit_code, &cols);
         if new_unique != old_unique {
             if let Some(u) = &new_unique {
-                if d.unique.get(u).is_some_and(|other| *other != event_id) {
+                if self.enforce_unique() && d.unique.get(u).is_some_and(|ids| ids.iter().any(|other| *other != event_id)) {
                     return Err(Self::conflict(info, form));
                 }
             }
             if let Some(u) = &old_unique {
-                d.unique.remove(u);
+                Self::unindex(&mut d, u, event_id);
             }
             if let Some(u) = new_unique {
-                d.unique.insert(u, event_id);
+                d.unique.entry(u).or_default().insert(event_id);
             }
         }
         d.counts.entry((ctx.register_id, form.form_name.clone(), ctx.unit.unit_code.clone())).or_default().put += 1;
@@ -388,7 +403,7 @@ impl Emulated {
         let r = Self::visible(&d, ctx, event_id)?.clone();
         let info = &self.forms[&r.form_id];
         if let Some(u) = Self::unique_key(info, r.form_id, &r.unit_code, &r.columns) {
-            d.unique.remove(&u);
+            Self::unindex(&mut d, &u, event_id);
         }
         if let Some(set) = d.by_form_unit.get_mut(&(r.form_id, r.unit_code.clone())) {
             set.remove(&event_id);
@@ -419,11 +434,20 @@ impl Emulated {
         let subject = info.subject_col.as_deref().and_then(|c| conds.iter().find(|(k, _)| *k == c)).map(|(_, v)| *v);
         let date = info.date_col.as_deref().and_then(|c| conds.iter().find(|(k, _)| *k == c)).map(|(_, v)| *v);
         let ids: Vec<u64> = match (subject, date) {
-            (Some(s), Some(dt)) => d.unique.get(&(form_id, unit.clone(), s.to_string(), dt.to_string())).copied().into_iter().collect(),
+            (Some(s), Some(dt)) => d.unique.get(&(form_id, unit.clone(), s.to_string(), dt.to_string())).map(|ids| ids.iter().copied().collect()).unwrap_or_default(),
             _ => d.by_form_unit.get(&(form_id, unit.clone())).map(|s| s.iter().copied().collect()).unwrap_or_default(),
         };
         let out: Vec<Value> = ids.iter().filter_map(|id| d.regs.get(id)).filter(|r| matches(r)).map(|r| r.to_json(ctx.unit.unit_id)).collect();
         Ok(Value::Array(out))
+    }
+
+    fn unindex(d: &mut Data, key: &(u32, String, String, String), event_id: u64) {
+        if let Some(ids) = d.unique.get_mut(key) {
+            ids.remove(&event_id);
+            if ids.is_empty() {
+                d.unique.remove(key);
+            }
+        }
     }
 
     pub fn counts(&self) -> BTreeMap<(u32, String, String), OpCounts> {
@@ -443,7 +467,7 @@ impl Emulated {
         let mut d = self.data.lock().expect("data");
         let Some(r) = d.regs.remove(&event_id) else { return false };
         if let Some(u) = Self::unique_key(&self.forms[&r.form_id], r.form_id, &r.unit_code, &r.columns) {
-            d.unique.remove(&u);
+            Self::unindex(&mut d, &u, event_id);
         }
         if let Some(set) = d.by_form_unit.get_mut(&(r.form_id, r.unit_code.clone())) {
             set.remove(&event_id);
