@@ -171,6 +171,9 @@ pub struct InspectArgs {
     pub file: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// Keyword table for GetCareDocumentation notes (a connector's keywords.toml).
+    #[arg(long)]
+    pub keywords: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -415,7 +418,7 @@ pub async fn main(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Inspect(a) => crate::sources::riv::inspect::run(&a.file, a.json),
+        Command::Inspect(a) => crate::sources::riv::inspect::run_with(&a.file, a.json, a.keywords.as_deref()),
         Command::Audit(AuditCmd::Verify { json, head }) => {
             let app = open_app(&g).await?;
             let exported = head.as_deref().map(read_signed_head).transpose()?;

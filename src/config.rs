@@ -400,6 +400,8 @@ pub enum SourceKind {
     Files,
     /// FHIR R4 REST.
     Fhir,
+    /// The region's data warehouse over ODBC: one query per record kind (`sources::warehouse`).
+    Sql,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -443,9 +445,45 @@ pub struct SourceSettings {
     pub max_page_bytes: u64,
     /// RIV-TA: where GetActivities and GetObservations are limited to the connector's units.
     pub unit_filter: UnitFilter,
+    /// RIV-TA: where observations (measurements, keyword answers) come from: the structured
+    /// GetObservations contract, keyword notes (GetCareDocumentation read with the connector's
+    /// `keywords.toml`), or both.
+    pub observations: ObservationSource,
+    /// SQL (data warehouse): the ODBC connection string, a secret (it holds the password).
+    pub connection: Option<Secret>,
+    /// SQL (data warehouse): the queries, one per record kind (see `sources::warehouse`).
+    pub queries: WarehouseQueries,
+    /// SQL (data warehouse): the source system named in provenance when a row gives none.
+    pub source_system: String,
     /// Accept plain `http://` endpoints, and only on loopback (a sandbox or a local tunnel).
     /// Anything else must be `https://`.
     pub allow_plain_http_loopback: bool,
+}
+
+/// The data warehouse's queries. Each returns the documented columns (by name); `:patient`,
+/// `:from`, `:to` and `:since` are bound as parameters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarehouseQueries {
+    /// Patients with data changed since `:since` (column `patient_id`, optional `patient_id_type`).
+    pub patients: Option<String>,
+    pub care_contacts: Option<String>,
+    pub diagnoses: Option<String>,
+    pub activities: Option<String>,
+    pub observations: Option<String>,
+}
+
+/// Where a RIV-TA source reads observations from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservationSource {
+    /// GetObservations 1.1.
+    #[default]
+    Structured,
+    /// GetCareDocumentation 2.1 keyword notes, read with the connector's keyword table.
+    Notes,
+    /// Both contracts.
+    Both,
 }
 
 /// How GetActivities and GetObservations, whose `careUnitId` takes a single unit, are limited to
@@ -492,6 +530,10 @@ impl Default for SourceSettings {
             page_size: 100,
             max_page_bytes: 32 * 1024 * 1024,
             unit_filter: UnitFilter::Request,
+            observations: ObservationSource::Structured,
+            connection: None,
+            queries: WarehouseQueries::default(),
+            source_system: String::new(),
             allow_plain_http_loopback: false,
         }
     }
@@ -969,6 +1011,18 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
             SourceKind::Files => {
                 if src.directory.is_none() {
                     p.push(Problem::error(&main_file, format!("{k}.directory"), "a files source needs a directory"));
+                }
+            }
+            SourceKind::Sql => {
+                match &src.connection {
+                    None => p.push(Problem::error(&main_file, format!("{k}.connection"), "a sql source needs an ODBC connection string (a secret)")),
+                    Some(c) => check_secret(&mut p, &main_file, &format!("{k}.connection"), c),
+                }
+                let q = &src.queries;
+                for (key, query) in [("care_contacts", &q.care_contacts), ("diagnoses", &q.diagnoses), ("activities", &q.activities)] {
+                    if query.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                        p.push(Problem::error(&main_file, format!("{k}.queries.{key}"), "missing"));
+                    }
                 }
             }
         }

@@ -497,9 +497,20 @@ pub async fn backfill(app: App, args: BackfillArgs) -> Result<i32> {
                 "{}: {} — {} patients; {verb} create {}, update {}, retract {}; {} quarantined; {} worklist items",
                 r.connector, r.status, r.patients, r.records_created, r.records_updated, r.records_retracted, r.quarantined, r.worklist_items
             );
+            for w in &r.warnings {
+                println!("  warning: {w}");
+            }
         }
     }
-    Ok(if reports.iter().any(|r| r.status == "failed") { 1 } else { 0 })
+    // 1: a run failed; 2: every run finished but one left something unread (a partial run,
+    // e.g. dropped files not settled yet), so a script does not take it for a complete backfill.
+    Ok(if reports.iter().any(|r| r.status == "failed") {
+        1
+    } else if reports.iter().any(|r| !r.dry_run && !r.complete || !r.warnings.is_empty()) {
+        2
+    } else {
+        0
+    })
 }
 
 /// What the PVK engine reads besides the journal: listing and drug lists, from files or from

@@ -57,8 +57,9 @@ fn request_body(c: Contract, id: &str, oid: &str, f: &Filter) -> String {
     let ns = c.responder_ns();
     let core = c.core_ns();
     match c {
-        Contract::GetCareContacts | Contract::GetDiagnosis => {
-            let units: String = f.units.iter().map(|u| format!("<careUnitHSAId>{u}</careUnitHSAId>")).collect();
+        Contract::GetCareContacts | Contract::GetDiagnosis | Contract::GetCareDocumentation => {
+            let el = if c == Contract::GetCareDocumentation { "careUnitHSAid" } else { "careUnitHSAId" };
+            let units: String = f.units.iter().map(|u| format!("<{el}>{u}</{el}>")).collect();
             let tag = if c == Contract::GetCareContacts { "datePeriod" } else { "timePeriod" };
             let period = f.window.map(|(a, b)| format!("<{tag}><c:start>{}</c:start><c:end>{}</c:end></{tag}>", d8(a), d8(b))).unwrap_or_default();
             format!(

@@ -327,6 +327,9 @@ fn response_xsd(c: Contract) -> PathBuf {
         Contract::GetActivities => "GetActivities-1.0/interactions/GetActivitiesInteraction/GetActivitiesResponder_1.0.xsd",
         Contract::GetObservations => "GetObservations-1.1/interactions/GetObservationsInteraction/GetObservationsResponder_1.1.xsd",
         Contract::GetUpdates => "EngagementIndex-1.0/interactions/GetUpdatesInteraction/GetUpdatesResponder_1.0.xsd",
+        Contract::GetCareDocumentation => {
+            "GetCareDocumentation-2.1/interactions/GetCareDocumentationInteraction/GetCareDocumentationResponder_2.1.xsd"
+        }
     })
 }
 
@@ -1348,22 +1351,25 @@ async fn files_source_reads_settled_documents_groups_per_patient_and_moves_them_
         true,
     );
 
-    let src = registerbrygga::sources::files::FilesSource::new(&files_settings(&drop, 30)).unwrap();
+    let src = registerbrygga::sources::files::FilesSource::new(&files_settings(&drop, 2)).unwrap();
     let req = pull_request(PatientDiscovery::All, root.path());
+    let started = std::time::Instant::now();
     let (summary, items) = run_pull(&src, &req).await;
     let summary = summary.unwrap();
-    assert!(summary.complete);
+    assert!(summary.complete && summary.warnings.is_empty(), "{summary:?}");
     assert_eq!(summary.patients, 2);
-    assert_eq!(summary.documents, 3);
+    assert_eq!(summary.documents, 4);
     let read: Vec<String> = summary.files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(read, vec!["a-contacts.xml", "b-diagnoses.xml", "e-broken.xml", "f-mixed.xml"], "the fresh and the .tmp file are not read");
+    assert_eq!(read, vec!["a-contacts.xml", "b-diagnoses.xml", "d-fresh.xml", "e-broken.xml", "f-mixed.xml"], "the .tmp file is not read");
+    // The file dropped just before the pull was waited for (a one-shot backfill reads it).
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500), "the pull waited for the fresh file to settle");
 
     // Grouped per patient across files; records of other units left out.
     let b1 = batch_of(&items, &p1).unwrap();
     assert_eq!((contacts(b1).len(), diagnoses(b1).len()), (1, 1));
     assert_eq!(b1.log_ids, vec!["log-cc-1".to_string(), "log-dia-1".to_string()]);
     let b2 = batch_of(&items, &p2).unwrap();
-    assert_eq!(b2.records.len(), 1);
+    assert_eq!(b2.records.len(), 2);
     let refused: Vec<&Refusal> =
         items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
     assert_eq!(refused.len(), 2);
@@ -1373,18 +1379,11 @@ async fn files_source_reads_settled_documents_groups_per_patient_and_moves_them_
 
     // Commit moves them aside: processed and refused apart.
     src.commit(&summary).await.unwrap();
-    assert_eq!(names_in(&drop.join("processed")), vec!["a-contacts.xml", "b-diagnoses.xml", "f-mixed.xml"]);
+    assert_eq!(names_in(&drop.join("processed")), vec!["a-contacts.xml", "b-diagnoses.xml", "d-fresh.xml", "f-mixed.xml"]);
     assert_eq!(names_in(&drop.join("refused")), vec!["e-broken.xml"]);
-    assert_eq!(names_in(&drop), vec!["c-halfway.xml.tmp", "d-fresh.xml", "processed", "refused"]);
+    assert_eq!(names_in(&drop), vec!["c-halfway.xml.tmp", "processed", "refused"]);
 
-    // Never read twice: the next pull sees only the file that has settled since.
-    age(&drop.join("d-fresh.xml"), 600);
-    let (summary, items) = run_pull(&src, &req).await;
-    let summary = summary.unwrap();
-    assert_eq!(summary.files.len(), 1);
-    assert_eq!(summary.patients, 1);
-    assert_eq!(contacts(batch_of(&items, &p2).unwrap())[0].provenance.document_id, "CC-3");
-    src.commit(&summary).await.unwrap();
+    // Never read twice.
     let (summary, items) = run_pull(&src, &req).await;
     assert!(summary.unwrap().files.is_empty() && items.is_empty());
 }
@@ -1397,14 +1396,26 @@ async fn files_source_waits_for_a_file_to_stop_changing_and_rereads_an_uncommitt
     let p = pnr("19500101", "123");
     let full = fx::care_contacts_response(&[fx::care_contact(&fx::Contact::new("CC-1", &p, FT01, "20260301100000"))]);
     let f = drop.join("export.xml");
-    // Half-written: the writer is still at it.
+    // Half-written: the writer is still at it, and writes the rest while the pull waits.
     std::fs::write(&f, &full[..full.len() / 2]).unwrap();
-    let src = registerbrygga::sources::files::FilesSource::new(&files_settings(&drop, 1)).unwrap();
+    let src = registerbrygga::sources::files::FilesSource::new(&files_settings(&drop, 2)).unwrap();
     let req = pull_request(PatientDiscovery::All, root.path());
+    let writer = {
+        let (f, full) = (f.clone(), full.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+            std::fs::write(&f, &full).unwrap();
+        })
+    };
     let (summary, items) = run_pull(&src, &req).await;
-    assert!(summary.unwrap().files.is_empty() && items.is_empty(), "a file still being written is not read");
-    std::fs::write(&f, &full).unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    writer.await.unwrap();
+    let summary = summary.unwrap();
+    assert!(summary.files.is_empty() && items.is_empty(), "a file still being written is not read");
+    // … and the run says so: incomplete (the watermark stays), with a warning for the report.
+    assert!(!summary.complete);
+    assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
+    assert!(summary.warnings[0].starts_with("1 file(s) not settled yet"), "{:?}", summary.warnings);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let (summary, items) = run_pull(&src, &req).await;
     let summary = summary.unwrap();
     assert_eq!(summary.files.len(), 1);
@@ -1421,6 +1432,57 @@ async fn files_source_waits_for_a_file_to_stop_changing_and_rereads_an_uncommitt
     assert_eq!(names_in(&drop.join("processed")), vec!["export.xml"]);
     let (summary, _) = run_pull(&src, &req).await;
     assert!(summary.unwrap().files.is_empty());
+}
+
+#[tokio::test]
+async fn files_source_applies_the_period_and_the_connectors_patient_selection() {
+    let root = common::test_dir();
+    let drop = root.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let (p1, p2) = (pnr("19500101", "123"), pnr("19610202", "234"));
+    let write = |name: &str, text: &str| {
+        let p = drop.join(name);
+        std::fs::write(&p, text).unwrap();
+        age(&p, 600);
+    };
+    write(
+        "march.xml",
+        &fx::care_contacts_response(&[
+            fx::care_contact(&fx::Contact::new("CC-1", &p1, FT01, "20260301100000")),
+            fx::care_contact(&fx::Contact::new("CC-2", &p2, FT01, "20260302100000")),
+        ]),
+    );
+    write(
+        "march-april.xml",
+        &fx::care_contacts_response(&[
+            fx::care_contact(&fx::Contact::new("CC-3", &p1, FT01, "20260303100000")),
+            fx::care_contact(&fx::Contact::new("CC-4", &p1, FT01, "20260410100000")),
+        ]),
+    );
+    let list = write_patient_list(root.path(), &[&p1]);
+    let src = registerbrygga::sources::files::FilesSource::new(&files_settings(&drop, 2)).unwrap();
+    // A backfill of March, for the connector's patient list (p1 only).
+    let mut req = pull_request(PatientDiscovery::File { path: list }, root.path());
+    req.window_from = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+    req.window_to = NaiveDate::from_ymd_opt(2026, 3, 31).unwrap();
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+    assert!(batch_of(&items, &p2).is_none(), "a patient outside the connector's selection is not read");
+    let mut ids: Vec<&str> = contacts(batch_of(&items, &p1).unwrap()).iter().map(|c| c.provenance.document_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec!["CC-1", "CC-3"], "April is outside the period");
+    assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
+    assert!(summary.warnings[0].contains("outside 2026-03-01 – 2026-03-31"), "{:?}", summary.warnings);
+    src.commit(&summary).await.unwrap();
+    // The file with April in it stays for the pull that covers April.
+    assert_eq!(names_in(&drop), vec!["march-april.xml", "processed"]);
+    req.window_to = NaiveDate::from_ymd_opt(2026, 4, 30).unwrap();
+    let (summary, items) = run_pull(&src, &req).await;
+    let summary = summary.unwrap();
+    assert!(summary.warnings.is_empty());
+    assert_eq!(contacts(batch_of(&items, &p1).unwrap()).len(), 2);
+    src.commit(&summary).await.unwrap();
+    assert_eq!(names_in(&drop), vec!["processed"]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ pub enum DeliveryMode {
 pub enum Case {
     /// Every patient's four clinical documents, rendered in memory, parsed one by one.
     ParseMixed { patients: usize, mode: ParseMode },
+    /// Every patient's keyword notes (GetCareDocumentation, read with the shipped keyword table).
+    ParseNotes { patients: usize, mode: ParseMode },
     /// One document of `bytes` bytes streamed from a generator (never held in memory).
     ParseStream { contract: String, bytes: u64, mode: ParseMode },
     /// A synthetic region from the sandbox journal into the outbox.
@@ -63,6 +65,7 @@ impl Case {
     pub fn label(&self) -> String {
         match self {
             Case::ParseMixed { patients, mode } => format!("parse mixed {patients} patients, {mode:?}"),
+            Case::ParseNotes { patients, mode } => format!("parse keyword notes {patients} patients, {mode:?}"),
             Case::ParseStream { contract, bytes, mode } => format!("parse stream {contract} {} MiB, {mode:?}", bytes >> 20),
             Case::Pipeline { backend, contacts, connector, concurrency, mode, unit_filter } => {
                 let uf = unit_filter.as_deref().map(|u| format!(", unit_filter {u}")).unwrap_or_default();
@@ -78,6 +81,7 @@ impl Case {
 pub fn run_case(case: &Case) -> Result<Value> {
     match case {
         Case::ParseMixed { patients, mode } => crate::parse::mixed(*patients, *mode),
+        Case::ParseNotes { patients, mode } => crate::parse::notes(*patients, *mode),
         Case::ParseStream { contract, bytes, mode } => crate::parse::stream(contract, *bytes, *mode),
         Case::Pipeline { backend, contacts, connector, concurrency, mode, unit_filter } => {
             runtime()?.block_on(crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode, unit_filter.as_deref()))

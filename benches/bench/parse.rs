@@ -117,6 +117,48 @@ pub fn mixed(patients: usize, mode: ParseMode) -> Result<Value> {
     }))
 }
 
+/// Every patient's keyword notes rendered up front, then parsed one after the other with the
+/// shipped keyword table (ours) or read event by event (bare quick-xml).
+pub fn notes(patients: usize, mode: ParseMode) -> Result<Value> {
+    let today = registerbrygga::pipeline::today_stockholm();
+    let pop = population(patients, today);
+    let docs: Vec<Vec<u8>> = (0..patients).map(|p| render_patient(&pop, JContract::GetCareDocumentation, p)).collect();
+    drop(pop);
+    let bytes: u64 = docs.iter().map(|d| d.len() as u64).sum();
+    let cpu = pin_to_one_cpu();
+    let mut ctx = context(today);
+    ctx.keywords = Some(Arc::new(registerbrygga::sandbox::journal::notes::keyword_table().clone()));
+    let mut c = Counted::default();
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    futures::executor::block_on(async {
+        for d in &docs {
+            match mode {
+                ParseMode::Ours => ours(&d[..], &ctx, &mut c).await?,
+                ParseMode::Bare => bare(&d[..], &mut c).await?,
+                ParseMode::Generator => bail!("no generator for notes"),
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds() - cpu0;
+    if c.refused > 0 {
+        bail!("{} keywords refused in a clean corpus", c.refused);
+    }
+    Ok(json!({
+        "seconds": secs,
+        "cpu_seconds": cpu_s,
+        "pinned_cpu": cpu,
+        "documents": docs.len(),
+        "bytes": bytes,
+        "mib_per_second": bytes as f64 / secs / 1048576.0,
+        "records": c.records,
+        "records_per_second": (mode == ParseMode::Ours).then(|| c.records as f64 / secs),
+        "events": c.events,
+    }))
+}
+
 fn contract_named(name: &str) -> Result<JContract> {
     CONTRACTS.into_iter().find(|c| c.name() == name).with_context(|| format!("no clinical contract named {name}"))
 }

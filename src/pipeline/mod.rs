@@ -111,6 +111,9 @@ pub struct RunReport {
     pub opted_out: u64,
     pub complete: bool,
     pub after: serde_json::Value,
+    /// What the source wants the operator to know (e.g. dropped files not settled yet).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl RunReport {
@@ -208,6 +211,11 @@ pub async fn run_connector(app: &App, rt: &ConnectorRuntime, kind: RunKind, dry_
             PullSummary::default()
         }
     };
+    report.warnings = summary.warnings.clone();
+    for w in &report.warnings {
+        tracing::warn!(connector = %def.name, "{w}");
+    }
+
     if failure.is_none() {
         if let Some(after) = &rt.after {
             match after.after_pull(app, &info, dry_run).await {

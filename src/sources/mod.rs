@@ -17,6 +17,7 @@ pub mod fhir;
 pub mod files;
 pub mod riv;
 pub mod sql;
+pub mod warehouse;
 
 /// Sources carry personal data, so their endpoints must be `https://`. Plain `http://` is
 /// accepted only to a loopback address (a sandbox, a local TLS-terminating tunnel) and only when
@@ -96,6 +97,9 @@ pub struct PullSummary {
     pub complete: bool,
     /// The instant the pull's change query started (the next watermark).
     pub started_at: Option<DateTime<Utc>>,
+    /// Things the operator should know about this pull (e.g. files not settled yet); shown in
+    /// the run report.
+    pub warnings: Vec<String>,
     /// Files consumed (files source), moved aside on `commit`.
     #[serde(skip)]
     pub files: Vec<std::path::PathBuf>,
@@ -116,5 +120,6 @@ pub fn from_settings(settings: &crate::config::SourceSettings) -> Result<std::sy
         SourceKind::Riv => std::sync::Arc::new(riv::RivSource::new(settings)?),
         SourceKind::Files => std::sync::Arc::new(files::FilesSource::new(settings)?),
         SourceKind::Fhir => std::sync::Arc::new(fhir::FhirSource::new(settings)?),
+        SourceKind::Sql => std::sync::Arc::new(warehouse::WarehouseSource::new(settings)?),
     })
 }

@@ -3,6 +3,8 @@
 //! does not skip — when that database is missing.
 #![allow(dead_code)]
 
+pub mod warehouse;
+
 use registerbrygga::config::{Backend, Secret, StoreSettings};
 use registerbrygga::crypto::{Cipher, Pseudonymizer};
 use registerbrygga::store::Store;

@@ -32,6 +32,7 @@
 //! - Times are local (Europe/Stockholm) wall-clock `YYYYMMDDhhmmss`, `timeStamp` of GetUpdates
 //!   included.
 
+pub mod notes;
 pub mod population;
 pub mod server;
 mod soap;
@@ -242,7 +243,8 @@ impl AnswerValue {
     }
 }
 
-/// The five RIV-TA contracts the journal serves.
+/// The RIV-TA contracts the journal serves: the five of `ALL`, and keyword notes
+/// (GetCareDocumentation, see [`notes`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Contract {
     GetCareContacts,
@@ -250,6 +252,7 @@ pub enum Contract {
     GetActivities,
     GetObservations,
     GetUpdates,
+    GetCareDocumentation,
 }
 
 impl Contract {
@@ -263,6 +266,7 @@ impl Contract {
             Contract::GetActivities => "GetActivities",
             Contract::GetObservations => "GetObservations",
             Contract::GetUpdates => "GetUpdates",
+            Contract::GetCareDocumentation => "GetCareDocumentation",
         }
     }
 
@@ -274,6 +278,7 @@ impl Contract {
             Contract::GetActivities => "/clinicalprocess/activity/actions/GetActivities/1/rivtabp21",
             Contract::GetObservations => "/clinicalprocess/healthcond/basic/GetObservations/1/rivtabp21",
             Contract::GetUpdates => "/itintegration/engagementindex/GetUpdates/1/rivtabp21",
+            Contract::GetCareDocumentation => "/clinicalprocess/healthcond/description/GetCareDocumentation/2/rivtabp21",
         }
     }
 
@@ -285,6 +290,7 @@ impl Contract {
             Contract::GetActivities => "urn:riv:clinicalprocess:activity:actions:GetActivitiesResponder:1",
             Contract::GetObservations => "urn:riv:clinicalprocess:healthcond:basic:GetObservationsResponder:1",
             Contract::GetUpdates => "urn:riv:itintegration:engagementindex:GetUpdatesResponder:1",
+            Contract::GetCareDocumentation => "urn:riv:clinicalprocess:healthcond:description:GetCareDocumentationResponder:2",
         }
     }
 
@@ -296,6 +302,7 @@ impl Contract {
             Contract::GetActivities => "urn:riv:clinicalprocess:activity:actions:1",
             Contract::GetObservations => "urn:riv:clinicalprocess:healthcond:basic:1",
             Contract::GetUpdates => "urn:riv:itintegration:engagementindex:1",
+            Contract::GetCareDocumentation => "urn:riv:clinicalprocess:healthcond:description:2",
         }
     }
 
@@ -319,11 +326,14 @@ impl Contract {
                 "conformance/riv/GetObservations-1.1/interactions/GetObservationsInteraction/GetObservationsResponder_1.1.xsd"
             }
             Contract::GetUpdates => "conformance/riv/EngagementIndex-1.0/interactions/GetUpdatesInteraction/GetUpdatesResponder_1.0.xsd",
+            Contract::GetCareDocumentation => {
+                "conformance/riv/GetCareDocumentation-2.1/interactions/GetCareDocumentationInteraction/GetCareDocumentationResponder_2.1.xsd"
+            }
         }
     }
 
     pub(crate) fn from_path(p: &str) -> Option<Contract> {
-        Contract::ALL.into_iter().find(|c| c.path() == p)
+        Contract::ALL.into_iter().chain([Contract::GetCareDocumentation]).find(|c| c.path() == p)
     }
 }
 

@@ -288,7 +288,7 @@ fn clinical_query(state: &ServerState, contract: Contract, req: &SoapRequest) ->
     let mut q = Query { ours: true, ..Query::default() };
     // PersonIdType {id, type} in the older contracts, II {root, extension} in the newer ones.
     let (id, oid) = match contract {
-        Contract::GetCareContacts | Contract::GetDiagnosis => (req.first("patientId/id"), req.first("patientId/type")),
+        Contract::GetCareContacts | Contract::GetDiagnosis | Contract::GetCareDocumentation => (req.first("patientId/id"), req.first("patientId/type")),
         _ => (req.first("patientId/extension"), req.first("patientId/root")),
     };
     let (Some(id), Some(oid)) = (id, oid) else { return Err("patientId is required") };
@@ -300,8 +300,10 @@ fn clinical_query(state: &ServerState, contract: Contract, req: &SoapRequest) ->
     let patient = pop.index_of(id).filter(|i| pop.header(*i).kind.ne(&crate::model::IdKind::Reserve) == national).map(|i| i as u32);
 
     match contract {
-        Contract::GetCareContacts | Contract::GetDiagnosis => {
-            q.units = req.all("careUnitHSAId");
+        Contract::GetCareContacts | Contract::GetDiagnosis | Contract::GetCareDocumentation => {
+            // GetCareDocumentation spells its unit and source-system elements with a lower-case d.
+            let notes = contract == Contract::GetCareDocumentation;
+            q.units = req.all(if notes { "careUnitHSAid" } else { "careUnitHSAId" });
             q.care_contact_ids = req.all("careContactId");
             let period = if contract == Contract::GetCareContacts { "datePeriod" } else { "timePeriod" };
             if let Some(s) = req.first(&format!("{period}/start")) {
@@ -314,7 +316,7 @@ fn clinical_query(state: &ServerState, contract: Contract, req: &SoapRequest) ->
             if !givers.is_empty() && !givers.iter().any(|g| g == CARE_GIVER) {
                 q.ours = false;
             }
-            if req.first("sourceSystemHSAId").is_some_and(|s| s != SOURCE_SYSTEM) {
+            if req.first(if notes { "sourceSystemHSAid" } else { "sourceSystemHSAId" }).is_some_and(|s| s != SOURCE_SYSTEM) {
                 q.ours = false;
             }
         }

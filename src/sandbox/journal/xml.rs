@@ -63,7 +63,7 @@ fn esc(w: &mut Vec<u8>, s: &str) {
     }
 }
 
-fn el(w: &mut Vec<u8>, tag: &str, text: &str) {
+pub(super) fn el(w: &mut Vec<u8>, tag: &str, text: &str) {
     w.push(b'<');
     w.extend_from_slice(tag.as_bytes());
     w.push(b'>');
@@ -73,13 +73,13 @@ fn el(w: &mut Vec<u8>, tag: &str, text: &str) {
     w.push(b'>');
 }
 
-fn open(w: &mut Vec<u8>, tag: &str) {
+pub(super) fn open(w: &mut Vec<u8>, tag: &str) {
     w.push(b'<');
     w.extend_from_slice(tag.as_bytes());
     w.push(b'>');
 }
 
-fn close(w: &mut Vec<u8>, tag: &str) {
+pub(super) fn close(w: &mut Vec<u8>, tag: &str) {
     w.extend_from_slice(b"</");
     w.extend_from_slice(tag.as_bytes());
     w.push(b'>');
@@ -87,7 +87,7 @@ fn close(w: &mut Vec<u8>, tag: &str) {
 
 /// An element whose text is written by `text` (ids and times are written in place, without a
 /// String each: a region-year is millions of them).
-fn el_with(w: &mut Vec<u8>, tag: &str, text: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn el_with(w: &mut Vec<u8>, tag: &str, text: impl FnOnce(&mut Vec<u8>)) {
     open(w, tag);
     text(w);
     close(w, tag);
@@ -123,7 +123,7 @@ fn timestamp(w: &mut Vec<u8>, t: NaiveDateTime) {
     digits(w, t.second(), 2);
 }
 
-fn ts_el(w: &mut Vec<u8>, tag: &str, t: NaiveDateTime) {
+pub(super) fn ts_el(w: &mut Vec<u8>, tag: &str, t: NaiveDateTime) {
     el_with(w, tag, |w| timestamp(w, t));
 }
 
@@ -187,9 +187,15 @@ fn root_end(w: &mut Vec<u8>, c: Contract) {
 }
 
 fn result(w: &mut Vec<u8>, c: Contract, outcome: &Outcome, log_id: &str) {
-    // In the schema for contacts and diagnoses (responder namespace); an extension elsewhere.
+    // In the schema for contacts and diagnoses (responder namespace); GetCareDocumentation 2.1's
+    // is `m1:result` of the domain's 2.1 extension schema, its children in that namespace too
+    // (declared as the default namespace here); an extension elsewhere.
     let tag = if matches!(c, Contract::GetCareContacts | Contract::GetDiagnosis) { "tns:result" } else { "result" };
-    open(w, tag);
+    if c == Contract::GetCareDocumentation {
+        w.extend_from_slice(b"<result xmlns=\"urn:riv:clinicalprocess:healthcond:description:2.1\">");
+    } else {
+        open(w, tag);
+    }
     match outcome {
         Outcome::Ok => {
             el(w, "resultCode", "OK");
@@ -278,6 +284,7 @@ impl Iterator for ClinicalResponse {
                     Contract::GetDiagnosis => ctx.diagnosis(&mut w, idx[0]),
                     Contract::GetActivities => ctx.activity_group(&mut w, *c, idx),
                     Contract::GetObservations => ctx.observation_group(&mut w, *c, idx),
+                    Contract::GetCareDocumentation => ctx.care_documentation(&mut w, *c, idx),
                     Contract::GetUpdates => unreachable!("GetUpdates is not a clinical response"),
                 }
                 self.pos += 1;
@@ -327,6 +334,10 @@ fn select(pop: &Population, p: u32, plan: &Plan, contract: Contract, q: &Query) 
                 && (q.ids.is_empty() || q.ids.iter().any(|id| *id == pop.doc_id(DocKind::Observation, p, i)));
             ok.then_some((o.contact, i as u32))
         })),
+        Contract::GetCareDocumentation => super::notes::select_notes(plan, |i| {
+            let o = &plan.observations[i as usize];
+            contact_ok(o.contact) && cc_ok(o.contact) && (q.ids.is_empty() || q.ids.iter().any(|id| *id == pop.doc_id(DocKind::Observation, p, i as usize)))
+        }),
         Contract::GetUpdates => vec![],
     }
 }
@@ -343,15 +354,15 @@ fn group(it: impl Iterator<Item = (u32, u32)>) -> Vec<(u32, Vec<u32>)> {
     out
 }
 
-struct Ctx<'a> {
-    pop: &'a Population,
-    p: u32,
-    h: &'a Header,
-    plan: &'a Plan,
+pub(super) struct Ctx<'a> {
+    pub(super) pop: &'a Population,
+    pub(super) p: u32,
+    pub(super) h: &'a Header,
+    pub(super) plan: &'a Plan,
 }
 
 impl Ctx<'_> {
-    fn id_type(&self) -> &'static str {
+    pub(super) fn id_type(&self) -> &'static str {
         match self.h.kind {
             IdKind::Personnummer => OID_PERSONNUMMER,
             IdKind::Samordningsnummer => OID_SAMORDNINGSNUMMER,
@@ -360,7 +371,7 @@ impl Ctx<'_> {
     }
 
     /// The patient id as written in a document; a bad item carries a wrong check digit.
-    fn patient_id(&self, w: &mut Vec<u8>, bad: bool) {
+    pub(super) fn patient_id(&self, w: &mut Vec<u8>, bad: bool) {
         let mut id = self.h.id;
         if bad {
             id[11] = b'0' + (id[11] - b'0' + 1) % 10;
@@ -368,11 +379,11 @@ impl Ctx<'_> {
         w.extend_from_slice(&id);
     }
 
-    fn doc_id(&self, w: &mut Vec<u8>, kind: DocKind, seq: u32) {
+    pub(super) fn doc_id(&self, w: &mut Vec<u8>, kind: DocKind, seq: u32) {
         self.pop.write_doc_id(w, kind, self.p, seq as usize);
     }
 
-    fn care_contact_id(&self, w: &mut Vec<u8>, contact: u32) {
+    pub(super) fn care_contact_id(&self, w: &mut Vec<u8>, contact: u32) {
         self.pop.write_care_contact_id(w, self.p, contact as usize);
     }
 
@@ -389,7 +400,7 @@ impl Ctx<'_> {
         cv(w, "gender", code, OID_GENDER, Some(name));
     }
 
-    fn professional(&self, w: &mut Vec<u8>, c: &Contact) {
+    pub(super) fn professional(&self, w: &mut Vec<u8>, c: &Contact) {
         let unit = self.pop.unit(c.unit);
         open(w, "accountableHealthcareProfessional");
         ts_el(w, "authorTime", c.start);

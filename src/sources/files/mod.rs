@@ -5,24 +5,35 @@
 //! half-written file is therefore never read; writers that write `*.tmp` and rename are fine too
 //! (a `.tmp` is not looked at). A file that changes while it is read is left for the next pull.
 //!
+//! A pull that finds files still settling waits for them once (at most `settle_seconds`, at most a
+//! minute), so a
+//! one-shot `backfill` right after a drop reads what was dropped; a file still changing after that
+//! is reported ("N files not settled yet") as a warning, and the pull is incomplete (the watermark
+//! stays). The pull's period (`--from/--to`, or the connector's window) and the connector's patient
+//! selection (`patients` file or SQL) apply: records outside them are left out, and a file with
+//! records after or before the period stays in the directory for the pull that covers them.
+//!
 //! Records are grouped per patient across the pull's files. On `commit` (every batch stored) the
 //! files are moved to `processed_directory` (default `<directory>/processed`), refused ones to
 //! `<directory>/refused`, so nothing is read twice. A pull that is never committed (the run
 //! failed) leaves its files in place; the connector's next pull reads them again, which is safe
 //! because the same document read twice is the same record. One files source serves one connector.
 
-use crate::config::SourceSettings;
+use crate::config::{PatientDiscovery, SourceSettings};
 use crate::model::PatientId;
 use crate::sources::riv::{join_to_contacts, parse_response, Contract, ParseContext};
 use crate::sources::{PatientBatch, PullRequest, PullSummary, Source, SourceItem};
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
 use chrono::Utc;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
+
+/// Longest a pull waits for dropped files to settle.
+const MAX_SETTLE_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Disposition {
@@ -85,23 +96,49 @@ impl FilesSource {
     }
 
     fn settled(&self, path: &Path, len: u64, mtime: SystemTime) -> bool {
+        self.settle_wait(path, len, mtime).is_none()
+    }
+
+    /// `None` when the file has settled; otherwise how long until it will have, if it stays as it is.
+    fn settle_wait(&self, path: &Path, len: u64, mtime: SystemTime) -> Option<Duration> {
         let settle = Duration::from_secs(self.settings.settle_seconds);
         if settle.is_zero() {
-            return true;
+            return None;
         }
-        if SystemTime::now().duration_since(mtime).is_ok_and(|age| age >= settle) {
-            return true;
+        let age = SystemTime::now().duration_since(mtime).ok();
+        if age.is_some_and(|age| age >= settle) {
+            return None;
         }
         // Young by its own clock (or stamped in the future): read it once it has stayed the same.
         let mut st = self.state();
         let now = Instant::now();
-        match st.watch.get(path) {
-            Some((l, m, since)) if *l == len && *m == mtime => now.duration_since(*since) >= settle,
+        let seen = match st.watch.get(path) {
+            Some((l, m, since)) if *l == len && *m == mtime => now.duration_since(*since),
             _ => {
                 st.watch.insert(path.to_path_buf(), (len, mtime, now));
-                false
+                Duration::ZERO
+            }
+        };
+        let waited = seen.max(age.unwrap_or(Duration::ZERO));
+        (waited < settle).then(|| settle - waited)
+    }
+
+    /// Files not read yet that are still settling, and the longest wait until they have.
+    async fn unsettled(&self) -> Result<(usize, Duration)> {
+        let mut n = 0;
+        let mut longest = Duration::ZERO;
+        for path in self.candidates().await? {
+            if self.state().pending.contains_key(&path) {
+                continue;
+            }
+            let Ok(meta) = tokio::fs::metadata(&path).await else { continue };
+            let (len, Some(mtime)) = stamp(&meta) else { continue };
+            if let Some(w) = self.settle_wait(&path, len, mtime) {
+                n += 1;
+                longest = longest.max(w);
             }
         }
+        Ok((n, longest))
     }
 }
 
@@ -130,6 +167,27 @@ async fn move_aside(path: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(target)
 }
 
+impl FilesSource {
+    /// The connector's patient selection: `None` (everyone in the files) unless `patients` is a
+    /// file or a SQL query. Refused list entries are reported like any refusal.
+    async fn selection(&self, req: &PullRequest, out: &mpsc::Sender<SourceItem>, summary: &mut PullSummary) -> Result<Option<HashSet<PatientId>>> {
+        use crate::sources::riv::discovery;
+        let list = match &req.discovery {
+            PatientDiscovery::EngagementIndex { .. } | PatientDiscovery::All => return Ok(None),
+            PatientDiscovery::File { path } => {
+                let full = if path.is_absolute() { path.clone() } else { req.connector_dir.join(path) };
+                discovery::from_file(&full, req.today).await?
+            }
+            PatientDiscovery::Sql { url, query } => discovery::from_sql(url, query, req.today).await?,
+        };
+        for refusal in list.refused {
+            summary.refused += 1;
+            send(out, SourceItem::Refused { refusal, patient: None, raw: None, transient: false }).await?;
+        }
+        Ok(Some(list.patients.into_iter().collect()))
+    }
+}
+
 #[async_trait]
 impl Source for FilesSource {
     async fn pull(&self, req: &PullRequest, out: mpsc::Sender<SourceItem>) -> Result<PullSummary> {
@@ -143,8 +201,21 @@ impl Source for FilesSource {
                 tracing::warn!(connector = %req.connector, files = before - st.pending.len(), "files of an uncommitted pull are read again");
             }
         }
+        // Files dropped just before the pull are waited for once, so a one-shot backfill right
+        // after a drop reads them; what is still changing after that is reported below.
+        let (young, wait) = self.unsettled().await?;
+        // Not longer than a minute: a long settle time is a slow writer's, reported below.
+        let wait = wait.min(MAX_SETTLE_WAIT);
+        if young > 0 {
+            tracing::info!(files = young, wait_ms = wait.as_millis() as u64, "waiting for dropped files to settle");
+            tokio::time::sleep(wait + Duration::from_millis(50)).await;
+        }
+        let keywords = crate::sources::riv::keywords::KeywordTable::for_connector(&req.connector_dir)?;
+        let selected = self.selection(req, &out, &mut summary).await?;
         let mut batches: Vec<PatientBatch> = vec![];
         let mut index: HashMap<PatientId, usize> = HashMap::new();
+        let mut kept_for_period = 0usize;
+        let mut not_selected = 0usize;
         for path in self.candidates().await? {
             if self.state().pending.contains_key(&path) {
                 continue;
@@ -158,6 +229,7 @@ impl Source for FilesSource {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let mut ctx = ParseContext::from_settings(&req.connector, &self.settings, req.today);
             ctx.units = req.units.clone();
+            ctx.keywords = keywords.clone();
             let file = match tokio::fs::File::open(&path).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -186,7 +258,16 @@ impl Source for FilesSource {
                 Ok(p) => {
                     summary.documents += 1;
                     let log_ids = p.log_ids();
+                    // Records outside the pull's period are another pull's: the file stays for it.
+                    let outside = p.records.iter().filter(|r| r.date().is_some_and(|d| d < req.window_from || d > req.window_to)).count();
                     for r in p.records {
+                        if r.date().is_some_and(|d| d < req.window_from || d > req.window_to) {
+                            continue;
+                        }
+                        if selected.as_ref().is_some_and(|s| !s.contains(r.patient())) {
+                            not_selected += 1;
+                            continue;
+                        }
                         let i = *index.entry(r.patient().clone()).or_insert_with(|| {
                             batches.push(PatientBatch { patient: r.patient().clone(), records: vec![], refusals: vec![], log_ids: vec![] });
                             batches.len() - 1
@@ -203,6 +284,12 @@ impl Source for FilesSource {
                     for refusal in p.refused {
                         summary.refused += 1;
                         send(&out, SourceItem::Refused { refusal, patient: None, raw: None, transient: false }).await?;
+                    }
+                    if outside > 0 {
+                        // Read again by the pull whose period covers the rest (the same document
+                        // read twice is one record), so it is not moved aside.
+                        kept_for_period += 1;
+                        continue;
                     }
                     Disposition::Processed
                 }
@@ -224,6 +311,20 @@ impl Source for FilesSource {
             join_to_contacts(&mut b.records);
             summary.patients += 1;
             send(&out, SourceItem::Patient(b)).await?;
+        }
+        let (still, _) = self.unsettled().await?;
+        if still > 0 {
+            summary.complete = false;
+            summary.warnings.push(format!("{still} file(s) not settled yet (changed within settle_seconds = {}): not read", self.settings.settle_seconds));
+        }
+        if kept_for_period > 0 {
+            summary.warnings.push(format!(
+                "{kept_for_period} file(s) hold records outside {} – {}: those records were left out and the files stay for a pull that covers them",
+                req.window_from, req.window_to
+            ));
+        }
+        if not_selected > 0 {
+            tracing::info!(records = not_selected, "records of patients outside the connector's patient selection left out");
         }
         Ok(summary)
     }

@@ -15,6 +15,8 @@ pub enum Contract {
     GetActivities,
     GetObservations,
     GetUpdates,
+    /// Journal notes; keyword (sökord) notes are read with the connector's keyword table.
+    GetCareDocumentation,
 }
 
 impl Contract {
@@ -28,6 +30,7 @@ impl Contract {
             Contract::GetActivities => "urn:riv:clinicalprocess:activity:actions:GetActivitiesResponder:1",
             Contract::GetObservations => "urn:riv:clinicalprocess:healthcond:basic:GetObservationsResponder:1",
             Contract::GetUpdates => "urn:riv:itintegration:engagementindex:GetUpdatesResponder:1",
+            Contract::GetCareDocumentation => "urn:riv:clinicalprocess:healthcond:description:GetCareDocumentationResponder:2",
         }
     }
 
@@ -39,6 +42,16 @@ impl Contract {
             Contract::GetActivities => "urn:riv:clinicalprocess:activity:actions:1",
             Contract::GetObservations => "urn:riv:clinicalprocess:healthcond:basic:1",
             Contract::GetUpdates => "urn:riv:itintegration:engagementindex:1",
+            Contract::GetCareDocumentation => "urn:riv:clinicalprocess:healthcond:description:2",
+        }
+    }
+
+    /// Namespace of a `result` element declared outside the responder schema: GetCareDocumentation
+    /// 2.1 puts `m1:result` (and its children) in the domain's 2.1 extension namespace.
+    pub fn result_ns(self) -> Option<&'static str> {
+        match self {
+            Contract::GetCareDocumentation => Some("urn:riv:clinicalprocess:healthcond:description:2.1"),
+            _ => None,
         }
     }
 
@@ -59,13 +72,14 @@ impl Contract {
             Contract::GetActivities => "GetActivities",
             Contract::GetObservations => "GetObservations",
             Contract::GetUpdates => "GetUpdates",
+            Contract::GetCareDocumentation => "GetCareDocumentation",
         }
     }
 
     pub fn major(self) -> u32 {
         match self {
             Contract::GetCareContacts => 3,
-            Contract::GetDiagnosis => 2,
+            Contract::GetDiagnosis | Contract::GetCareDocumentation => 2,
             Contract::GetActivities | Contract::GetObservations | Contract::GetUpdates => 1,
         }
     }
@@ -82,6 +96,7 @@ impl Contract {
             Contract::GetActivities => "GetActivitiesResponse",
             Contract::GetObservations => "GetObservationsResponse",
             Contract::GetUpdates => "GetUpdatesResponse",
+            Contract::GetCareDocumentation => "GetCareDocumentationResponse",
         }
     }
 
@@ -93,12 +108,20 @@ impl Contract {
             Contract::GetActivities => "activityGroup",
             Contract::GetObservations => "observationGroup",
             Contract::GetUpdates => "registeredResidentEngagement",
+            Contract::GetCareDocumentation => "careDocumentation",
         }
     }
 
     pub fn from_response_element(local: &str) -> Option<Contract> {
-        [Contract::GetCareContacts, Contract::GetDiagnosis, Contract::GetActivities, Contract::GetObservations, Contract::GetUpdates]
-            .into_iter()
+        [
+            Contract::GetCareContacts,
+            Contract::GetDiagnosis,
+            Contract::GetActivities,
+            Contract::GetObservations,
+            Contract::GetUpdates,
+            Contract::GetCareDocumentation,
+        ]
+        .into_iter()
             .find(|c| c.response_element() == local)
     }
 
@@ -116,6 +139,7 @@ impl Contract {
             Contract::GetActivities => "clinicalprocess/activity/actions",
             Contract::GetObservations => "clinicalprocess/healthcond/basic",
             Contract::GetUpdates => "itintegration/engagementindex",
+            Contract::GetCareDocumentation => "clinicalprocess/healthcond/description",
         };
         format!("/{domain}/{}/{}/rivtabp21", self.name(), self.major())
     }
@@ -128,6 +152,7 @@ impl Contract {
             Contract::GetActivities => "riv:clinicalprocess:activity:actions",
             Contract::GetObservations => "riv:clinicalprocess:healthcond:basic",
             Contract::GetUpdates => "riv:itintegration:engagementindex",
+            Contract::GetCareDocumentation => "riv:clinicalprocess:healthcond:description",
         }
     }
 }

@@ -1,5 +1,7 @@
 //! `registerbrygga inspect FILE`: parse a RIV-TA response document (SOAP envelope or bare
 //! response element) and show the canonical records and, kept apart, the refused items.
+//! A GetCareDocumentation document is read with a keyword table (`--keywords`): the report
+//! lists, per note, the keywords found (as observations) and the keywords refused with reasons.
 //! Exit code 0 when something was accepted (or the document was valid and empty), 1 when the
 //! whole document or every item in it was refused. Patient identities are never printed.
 
@@ -9,7 +11,13 @@ use anyhow::{anyhow, Context, Result};
 use std::path::Path;
 
 pub fn run(file: &Path, json: bool) -> Result<i32> {
+    run_with(file, json, None)
+}
+
+/// As [`run`], reading keyword notes with the keyword table at `keywords`.
+pub fn run_with(file: &Path, json: bool, keywords: Option<&Path>) -> Result<i32> {
     let file = file.to_path_buf();
+    let table = keywords.map(super::keywords::KeywordTable::load).transpose()?.map(std::sync::Arc::new);
     // The CLI calls this from inside its runtime; parse on a thread of our own so the file can be
     // streamed asynchronously whatever runtime (if any) the caller has.
     let handle = std::thread::spawn(move || -> Result<(String, Result<Parsed, super::DocumentError>)> {
@@ -18,7 +26,8 @@ pub fn run(file: &Path, json: bool) -> Result<i32> {
             let f = tokio::fs::File::open(&file).await.with_context(|| format!("cannot open {}", file.display()))?;
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| file.display().to_string());
             let today = chrono::Utc::now().with_timezone(&chrono_tz::Europe::Stockholm).date_naive();
-            let ctx = ParseContext::new("inspect", today);
+            let mut ctx = ParseContext::new("inspect", today);
+            ctx.keywords = table;
             let parsed = parse_response(tokio::io::BufReader::new(f), &name, &ctx).await;
             Ok((name, parsed))
         })
@@ -54,6 +63,19 @@ pub fn report(name: &str, parsed: &Result<Parsed, super::DocumentError>) -> (ser
             });
             if let Some(r) = &p.result {
                 v["result"] = serde_json::json!(r);
+            }
+            if p.contract == super::Contract::GetCareDocumentation {
+                // Keywords found (observations from notes) and refused, by keyword.
+                let found: Vec<serde_json::Value> = p
+                    .records
+                    .iter()
+                    .filter_map(|r| match r {
+                        Record::Observation(o) => Some(serde_json::json!({ "note": o.provenance.document_id.split('#').next(), "term": o.term.code })),
+                        _ => None,
+                    })
+                    .collect();
+                let refused: Vec<&str> = p.refused.iter().filter(|r| r.reason.starts_with("keyword ")).map(|r| r.reason.as_str()).collect();
+                v["keywords"] = serde_json::json!({ "found": found, "refused": refused });
             }
             if !residents.is_empty() || p.updates.is_some() {
                 v["residents"] = serde_json::json!(residents);
@@ -105,6 +127,11 @@ fn print_human(v: &serde_json::Value) {
         if let Some(val) = r.get("value").filter(|v| !v.is_null()) {
             println!("               value {val}");
         }
+    }
+    if let Some(k) = v.get("keywords") {
+        let found = k["found"].as_array().map(Vec::len).unwrap_or(0);
+        let refused = k["refused"].as_array().map(Vec::len).unwrap_or(0);
+        println!("\nkeywords: {found} found, {refused} refused");
     }
     if let Some(res) = v.get("residents").and_then(|r| r.as_array()) {
         println!("\nresidents ({}), response complete: {}", res.len(), v["response_is_complete"]);

@@ -1,5 +1,6 @@
 //! RIV-TA SOAP consumer (GetCareContacts 3, GetDiagnosis 2, GetActivities 1, GetObservations 1.1,
-//! engagement index GetUpdates).
+//! GetCareDocumentation 2.1 keyword notes when `observations` is `notes` or `both`, engagement
+//! index GetUpdates).
 //!
 //! A pull finds the patients to read (engagement index, a file or a SQL query), then fetches each
 //! patient's four contracts for the window with bounded concurrency. A patient is delivered as one
@@ -11,6 +12,7 @@ pub mod client;
 pub mod contract;
 pub mod discovery;
 pub mod inspect;
+pub mod keywords;
 pub mod parse;
 pub mod request;
 
@@ -18,7 +20,7 @@ pub use client::RivClient;
 pub use contract::Contract;
 pub use parse::{parse_bytes, parse_response, parse_response_with, DocumentError, ParseContext, Parsed};
 
-use crate::config::{PatientDiscovery, SourceSettings, UnitFilter};
+use crate::config::{ObservationSource, PatientDiscovery, SourceSettings, UnitFilter};
 use crate::model::{HsaId, PatientId, Record};
 use crate::sources::{PatientBatch, PullRequest, PullSummary, Source, SourceItem};
 use anyhow::{anyhow, bail, Result};
@@ -151,13 +153,30 @@ impl RivSource {
         unit_ok && system_ok
     }
 
+    /// The connector's keyword table when notes are read (an error when it is missing).
+    fn keyword_table(&self, req: &PullRequest) -> Result<Option<std::sync::Arc<keywords::KeywordTable>>> {
+        if self.settings.observations == ObservationSource::Structured {
+            return Ok(None);
+        }
+        match keywords::KeywordTable::for_connector(&req.connector_dir)? {
+            Some(t) => Ok(Some(t)),
+            None => bail!(
+                "observations = \"{}\" reads keyword notes, but the connector folder {} has no {}",
+                if self.settings.observations == ObservationSource::Notes { "notes" } else { "both" },
+                req.connector_dir.display(),
+                keywords::FILE_NAME
+            ),
+        }
+    }
+
     /// Every contract for one patient over the window.
-    async fn fetch_patient(&self, req: &PullRequest, patient: PatientId) -> PatientOutcome {
+    async fn fetch_patient(&self, req: &PullRequest, patient: PatientId, table: Option<std::sync::Arc<keywords::KeywordTable>>) -> PatientOutcome {
         let mut ctx = self.context(req);
+        ctx.keywords = table;
         ctx.expected_patient = Some(patient.clone());
         let care_giver = Some(self.settings.care_giver_hsa_id.as_str()).filter(|s| !s.is_empty());
         let q = request::PatientQuery { patient: &patient, units: &req.units, care_giver, from: req.window_from, to: req.window_to };
-        let calls = patient_calls(&q, self.settings.unit_filter);
+        let calls = patient_calls_with(&q, self.settings.unit_filter, self.settings.observations);
         let mut batch = PatientBatch { patient: patient.clone(), records: vec![], refusals: vec![], log_ids: vec![] };
         let mut documents = 0;
         for (contract, body) in calls {
@@ -192,6 +211,12 @@ impl RivSource {
 /// The requests for one patient, in order: care contacts, diagnoses, then activities and
 /// observations (per unit when `unit_filter` is `request`: `careUnitId` takes one unit).
 pub fn patient_calls(q: &request::PatientQuery, unit_filter: UnitFilter) -> Vec<(Contract, Vec<u8>)> {
+    patient_calls_with(q, unit_filter, ObservationSource::Structured)
+}
+
+/// As [`patient_calls`], with observations from GetObservations, keyword notes
+/// (GetCareDocumentation, which takes every unit in one request) or both.
+pub fn patient_calls_with(q: &request::PatientQuery, unit_filter: UnitFilter, observations: ObservationSource) -> Vec<(Contract, Vec<u8>)> {
     let mut calls = vec![(Contract::GetCareContacts, request::get_care_contacts(q)), (Contract::GetDiagnosis, request::get_diagnosis(q))];
     let units: Vec<Option<&HsaId>> = match unit_filter {
         UnitFilter::Request if !q.units.is_empty() => q.units.iter().map(Some).collect(),
@@ -200,8 +225,13 @@ pub fn patient_calls(q: &request::PatientQuery, unit_filter: UnitFilter) -> Vec<
     for u in &units {
         calls.push((Contract::GetActivities, request::get_activities(q, *u)));
     }
-    for u in &units {
-        calls.push((Contract::GetObservations, request::get_observations(q, *u)));
+    if observations != ObservationSource::Notes {
+        for u in &units {
+            calls.push((Contract::GetObservations, request::get_observations(q, *u)));
+        }
+    }
+    if observations != ObservationSource::Structured {
+        calls.push((Contract::GetCareDocumentation, request::get_care_documentation(q)));
     }
     calls
 }
@@ -249,9 +279,10 @@ pub fn join_to_contacts(records: &mut [Record]) {
 impl Source for RivSource {
     async fn pull(&self, req: &PullRequest, out: mpsc::Sender<SourceItem>) -> Result<PullSummary> {
         let mut summary = PullSummary { started_at: Some(Utc::now()), complete: true, ..Default::default() };
+        let table = self.keyword_table(req)?;
         let patients = self.discover(req, &out, &mut summary).await?;
         let concurrency = self.settings.concurrency.max(1);
-        let mut outcomes = futures::stream::iter(patients).map(|p| self.fetch_patient(req, p)).buffer_unordered(concurrency);
+        let mut outcomes = futures::stream::iter(patients).map(|p| self.fetch_patient(req, p, table.clone())).buffer_unordered(concurrency);
         while let Some(o) = outcomes.next().await {
             summary.documents += o.documents;
             if o.incomplete {

@@ -1,5 +1,7 @@
 //! Streaming parser for RIV-TA response documents (GetCareContacts 3, GetDiagnosis 2,
-//! GetActivities 1, GetObservations 1.1, GetUpdates 1) into canonical records.
+//! GetActivities 1, GetObservations 1.1, GetCareDocumentation 2.1, GetUpdates 1) into canonical
+//! records. A GetCareDocumentation note's keywords are read with the context's keyword table
+//! ([`super::keywords`]).
 //!
 //! The document is read event by event with quick-xml's namespace-aware reader from any
 //! `AsyncBufRead` (an HTTP body, a file). Only one item (a care contact, a diagnosis, one activity
@@ -50,6 +52,9 @@ pub struct ParseContext {
     pub expected: Option<Contract>,
     /// The patient asked for; an item about someone else is refused.
     pub expected_patient: Option<PatientId>,
+    /// The connector's keyword table, for keyword notes (GetCareDocumentation); without one a
+    /// note's keywords cannot be read and the note is refused.
+    pub keywords: Option<std::sync::Arc<super::keywords::KeywordTable>>,
 }
 
 impl ParseContext {
@@ -66,6 +71,7 @@ impl ParseContext {
             max_response_bytes: s.max_response_bytes,
             expected: None,
             expected_patient: None,
+            keywords: None,
         }
     }
 
@@ -80,6 +86,7 @@ impl ParseContext {
             max_response_bytes: settings.max_response_bytes,
             expected: None,
             expected_patient: None,
+            keywords: None,
         }
     }
 }
@@ -893,6 +900,8 @@ fn element_name(local: &[u8]) -> Cow<'static, str> {
         "GetActivitiesResponse",
         "GetObservationsResponse",
         "GetUpdatesResponse",
+        "careDocumentation",
+        "GetCareDocumentationResponse",
     ];
     match KNOWN.iter().find(|k| k.as_bytes() == local) {
         Some(k) => Cow::Borrowed(k),
@@ -1589,11 +1598,18 @@ struct Header {
     profession: Option<Code>,
     unit: Option<HsaId>,
     document_time: Option<LocalTime>,
+    author_time: LocalTime,
 }
 
 fn header(h: &At, ctx: &ParseContext) -> Fr<Header> {
+    header_with(h, "sourceSystemHSAId", ctx)
+}
+
+/// `source_system_element`: GetCareDocumentation's header (CPatientSummaryHeaderType) spells it
+/// `sourceSystemHSAid`.
+fn header_with(h: &At, source_system_element: &str, ctx: &ParseContext) -> Fr<Header> {
     let document_id = h.req_text("documentId")?.to_string();
-    let source_system = h.req_text("sourceSystemHSAId")?.to_string();
+    let source_system = h.req_text(source_system_element)?.to_string();
     let document_time = match h.opt_text("documentTime")? {
         Some(t) => Some(stockholm(ts14(t, h.f("documentTime"))?)),
         None => None,
@@ -1601,7 +1617,7 @@ fn header(h: &At, ctx: &ParseContext) -> Fr<Header> {
     let pid = h.req("patientId")?;
     let patient = patient_id(pid.req_text("id")?, pid.f("id"), pid.req_text("type")?, pid.f("type"), ctx)?;
     let ahp = h.req("accountableHealthcareProfessional")?;
-    ts14(ahp.req_text("authorTime")?, ahp.f("authorTime"))?;
+    let author_time = stockholm(ts14(ahp.req_text("authorTime")?, ahp.f("authorTime"))?);
     let profession = cv_optional(&ahp, "healthcareProfessionalRoleCode")?;
     let unit = match hsa(ahp.opt_text("healthcareProfessionalCareUnitHSAId")?, ahp.f("healthcareProfessionalCareUnitHSAId"))? {
         Some(u) => Some(u),
@@ -1613,7 +1629,7 @@ fn header(h: &At, ctx: &ParseContext) -> Fr<Header> {
     req_bool(h, "approvedForPatient")?;
     let nullified = opt_bool(h, "nullified")?.unwrap_or(false);
     let care_contact_id = h.opt_text("careContactId")?.map(str::to_string);
-    Ok(Header { document_id, source_system, patient, care_contact_id, nullified, profession, unit, document_time })
+    Ok(Header { document_id, source_system, patient, care_contact_id, nullified, profession, unit, document_time, author_time })
 }
 
 fn care_contact(item: &At, ctx: &ParseContext) -> Fr<CareContact> {
@@ -1702,6 +1718,48 @@ fn diagnosis(item: &At, ctx: &ParseContext) -> Fr<Diagnosis> {
         profession: h.profession,
         nullified: h.nullified,
     })
+}
+
+/// A journal note (GetCareDocumentation 2.1): its keywords, read with the connector's keyword
+/// table, become observations carrying the note's patient, unit, author (profession), time and
+/// care contact; each points at the note by its document id (`<documentId>#<term>`). A keyword
+/// that cannot be read is refused on its own (second list) and the rest of the note kept; an
+/// error in the note's header refuses the whole note.
+fn care_documentation(item: &At, ctx: &ParseContext) -> Fr<(Vec<Record>, Vec<FieldError>)> {
+    let h = header_with(&item.req("careDocumentationHeader")?, "sourceSystemHSAid", ctx)?;
+    let body = item.req("careDocumentationBody")?;
+    let note = body.req("clinicalDocumentNote")?;
+    let text_field = "careDocumentationBody/clinicalDocumentNote/clinicalDocumentNoteText";
+    let Some(text) = note.opt_text("clinicalDocumentNoteText")? else { return Ok((vec![], vec![])) };
+    let Some(table) = ctx.keywords.as_deref() else {
+        return Err(ferr(text_field, "no keyword table (keywords.toml in the connector folder): the note's keywords cannot be read"));
+    };
+    // The keywords' time is the note's (the visit it documents); its author's time otherwise.
+    let time = not_future(h.document_time.unwrap_or(h.author_time), ctx.today, "careDocumentationHeader/documentTime")?;
+    let x = table.extract(text);
+    let records = x
+        .values
+        .into_iter()
+        .map(|e| {
+            Record::Observation(Observation {
+                provenance: provenance(ctx, &h.source_system, &format!("{}#{}", h.document_id, e.term.code)),
+                patient: h.patient.clone(),
+                care_contact_id: h.care_contact_id.clone(),
+                unit: h.unit.clone(),
+                term: e.term,
+                value: Some(e.value),
+                time: Some(time),
+                profession: h.profession.clone(),
+                nullified: h.nullified,
+            })
+        })
+        .collect();
+    let refused = x
+        .refused
+        .into_iter()
+        .map(|r| ferr(&format!("{text_field}/{}", r.heading), format!("keyword {} ({}): {}", r.heading, r.term, r.reason)))
+        .collect();
+    Ok((records, refused))
 }
 
 /// The part of an activity or observation group that its items share.
@@ -2045,7 +2103,7 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
             return Err(DocumentError::permanent(
                 &self.doc,
                 &sanitise(&local, 80),
-                "not a response of GetCareContacts 3, GetDiagnosis 2, GetActivities 1, GetObservations 1 or GetUpdates 1",
+                "not a response of GetCareContacts 3, GetDiagnosis 2, GetActivities 1, GetObservations 1, GetCareDocumentation 2 or GetUpdates 1",
             ));
         };
         if self.x.ns_name(ns) != contract.responder_ns() {
@@ -2075,6 +2133,11 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                     // GetActivities 1.0, GetObservations 1.1 and GetUpdates 1.0 define no result
                     // element; a producer may still put one at the extension point in the
                     // contract's core namespace (as the sandbox journal does): read it.
+                    if l == "result" && result.is_none() && contract.result_ns().is_some_and(|r| self.x.ns_name(n) == r) {
+                        let r = self.with_subtree(&l, n, 1, Expect::All(n), |t, node| riv_result(&At::root(t, node, "result"))).await?;
+                        result = Some(r.map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?);
+                        continue;
+                    }
                     if n == core && n != resp && l == "result" && result.is_none() {
                         let r = self.with_subtree(&l, n, 1, Expect::All(core), |t, node| riv_result(&At::root(t, node, "result"))).await?;
                         result = Some(r.map_err(|fe| DocumentError::permanent(&self.doc, &fe.field, fe.reason))?);
@@ -2120,6 +2183,28 @@ impl<'a, R: AsyncBufRead + Unpin, F: FnMut(Item)> Driver<'a, R, F> {
                                     let label = self.item_label(contract, i, label_id.flatten().as_deref());
                                     self.refuse(label, fe);
                                 }
+                            }
+                        }
+                        (Contract::GetCareDocumentation, "careDocumentation") => {
+                            let ctx = self.ctx;
+                            let (mapped, label_id) = self
+                                .with_subtree(&l, n, 1, expected, |t, node| {
+                                    let mapped = care_documentation(&At::root(t, node, &l), ctx);
+                                    (mapped, node_doc_id(t, node, contract))
+                                })
+                                .await?;
+                            let label = self.item_label(contract, index, label_id.as_deref());
+                            index += 1;
+                            match mapped {
+                                Ok((records, refused)) => {
+                                    for r in records {
+                                        self.emit_record(r);
+                                    }
+                                    for fe in refused {
+                                        self.refuse(label.clone(), fe);
+                                    }
+                                }
+                                Err(fe) => self.refuse(label, fe),
                             }
                         }
                         (Contract::GetActivities, "activityGroup") | (Contract::GetObservations, "observationGroup") => {
@@ -2288,6 +2373,7 @@ fn node_doc_id(t: &Tree, node: u32, contract: Contract) -> Option<String> {
     let header = match contract {
         Contract::GetCareContacts => "careContactHeader",
         Contract::GetDiagnosis => "diagnosisHeader",
+        Contract::GetCareDocumentation => "careDocumentationHeader",
         _ => return None,
     };
     let h = t.child(node, header)?;

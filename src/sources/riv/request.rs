@@ -134,6 +134,27 @@ pub fn get_diagnosis(q: &PatientQuery) -> Vec<u8> {
     x.finish()
 }
 
+/// GetCareDocumentation 2.1 request body (journal notes; its unit element is spelt
+/// `careUnitHSAid`, with a lower-case d, unlike GetDiagnosis's `careUnitHSAId`).
+pub fn get_care_documentation(q: &PatientQuery) -> Vec<u8> {
+    let c = Contract::GetCareDocumentation;
+    let mut x = X::new();
+    x.open_with("r:GetCareDocumentation", &root_attrs(c, true));
+    for u in q.units {
+        x.leaf("r:careUnitHSAid", u.as_str());
+    }
+    x.open("r:patientId");
+    x.leaf("c:id", patient_value(q.patient));
+    x.leaf("c:type", q.patient.oid());
+    x.close("r:patientId");
+    x.open("r:timePeriod");
+    x.leaf("c:start", &day(q.from));
+    x.leaf("c:end", &day(q.to));
+    x.close("r:timePeriod");
+    x.close("r:GetCareDocumentation");
+    x.finish()
+}
+
 /// GetActivities 1.0 and GetObservations 1.1 share their request shape; `careUnitId` takes one
 /// unit, so these are asked once per unit.
 fn activities_or_observations(c: Contract, q: &PatientQuery, unit: Option<&HsaId>, agreement: Uuid) -> Vec<u8> {
