@@ -921,6 +921,132 @@ pub(super) async fn insert_returning_id(tx: &mut dyn Tx, sql: &str, a: &[Val]) -
     r.i64(0)
 }
 
+/// Upserts of distinct keys, set-based: one query for the keys' latest versions and holds, one
+/// multi-row insert of new registrations, one update superseding older unsent versions, one
+/// multi-row insert of the new versions. Same outcome, counts and audit events, in the same
+/// order, as [`apply_change`] one change at a time (the caller makes sure no key repeats).
+pub(super) async fn apply_upserts(store: &Store, tx: &mut dyn Tx, changes: &[&OutboxChange], now: i64, out: &mut ApplyOutcome, audit: &mut Vec<NewAuditEvent>) -> Result<()> {
+    struct Latest {
+        version: i64,
+        state: String,
+        op: String,
+        hash: Option<String>,
+        held: Option<(String, Option<String>)>,
+    }
+    let ups: Vec<(&RecordKey, &serde_json::Map<String, serde_json::Value>, &serde_json::Map<String, serde_json::Value>, &str, &serde_json::Value)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            OutboxChange::Upsert { key, payload, lookup, correlation_id, detail } => Some((key, payload, lookup, correlation_id.as_str(), detail)),
+            OutboxChange::Retract { .. } => None,
+        })
+        .collect();
+    if ups.is_empty() {
+        return Ok(());
+    }
+    // The latest version of each key, and whether a person's withdrawal holds it.
+    let mut a = vec![];
+    let ph = in_list(&mut a, ups.iter().map(|u| Val::Text(u.0.idem_key.clone())).collect());
+    let mut latest: std::collections::HashMap<String, Latest> = Default::default();
+    for l in tx
+        .rows(
+            &format!(
+                "SELECT r.idem_key, r.version, r.state, r.op, r.payload_hash, g.held_by, g.held_reason FROM records r JOIN registrations g ON g.idem_key = r.idem_key
+                 WHERE r.idem_key IN ({ph}) AND r.version = (SELECT MAX(m.version) FROM records m WHERE m.idem_key = r.idem_key)"
+            ),
+            &a,
+        )
+        .await?
+    {
+        let held = l.text_opt(5)?.map(|by| Ok::<_, anyhow::Error>((by, l.text_opt(6)?))).transpose()?;
+        latest.insert(l.text(0)?, Latest { version: l.i64(1)?, state: l.text(2)?, op: l.text(3)?, hash: l.text_opt(4)?, held });
+    }
+    let mut new_regs: Vec<Val> = vec![Val::I64(now)];
+    let mut reg_rows = vec![];
+    let mut superseded: Vec<Val> = vec![Val::I64(now)];
+    let mut superseded_n = 0;
+    let mut rec_vals: Vec<Val> = vec![Val::I64(now)];
+    let mut rec_rows = vec![];
+    for (key, payload, lookup, correlation_id, detail) in ups {
+        let hash = payload_hash(payload);
+        let l = latest.get(&key.idem_key);
+        if let Some(l) = l {
+            if l.op == "upsert" && l.hash.as_deref() == Some(hash.as_str()) && l.state != "superseded" {
+                out.outbox_unchanged += 1;
+                continue;
+            }
+        } else {
+            let b = new_regs.len();
+            reg_rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, 'absent', $1)", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
+            new_regs.extend([Val::from(&key.idem_key), Val::from(&key.register), Val::from(&key.connector), Val::from(&key.unit), Val::from(&key.form), Val::from(key.subject.clone())]);
+        }
+        // Unsent and failed older versions are replaced by this one; one in flight finishes
+        // first and is then superseded (claim takes only the newest version).
+        superseded.push(Val::from(&key.idem_key));
+        superseded_n += 1;
+        let version = l.map_or(1, |l| l.version + 1);
+        let held = l.and_then(|l| l.held.clone());
+        // A key a person withdrew keeps what the journal now says, but sends nothing until a
+        // person lifts the hold.
+        let state = if held.is_some() { "held" } else { "pending" };
+        let b = rec_vals.len();
+        rec_rows.push(format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 'upsert', ${}, ${}, ${}, ${}, $1, ${}, $1, $1)",
+            b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10, b + 11, b + 12
+        ));
+        rec_vals.extend([
+            Val::from(&key.idem_key),
+            Val::I64(version),
+            Val::from(&key.register),
+            Val::from(&key.connector),
+            Val::from(&key.unit),
+            Val::from(&key.form),
+            Val::from(key.subject.clone()),
+            Val::Bytes(store.cipher.encrypt_json(payload)),
+            Val::from(hash),
+            Val::Bytes(store.cipher.encrypt_json(lookup)),
+            Val::from(state),
+            Val::from(correlation_id),
+        ]);
+        if let Some((by, reason)) = held {
+            out.outbox_held += 1;
+            audit.push(NewAuditEvent::system(
+                kind::RECORD_HELD,
+                correlation_id,
+                &key.idem_key,
+                serde_json::json!({"version": version, "register": key.register, "form": key.form, "held_by": by, "hold_reason": reason,
+                    "why": "withdrawn by a person: not sent until a person lifts the hold"}),
+            ));
+            continue;
+        }
+        let (k, counter) = if l.is_some() { (kind::RECORD_UPDATED, &mut out.outbox_updated) } else { (kind::RECORD_CREATED, &mut out.outbox_created) };
+        *counter += 1;
+        audit.push(NewAuditEvent::system(k, correlation_id, &key.idem_key, serde_json::json!({"version": version, "register": key.register, "form": key.form, "unit": key.unit, "why": detail})));
+    }
+    if !reg_rows.is_empty() {
+        tx.exec(
+            &format!("INSERT INTO registrations (idem_key, register, connector, unit, form, subject, state, updated_us) VALUES {} ON CONFLICT (idem_key) DO NOTHING", reg_rows.join(", ")),
+            &new_regs,
+        )
+        .await?;
+    }
+    if superseded_n > 0 {
+        let ph = (2..superseded_n + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        tx.exec(&format!("UPDATE records SET state = 'superseded', updated_us = $1 WHERE idem_key IN ({ph}) AND state IN ('pending', 'rejected', 'dead', 'held')"), &superseded).await?;
+    }
+    if !rec_rows.is_empty() {
+        tx.exec(
+            &format!(
+                "INSERT INTO records (idem_key, version, register, connector, unit, form, subject, op, payload, payload_hash, lookup, state, next_attempt_us, correlation_id, created_us, updated_us)
+                 VALUES {}",
+                rec_rows.join(", ")
+            ),
+            &rec_vals,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// The outbox half of `Store::apply`.
 pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &OutboxChange, now: i64, out: &mut ApplyOutcome, audit: &mut Vec<NewAuditEvent>) -> Result<()> {
     match change {
