@@ -457,7 +457,15 @@ pub fn ratios_markdown(rs: &[&Value]) -> String {
     sizes.dedup();
     for (b, n) in &sizes {
         let full = med(rs.iter().filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full" && r["case"]["backend"] == b.as_str() && r["case"]["contacts"] == *n).filter_map(|r| get(r, "seconds")).collect());
-        let fetch = med(rs.iter().filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "fetch" && r["case"]["contacts"] == *n).filter_map(|r| get(r, "seconds")).collect());
+        // The baseline fetches what the case fetched: same size, same `unit_filter` (default "request").
+        let filter = |r: &Value| r["case"]["unit_filter"].as_str().unwrap_or("request").to_string();
+        let case_filter = rs.iter().find(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full" && r["case"]["backend"] == b.as_str() && r["case"]["contacts"] == *n).map(|r| filter(r));
+        let fetch = med(
+            rs.iter()
+                .filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "fetch" && r["case"]["contacts"] == *n && Some(filter(r)) == case_filter)
+                .filter_map(|r| get(r, "seconds"))
+                .collect(),
+        );
         if let (Some(f), Some(x)) = (full, fetch) {
             lines.push(format!("| region into the outbox, {b}, {} contacts: full ÷ fetch-only | {:.2} ({:.1} s ÷ {:.1} s) | ≤ 1.5 | {} |", fmt_num(*n as f64, 0), f / x, f, x, yes(f / x <= 1.5)));
         }
