@@ -43,7 +43,11 @@ pub fn default_instance_id() -> String {
 impl App {
     pub async fn open(loaded: Loaded) -> Result<App> {
         let (cipher, pseudo) = keys(&loaded.settings)?;
-        let store = Store::open(&loaded.settings.store, cipher).await?;
+        let mut store = Store::open(&loaded.settings.store, cipher).await?;
+        if let Some(k) = &loaded.settings.security.audit_key {
+            let key = decode_key(&k.read_bytes().context("security.audit_key")?).context("security.audit_key")?;
+            store.enable_audit_mac(key).await?;
+        }
         let instance_id = loaded.settings.service.instance_id.clone().unwrap_or_else(default_instance_id);
         Ok(App { loaded: Arc::new(loaded), store, pseudo, instance_id })
     }

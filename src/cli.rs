@@ -58,6 +58,9 @@ pub enum Command {
     /// Admin users.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// Encryption keys of payloads at rest.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Serve the sandbox journal, Stratum emulator and PVK receiver on loopback until Ctrl-C.
     Sandbox(SandboxArgs),
     /// After restoring the store from a backup: make every send of a record the register may
@@ -230,7 +233,13 @@ pub enum AuditCmd {
     Verify {
         #[arg(long)]
         json: bool,
+        /// Also check that the chain still holds this exported head: a file of signed heads
+        /// (the last line counts) or one head's JSON.
+        #[arg(long, value_name = "FILE|JSON")]
+        head: Option<String>,
     },
+    /// Print the current head signed with the audit key (as the daemon exports it).
+    Head,
     /// Search events (newest first).
     Search {
         #[arg(long)]
@@ -239,6 +248,10 @@ pub enum AuditCmd {
         subject: Option<String>,
         #[arg(long)]
         actor: Option<String>,
+        /// Every recorded view of this patient's identity (personnummer or samordningsnummer;
+        /// looked up by its pseudonym, never stored or logged).
+        #[arg(long)]
+        patient: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
         #[arg(long)]
@@ -267,6 +280,28 @@ pub enum UsersCmd {
     },
     /// List users.
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an API token acting as USERNAME (e.g. a läsare for Prometheus); printed once.
+    Token {
+        username: String,
+        /// What the token is for.
+        #[arg(long)]
+        name: String,
+        /// Validity in days (at most admin.token_days, the default).
+        #[arg(long)]
+        days: Option<u32>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Re-encrypt every stored payload under the first key of `security.encryption_keys` (and
+    /// bind old unbound payloads to their rows), so the keys after it can be removed.
+    Rotate {
+        #[arg(long)]
+        actor: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -324,9 +359,10 @@ pub async fn main(cli: Cli) -> Result<i32> {
             Ok(if problems.iter().any(|p| !p.warning) { 1 } else { 0 })
         }
         Command::Inspect(a) => crate::sources::riv::inspect::run(&a.file, a.json),
-        Command::Audit(AuditCmd::Verify { json }) => {
+        Command::Audit(AuditCmd::Verify { json, head }) => {
             let app = open_app(&g).await?;
-            let r = app.store.audit_verify().await?;
+            let exported = head.as_deref().map(read_signed_head).transpose()?;
+            let r = app.store.audit_verify_against(exported.as_ref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else if r.ok {
@@ -336,9 +372,16 @@ pub async fn main(cli: Cli) -> Result<i32> {
             }
             Ok(if r.ok { 0 } else { 1 })
         }
-        Command::Audit(AuditCmd::Search { kind, subject, actor, limit, json }) => {
+        Command::Audit(AuditCmd::Search { kind, subject, actor, patient, limit, json }) => {
             let app = open_app(&g).await?;
-            let ev = app.store.audit_search(&crate::store::AuditQuery { kind, subject, actor, limit: Some(limit), ..Default::default() }).await?;
+            let ev = match patient {
+                Some(p) => {
+                    let today = crate::pipeline::today_stockholm();
+                    let id = crate::model::PatientId::parse_national(p.trim(), today).map_err(|_| anyhow::anyhow!("--patient is not a valid personnummer or samordningsnummer"))?;
+                    app.store.audit_views_of_patient(&app.pseudo.patient_key(&id), limit).await?
+                }
+                None => app.store.audit_search(&crate::store::AuditQuery { kind, subject, actor, limit: Some(limit), ..Default::default() }).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&ev)?);
             } else {
@@ -348,12 +391,17 @@ pub async fn main(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Audit(AuditCmd::Head) => {
+            let app = open_app(&g).await?;
+            let Some(h) = app.store.audit_head_signed().await? else { bail!("signing the head needs security.audit_key") };
+            println!("{}", serde_json::to_string(&h)?);
+            Ok(0)
+        }
         Command::Audit(AuditCmd::Prune { older_than_days, actor }) => {
             let app = open_app(&g).await?;
-            let days = older_than_days.unwrap_or(app.settings().audit.retention_days);
-            let cutoff = chrono::Utc::now() - chrono::Duration::days(days as i64);
+            let cutoff = app.settings().audit.prune_cutoff(older_than_days)?;
             let n = app.store.audit_prune(cutoff.timestamp_micros(), &actor_or_user(&actor)).await?;
-            println!("pruned {n} audit events older than {days} days");
+            println!("pruned {n} audit events older than {}", cutoff.format("%Y-%m-%d"));
             Ok(0)
         }
         Command::Transfers(TransfersCmd::List { connector, register, unit, form, state, all_versions, limit, json }) => {
@@ -427,6 +475,19 @@ pub async fn main(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Keys(KeysCmd::Rotate { actor, json }) => {
+            let app = open_app(&g).await?;
+            let r = app.store.rotate_payload_keys(&actor_or_user(&actor)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for (col, done, current) in &r.columns {
+                    println!("{col:<32} rewritten {done:>9}  already current {current:>9}");
+                }
+                println!("every stored payload is now under key {} and bound to its row; older keys can be removed", r.key_id);
+            }
+            Ok(0)
+        }
         Command::Users(cmd) => {
             let app = open_app(&g).await?;
             crate::admin::users_cli(&app, cmd).await
@@ -486,6 +547,17 @@ pub async fn main(cli: Cli) -> Result<i32> {
             crate::sandbox::serve_cli(a).await
         }
     }
+}
+
+/// An exported signed head: inline JSON, or the last non-empty line of a file of them.
+fn read_signed_head(arg: &str) -> Result<crate::store::SignedHead> {
+    let text = if arg.trim_start().starts_with('{') {
+        arg.to_string()
+    } else {
+        let all = std::fs::read_to_string(arg).with_context(|| format!("cannot read {arg}"))?;
+        all.lines().rev().find(|l| !l.trim().is_empty()).with_context(|| format!("{arg} holds no head"))?.to_string()
+    };
+    serde_json::from_str(&text).context("not a signed audit head (seq, hash, at_us, sig)")
 }
 
 /// Read a whole file and report it with its name.

@@ -129,11 +129,15 @@ pub struct SecuritySettings {
     pub encryption_keys: Vec<Secret>,
     /// Key of the HMAC that pseudonymises patient ids in logs and lookups.
     pub pseudonym_key: Option<Secret>,
+    /// Key of the HMAC that chains the audit log (held outside the database, so database access
+    /// alone cannot rewrite the log unnoticed). Strongly recommended; `config check` warns
+    /// without it.
+    pub audit_key: Option<Secret>,
 }
 
 impl Default for SecuritySettings {
     fn default() -> Self {
-        SecuritySettings { encryption_keys: vec![], pseudonym_key: None }
+        SecuritySettings { encryption_keys: vec![], pseudonym_key: None, audit_key: None }
     }
 }
 
@@ -168,6 +172,20 @@ pub struct AdminSettings {
     /// Mark session cookies `Secure` (turn off only for plain-HTTP loopback demos).
     pub cookie_secure: bool,
     pub session_minutes: u64,
+    /// A session unused this long ends (its cookie may still be within `session_minutes`).
+    pub session_idle_minutes: u64,
+    /// Longest validity of an API token (days); a token may be made shorter.
+    pub token_days: u32,
+    /// Failed sign-ins for one user name, and from one address, before each further failure
+    /// doubles the wait (1 s, 2 s, 4 s … up to `login_max_delay_seconds`).
+    pub login_free_failures_per_user: u32,
+    pub login_free_failures_per_ip: u32,
+    pub login_max_delay_seconds: u64,
+    /// Password checks (argon2id, ~19 MiB each) run at once at most.
+    pub password_checks_in_parallel: usize,
+    /// Requests in progress at most (more are refused with 503), and each one's time limit.
+    pub max_requests_in_progress: usize,
+    pub request_timeout_seconds: u64,
     /// Initial admin password (only used when no user exists yet).
     pub bootstrap_admin_password: Option<Secret>,
 }
@@ -181,6 +199,14 @@ impl Default for AdminSettings {
             tls_key_file: None,
             cookie_secure: true,
             session_minutes: 480,
+            session_idle_minutes: 30,
+            token_days: 90,
+            login_free_failures_per_user: 5,
+            login_free_failures_per_ip: 20,
+            login_max_delay_seconds: 900,
+            password_checks_in_parallel: 2,
+            max_requests_in_progress: 64,
+            request_timeout_seconds: 30,
             bootstrap_admin_password: None,
         }
     }
@@ -235,11 +261,29 @@ impl Default for SchedulerSettings {
 pub struct AuditSettings {
     /// Events older than this are pruned (the chain stays verifiable from its anchor).
     pub retention_days: u32,
+    /// The region's minimum retention of the log (its PDL access-log rule): neither
+    /// `retention_days` nor `audit prune --older-than-days` may go below it.
+    pub min_retention_days: u32,
+    /// How often the signed audit head is exported to the log (and `head_export_file`); 0 = never.
+    pub head_export_minutes: u64,
+    /// Also append each signed head, one JSON line, to this file (keep it off the database host).
+    pub head_export_file: Option<PathBuf>,
 }
 
 impl Default for AuditSettings {
     fn default() -> Self {
-        AuditSettings { retention_days: 3650 }
+        AuditSettings { retention_days: 3650, min_retention_days: 3650, head_export_minutes: 60, head_export_file: None }
+    }
+}
+
+impl AuditSettings {
+    /// The pruning cutoff for `days` (default `retention_days`), refused below the floor.
+    pub fn prune_cutoff(&self, days: Option<u32>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        let days = days.unwrap_or(self.retention_days);
+        if days < self.min_retention_days {
+            anyhow::bail!("the audit log is kept at least {} days (audit.min_retention_days); {days} is below that", self.min_retention_days);
+        }
+        Ok(chrono::Utc::now() - chrono::Duration::days(days as i64))
     }
 }
 
@@ -394,8 +438,14 @@ pub struct SourceSettings {
     pub source_systems: Vec<String>,
     /// FHIR: resources asked for per search page (`_count`).
     pub page_size: u32,
+    /// FHIR: refuse a search page larger than this (bytes) as hostile; a page is held whole
+    /// while it is parsed, so this is far below `max_response_bytes`.
+    pub max_page_bytes: u64,
     /// RIV-TA: where GetActivities and GetObservations are limited to the connector's units.
     pub unit_filter: UnitFilter,
+    /// Accept plain `http://` endpoints, and only on loopback (a sandbox or a local tunnel).
+    /// Anything else must be `https://`.
+    pub allow_plain_http_loopback: bool,
 }
 
 /// How GetActivities and GetObservations, whose `careUnitId` takes a single unit, are limited to
@@ -440,7 +490,9 @@ impl Default for SourceSettings {
             retry: RetrySettings { initial_delay_ms: 200, max_attempts: 4, max_delay_ms: 5_000, ..RetrySettings::default() },
             source_systems: vec![],
             page_size: 100,
+            max_page_bytes: 32 * 1024 * 1024,
             unit_filter: UnitFilter::Request,
+            allow_plain_http_loopback: false,
         }
     }
 }
@@ -821,6 +873,7 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
     }
     if let Some(secret) = &s.store.postgres_url {
         check_secret(&mut p, &main_file, "store.postgres_url", secret);
+        check_pg_tls(&mut p, &main_file, "store.postgres_url", secret);
     }
     let security_ok = !loaded.failed_sections.iter().any(|f| f == "security");
     if security_ok && s.security.encryption_keys.is_empty() {
@@ -841,6 +894,29 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         None if !security_ok => {}
         None => p.push(Problem::error(&main_file, "security.pseudonym_key", "no pseudonym key configured")),
         Some(k) => check_secret(&mut p, &main_file, "security.pseudonym_key", k),
+    }
+    match &s.security.audit_key {
+        None if !security_ok => {}
+        None => p.push(Problem::warning(
+            &main_file,
+            "security.audit_key",
+            "no audit key: the audit chain is plain SHA-256, which anyone who can write the database can recompute after an edit",
+        )),
+        Some(k) => match k.read_bytes() {
+            Ok(b) => {
+                if let Err(e) = crate::crypto::decode_key(&b) {
+                    p.push(Problem::error(&main_file, "security.audit_key", e.to_string()));
+                }
+            }
+            Err(e) => p.push(Problem::error(&main_file, "security.audit_key", e.to_string())),
+        },
+    }
+    if s.audit.retention_days < s.audit.min_retention_days {
+        p.push(Problem::error(
+            &main_file,
+            "audit.retention_days",
+            format!("{} is below audit.min_retention_days ({}), the region's minimum for the access log", s.audit.retention_days, s.audit.min_retention_days),
+        ));
     }
     if s.admin.tls_cert_file.is_some() != s.admin.tls_key_file.is_some() {
         p.push(Problem::error(&main_file, "admin.tls_cert_file", "TLS needs both tls_cert_file and tls_key_file"));
@@ -881,6 +957,13 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
             SourceKind::Riv | SourceKind::Fhir => {
                 if src.base_url.is_empty() {
                     p.push(Problem::error(&main_file, format!("{k}.base_url"), "missing"));
+                } else if let Err(e) = crate::sources::check_transport("base_url", &src.base_url, src.allow_plain_http_loopback) {
+                    p.push(Problem::error(&main_file, format!("{k}.base_url"), e));
+                }
+                if !src.engagement_index_url.is_empty() {
+                    if let Err(e) = crate::sources::check_transport("engagement_index_url", &src.engagement_index_url, src.allow_plain_http_loopback) {
+                        p.push(Problem::error(&main_file, format!("{k}.engagement_index_url"), e));
+                    }
                 }
             }
             SourceKind::Files => {
@@ -928,6 +1011,9 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
                 }
             }
         }
+        if let PatientDiscovery::Sql { url, .. } = &c.patients {
+            check_pg_tls(&mut p, &f, "patients.url", url);
+        }
         if let PatientDiscovery::File { path } = &c.patients {
             let full = if path.is_absolute() { path.clone() } else { c.dir.join(path) };
             if !full.exists() {
@@ -936,6 +1022,43 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         }
     }
     p
+}
+
+/// A PostgreSQL connection that leaves the host carries personal data and passwords: the
+/// runbook asks for `sslmode=verify-full` (TLS, the server's certificate checked against
+/// `sslrootcert` or the system's roots, and its name against the host). Anything weaker is a
+/// warning naming the setting; loopback and Unix-socket connections are exempt. The URL itself
+/// is never quoted (it holds a password).
+pub fn check_pg_tls(p: &mut Vec<Problem>, file: &str, key: &str, secret: &Secret) {
+    let Ok(url) = secret.read_string() else { return }; // unreadable secrets are reported elsewhere
+    let url = url.trim();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return;
+    }
+    let Ok(u) = reqwest::Url::parse(url) else {
+        p.push(Problem::error(file, key, "not a valid PostgreSQL URL"));
+        return;
+    };
+    let param = |name: &str| u.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.to_string());
+    let host = param("host").unwrap_or_else(|| u.host_str().unwrap_or("").to_string());
+    let local = host.is_empty()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if local {
+        return;
+    }
+    match param("sslmode").as_deref() {
+        Some("verify-full") => {}
+        Some("verify-ca") => p.push(Problem::warning(file, key, "sslmode=verify-ca checks the certificate's CA but not that it names the host: use sslmode=verify-full")),
+        Some(m @ ("disable" | "allow" | "prefer" | "require")) => p.push(Problem::warning(
+            file,
+            key,
+            format!("sslmode={m} does not verify the server (or does not encrypt): use sslmode=verify-full (with sslrootcert=<CA file> for a private CA)"),
+        )),
+        Some(other) => p.push(Problem::error(file, key, format!("unknown sslmode {other:?}"))),
+        None => p.push(Problem::warning(file, key, "no sslmode: the default (prefer) falls back to plain text and never verifies the server; use sslmode=verify-full")),
+    }
 }
 
 fn check_secret(p: &mut Vec<Problem>, file: &str, key: &str, secret: &Secret) {

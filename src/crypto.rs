@@ -1,9 +1,16 @@
 //! Encryption at rest (AES-256-GCM) and the keyed patient pseudonym (HMAC-SHA256).
 //!
-//! Ciphertext layout: `v1:<key id>:` + base64(nonce ‖ ciphertext‖tag). The key id lets a region
+//! Ciphertext layout: `v2:<key id>:` + base64(nonce ‖ ciphertext‖tag). The key id lets a region
 //! rotate keys: new writes use the first key, reads accept every configured key.
+//!
+//! A `v2` ciphertext is bound to where it is stored: its column and its row's identity are the
+//! AES-GCM associated data ([`Aad`]), so a ciphertext copied into another row (one patient's
+//! payload under another's key) fails authentication instead of being read as that row's.
+//! `v1` ciphertexts (written before the binding) carry no associated data; they stay readable
+//! until `keys rotate` has rewritten them as `v2`, after which the store refuses them
+//! ([`Cipher::refuse_unbound`]), so an old unbound ciphertext cannot be planted either.
 
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -16,6 +23,23 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Cipher {
     keys: Arc<Vec<(String, Aes256Gcm)>>,
+    /// Whether `v1` (unbound) ciphertexts are still accepted.
+    accept_unbound: bool,
+}
+
+/// The associated data of one stored ciphertext: its column and its row's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Aad(Vec<u8>);
+
+impl Aad {
+    /// `column` as `table.column`; `row` the values that identify the row (its key columns).
+    /// Encoded as a JSON array, so no two different identities give the same bytes.
+    pub fn new(column: &str, row: &[&str]) -> Aad {
+        let mut v: Vec<&str> = Vec::with_capacity(row.len() + 1);
+        v.push(column);
+        v.extend_from_slice(row);
+        Aad(serde_json::to_vec(&v).expect("strings serialise"))
+    }
 }
 
 impl std::fmt::Debug for Cipher {
@@ -60,24 +84,53 @@ impl Cipher {
             .iter()
             .map(|k| (key_id(k), Aes256Gcm::new_from_slice(k).expect("32-byte key")))
             .collect();
-        Ok(Cipher { keys: Arc::new(keys) })
+        Ok(Cipher { keys: Arc::new(keys), accept_unbound: true })
     }
 
-    pub fn encrypt(&self, plaintext: &[u8]) -> Vec<u8> {
+    /// From now on refuse `v1` ciphertexts (the store says so once `keys rotate` has bound
+    /// every stored payload to its row).
+    pub fn refuse_unbound(&mut self) {
+        self.accept_unbound = false;
+    }
+
+    pub fn accepts_unbound(&self) -> bool {
+        self.accept_unbound
+    }
+
+    /// Id of the key that encrypts (the first configured).
+    pub fn current_key_id(&self) -> &str {
+        &self.keys[0].0
+    }
+
+    /// The prefix every ciphertext written now starts with: a stored value with this prefix
+    /// needs no rewriting by `keys rotate`.
+    pub fn current_prefix(&self) -> String {
+        format!("v2:{}:", self.keys[0].0)
+    }
+
+    pub fn encrypt(&self, aad: &Aad, plaintext: &[u8]) -> Vec<u8> {
         let (id, aead) = &self.keys[0];
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let ct = aead.encrypt(Nonce::from_slice(&nonce), plaintext).expect("AES-GCM encryption does not fail");
+        let ct = aead
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad.0 })
+            .expect("AES-GCM encryption does not fail");
         let mut body = nonce.to_vec();
         body.extend_from_slice(&ct);
-        format!("v1:{id}:{}", B64.encode(body)).into_bytes()
+        format!("v2:{id}:{}", B64.encode(body)).into_bytes()
     }
 
-    pub fn decrypt(&self, stored: &[u8]) -> Result<Vec<u8>> {
-        let s = std::str::from_utf8(stored).map_err(|_| anyhow!("stored ciphertext is not in the v1 format"))?;
+    pub fn decrypt(&self, aad: &Aad, stored: &[u8]) -> Result<Vec<u8>> {
+        let s = std::str::from_utf8(stored).map_err(|_| anyhow!("stored ciphertext is not in the v1/v2 format"))?;
         let mut parts = s.splitn(3, ':');
-        let (Some("v1"), Some(id), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("stored ciphertext is not in the v1 format");
+        let (Some(version), Some(id), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("stored ciphertext is not in the v1/v2 format");
+        };
+        let bound = match version {
+            "v2" => true,
+            "v1" if self.accept_unbound => false,
+            "v1" => bail!("stored ciphertext is unbound (v1) but every payload was bound to its row by `keys rotate`: refused as planted"),
+            _ => bail!("stored ciphertext is not in the v1/v2 format"),
         };
         let (_, aead) = self
             .keys
@@ -88,16 +141,30 @@ impl Cipher {
         if body.len() < 12 + 16 {
             bail!("ciphertext too short");
         }
-        aead.decrypt(Nonce::from_slice(&body[..12]), &body[12..])
-            .map_err(|_| anyhow!("ciphertext failed authentication (key {id})"))
+        let aad: &[u8] = if bound { &aad.0 } else { b"" };
+        aead.decrypt(Nonce::from_slice(&body[..12]), Payload { msg: &body[12..], aad })
+            .map_err(|_| anyhow!("ciphertext failed authentication (key {id}; a payload moved from another row fails here too)"))
     }
 
-    pub fn encrypt_json<T: serde::Serialize>(&self, v: &T) -> Vec<u8> {
-        self.encrypt(&serde_json::to_vec(v).expect("serialisable"))
+    pub fn encrypt_json<T: serde::Serialize>(&self, aad: &Aad, v: &T) -> Vec<u8> {
+        self.encrypt(aad, &serde_json::to_vec(v).expect("serialisable"))
     }
 
-    pub fn decrypt_json<T: serde::de::DeserializeOwned>(&self, stored: &[u8]) -> Result<T> {
-        Ok(serde_json::from_slice(&self.decrypt(stored)?)?)
+    pub fn decrypt_json<T: serde::de::DeserializeOwned>(&self, aad: &Aad, stored: &[u8]) -> Result<T> {
+        Ok(serde_json::from_slice(&self.decrypt(aad, stored)?)?)
+    }
+
+    /// Write a `v1` (unbound) ciphertext as the code before the row binding did: only for
+    /// tests of the migration path.
+    #[doc(hidden)]
+    pub fn encrypt_unbound_v1(&self, plaintext: &[u8]) -> Vec<u8> {
+        let (id, aead) = &self.keys[0];
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let ct = aead.encrypt(Nonce::from_slice(&nonce), plaintext).expect("AES-GCM encryption does not fail");
+        let mut body = nonce.to_vec();
+        body.extend_from_slice(&ct);
+        format!("v1:{id}:{}", B64.encode(body)).into_bytes()
     }
 }
 
@@ -139,17 +206,33 @@ mod tests {
     fn roundtrip_and_rotation() {
         let k1 = [1u8; 32];
         let k2 = [2u8; 32];
+        let a = Aad::new("t.c", &["row"]);
         let old = Cipher::new(&[k1]).unwrap();
-        let ct = old.encrypt(b"hello");
+        let ct = old.encrypt(&a, b"hello");
         assert!(!String::from_utf8_lossy(&ct).contains("hello"));
         let rotated = Cipher::new(&[k2, k1]).unwrap();
-        assert_eq!(rotated.decrypt(&ct).unwrap(), b"hello");
-        let ct2 = rotated.encrypt(b"x");
-        assert!(old.decrypt(&ct2).is_err());
+        assert_eq!(rotated.decrypt(&a, &ct).unwrap(), b"hello");
+        let ct2 = rotated.encrypt(&a, b"x");
+        assert!(old.decrypt(&a, &ct2).is_err());
         let mut tampered = ct.clone();
         let n = tampered.len();
         tampered[n - 2] = if tampered[n - 2] == b'A' { b'B' } else { b'A' };
-        assert!(old.decrypt(&tampered).is_err());
+        assert!(old.decrypt(&a, &tampered).is_err());
+    }
+
+    #[test]
+    fn bound_to_row_and_unbound_legacy() {
+        let c = Cipher::new(&[[3u8; 32]]).unwrap();
+        let ct = c.encrypt(&Aad::new("records.payload", &["k1", "1"]), b"p");
+        assert!(c.decrypt(&Aad::new("records.payload", &["k2", "1"]), &ct).is_err(), "another row's identity");
+        assert!(c.decrypt(&Aad::new("records.lookup", &["k1", "1"]), &ct).is_err(), "another column");
+        // Part boundaries matter: ["a,b"] is not ["a", "b"].
+        assert_ne!(Aad::new("x", &["a\",\"b"]), Aad::new("x", &["a", "b"]));
+        let legacy = c.encrypt_unbound_v1(b"old");
+        assert_eq!(c.decrypt(&Aad::new("any", &[]), &legacy).unwrap(), b"old");
+        let mut strict = c.clone();
+        strict.refuse_unbound();
+        assert!(strict.decrypt(&Aad::new("any", &[]), &legacy).is_err());
     }
 
     #[test]

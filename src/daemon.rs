@@ -334,15 +334,16 @@ pub async fn serve<T>(app: App, rt: Runtime, stop: impl std::future::Future<Outp
     let house_app = app.clone();
     let housekeeping = tokio::spawn(async move {
         loop {
-            let days = house_app.settings().audit.retention_days;
-            let cutoff = chrono::Utc::now() - chrono::Duration::days(days as i64);
             if let Err(e) = house_app.store.ensure_audit_partitions(chrono::Utc::now()).await {
                 tracing::warn!(error = %e, "audit partitions");
             }
-            match house_app.store.audit_prune(cutoff.timestamp_micros(), "system").await {
-                Ok(n) if n > 0 => tracing::info!(removed = n, "audit retention pruned old events"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+            match house_app.settings().audit.prune_cutoff(None) {
+                Err(e) => tracing::warn!(error = %e, "audit retention not applied"),
+                Ok(cutoff) => match house_app.store.audit_prune(cutoff.timestamp_micros(), "system").await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "audit retention pruned old events"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+                },
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {},
@@ -350,6 +351,7 @@ pub async fn serve<T>(app: App, rt: Runtime, stop: impl std::future::Future<Outp
             }
         }
     });
+    let head_export = spawn_head_export(&app, rx.clone());
     let admin = spawn_admin(&app, &rt, rx.clone()).await?;
     tracing::info!(instance = %app.instance_id, "registerbrygga is running");
     let why = stop.await;
@@ -367,11 +369,51 @@ pub async fn serve<T>(app: App, rt: Runtime, stop: impl std::future::Future<Outp
     }
     refresher.abort();
     let _ = housekeeping.await;
+    let _ = head_export.await;
     if let Some(a) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(5), a).await;
     }
     app.store.close().await;
     Ok(why)
+}
+
+/// Export the audit head, signed with the audit key, every `audit.head_export_minutes` (and once
+/// at shutdown): one log line, and one JSON line appended to `audit.head_export_file`. Kept
+/// outside the database, the last export lets `audit verify --head` detect a truncated tail.
+fn spawn_head_export(app: &App, mut shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let minutes = app.settings().audit.head_export_minutes;
+        if minutes == 0 {
+            return;
+        }
+        loop {
+            let stopping = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(minutes * 60)) => false,
+                _ = shutdown.changed() => true,
+            };
+            if let Err(e) = export_head(&app).await {
+                tracing::warn!(error = %format!("{e:#}"), "audit head export failed");
+            }
+            if stopping {
+                return;
+            }
+        }
+    })
+}
+
+/// One export of the signed audit head (see [`spawn_head_export`]).
+pub async fn export_head(app: &App) -> Result<Option<crate::store::SignedHead>> {
+    let Some(h) = app.store.audit_head_signed().await? else { return Ok(None) };
+    let line = serde_json::to_string(&h)?;
+    tracing::info!(target: "registerbrygga::audit_head", seq = h.seq, hash = %h.hash, at_us = h.at_us, sig = %h.sig, "audit head");
+    if let Some(path) = &app.settings().audit.head_export_file {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("audit.head_export_file {}", path.display()))?;
+        writeln!(f, "{line}")?;
+        f.sync_data()?;
+    }
+    Ok(Some(h))
 }
 
 /// Start the admin listener (if enabled) with the daemon's providers: next runs, readiness of

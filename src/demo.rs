@@ -102,6 +102,25 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
         println!("  {:<6} {:>6}", f, env.emulator.registrations(104, f).len());
     }
     println!();
+    // The register's own indicators for the demo population (the admin page
+    // "Artrosregistrets indikatorer" shows the same, with filters).
+    println!("Artrosregistrets indikatorer (from what was sent), per unit and year of first visit:");
+    for c in crate::admin::api::sar_indicators_of(app, &Default::default()).await? {
+        for r in &c.rows {
+            let parts: Vec<String> = r
+                .indicators
+                .iter()
+                .map(|i| match (i.value, i.id) {
+                    (Some(v), "age") => format!("{} {v:.1} år", i.id),
+                    (Some(v), _) => format!("{} {v:.0} % ({}/{})", i.id, i.numerator, i.denominator),
+                    (None, "eqindex") => format!("{} index saknas", i.id),
+                    (None, _) => format!("{} –", i.id),
+                })
+                .collect();
+            println!("  {} {} ({} förlopp): {}", r.unit, r.year, r.courses, parts.join(", "));
+        }
+    }
+    println!();
     println!("PVK aggregates in the indicator register (emulator), per indicator:");
     let mut per: BTreeMap<String, usize> = BTreeMap::new();
     for r in env.emulator.registrations(218, "Indikatorvarde") {

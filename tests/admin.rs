@@ -32,7 +32,7 @@ both_backends!(every_protected_route_answers_401_the_same_way, |ts: TestStore| a
     let anon = Client::anonymous(&srv.base);
     let wrong_token = Client::with_bearer(&srv.base, "rbt_not-a-real-token");
     let mut wrong_cookie = Client::anonymous(&srv.base);
-    wrong_cookie.cookie = Some("rb_session=forged-session-token".into());
+    wrong_cookie.cookie = Some("__Host-rb_session=forged-session-token".into());
     let mut expected: Option<String> = None;
     let mut checked = 0;
     for (method, path) in admin::routes() {
@@ -81,7 +81,7 @@ both_backends!(sign_in_sessions_and_failed_logins, |ts: TestStore| async move {
     let token = regex::Regex::new(r#"name="login_csrf" value="[^"]+""#).unwrap();
     assert_eq!(token.replace(&wrong_pw.body, ""), token.replace(&no_user.body, ""), "no hint whether the user exists");
     assert!(wrong_pw.body.contains("Fel användarnamn eller lösenord"));
-    assert!(wrong_pw.headers.get_all("set-cookie").iter().all(|v| !v.to_str().unwrap().starts_with("rb_session=")));
+    assert!(wrong_pw.headers.get_all("set-cookie").iter().all(|v| !v.to_str().unwrap().contains("rb_session=")));
 
     // Failed attempts are audited, without what was typed as a password.
     let failed = ts.store.audit_search(&AuditQuery { kind: Some("login.failed".into()), ..Default::default() }).await.unwrap();
@@ -96,11 +96,11 @@ both_backends!(sign_in_sessions_and_failed_logins, |ts: TestStore| async move {
     assert_eq!(ok.status, 303);
     assert_eq!(ok.headers.get("location").unwrap(), "/misslyckade");
     let cookie = ok.headers.get("set-cookie").unwrap().to_str().unwrap().to_string();
-    for attr in ["rb_session=", "HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+    for attr in ["__Host-rb_session=", "HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
         assert!(cookie.contains(attr), "cookie lacks {attr}: {cookie}");
     }
     // The token is stored hashed only.
-    let token = cookie.split(';').next().unwrap().trim_start_matches("rb_session=").to_string();
+    let token = cookie.split(';').next().unwrap().trim_start_matches("__Host-rb_session=").to_string();
     let mut tx = ts.store.read().await.unwrap();
     let rows = tx.rows("SELECT token_hash FROM sessions", &[]).await.unwrap();
     assert!(!rows.is_empty() && rows.iter().all(|r| r.text(0).unwrap() != token));
@@ -116,7 +116,7 @@ both_backends!(sign_in_sessions_and_failed_logins, |ts: TestStore| async move {
     for r in [&forged, &mismatched] {
         assert_eq!(r.status, 403, "{}", r.body);
         assert!(r.body.contains("Inloggningsformuläret har gått ut"));
-        assert!(r.headers.get_all("set-cookie").iter().all(|v| !v.to_str().unwrap().starts_with("rb_session=")));
+        assert!(r.headers.get_all("set-cookie").iter().all(|v| !v.to_str().unwrap().contains("rb_session=")));
     }
     // An open redirect is refused.
     let evil = anon.post_login(&[("username", "oper"), ("password", PASSWORD), ("next", "//evil.example/")]).await;
@@ -537,14 +537,19 @@ async fn api_tokens_are_managed_by_admins_and_stored_hashed() {
     let ts = common::store_for(Backend::Sqlite, "tokens").await;
     let (srv, _) = setup(&ts).await;
     let boss = Client::login(&srv.base, "boss", PASSWORD).await;
+    // A token acts only for its own user: an admin cannot mint one for someone else.
     let r = boss.post_json("/api/v1/tokens", json!({"name": "prometheus", "username": "lasa"}), true).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = boss.post_json("/api/v1/tokens", json!({"name": "prometheus"}), true).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     let token = v["token"].as_str().unwrap().to_string();
     assert!(token.starts_with("rbt_"));
     let t = Client::with_bearer(&srv.base, &token);
     let me: Value = serde_json::from_str(&t.get("/api/v1/me").await.body).unwrap();
-    assert_eq!((me["username"].as_str(), me["role"].as_str(), me["patient_data"].as_bool()), (Some("lasa"), Some("läsare"), Some(false)));
+    assert_eq!((me["username"].as_str(), me["role"].as_str(), me["via"].as_str()), (Some("boss"), Some("admin"), Some("token")));
+    // A token cannot mint further tokens.
+    assert_eq!(t.post_json("/api/v1/tokens", json!({"name": "more"}), false).await.status, 403);
     let listed = boss.get("/api/v1/tokens").await.body;
     assert!(listed.contains("prometheus") && !listed.contains(&token));
     let mut tx = ts.store.read().await.unwrap();

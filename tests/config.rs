@@ -54,7 +54,7 @@ patients = { mode = "engagement_index" }
 [options]
 mapping = "mapping.toml"
 metadata_file = "METADATA"
-windows = { three_months = { from_day = 75, to_day = 150 }, one_year = { from_day = 330, to_day = 540 } }
+windows = { three_months = { from_day = 91, to_day = 152 }, one_year = { from_day = 365, to_day = 540 } }
 "#;
 
 /// A connector folder like the shipped SAR one (its mapping and the register metadata).

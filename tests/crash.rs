@@ -107,25 +107,27 @@ impl Harness {
         self.command(&["audit", "verify"], "verify").status().unwrap().success()
     }
 
-    fn held_sar(&self) -> Vec<(String, String, String)> {
+    /// (subject, unit, form, event date): a patient may hold two courses at one unit (a later
+    /// course after the gap), told apart by their dates.
+    fn held_sar(&self) -> Vec<(String, String, String, String)> {
         let mut v = vec![];
         for f in ["FVPat", "FVPT", "M3Pat", "M3PT", "Y1Pat"] {
             for r in self.env.emulator.registrations(104, f) {
-                v.push((r.subject_key.clone().unwrap_or_default(), r.unit_code.clone(), f.to_string()));
+                v.push((r.subject_key.clone().unwrap_or_default(), r.unit_code.clone(), f.to_string(), r.event_date.clone().unwrap_or_default()));
             }
         }
         v.sort();
         v
     }
 
-    fn expected_sar(&self) -> Vec<(String, String, String)> {
-        let mut v: Vec<(String, String, String)> = self
+    fn expected_sar(&self) -> Vec<(String, String, String, String)> {
+        let mut v: Vec<(String, String, String, String)> = self
             .env
             .population
             .truth()
             .sar_expected()
             .into_iter()
-            .map(|e| (e.subject_key.clone(), format!("17{}", &e.unit[e.unit.len() - 2..]), format!("{:?}", e.form)))
+            .map(|e| (e.subject_key.clone(), format!("17{}", &e.unit[e.unit.len() - 2..]), format!("{:?}", e.form), e.event_date.to_string()))
             .collect();
         v.sort();
         v

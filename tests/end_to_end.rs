@@ -16,7 +16,7 @@ use registerbrygga::sandbox::vocabulary::{answer, obs};
 use registerbrygga::sinks::stratum::metadata::RegisterMetadata;
 use registerbrygga::sinks::stratum::validate::same_value;
 use registerbrygga::store::{AuditQuery, RecordFilter, RecordState};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
@@ -108,9 +108,10 @@ fn register_value(conv: &Conversion, v: &AnswerValue) -> Value {
     }
 }
 
-/// Every column the register should hold for `r`: the envelope, the episode's joint and each
-/// mapped answer the journal has (optional answers not documented are absent).
-fn expected_columns(m: &SarMapper, joint: Joint, r: &ExpectedRegistration) -> Map<String, Value> {
+/// Every column the register should hold for `r`: the envelope, the course's joint and joint
+/// classification, and each mapped answer the journal has (optional answers not documented are
+/// absent).
+fn expected_columns(m: &SarMapper, r: &ExpectedRegistration) -> Map<String, Value> {
     let f = m.mapping().forms.iter().find(|f| f.name == form_name(r.form)).unwrap();
     let mut out = Map::new();
     out.insert(f.subject_column.clone(), Value::from(r.subject_key.clone()));
@@ -118,7 +119,9 @@ fn expected_columns(m: &SarMapper, joint: Joint, r: &ExpectedRegistration) -> Ma
     for c in &f.columns {
         let v = match (&c.source, &c.conversion) {
             (Source::Observation(term), conv) => r.answers.get(&term.code).map(|a| register_value(conv, a)),
-            (Source::EpisodeJoint, Conversion::Codes { values, .. }) => Some(values[joint_name(joint)].clone()),
+            (Source::EpisodeJoint, Conversion::Codes { values, .. }) => Some(values[joint_name(r.joint)].clone()),
+            (Source::CourseHasJoint(j), _) => Some(Value::from(r.joints.keys().any(|x| joint_name(*x) == j))),
+            (Source::CourseSides(j), _) => r.joints.iter().find(|(x, _)| joint_name(**x) == j).map(|(_, both)| Value::from(if *both { 2 } else { 1 })),
             (src, _) => panic!("the shipped mapping reads no {src:?}"),
         };
         if let Some(v) = v {
@@ -135,11 +138,9 @@ fn same_columns(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
 /// Expected columns of every expected registration, by register key.
 fn expected_registrations(e: &E2e, m: &SarMapper) -> BTreeMap<RegKey, Map<String, Value>> {
     let truth = e.env.population.truth();
-    let mut joints: BTreeMap<usize, Vec<Joint>> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for r in truth.sar_expected() {
-        let j = joints.entry(r.patient).or_insert_with(|| truth.patient(r.patient).episodes.iter().map(|ep| ep.joint).collect());
-        out.insert(reg_key(&r), expected_columns(m, j[r.episode], &r));
+        out.insert(reg_key(&r), expected_columns(m, &r));
     }
     out
 }
@@ -418,6 +419,162 @@ async fn scenario_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_postgres() {
     scenario(Backend::Postgres).await;
+}
+
+// ------------------------------------------------------------------------------------------
+// Issue 14: the register's treatment courses, end to end, and the key migration.
+
+/// The SAR registrations the emulator holds for one patient: (form, event date, columns).
+fn held_of(e: &E2e, subject: &str) -> Vec<(String, String, Map<String, Value>)> {
+    let mut out = vec![];
+    for f in SarForm::ALL.map(form_name) {
+        for r in e.env.emulator.registrations(104, f) {
+            if r.subject_key.as_deref() == Some(subject) {
+                out.push((f.to_string(), r.event_date.clone().unwrap_or_default(), r.columns.clone()));
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+    out
+}
+
+/// Rewrite the store's SAR keys to the scheme before issue 14 (`…|<joint>|form`) and forget that
+/// migration 0004 (SAR course keys) ran: the store as an older version left it.
+async fn back_to_the_old_key_scheme(e: &E2e) -> usize {
+    use registerbrygga::store::sql::Val;
+    let mut tx = e.app.store.begin().await.unwrap();
+    let rows = tx.rows("SELECT episode_key, joint FROM sar_episodes", &[]).await.unwrap();
+    let mut n = 0;
+    for r in &rows {
+        let (key, joints) = (r.text(0).unwrap(), r.text(1).unwrap());
+        let Some(base) = key.strip_suffix("|course") else { continue };
+        let joint = joints.split('+').next().unwrap().to_string();
+        let old = format!("{base}|{joint}");
+        for table in ["records", "registrations", "worklist", "attempts"] {
+            let sql = format!("UPDATE {table} SET idem_key = $1 || substr(idem_key, length($2) + 1) WHERE substr(idem_key, 1, length($2) + 1) = $2 || '|'");
+            tx.exec(&sql, &[Val::Text(old.clone()), Val::Text(key.clone())]).await.unwrap();
+        }
+        tx.exec("UPDATE sar_episodes SET episode_key = $1, joint = $2 WHERE episode_key = $3", &[Val::Text(old), Val::Text(joint), Val::Text(key)]).await.unwrap();
+        n += 1;
+    }
+    tx.exec("DELETE FROM _sqlx_migrations WHERE description = 'sar course keys'", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    n
+}
+
+async fn sar_courses_end_to_end(backend: Backend) {
+    use registerbrygga::sandbox::journal::archetype::*;
+    let mut e = start(backend, 60, "e2e_courses").await;
+    let pop = e.env.population.clone();
+    let truth = pop.truth();
+    let m = sandbox_mapper(&e);
+    let r = e.run("artrosregistret").await;
+    assert_eq!(r.status, "ok", "{r:?}");
+    e.deliver().await;
+    // Exactly the registrations the truth expects, with the journal's values.
+    let expected = expected_registrations(&e, &m);
+    let held = held_registrations(&e);
+    let missing: Vec<_> = expected.keys().filter(|k| !held.contains_key(*k)).collect();
+    let extra: Vec<_> = held.keys().filter(|k| !expected.contains_key(*k)).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}\nextra {extra:?}");
+    for (k, cols) in &expected {
+        assert!(same_columns(&held[k].columns, cols), "{k:?}: the register holds {:?}, the journal says {cols:?}", held[k].columns);
+    }
+    assert_eq!(held_worklist(&e).await, expected_worklist(&e, &m));
+    let subject = |i: usize| pop.patient_id(i).national_12().unwrap().to_string();
+
+    // Knee and hip at one first visit: one FVPat and one FVPT naming both joints.
+    let two = held_of(&e, &subject(SAR_TWO_JOINTS));
+    let fv: Vec<_> = two.iter().filter(|h| h.0.starts_with("FV")).collect();
+    assert_eq!(fv.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(), ["FVPT", "FVPat"], "{two:?}");
+    assert_eq!((&fv[0].2["PT_JointKnee"], &fv[0].2["PT_JointHip"], &fv[0].2["PT_JointHand"]), (&json!(true), &json!(true), &json!(false)));
+    assert_eq!(fv[0].2["PT_Joint"], json!(2), "the main diagnosis: knee");
+    // A secondary-only diagnosis and M19 at another site: no course, nothing held or waiting.
+    let worklist = e.app.store.worklist(Some("artrosregistret"), None).await.unwrap();
+    for p in [SAR_SECONDARY_ONLY, SAR_M19_OTHER_SITE] {
+        assert!(held_of(&e, &subject(p)).is_empty(), "patient {p}");
+        assert!(!worklist.iter().any(|w| w.patient.as_ref().and_then(|x| x.national_12()) == Some(subject(p).as_str())));
+    }
+    // The M19 diagnosis is reported (audit, no personal data), not guessed.
+    let m19_pk = e.app.pseudo.patient_key(&pop.patient_id(SAR_M19_OTHER_SITE));
+    let notes = e.app.store.audit_search(&AuditQuery { kind: Some("mapping.note".into()), limit: Some(5000), ..Default::default() }).await.unwrap();
+    assert!(notes.iter().any(|n| n.detail.to_string().contains(&m19_pk) && n.detail.to_string().contains("unmatched_diagnosis")), "M19 at another site reported");
+    // The questionnaire days before the first visit fills the first visit.
+    let q = truth.patient(SAR_QUESTIONNAIRE_BEFORE);
+    let qh = held_of(&e, &subject(SAR_QUESTIONNAIRE_BEFORE));
+    assert!(qh.iter().any(|h| h.0 == "FVPat" && h.1 == q.episodes[0].first_visit.to_string()), "{qh:?}");
+    assert!(q.episodes[0].form(SarForm::FVPat).event_date.unwrap() < q.episodes[0].first_visit, "the answers were documented before the visit");
+    // The unrelated pain score in the 3-month window is not the 3-month occasion.
+    let u = truth.patient(SAR_UNRELATED_PAIN_IN_M3);
+    let m3_day = u.episodes[0].form(SarForm::M3Pat).event_date.unwrap();
+    let uh = held_of(&e, &subject(SAR_UNRELATED_PAIN_IN_M3));
+    assert_eq!(uh.iter().filter(|h| h.0 == "M3Pat").map(|h| h.1.clone()).collect::<Vec<_>>(), [m3_day.to_string()]);
+    assert!(u.observations.iter().any(|o| o.term == obs::PAIN_NRS && o.episode.is_none() && o.date < m3_day && o.date >= u.episodes[0].first_visit));
+    // A second course two years later: a registration of its own; the first stays.
+    let s = truth.patient(SAR_SECOND_COURSE);
+    assert_eq!(s.episodes.len(), 2);
+    assert!((s.episodes[1].first_visit - s.episodes[0].first_visit).num_days() > 700);
+    let sh = held_of(&e, &subject(SAR_SECOND_COURSE));
+    let fvs: Vec<String> = sh.iter().filter(|h| h.0 == "FVPat").map(|h| h.1.clone()).collect();
+    assert_eq!(fvs, [s.episodes[0].first_visit.to_string(), s.episodes[1].first_visit.to_string()]);
+    assert!(sh.iter().any(|h| h.0 == "Y1Pat"), "the first course's 1-year follow-up is held");
+
+    // The store as the old version left it (one key per joint) is carried over by the
+    // migration when the daemon starts again: the same keys as before, nothing sent again.
+    let keys_before = registration_keys(&e).await;
+    let counts = e.env.emulator.counts().total();
+    assert!(back_to_the_old_key_scheme(&e).await > 10);
+    assert!(registration_keys(&e).await.iter().filter(|k| k.contains("|knee|") || k.contains("|hip|") || k.contains("|hand|")).count() > 10);
+    let app = registerbrygga::app::App::open((*e.app.loaded).clone()).await.unwrap();
+    e.rt = registerbrygga::daemon::build_runtime(&app).await.unwrap();
+    e.app = app;
+    assert_eq!(registration_keys(&e).await, keys_before, "every old key carried over to its course key");
+    // A journal change after the migration updates the same registration (one PUT), it does not
+    // create a second one.
+    let k = truth.sar_expected().into_iter().find(|r| r.patient == ARTROS_KNEE_COMPLETE && r.form == SarForm::M3Pat).unwrap();
+    let vas = k.answers[obs::EQ_VAS].as_f64().unwrap();
+    let new_vas = if vas >= 50.0 { vas - 10.0 } else { vas + 10.0 };
+    pop.set_answer(k.patient, k.episode, k.form, obs::EQ_VAS, AnswerValue::Quantity(new_vas)).unwrap();
+    let r = e.run("artrosregistret").await;
+    assert_eq!((r.records_created, r.records_updated, r.records_retracted), (0, 1, 0), "{r:?}");
+    e.deliver().await;
+    let after = e.env.emulator.counts().total();
+    assert_eq!((after.post, after.put, after.delete), (counts.post, counts.put + 1, counts.delete), "nothing sent again");
+    assert_eq!(held_registrations(&e).len(), expected.len());
+    assert!(same_value(&held_registrations(&e)[&reg_key(&k)].columns["M3_EQVAS"], &Value::from(new_vas as i64)));
+}
+
+async fn registration_keys(e: &E2e) -> BTreeSet<String> {
+    let mut tx = e.app.store.read().await.unwrap();
+    tx.rows("SELECT idem_key FROM registrations", &[]).await.unwrap().iter().map(|r| r.text(0).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sar_courses_end_to_end_sqlite() {
+    sar_courses_end_to_end(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sar_courses_end_to_end_postgres() {
+    sar_courses_end_to_end(Backend::Postgres).await;
+}
+
+/// `config check --online` against the register (the emulator): per form, the register's
+/// mandatory columns the mapping leaves unmapped and mapped columns the register lacks, by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_online_names_unmapped_mandatory_and_unknown_columns() {
+    let e = start(Backend::Sqlite, 30, "check_online").await;
+    let path = e.env.connectors_dir().join("artrosregistret/mapping.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace("\nFV_EQVAS = { observation = \"EQ-VAS\" }", "\nFV_EQVAS_Old = { observation = \"EQ-VAS\" }");
+    assert_ne!(edited, text);
+    std::fs::write(&path, edited).unwrap();
+    let loaded = e.env.load_config(vec![]).unwrap();
+    let problems = registerbrygga::registers::check(&loaded, true).await;
+    let texts: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(problems.iter().any(|p| p.key == "forms.FVPat.columns" && p.reason.contains("mandatory column FV_EQVAS is not mapped")), "{texts:#?}");
+    assert!(problems.iter().any(|p| p.key == "forms.FVPat.columns.FV_EQVAS_Old" && p.reason.contains("no column FV_EQVAS_Old in form FVPat")), "{texts:#?}");
+    assert!(!problems.iter().any(|p| p.reason.contains("not reachable")), "the check ran online: {texts:#?}");
 }
 
 // ------------------------------------------------------------------------------------------

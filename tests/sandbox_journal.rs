@@ -472,11 +472,11 @@ fn the_population_has_the_intended_shape() {
         let fv = e.first_visit;
         if let Some(d) = e.form(SarForm::M3Pat).event_date {
             let days = (d - fv).num_days();
-            assert!((75..=150).contains(&days), "3-month visit {days} days after the first: inside the window");
+            assert!((91..=152).contains(&days), "3-month visit {days} days after the first: inside the window");
         }
         if let Some(d) = e.form(SarForm::Y1Pat).event_date {
             let days = (d - fv).num_days();
-            assert!((330..=540).contains(&days), "1-year visit {days} days after the first: inside the window");
+            assert!((365..=540).contains(&days), "1-year visit {days} days after the first: inside the window");
         }
     }
     let recorded = |f: SarForm| episodes.iter().filter(|e| e.form(f).recorded).count();

@@ -122,6 +122,14 @@ impl Journal {
     }
 
     fn diagnosis(&mut self, contact: &str, icd: &str) -> String {
+        self.diagnosis_of(contact, icd, DiagnosisKind::Main)
+    }
+
+    fn secondary(&mut self, contact: &str, icd: &str) -> String {
+        self.diagnosis_of(contact, icd, DiagnosisKind::Secondary)
+    }
+
+    fn diagnosis_of(&mut self, contact: &str, icd: &str, kind: DiagnosisKind) -> String {
         let (unit, d) = self.contacts[contact].clone();
         let id = self.next("dx");
         self.records.push(Record::Diagnosis(Diagnosis {
@@ -130,7 +138,7 @@ impl Journal {
             care_contact_id: Some(contact.to_string()),
             unit: Some(HsaId::parse(&unit).unwrap()),
             code: Code::new(OID_ICD10SE, &normalise_icd(icd)),
-            kind: DiagnosisKind::Main,
+            kind,
             chronic: None,
             time: Some(at(d, 9)),
             profession: None,
@@ -229,12 +237,10 @@ impl Journal {
             (obs::EQ5D_PAIN, 3.0),
             (obs::EQ5D_ANXIETY, 1.0),
             (obs::EQ_VAS, 65.0),
-            (obs::ASES_PAIN, 7.25),
+            (obs::ASES_PAIN, 72.25),
             (obs::ACTIVITY_MINUTES, 120.0),
             (obs::HEIGHT, 172.0),
             (obs::WEIGHT, 82.46),
-            (obs::CHAIR_STAND_30S, 11.0),
-            (obs::WALK_40M, 28.37),
         ] {
             docs.insert(term, self.number(contact, term, x));
         }
@@ -264,11 +270,13 @@ impl Journal {
             (obs::EQ5D_ANXIETY, 1.0),
             (obs::EQ_VAS, 80.0),
             (obs::SATISFACTION, 1.0),
+            (obs::USES_KNOWLEDGE, 2.0),
             (obs::EXERCISE_ADHERENCE, 1.0),
         ] {
             docs.insert(term, self.number(contact, term, x));
         }
-        for (term, code) in [(obs::WANTS_SURGERY, answer::NO), (obs::USES_KNOWLEDGE, answer::YES)] {
+        // The follow-up visit is marked as such (the shipped `follow_up_mark`).
+        for (term, code) in [(obs::WANTS_SURGERY, answer::NO), (obs::FOLLOW_UP_MARK, answer::YES)] {
             docs.insert(term, self.coded(contact, term, code));
         }
         docs
@@ -322,11 +330,11 @@ fn complete_patient() -> Complete {
     }
     // Artrosskola given at another unit does not count for this episode.
     j.activity(FT02, fv + Duration::days(8), act::ARTROSSKOLA);
-    let m3 = j.visit(FT01, fv + Duration::days(90));
+    let m3 = j.visit(FT01, fv + Duration::days(95));
     let m3_docs = j.follow_up_answers(&m3, 3.0);
     // A session after the 3-month occasion is not counted in it.
     j.activity(FT01, fv + Duration::days(100), act::ARTROSSKOLA);
-    let y1 = j.visit(FT01, fv + Duration::days(365));
+    let y1 = j.visit(FT01, fv + Duration::days(370));
     j.follow_up_answers(&y1, 2.0);
     Complete { j, fv, fv_contact, fv_docs, dx, m3_docs }
 }
@@ -345,7 +353,7 @@ fn complete_path_gives_five_registrations_with_the_right_values() {
     assert_eq!(pnr12.len(), 12);
 
     let fv = intent(&out, "FVPat");
-    assert_eq!(fv.key.idem_key, format!("sar|{FT01}|{PATIENT_KEY}|knee|FVPat"));
+    assert_eq!(fv.key.idem_key, format!("sar|{FT01}|{PATIENT_KEY}|course|FVPat"));
     assert_eq!(fv.key.register, "sar");
     assert_eq!(fv.key.connector, "artrosregistret");
     assert_eq!(fv.key.unit, FT01);
@@ -358,7 +366,7 @@ fn complete_path_gives_five_registrations_with_the_right_values() {
     assert_eq!(p["FV_EQ5D_Mobility"], json!(2));
     assert_eq!(p["FV_EQ5D_PainDiscomfort"], json!(3));
     assert_eq!(p["FV_EQVAS"], json!(65));
-    assert_eq!(p["FV_ASES_Pain"], json!(7.3), "one decimal, half away from zero");
+    assert_eq!(p["FV_ASES_Pain"], json!(72.3), "one decimal, half away from zero");
     assert_eq!(p["FV_WeightKg"], json!(82.5));
     assert_eq!(p["FV_HeightCm"], json!(172));
     assert_eq!(p["FV_WantsSurgery"], json!(false));
@@ -372,24 +380,26 @@ fn complete_path_gives_five_registrations_with_the_right_values() {
     assert_eq!(pt["PT_Joint"], json!(2), "knee from the episode's diagnosis M17");
     assert_eq!(pt["PT_Side"], json!(1));
     assert_eq!(pt["PT_XrayDone"], json!(true));
-    assert_eq!(pt["PT_ChairStand30s"], json!(11));
-    assert_eq!(pt["PT_Walk40mSeconds"], json!(28.4));
+    assert_eq!((&pt["PT_JointKnee"], &pt["PT_JointHip"], &pt["PT_JointHand"]), (&json!(true), &json!(false), &json!(false)));
+    assert_eq!(pt["PT_KneeSides"], json!(1), "M17.1: one side");
+    assert!(!pt.contains_key("PT_HipSides"));
+    assert!(!pt.contains_key("PT_ChairStand30s") && !pt.contains_key("PT_Walk40mSeconds"), "not SAR variables");
 
     let m3 = &intent(&out, "M3Pat").payload;
-    assert_eq!(m3["EventDate"], json!("2025-04-15"));
+    assert_eq!(m3["EventDate"], json!("2025-04-20"));
     assert_eq!(m3["M3_PainNRS"], json!(3));
     assert_eq!(m3["M3_EQVAS"], json!(80));
     assert_eq!(m3["M3_Satisfaction"], json!(1));
-    assert_eq!(m3["M3_UsesKnowledge"], json!(true));
+    assert_eq!(m3["M3_UsesKnowledge"], json!(2));
 
     let m3pt = &intent(&out, "M3PT").payload;
-    assert_eq!(m3pt["EventDate"], json!("2025-04-15"));
+    assert_eq!(m3pt["EventDate"], json!("2025-04-20"));
     assert_eq!(m3pt["M3PT_EducationSessions"], json!(3), "the physiotherapist's count at the 3-month visit");
     assert_eq!(m3pt["M3PT_SupervisedExerciseSessions"], json!(6));
     assert_eq!(m3pt["M3PT_ExerciseAdherence"], json!(1));
 
     let y1 = &intent(&out, "Y1Pat").payload;
-    assert_eq!(y1["EventDate"], json!("2026-01-15"));
+    assert_eq!(y1["EventDate"], json!("2026-01-20"));
     assert_eq!(y1["Y1_PainNRS"], json!(2));
 
     // Every payload holds only columns of its form.
@@ -410,7 +420,7 @@ fn complete_path_gives_five_registrations_with_the_right_values() {
     assert_eq!(
         out.episodes,
         vec![EpisodeRow {
-            episode_key: format!("sar|{FT01}|{PATIENT_KEY}|knee"),
+            episode_key: format!("sar|{FT01}|{PATIENT_KEY}|course"),
             connector: "artrosregistret".into(),
             unit: FT01.into(),
             patient_key: PATIENT_KEY.into(),
@@ -447,13 +457,13 @@ fn no_follow_up_without_a_first_visit() {
 fn follow_ups_wait_for_their_windows() {
     let mapper = shipped_mapper();
     let c = complete_patient();
-    // Before the 3-month window opens (day 75): only the first visit; the M3 visit on day 90 is
+    // Before the 3-month window opens (day 91): only the first visit; the M3 visit on day 95 is
     // not in the journal yet either (future-dated records are ignored).
-    let out = map(&mapper, &c.j, c.fv + Duration::days(74));
+    let out = map(&mapper, &c.j, c.fv + Duration::days(90));
     assert_eq!(forms_of(&out), ["FVPat", "FVPT"]);
     assert_eq!(out.episodes[0].forms_due, ["FVPat", "FVPT"]);
     // Window open, M3 visit not yet happened: due (counted for coverage) but nothing produced.
-    let out = map(&mapper, &c.j, c.fv + Duration::days(80));
+    let out = map(&mapper, &c.j, c.fv + Duration::days(93));
     assert_eq!(forms_of(&out), ["FVPat", "FVPT"]);
     assert_eq!(out.episodes[0].forms_due, ["FVPat", "FVPT", "M3Pat", "M3PT"]);
     assert!(out.incomplete.is_empty());
@@ -461,7 +471,7 @@ fn follow_ups_wait_for_their_windows() {
     let out = map(&mapper, &c.j, c.fv + Duration::days(200));
     assert_eq!(forms_of(&out), ["FVPat", "FVPT", "M3Pat", "M3PT"]);
     // A planned visit in the future is not an occasion even if answers were pre-documented.
-    let out = map(&mapper, &c.j, c.fv + Duration::days(364));
+    let out = map(&mapper, &c.j, c.fv + Duration::days(367));
     assert_eq!(forms_of(&out), ["FVPat", "FVPT", "M3Pat", "M3PT"]);
     assert_eq!(out.episodes[0].forms_due, ["FVPat", "FVPT", "M3Pat", "M3PT", "Y1Pat"]);
 }
@@ -474,22 +484,26 @@ fn follow_up_occasion_is_the_first_day_in_the_window_carrying_answers() {
     let c = j.visit(FT01, fv);
     j.diagnosis(&c, "M16.1");
     j.first_visit_answers(&c);
-    // Answers on day 60 (before the window) and day 151 (after it) do not count.
+    // Answers on day 60 (before the window) and day 153 (after it) do not count.
     let early = j.visit(FT01, fv + Duration::days(60));
     j.follow_up_answers(&early, 5.0);
-    let late = j.visit(FT01, fv + Duration::days(151));
+    let late = j.visit(FT01, fv + Duration::days(153));
     j.follow_up_answers(&late, 5.0);
     let out = map(&mapper, &j, fv + Duration::days(300));
-    assert_eq!(forms_of(&out), ["FVPat", "FVPT"], "no answers inside 75–150 days");
-    // A visit on day 80 without answers is not the occasion; answers on day 75 (the window's
-    // first day) at the unit are.
-    j.visit(FT01, fv + Duration::days(80));
-    let edge = j.visit(FT01, fv + Duration::days(75));
+    assert_eq!(forms_of(&out), ["FVPat", "FVPT"], "no answers inside 91–152 days");
+    // A visit on day 95 without the follow-up mark is not the occasion, even with a pain score
+    // documented there for another complaint; the marked visit on day 91 (the window's first
+    // day) at the unit is.
+    let unrelated = j.visit(FT01, fv + Duration::days(95));
+    j.number(&unrelated, obs::PAIN_NRS, 8.0);
+    let out = map(&mapper, &j, fv + Duration::days(300));
+    assert_eq!(forms_of(&out), ["FVPat", "FVPT"], "an unrelated pain score is not the 3-month occasion");
+    let edge = j.visit(FT01, fv + Duration::days(91));
     j.follow_up_answers(&edge, 2.0);
     let out = map(&mapper, &j, fv + Duration::days(300));
-    assert_eq!(intent(&out, "M3Pat").payload["EventDate"], json!((fv + Duration::days(75)).to_string()));
+    assert_eq!(intent(&out, "M3Pat").payload["EventDate"], json!((fv + Duration::days(91)).to_string()));
     assert_eq!(intent(&out, "M3Pat").payload["M3_PainNRS"], json!(2));
-    assert_eq!(intent(&out, "M3PT").payload["EventDate"], json!((fv + Duration::days(75)).to_string()));
+    assert_eq!(intent(&out, "M3PT").payload["EventDate"], json!((fv + Duration::days(91)).to_string()));
 }
 
 /// M3PT's session counts are the physiotherapist's recorded counts (shipped mapping); counting
@@ -526,7 +540,7 @@ fn session_counts_are_the_physiotherapists_count_or_counted_activities_if_mapped
 
 #[test]
 fn occasion_windows_are_configuration() {
-    let (_tmp, connector) = edited_connector(|m| m, |c| replace_once(c, "three_months = { from_day = 75, to_day = 150 }", "three_months = { from_day = 30, to_day = 60 }"));
+    let (_tmp, connector) = edited_connector(|m| m, |c| replace_once(c, "three_months = { from_day = 91, to_day = 152 }", "three_months = { from_day = 30, to_day = 60 }"));
     let mapper = SarMapper::load(&connector, &metadata()).unwrap();
     let mut j = Journal::new(national("600606", "456"));
     let fv = day("2025-03-01");
@@ -548,7 +562,7 @@ fn missing_mandatory_answer_goes_to_the_worklist_until_the_journal_is_complete()
     let out = map(&mapper, &c.j, c.fv + Duration::days(120));
     // FVPat is not sent half-filled; FVPT is complete and goes.
     assert_eq!(forms_of(&out), ["FVPT"]);
-    let fv_key = format!("sar|{FT01}|{PATIENT_KEY}|knee|FVPat");
+    let fv_key = format!("sar|{FT01}|{PATIENT_KEY}|course|FVPat");
     let inc = out.incomplete.iter().find(|i| i.form == "FVPat").expect("FVPat on the worklist");
     assert_eq!(inc.idem_key, fv_key);
     assert_eq!(inc.unit, FT01);
@@ -557,7 +571,7 @@ fn missing_mandatory_answer_goes_to_the_worklist_until_the_journal_is_complete()
     // Its follow-ups wait for the first visit (and stay on the worklist, naming it).
     let m3 = out.incomplete.iter().find(|i| i.form == "M3Pat").expect("M3Pat waits");
     assert_eq!(m3.missing, ["FVPat"]);
-    assert_eq!(m3.event_date, Some(c.fv + Duration::days(90)));
+    assert_eq!(m3.event_date, Some(c.fv + Duration::days(95)));
     assert!(out.incomplete.iter().any(|i| i.form == "M3PT" && i.missing == ["FVPat"]));
 
     // The physiotherapist completes the journal: the same key becomes an intent.
@@ -667,27 +681,31 @@ fn reserve_number_is_kept_and_flagged_but_never_registered() {
 
 #[test]
 fn hand_joint_follows_the_configuration() {
-    let mut j = Journal::new(national("520909", "345"));
-    let fv = day("2025-05-05");
-    let c = j.visit(FT01, fv);
-    j.diagnosis(&c, "M18.0");
-    j.first_visit_answers(&c);
-    let out = map(&shipped_mapper(), &j, fv + Duration::days(10));
-    assert_eq!(out.episodes[0].joint, "hand");
-    assert_eq!(intent(&out, "FVPT").payload["PT_Joint"], json!(3));
-    assert!(intent(&out, "FVPT").key.idem_key.ends_with("|hand|FVPT"));
-
-    // Heberden's nodes (M15.1) open no episode with the shipped codes, but do once a region adds them.
-    let mut j = Journal::new(national("520909", "345"));
-    let c = j.visit(FT01, fv);
-    j.diagnosis(&c, "M15.1");
-    j.first_visit_answers(&c);
-    assert!(map(&shipped_mapper(), &j, fv + Duration::days(10)).episodes.is_empty());
-    let (_tmp, connector) = edited_connector(|m| replace_once(m, r#"hand = ["M18", "M19"]"#, r#"hand = ["M15.1", "M18", "M19"]"#), |c| c);
-    let mapper = SarMapper::load(&connector, &metadata()).unwrap();
-    let out = map(&mapper, &j, fv + Duration::days(10));
-    assert_eq!(out.episodes[0].joint, "hand");
-    assert_eq!(intent(&out, "FVPT").payload["PT_Joint"], json!(3));
+    let hand = |icd: &str| {
+        let mut j = Journal::new(national("520909", "345"));
+        let fv = day("2025-05-05");
+        let c = j.visit(FT01, fv);
+        j.diagnosis(&c, icd);
+        j.first_visit_answers(&c);
+        map(&shipped_mapper(), &j, fv + Duration::days(10))
+    };
+    // Thumb base (M18), Heberden (M15.1), Bouchard (M15.2), M19 at the hand (E) or wrist (D).
+    for icd in ["M18.0", "M15.1", "M15.2", "M19.0E", "M19.9D"] {
+        let out = hand(icd);
+        assert_eq!(out.episodes.len(), 1, "{icd}");
+        assert_eq!(out.episodes[0].joint, "hand", "{icd}");
+        assert_eq!(intent(&out, "FVPT").payload["PT_Joint"], json!(3), "{icd}");
+        assert_eq!(intent(&out, "FVPT").payload["PT_JointHand"], json!(true), "{icd}");
+        assert!(intent(&out, "FVPT").key.idem_key.ends_with("|course|FVPT"));
+    }
+    assert_eq!(intent(&hand("M18.0"), "FVPT").payload["PT_HandSides"], json!(2), "M18.0 is bilateral");
+    // M19 at another site (G), without a site, or polyarthrosis (M15.0): no course, reported.
+    for icd in ["M19.0G", "M19.9", "M15.0"] {
+        let out = hand(icd);
+        assert!(out.episodes.is_empty() && out.intents.is_empty(), "{icd}");
+        let note = out.notes.iter().find(|n| n.kind == NoteKind::UnmatchedDiagnosis).unwrap_or_else(|| panic!("{icd} reported"));
+        assert!(note.document.is_some() && !note.reason.contains(&normalise_icd(icd)), "{note:?}");
+    }
 }
 
 #[test]
@@ -731,29 +749,123 @@ fn values_outside_the_domain_are_left_out_and_reported() {
     assert!(out.notes.iter().any(|n| n.kind == NoteKind::ConflictingAnswers && n.column.as_deref() == Some("FV_EQ5D_Mobility")));
 }
 
+/// The register registers one treatment course with the joint classification inside it: knee
+/// and hip diagnosed at one first visit give one FVPat and one FVPT naming both joints.
 #[test]
-fn two_joints_make_two_episodes() {
+fn two_joints_at_one_first_visit_make_one_course_naming_both() {
     let mapper = shipped_mapper();
     let mut j = Journal::new(national("501224", "678"));
     let fv = day("2025-06-02");
     let c = j.visit(FT01, fv);
     j.diagnosis(&c, "M17.0");
-    j.diagnosis(&c, "M16.0");
+    j.secondary(&c, "M16.1");
     j.first_visit_answers(&c);
-    // The same knee seen at another unit later is an episode of that unit.
+    // A hand diagnosis a week later at the same unit is inside the first-visit window: classified.
+    let week = j.visit(FT01, fv + Duration::days(7));
+    j.diagnosis(&week, "M18.1");
+    // The same knee seen at another unit later is a course of that unit.
     let other = j.visit(FT02, fv + Duration::days(20));
     j.diagnosis(&other, "M17.0");
     let out = map(&mapper, &j, fv + Duration::days(30));
     let eps: Vec<(&str, &str)> = out.episodes.iter().map(|e| (e.unit.as_str(), e.joint.as_str())).collect();
-    assert_eq!(eps, [(FT01, "hip"), (FT01, "knee"), (FT02, "knee")]);
-    let keys = keys_of(&out);
-    assert!(keys.contains(&format!("sar|{FT01}|{PATIENT_KEY}|hip|FVPT")));
-    assert!(keys.contains(&format!("sar|{FT01}|{PATIENT_KEY}|knee|FVPT")));
-    let joints: Vec<&Value> = out.intents.iter().filter(|i| i.key.form == "FVPT").map(|i| &i.payload["PT_Joint"]).collect();
-    assert_eq!(joints, [&json!(1), &json!(2)]);
+    assert_eq!(eps, [(FT01, "hand+hip+knee"), (FT02, "knee")]);
+    let ft01: Vec<&RegisterIntent> = out.intents.iter().filter(|i| i.key.unit == FT01).collect();
+    assert_eq!(ft01.iter().map(|i| i.key.form.as_str()).collect::<Vec<_>>(), ["FVPat", "FVPT"], "one FVPat and one FVPT");
+    assert_eq!(keys_of(&out).iter().filter(|k| k.contains(FT01)).cloned().collect::<Vec<_>>(), [format!("sar|{FT01}|{PATIENT_KEY}|course|FVPat"), format!("sar|{FT01}|{PATIENT_KEY}|course|FVPT")]);
+    let pt = &intent(&out, "FVPT").payload;
+    assert_eq!(pt["PT_Joint"], json!(2), "the first visit's main diagnosis: knee");
+    assert_eq!((&pt["PT_JointKnee"], &pt["PT_JointHip"], &pt["PT_JointHand"]), (&json!(true), &json!(true), &json!(true)));
+    assert_eq!((&pt["PT_KneeSides"], &pt["PT_HipSides"], &pt["PT_HandSides"]), (&json!(2), &json!(1), &json!(1)), "M17.0 bilateral, M16.1 and M18.1 one side");
     // FT02's first visit has no answers: on the worklist.
     assert!(out.incomplete.iter().all(|i| i.unit == FT02));
     assert_eq!(out.incomplete.len(), 2);
+}
+
+/// Inclusion: only a main diagnosis opens a course (shipped); a secondary-only diagnosis does
+/// when the region configures `any_diagnosis`; a region's inclusion term opens one too.
+#[test]
+fn a_secondary_only_diagnosis_opens_no_course_unless_configured() {
+    let mut j = Journal::new(national("610101", "222"));
+    let fv = day("2025-06-02");
+    let c = j.visit(FT01, fv);
+    j.diagnosis(&c, "M54.5");
+    j.secondary(&c, "M17.1");
+    j.first_visit_answers(&c);
+    let out = map(&shipped_mapper(), &j, fv + Duration::days(30));
+    assert!(out.episodes.is_empty() && out.intents.is_empty() && out.incomplete.is_empty());
+    let (_tmp, any) = edited_connector(|m| replace_once(m, r#"inclusion = ["main_diagnosis"]"#, r#"inclusion = ["any_diagnosis"]"#), |c| c);
+    let out = map(&SarMapper::load(&any, &metadata()).unwrap(), &j, fv + Duration::days(30));
+    assert_eq!(out.episodes.len(), 1);
+    assert_eq!(intent(&out, "FVPT").payload["PT_Joint"], json!(2));
+
+    // The inclusion term: a course opened by the term, its joint from the diagnoses in the window.
+    let mut j = Journal::new(national("610101", "222"));
+    let c = j.visit(FT01, fv);
+    j.coded(&c, "ARTROS-INKLUSION", answer::YES);
+    j.first_visit_answers(&c);
+    let later = j.visit(FT01, fv + Duration::days(3));
+    j.secondary(&later, "M16.9");
+    let (_tmp, term) = edited_connector(|m| replace_once(m, r#"inclusion = ["main_diagnosis"]"#, r#"inclusion = ["main_diagnosis", "term:ARTROS-INKLUSION"]"#), |c| c);
+    let out = map(&SarMapper::load(&term, &metadata()).unwrap(), &j, fv + Duration::days(30));
+    assert_eq!(out.episodes.len(), 1);
+    assert_eq!(out.episodes[0].first_visit_date, fv.to_string());
+    assert_eq!(intent(&out, "FVPT").payload["PT_Joint"], json!(1), "hip, diagnosed within the first-visit window");
+    assert!(map(&shipped_mapper(), &j, fv + Duration::days(30)).episodes.is_empty());
+}
+
+/// The first-visit questionnaire often comes days before the visit: its answers count.
+#[test]
+fn first_visit_answers_come_from_the_window_around_the_visit() {
+    let mapper = shipped_mapper();
+    let mut j = Journal::new(national("570707", "444"));
+    let fv = day("2025-09-10");
+    let questionnaire = j.visit(FT01, fv - Duration::days(3));
+    j.first_visit_answers(&questionnaire);
+    let c = j.visit(FT01, fv);
+    j.diagnosis(&c, "M16.1");
+    // Documented at the visit too: the first-visit day wins over the questionnaire.
+    j.number(&c, obs::EQ_VAS, 40.0);
+    let out = map(&mapper, &j, fv + Duration::days(20));
+    assert!(out.incomplete.is_empty(), "{:?}", out.incomplete);
+    let p = &intent(&out, "FVPat").payload;
+    assert_eq!(p["EventDate"], json!(fv.to_string()), "the first visit's date");
+    assert_eq!(p["FV_PainNRS"], json!(6), "from the questionnaire three days before");
+    assert_eq!(p["FV_EQVAS"], json!(40));
+    // Outside the window (15 days before): not read.
+    let mut j2 = Journal::new(national("570707", "444"));
+    let early = j2.visit(FT01, fv - Duration::days(15));
+    j2.first_visit_answers(&early);
+    let c2 = j2.visit(FT01, fv);
+    j2.diagnosis(&c2, "M16.1");
+    let out = map(&mapper, &j2, fv + Duration::days(20));
+    assert!(out.intents.is_empty());
+    assert!(out.incomplete.iter().any(|i| i.form == "FVPat" && i.missing.contains(&"FV_PainNRS".to_string())));
+}
+
+/// A new course years later is a new registration with its first-visit date in the key; it
+/// never overwrites the earlier one. Within the gap, a new diagnosis belongs to the course.
+#[test]
+fn a_later_course_after_the_gap_is_a_new_registration() {
+    let mapper = shipped_mapper();
+    let mut c = complete_patient();
+    // Knee again 100 days after the 1-year visit: inside the gap, same course.
+    let again = c.j.visit(FT01, c.fv + Duration::days(465));
+    c.j.diagnosis(&again, "M17.1");
+    let out = map(&mapper, &c.j, c.fv + Duration::days(500));
+    assert_eq!(out.episodes.len(), 1);
+    // Two years after the first visit (more than 365 days after the 1-year occasion).
+    let fv2 = c.fv + Duration::days(740);
+    let second = c.j.visit(FT01, fv2);
+    c.j.diagnosis(&second, "M17.1");
+    c.j.first_visit_answers(&second);
+    let out = map(&mapper, &c.j, fv2 + Duration::days(10));
+    assert_eq!(out.episodes.len(), 2);
+    let second_key = format!("sar|{FT01}|{PATIENT_KEY}|course@{fv2}");
+    assert_eq!(out.episodes[1].episode_key, second_key);
+    assert_eq!(out.episodes[0].episode_key, format!("sar|{FT01}|{PATIENT_KEY}|course"));
+    let fvpats: Vec<(&str, &Value)> = out.intents.iter().filter(|i| i.key.form == "FVPat").map(|i| (i.key.idem_key.as_str(), &i.payload["EventDate"])).collect();
+    assert_eq!(fvpats, [(format!("sar|{FT01}|{PATIENT_KEY}|course|FVPat").as_str(), &json!(c.fv.to_string())), (format!("{second_key}|FVPat").as_str(), &json!(fv2.to_string()))]);
+    assert_eq!(out.intents.len(), 7, "five of the first course, two of the second");
 }
 
 #[test]
@@ -941,8 +1053,12 @@ fn check_catches_unknown_forms_envelope_columns_and_bad_episode_rules() {
     assert!(has(&p, "forms.FVPT.columns.SubjectKey", "envelope column"), "{p:?}");
     let p = check_mapping(|m| replace_once(m, "occasion = \"one_year\"", "occasion = \"three_months\""));
     assert!(has(&p, "forms.Y1Pat.occasion", "one_year"), "{p:?}");
-    let p = check_mapping(|m| replace_once(m, r#"hand = ["M18", "M19"]"#, r#"hand = ["M1", "M18"]"#));
-    assert!(p.iter().any(|x| x.key.starts_with("episodes.joints.") && x.reason.contains("overlaps")), "{p:?}");
+    let p = check_mapping(|m| replace_once(m, r#"codes = ["M18", "M151""#, r#"codes = ["M1", "M18", "M151""#));
+    assert!(p.iter().any(|x| x.key.starts_with("course.joints.") && x.reason.contains("overlaps")), "{p:?}");
+    let p = check_mapping(|m| replace_once(m, r#"inclusion = ["main_diagnosis"]"#, r#"inclusion = ["secondary"]"#));
+    assert!(has(&p, "course.inclusion[0]", "unknown inclusion"), "{p:?}");
+    let p = check_mapping(|m| replace_once(m, r#"bilateral = ["M160""#, r#"bilateral = ["M170""#));
+    assert!(has(&p, "course.joints.hip.bilateral", "not one of the joint's codes"), "{p:?}");
     let p = check_mapping(|m| replace_once(m, "values = [\"JA\"]", "values = []"));
     assert!(has(&p, "opt_out.values", "no value"), "{p:?}");
     // A syntax slip is reported with its line.
@@ -956,11 +1072,11 @@ fn check_catches_invalid_windows() {
         let (_tmp, c) = edited_connector(|m| m, |c| replace_once(c, from, to));
         sar::check_connector(&c, &metadata())
     };
-    let p = check_windows("three_months = { from_day = 75, to_day = 150 }", "three_months = { from_day = 150, to_day = 75 }");
+    let p = check_windows("three_months = { from_day = 91, to_day = 152 }", "three_months = { from_day = 150, to_day = 75 }");
     assert!(p.iter().any(|x| x.key == "options.windows.three_months" && x.reason.contains("invalid window") && x.file.ends_with("connector.toml")), "{p:?}");
-    let p = check_windows("one_year = { from_day = 330, to_day = 540 }", "one_year = { from_day = 120, to_day = 540 }");
+    let p = check_windows("one_year = { from_day = 365, to_day = 540 }", "one_year = { from_day = 120, to_day = 540 }");
     assert!(p.iter().any(|x| x.key == "options.windows" && x.reason.contains("overlap")), "{p:?}");
-    let p = check_windows("one_year = { from_day = 330, to_day = 540 }", "six_months = { from_day = 170, to_day = 200 }");
+    let p = check_windows("one_year = { from_day = 365, to_day = 540 }", "six_months = { from_day = 170, to_day = 200 }");
     assert!(p.iter().any(|x| x.key == "options.windows.six_months" && x.reason.contains("unknown occasion")), "{p:?}");
     assert!(p.iter().any(|x| x.key == "options.windows.one_year" && x.reason.contains("Y1Pat needs this window")), "{p:?}");
 }
@@ -1040,4 +1156,33 @@ fn reconcile_retracts_what_lost_its_basis_and_keeps_what_waits() {
     assert_eq!(up, ["FVPT"]);
     assert!(re.is_empty(), "{re:?}");
     assert_eq!(wl, ["FVPat", "M3Pat", "M3PT", "Y1Pat"]);
+}
+
+/// Every mapped column of the shipped mapping cites its source or says provisional.
+#[test]
+fn every_shipped_column_cites_a_source_or_says_provisional() {
+    let text = std::fs::read_to_string("connectors/artrosregistret/mapping.toml").unwrap();
+    let mut in_columns = false;
+    let mut n = 0;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_columns = line.ends_with(".columns]");
+            continue;
+        }
+        if in_columns && !line.starts_with('#') && line.contains(" = {") {
+            let comment = line.split_once('#').map(|(_, c)| c).unwrap_or("");
+            assert!(comment.contains("facts:") || comment.contains("provisional"), "no source: {line}");
+            n += 1;
+        }
+    }
+    assert!(n > 60, "{n} columns checked");
+}
+
+#[test]
+fn the_worklist_names_the_journal_keyword_of_each_column() {
+    let hints = sar::mapping::document_hints(&shipped_connector());
+    let h = &hints[&("FVPat".to_string(), "FV_EQVAS".to_string())];
+    assert_eq!((h.term.as_deref(), h.name.as_deref()), (Some("EQ-VAS"), Some("EQ VAS 0–100")));
+    let j = &hints[&("FVPT".to_string(), "PT_Joint".to_string())];
+    assert_eq!(j.term, None, "the course's joint is not a keyword");
 }

@@ -18,7 +18,7 @@ use axum::{Extension, Json};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -120,17 +120,47 @@ pub fn reason(s: &Option<String>) -> Result<String, Fail> {
     Ok(scrub(&r))
 }
 
-/// Record one use of the patient-data right. Called *before* the data is returned.
-pub async fn record_patient_view(state: &AdminState, p: &Principal, list: &str, subject: &str, reason: &str, rows: usize) -> Result<(), Fail> {
+/// Record one use of the patient-data right, with the pseudonyms of the patients it shows (the
+/// PDL access log: `audit search --patient` answers who has seen a patient). Called *before*
+/// the data is returned; event and patients are written in one transaction.
+pub async fn record_patient_view(state: &AdminState, p: &Principal, list: &str, subject: &str, reason: &str, rows: usize, patients: &[String]) -> Result<(), Fail> {
     if !p.patient_data {
         return Err(Fail::Forbidden);
     }
-    state
-        .app
-        .store
-        .audit(vec![NewAuditEvent::by(&p.username, kind::PATIENT_DATA_VIEW, &correlation_id(), subject, json!({"list": list, "reason": reason, "rows": rows, "via": match p.via { auth::Via::Session => "page", auth::Via::Token => "api" }}))])
-        .await?;
+    let event = NewAuditEvent::by(&p.actor(), kind::PATIENT_DATA_VIEW, &correlation_id(), subject, json!({"list": list, "reason": reason, "rows": rows, "via": match p.via { auth::Via::Session => "page", auth::Via::Token => "api" }}));
+    state.app.store.audit_patient_view(event, patients).await?;
     Ok(())
+}
+
+/// The patients in a stored patient list, as pseudonyms: its `patient_key` fields, and the
+/// identities in `personnummer` / `id` fields (lists written by other tools carry only those).
+pub fn patient_keys_in(v: &Value, pseudo: &crate::crypto::Pseudonymizer) -> Vec<String> {
+    let today = crate::pipeline::today_stockholm();
+    let mut out = vec![];
+    let mut walk_stack = vec![v];
+    while let Some(v) = walk_stack.pop() {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(s)) = o.get("patient_key") {
+                    out.push(s.clone());
+                    continue;
+                }
+                for (k, x) in o {
+                    match (k.as_str(), x) {
+                        ("personnummer" | "id", Value::String(s)) => {
+                            if let Ok(id) = crate::model::PatientId::parse_national(s, today) {
+                                out.push(pseudo.patient_key(&id));
+                            }
+                        }
+                        _ => walk_stack.push(x),
+                    }
+                }
+            }
+            Value::Array(a) => walk_stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// A patient identity for display: `ÅÅÅÅMMDD-NNNN` for national ids, the raw value otherwise.
@@ -400,8 +430,8 @@ pub async fn do_retract(state: &AdminState, p: &Principal, id: i64, why: &str) -
         .app
         .store
         .apply(ChangeSet {
-            outbox: vec![OutboxChange::Retract { idem_key: rec.idem_key.clone(), reason: why.to_string(), correlation_id: corr.clone(), actor: p.username.clone() }],
-            audit: vec![NewAuditEvent::by(&p.username, kind::RETRACT_MANUAL, &corr, &rec.idem_key, json!({"record": id, "reason": why}))],
+            outbox: vec![OutboxChange::Retract { idem_key: rec.idem_key.clone(), reason: why.to_string(), correlation_id: corr.clone(), actor: p.actor() }],
+            audit: vec![NewAuditEvent::by(&p.actor(), kind::RETRACT_MANUAL, &corr, &rec.idem_key, json!({"record": id, "reason": why}))],
             ..Default::default()
         })
         .await?;
@@ -446,7 +476,7 @@ pub async fn replay(State(state): State<AdminState>, Extension(p): Extension<Pri
     if b.ids.is_empty() || b.ids.len() > 10_000 {
         return Err(Fail::BadRequest("Ange 1–10 000 id.".into()).into());
     }
-    let done = state.app.store.replay(&b.ids, &p.username, &why).await?;
+    let done = state.app.store.replay(&b.ids, &p.actor(), &why).await?;
     let skipped: Vec<i64> = b.ids.iter().filter(|i| !done.contains(i)).copied().collect();
     Ok(Json(json!({"requeued": done, "skipped": skipped})))
 }
@@ -480,7 +510,7 @@ pub async fn resolve_quarantine(State(state): State<AdminState>, Extension(p): E
     p.require(Role::Operator)?;
     p.check_csrf(csrf_header(&headers))?;
     let note = reason(&b.note)?;
-    let done = state.app.store.resolve_quarantine(id, &p.username, &note).await?;
+    let done = state.app.store.resolve_quarantine(id, &p.actor(), &note).await?;
     if !done {
         return Err(Fail::NotFound.into());
     }
@@ -510,6 +540,11 @@ pub struct WorklistEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
     pub missing: Vec<String>,
+    /// Per missing item, what to document in the journal: the keyword (code and name from the
+    /// connector's mapping.toml) that fills the column; a first-visit form a follow-up waits for
+    /// has no keyword.
+    pub document: Vec<crate::registers::sar::mapping::DocumentHint>,
+    /// The occasion's date (the visit the answers belong to).
     pub event_date: Option<String>,
     pub since: DateTime<Utc>,
 }
@@ -520,11 +555,29 @@ pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Opti
     let show = why.is_some();
     if let Some(why) = &why {
         let subject = format!("worklist:{}:{}", connector.as_deref().unwrap_or("*"), unit.as_deref().unwrap_or("*"));
-        record_patient_view(state, p, "worklist", &subject, why, items.len()).await?;
+        let shown: Vec<String> = items.iter().map(|i| i.patient_key.clone()).collect();
+        record_patient_view(state, p, "worklist", &subject, why, items.len(), &shown).await?;
+    }
+    let mut hints: BTreeMap<String, BTreeMap<(String, String), crate::registers::sar::mapping::DocumentHint>> = BTreeMap::new();
+    for c in state.app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+        hints.insert(c.name.clone(), crate::registers::sar::mapping::document_hints(c));
     }
     Ok(items
         .into_iter()
         .map(|i| WorklistEntry {
+            document: i
+                .missing
+                .iter()
+                .map(|m| {
+                    let h = hints.get(&i.connector);
+                    h.and_then(|h| h.get(&(i.form.clone(), m.clone())).cloned()).unwrap_or(crate::registers::sar::mapping::DocumentHint {
+                        column: m.clone(),
+                        term: None,
+                        name: None,
+                        waits_for: h.is_some_and(|h| h.keys().any(|(f, _)| f == m)),
+                    })
+                })
+                .collect(),
             patient: if show { i.patient.as_ref().map(show_identity) } else { None },
             idem_key: i.idem_key,
             connector: i.connector,
@@ -586,8 +639,72 @@ pub async fn coverage(store: &Store) -> Result<Vec<CoverageRow>, Fail> {
     Ok(out)
 }
 
+/// SAR data quality: artros diagnoses that classify no joint of the mapping (M19 at another
+/// site, M15.0 …), per connector and unit, counted as distinct journal documents — from the
+/// mapper's notes in the audit log (`mapping.note`, `unmatched_diagnosis`).
+pub async fn sar_unmatched_diagnoses(store: &Store) -> Result<BTreeMap<(String, String), usize>, Fail> {
+    let events = store.audit_search(&AuditQuery { kind: Some("mapping.note".into()), limit: Some(100_000), ..Default::default() }).await?;
+    let mut docs: BTreeMap<(String, String), std::collections::BTreeSet<String>> = BTreeMap::new();
+    for e in events {
+        let Some(note) = e.detail.get("note").and_then(Value::as_str).and_then(|n| serde_json::from_str::<Value>(n).ok()) else { continue };
+        if note["kind"].as_str() != Some("unmatched_diagnosis") {
+            continue;
+        }
+        let (Some(unit), Some(doc)) = (note["unit"].as_str(), note["document"].as_str()) else { continue };
+        docs.entry((e.subject.clone(), unit.to_string())).or_default().insert(doc.to_string());
+    }
+    Ok(docs.into_iter().map(|(k, v)| (k, v.len())).collect())
+}
+
 pub async fn sar_coverage(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> ApiResult<Vec<CoverageRow>> {
     Ok(Json(coverage(&state.app.store).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// SAR: the register's own indicators
+
+#[derive(Deserialize, Default)]
+pub struct SarIndicatorQuery {
+    pub connector: Option<String>,
+    /// `kvinna` or `man`.
+    pub sex: Option<String>,
+    /// `-54`, `55-64`, `65-74`, `75-`.
+    pub age_group: Option<String>,
+    /// `hip`, `knee`, `hand`.
+    pub joint: Option<String>,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SarIndicators {
+    pub connector: String,
+    pub rows: Vec<crate::registers::sar::indicators::IndicatorRow>,
+}
+
+/// Artrosregistrets indikatorer per SAR connector, unit and year of first visit, from what the
+/// register holds (the delivered payloads), by the rules in `registers::sar::indicators`.
+pub async fn sar_indicators_of(app: &crate::app::App, q: &SarIndicatorQuery) -> anyhow::Result<Vec<SarIndicators>> {
+    use crate::registers::sar::{indicators, mapping};
+    let filter = indicators::Filter { sex: nz(&q.sex), age_group: nz(&q.age_group), joint: nz(&q.joint) };
+    let mut out = vec![];
+    for c in app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+        if nz(&q.connector).is_some_and(|n| n != c.name) {
+            continue;
+        }
+        // The mapping names the columns; loaded against the connector's offline metadata (the
+        // same file `config check` uses), as the page must work while the register is down.
+        let Ok(meta) = mapping::offline_metadata(c) else { continue };
+        let (Some(m), _) = mapping::load(c, &meta) else { continue };
+        let Some(fv) = m.forms.iter().find(|f| f.occasion == mapping::Occasion::FirstVisit) else { continue };
+        let held: Vec<indicators::Held> =
+            app.store.registrations_delivered(&c.name).await?.into_iter().map(|(unit, form, payload)| indicators::Held { unit, form, payload }).collect();
+        let rows = indicators::compute(&held, &m.indicator_columns, &fv.subject_column, &fv.event_date_column, &filter);
+        out.push(SarIndicators { connector: c.name.clone(), rows });
+    }
+    Ok(out)
+}
+
+pub async fn sar_indicators(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<SarIndicatorQuery>) -> ApiResult<Vec<SarIndicators>> {
+    Ok(Json(sar_indicators_of(&state.app, &q).await.map_err(Fail::from)?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -674,7 +791,7 @@ pub async fn patient_list(state: &AdminState, p: &Principal, k: &ListKey, why: &
     let list = state.app.store.pvk_patient_list(&k.connector, k.rule_year, &k.unit, k.year, k.month, &k.indicator).await?.ok_or(Fail::NotFound)?;
     let rows = list.as_array().map(|a| a.len()).unwrap_or(1);
     let subject = format!("pvk:{}:{}:{}:{:04}-{:02}:{}", k.connector, k.rule_year, k.unit, k.year, k.month, k.indicator);
-    record_patient_view(state, p, "pvk_patient_list", &subject, why, rows).await?;
+    record_patient_view(state, p, "pvk_patient_list", &subject, why, rows, &patient_keys_in(&list, &state.app.pseudo)).await?;
     Ok(list)
 }
 
@@ -743,13 +860,18 @@ pub async fn tokens(State(state): State<AdminState>, Extension(p): Extension<Pri
 #[derive(Deserialize)]
 pub struct TokenBody {
     pub name: String,
-    pub username: String,
+    /// Must be the caller (tokens act only for their own user); may be left out.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Validity in days (at most `admin.token_days`, the default).
+    #[serde(default)]
+    pub days: Option<u32>,
 }
 
 pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Json(b): Json<TokenBody>) -> Result<Response, ApiError> {
     p.require(Role::Admin)?;
     p.check_csrf(csrf_header(&headers))?;
-    let (id, token) = auth::create_api_token(&state, &p, &b.name, &b.username).await?;
+    let (id, token) = auth::create_api_token(&state, &p, &b.name, b.username.as_deref(), b.days).await?;
     Ok((StatusCode::CREATED, Json(json!({"id": id, "token": token}))).into_response())
 }
 

@@ -1,9 +1,15 @@
 //! Sign-in, sessions, API tokens, roles and CSRF.
 //!
 //! - Passwords: argon2id (PHC string in `users.password_hash`).
-//! - Sessions: random 32-byte tokens; only their SHA-256 is stored, with an expiry. The cookie is
-//!   `HttpOnly; SameSite=Strict` and `Secure` when `admin.cookie_secure`.
-//! - API tokens (`rbt_…`): random 32 bytes, stored as SHA-256, acting as their owner.
+//! - Sessions: random 32-byte tokens; only their SHA-256 is stored, with an expiry and an idle
+//!   timeout (`admin.session_idle_minutes`). The cookie is `HttpOnly; SameSite=Strict`, and with
+//!   `admin.cookie_secure` it is `Secure` and named with the `__Host-` prefix (the browser then
+//!   refuses it from a sibling domain or over plain HTTP).
+//! - API tokens (`rbt_…`): random 32 bytes, stored as SHA-256, acting as their owner only: a
+//!   signed-in user mints tokens for themself (an admin cannot mint one for someone else; the
+//!   command line `users token` can, for service users such as Prometheus). They expire
+//!   (`admin.token_days`), are revoked when the owner's password changes, and every event a
+//!   token causes names it (actor `user/token:<id>`).
 //! - CSRF: a random token per session, required on every state-changing request that a browser
 //!   could send on its own (cookie sessions); bearer tokens are never sent implicitly.
 //! - A failed sign-in gets one answer whatever the cause (unknown user, wrong password, disabled)
@@ -32,6 +38,19 @@ pub const SESSION_COOKIE: &str = "rb_session";
 /// The sign-in form's own CSRF token (double submit: this cookie and a hidden field must
 /// match), so another site cannot sign a browser in under an account of its choosing.
 pub const LOGIN_CSRF_COOKIE: &str = "rb_login";
+
+/// A cookie's name as set and read: `__Host-` prefixed when cookies are `Secure` (the prefix
+/// needs `Secure`, `Path=/` and no `Domain`, which every cookie here has).
+pub fn cookie_name(base: &str, secure: bool) -> String {
+    if secure {
+        format!("__Host-{base}")
+    } else {
+        base.to_string()
+    }
+}
+
+/// A session's last use is written at most this often (idle timeout precision vs. writes).
+const SESSION_TOUCH_US: i64 = 60_000_000;
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,12 +67,22 @@ pub struct Principal {
     /// May see patient identities (each view recorded with a reason).
     pub patient_data: bool,
     pub via: Via,
+    /// The API token used (token callers only).
+    pub token_id: Option<i64>,
     /// The session's CSRF token (cookie sessions only).
     pub csrf: Option<String>,
     session_hash: Option<String>,
 }
 
 impl Principal {
+    /// Who did it, as the audit log records it: the user, and for token callers the token too
+    /// (`anna/token:12`), so every use of a token can be traced to it.
+    pub fn actor(&self) -> String {
+        match self.token_id {
+            Some(id) => format!("{}/token:{id}", self.username),
+            None => self.username.clone(),
+        }
+    }
     pub fn can(&self, role: Role) -> bool {
         self.role >= role
     }
@@ -119,9 +148,52 @@ pub fn check_username(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Threads that run argon2 (each check takes ~19 MiB). A fixed pair, not the blocking pool:
+/// every thread that ever ran a check keeps its allocator arena's memory, so a flood spread
+/// over hundreds of blocking threads would keep hundreds of MiB after the checks were done.
+const ARGON2_THREADS: usize = 2;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+fn argon2_pool() -> &'static std::sync::mpsc::SyncSender<Job> {
+    static POOL: OnceLock<std::sync::mpsc::SyncSender<Job>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1024);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..ARGON2_THREADS {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                })
+                .expect("argon2 thread starts");
+        }
+        tx
+    })
+}
+
+/// Run `f` on the argon2 threads and wait for its answer without blocking the async threads.
+async fn on_argon2_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    let pool = argon2_pool().clone();
+    tokio::task::spawn_blocking(move || pool.send(job)).await?.map_err(|_| anyhow!("argon2 threads stopped"))?;
+    rx.await.map_err(|_| anyhow!("argon2 thread dropped the job"))
+}
+
 /// Hash a password (argon2id, random salt) off the async threads.
 pub async fn hash_password(pw: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
+    on_argon2_thread(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default().hash_password(pw.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| anyhow!("password hashing failed: {e}"))
     })
@@ -138,7 +210,7 @@ pub async fn verify_password(pw: String, stored: Option<String>) -> bool {
             .get_or_init(|| Argon2::default().hash_password(random_token().as_bytes(), &SaltString::generate(&mut OsRng)).expect("hash").to_string())
             .clone()
     });
-    tokio::task::spawn_blocking(move || {
+    on_argon2_thread(move || {
         let ok = PasswordHash::new(&hash).map(|h| Argon2::default().verify_password(pw.as_bytes(), &h).is_ok()).unwrap_or(false);
         ok && real
     })
@@ -180,19 +252,25 @@ async fn resolve(state: &AdminState, headers: &HeaderMap) -> Result<Option<Princ
         return Ok(match db::token_user(store, &token_hash(&t)).await? {
             Some((id, u)) => {
                 db::touch_token(store, id).await.ok();
-                Some(Principal { patient_data: effective_patient_data(&u), username: u.username, role: u.role, via: Via::Token, csrf: None, session_hash: None })
+                Some(Principal { patient_data: effective_patient_data(&u), username: u.username, role: u.role, via: Via::Token, token_id: Some(id), csrf: None, session_hash: None })
             }
             None => None,
         });
     }
-    if let Some(c) = cookie_value(headers, SESSION_COOKIE) {
+    let settings = state.settings();
+    if let Some(c) = cookie_value(headers, &cookie_name(SESSION_COOKIE, settings.cookie_secure)) {
         let h = token_hash(&c);
-        if let Some(s) = db::session(store, &h).await? {
+        let idle_us = (settings.session_idle_minutes.max(1) as i64) * 60_000_000;
+        if let Some(s) = db::session(store, &h, idle_us).await? {
+            if crate::store::now_us() - s.last_seen_us > SESSION_TOUCH_US {
+                db::touch_session(store, &h).await?;
+            }
             return Ok(Some(Principal {
                 patient_data: effective_patient_data(&s.user),
                 username: s.user.username,
                 role: s.user.role,
                 via: Via::Session,
+                token_id: None,
                 csrf: Some(s.csrf),
                 session_hash: Some(h),
             }));
@@ -253,7 +331,7 @@ pub async fn login_page(State(state): State<AdminState>, axum::extract::Query(q)
 fn login_form(state: &AdminState, status: StatusCode, next: Option<&str>, error: Option<&str>, username: &str) -> Response {
     let token = random_token();
     let mut res = (status, Html(super::pages::login_page(next, error, username, &token))).into_response();
-    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, &token, "/login", 3600, state.settings().cookie_secure));
+    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, &token, 3600, state.settings().cookie_secure));
     res
 }
 
@@ -274,11 +352,20 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
     let remote = connect.map(|c| c.0 .0.ip().to_string());
     let next = f.next.as_deref().and_then(safe_next);
     // The form must come from our own sign-in page (its cookie and hidden field agree).
-    let form_ok = cookie_value(&headers, LOGIN_CSRF_COOKIE).is_some_and(|c| !c.is_empty() && constant_time_eq(c.as_bytes(), f.login_csrf.as_bytes()));
+    let form_ok = cookie_value(&headers, &cookie_name(LOGIN_CSRF_COOKIE, state.settings().cookie_secure)).is_some_and(|c| !c.is_empty() && constant_time_eq(c.as_bytes(), f.login_csrf.as_bytes()));
     if !form_ok {
         return login_form(&state, StatusCode::FORBIDDEN, next.as_deref(), Some("Inloggningsformuläret har gått ut eller kom inte från den här sidan. Försök igen."), "");
     }
     let username = f.username.trim().to_string();
+    // Growing delay per address and per name: refused at once, before any password check.
+    let name_key = state.app.pseudo.hash_str(&username);
+    let wait = state.guard.wait(remote.as_deref(), &name_key);
+    if !wait.is_zero() {
+        let msg = format!("För många misslyckade inloggningar. Försök igen om {} sekunder.", wait.as_secs().max(1));
+        return super::guard::too_many(wait, login_form(&state, StatusCode::TOO_MANY_REQUESTS, next.as_deref(), Some(&msg), ""));
+    }
+    // Counted before the check, so attempts sent in parallel see each other; a success clears it.
+    state.guard.attempt(remote.as_deref(), &name_key);
     let user: Option<User> = if username.is_empty() || username.len() > 64 {
         None
     } else {
@@ -289,7 +376,11 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
     };
     let known = user.is_some();
     let usable = user.filter(|u| !u.disabled);
-    let ok = verify_password(f.password, usable.as_ref().map(|u| u.password_hash.clone())).await;
+    let ok = {
+        // Few argon2 checks at once: each takes ~19 MiB and a core.
+        let Ok(_permit) = state.guard.password_checks.acquire().await else { return Fail::Internal(anyhow!("password check limiter closed")).page() };
+        verify_password(f.password, usable.as_ref().map(|u| u.password_hash.clone())).await
+    };
     let corr = correlation_id();
     let Some(u) = usable.filter(|_| ok) else {
         // Audit who tried without ever writing what was typed as a password: a name that is
@@ -299,11 +390,13 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
         } else {
             ("user:?".to_string(), serde_json::json!({"via": "password", "remote": remote, "username_hash": state.app.pseudo.hash_str(&username)}))
         };
-        if let Err(e) = store.audit(vec![NewAuditEvent::by("anonymous", kind::LOGIN_FAILED, &corr, subject, detail)]).await {
+        // Batched: a flood of failures takes the audit chain's lock once per batch.
+        if let Err(e) = state.guard.audit_failure(store, NewAuditEvent::by("anonymous", kind::LOGIN_FAILED, &corr, subject, detail)).await {
             return Fail::Internal(e).page();
         }
         return login_form(&state, StatusCode::UNAUTHORIZED, next.as_deref(), Some("Fel användarnamn eller lösenord."), "");
     };
+    state.guard.succeeded(remote.as_deref(), &name_key);
     let token = random_token();
     let csrf = random_token();
     let minutes = state.settings().session_minutes.max(1);
@@ -320,16 +413,17 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
     let secure = state.settings().cookie_secure;
     let mut res = Redirect::to(&next.unwrap_or_else(|| "/".into())).into_response();
     *res.status_mut() = StatusCode::SEE_OTHER;
-    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, &token, "/", minutes * 60, secure));
+    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, &token, minutes * 60, secure));
     // The form token is spent.
-    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, "", "/login", 0, secure));
+    set_cookie(&mut res, &hardened_cookie(LOGIN_CSRF_COOKIE, "", 0, secure));
     res
 }
 
-/// Every cookie we set: `HttpOnly; SameSite=Strict`, and `Secure` when configured (max age 0
-/// clears it).
-pub fn hardened_cookie(name: &str, value: &str, path: &str, max_age_seconds: u64, secure: bool) -> String {
-    format!("{name}={value}; Path={path}; Max-Age={max_age_seconds}; HttpOnly; SameSite=Strict{}", if secure { "; Secure" } else { "" })
+/// Every cookie we set: `Path=/; HttpOnly; SameSite=Strict`, and `Secure` with the `__Host-`
+/// name prefix when configured (max age 0 clears it).
+pub fn hardened_cookie(base_name: &str, value: &str, max_age_seconds: u64, secure: bool) -> String {
+    let name = cookie_name(base_name, secure);
+    format!("{name}={value}; Path=/; Max-Age={max_age_seconds}; HttpOnly; SameSite=Strict{}", if secure { "; Secure" } else { "" })
 }
 
 fn set_cookie(res: &mut Response, cookie: &str) {
@@ -354,36 +448,54 @@ pub async fn logout(State(state): State<AdminState>, Extension(p): Extension<Pri
     if let Err(e) = state
         .app
         .store
-        .audit(vec![NewAuditEvent::by(&p.username, kind::LOGOUT, &correlation_id(), format!("user:{}", p.username), serde_json::json!({}))])
+        .audit(vec![NewAuditEvent::by(&p.actor(), kind::LOGOUT, &correlation_id(), format!("user:{}", p.username), serde_json::json!({}))])
         .await
     {
         return Fail::Internal(e).page();
     }
     let mut res = (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
-    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, "", "/", 0, state.settings().cookie_secure));
+    set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, "", 0, state.settings().cookie_secure));
     res
 }
 
-/// A new API token for `username`; returns (id, token). The token is shown once, stored hashed.
-pub async fn create_api_token(state: &AdminState, actor: &Principal, name: &str, username: &str) -> Result<(i64, String), Fail> {
+/// A new API token for the signed-in caller itself; returns (id, token). The token is shown once,
+/// stored hashed. `for_user` (when a form or body names one) must be the caller: nobody mints a
+/// token that acts as someone else, and a token cannot mint further tokens.
+pub async fn create_api_token(state: &AdminState, actor: &Principal, name: &str, for_user: Option<&str>, days: Option<u32>) -> Result<(i64, String), Fail> {
     let name = name.trim();
     if name.is_empty() || name.len() > 100 {
         return Err(Fail::BadRequest("Ange ett namn på nyckeln (högst 100 tecken).".into()));
     }
-    if db::user(&state.app.store, username).await?.is_none() {
-        return Err(Fail::BadRequest("Användaren finns inte.".into()));
+    if actor.via != Via::Session {
+        return Err(Fail::Forbidden);
+    }
+    if for_user.is_some_and(|u| !u.trim().is_empty() && u.trim() != actor.username) {
+        return Err(Fail::BadRequest("En API-nyckel kan bara skapas för den egna användaren.".into()));
+    }
+    let max = state.settings().token_days.max(1);
+    let days = days.unwrap_or(max);
+    if days == 0 || days > max {
+        return Err(Fail::BadRequest(format!("En nyckel gäller 1–{max} dagar.")));
+    }
+    let (id, token) = mint_token(&state.app.store, name, &actor.username, &actor.actor(), days).await?;
+    Ok((id, token))
+}
+
+/// Store a new token for `username` valid `days` days, audited as made by `actor`.
+pub async fn mint_token(store: &crate::store::Store, name: &str, username: &str, actor: &str, days: u32) -> Result<(i64, String)> {
+    if db::user(store, username).await?.is_none() {
+        bail!("no user {username}");
     }
     let token = format!("rbt_{}", random_token());
-    let id = db::create_token(&state.app.store, name, &token_hash(&token), username, &actor.username).await?;
-    state
-        .app
-        .store
+    let expires = crate::store::now_us() + days as i64 * 86_400_000_000;
+    let id = db::create_token(store, name, &token_hash(&token), username, actor, expires).await?;
+    store
         .audit(vec![NewAuditEvent::by(
-            &actor.username,
+            actor,
             kind::USER_CHANGED,
             &correlation_id(),
             format!("user:{username}"),
-            serde_json::json!({"action": "api_token.created", "token_id": id, "name": name}),
+            serde_json::json!({"action": "api_token.created", "token_id": id, "name": name, "days": days}),
         )])
         .await?;
     Ok((id, token))
@@ -395,7 +507,7 @@ pub async fn revoke_api_token(state: &AdminState, actor: &Principal, id: i64) ->
         state
             .app
             .store
-            .audit(vec![NewAuditEvent::by(&actor.username, kind::USER_CHANGED, &correlation_id(), format!("api_token:{id}"), serde_json::json!({"action": "api_token.revoked"}))])
+            .audit(vec![NewAuditEvent::by(&actor.actor(), kind::USER_CHANGED, &correlation_id(), format!("api_token:{id}"), serde_json::json!({"action": "api_token.revoked"}))])
             .await?;
     }
     Ok(done)

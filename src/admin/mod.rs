@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod guard;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
@@ -61,11 +62,14 @@ pub struct AdminState {
     pub next_runs: NextRuns,
     pub readiness: Readiness,
     pub warnings: Warnings,
+    /// Sign-in delays, the password-check and request limits, batched failure auditing.
+    pub guard: Arc<guard::Guard>,
 }
 
 impl AdminState {
     pub fn new(app: App) -> AdminState {
-        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new) }
+        let guard = Arc::new(guard::Guard::new(&app.settings().admin));
+        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new), guard }
     }
     pub fn with_next_runs(mut self, f: impl Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync + 'static) -> Self {
         self.next_runs = Arc::new(f);
@@ -109,6 +113,7 @@ fn table() -> Vec<Entry> {
         ("GET", "/att-komplettera", get(pages::worklist)),
         ("POST", "/att-komplettera", post(pages::worklist_identities)),
         ("GET", "/tackningsgrad", get(pages::coverage)),
+        ("GET", "/artrosregistret/indikatorer", get(pages::sar_indicators)),
         ("GET", "/pvk", get(pages::pvk)),
         ("GET", "/pvk/patientlista", get(pages::pvk_list_form)),
         ("POST", "/pvk/patientlista", post(pages::pvk_list)),
@@ -137,6 +142,7 @@ fn table() -> Vec<Entry> {
         ("POST", "/api/v1/quarantine/{id}/resolve", post(api::resolve_quarantine)),
         ("GET", "/api/v1/worklists", get(api::worklists)),
         ("GET", "/api/v1/coverage/sar", get(api::sar_coverage)),
+        ("GET", "/api/v1/sar/indicators", get(api::sar_indicators)),
         ("GET", "/api/v1/pvk/results", get(api::pvk_results)),
         ("GET", "/api/v1/pvk/patient-list", get(api::pvk_patient_list)),
         ("GET", "/api/v1/audit", get(api::audit)),
@@ -169,6 +175,8 @@ pub fn router(state: AdminState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn(log_request))
+        // Outermost: bounds requests in progress and their time before anything else runs.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::limit_requests))
         .with_state(state)
 }
 
@@ -300,6 +308,18 @@ pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
                 )])
                 .await?;
             println!("{} user {username} ({}{})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
+            Ok(0)
+        }
+        UsersCmd::Token { username, name, days } => {
+            let max = app.settings().admin.token_days.max(1);
+            let days = days.unwrap_or(max);
+            if days == 0 || days > max {
+                bail!("--days must be 1–{max} (admin.token_days)");
+            }
+            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+            let (id, token) = auth::mint_token(&app.store, name.trim(), &username, &format!("{actor} (cli)"), days).await?;
+            eprintln!("token {id} for {username}, valid {days} days (shown once):");
+            println!("{token}");
             Ok(0)
         }
         UsersCmd::List { json } => {

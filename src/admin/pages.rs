@@ -47,6 +47,7 @@ const MENU: &[(&str, &str, Role)] = &[
     ("/misslyckade", "Misslyckade", Role::Reader),
     ("/att-komplettera", "Att komplettera", Role::Reader),
     ("/tackningsgrad", "Täckningsgrad", Role::Reader),
+    ("/artrosregistret/indikatorer", "Artrosregistrets indikatorer", Role::Reader),
     ("/pvk", "PVK-indikatorer", Role::Reader),
     ("/karantan", "Karantän", Role::Reader),
     ("/granskningslogg", "Granskningslogg", Role::Reader),
@@ -632,7 +633,7 @@ async fn transfer_page(state: &AdminState, p: &Principal, id: i64, msg: Option<S
     let (h, payload, held) = api::history(&state.app.store, id).await?;
     let payload_rows = match reveal {
         Some(why) => {
-            api::record_patient_view(state, p, "record_payload", &h.record.idem_key, &why, 1).await?;
+            api::record_patient_view(state, p, "record_payload", &h.record.idem_key, &why, 1, &h.record.subject.clone().into_iter().collect::<Vec<_>>()).await?;
             let mut cols: Vec<String> = payload.as_ref().map(|m| m.keys().cloned().collect()).unwrap_or_default();
             for k in held.as_ref().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
                 if !cols.contains(&k) {
@@ -821,7 +822,21 @@ async fn worklist_page(state: &AdminState, p: &Principal, unit: Option<String>, 
         groups.entry(e.unit.clone()).or_default().push(WorkItemView {
             patient: e.patient.clone().unwrap_or_else(|| e.patient_key.clone()),
             form: e.form,
-            missing: if e.missing.is_empty() { "–".into() } else { e.missing.join(", ") },
+            missing: if e.document.is_empty() {
+                "–".into()
+            } else {
+                // What to document where: the journal keyword (name and code), then the column.
+                e.document
+                    .iter()
+                    .map(|d| match (&d.term, &d.name) {
+                        (Some(t), Some(n)) => format!("sökord {n} ({t}) → {}", d.column),
+                        (Some(t), None) => format!("sökord {t} → {}", d.column),
+                        (None, _) if d.waits_for => format!("första besöket först: {}", d.column),
+                        (None, _) => d.column.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
             event_date: s_opt(e.event_date),
             since: t(e.since),
             connector: e.connector,
@@ -881,6 +896,8 @@ struct CovUnit {
 struct CoverageTpl {
     l: Layout,
     units: Vec<CovUnit>,
+    /// Data quality: (unit, artros diagnoses that classify no joint).
+    unmatched: Vec<(String, usize)>,
 }
 
 pub async fn coverage(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> PageResult {
@@ -902,7 +919,78 @@ pub async fn coverage(State(state): State<AdminState>, Extension(p): Extension<P
             u
         })
         .collect();
-    render(CoverageTpl { l: layout(&p, "/tackningsgrad", "Täckningsgrad per mottagning", None), units })
+    let unmatched = api::sar_unmatched_diagnoses(&state.app.store)
+        .await?
+        .into_iter()
+        .map(|((connector, unit), n)| (if several { format!("{unit} ({connector})") } else { unit }, n))
+        .collect();
+    render(CoverageTpl { l: layout(&p, "/tackningsgrad", "Täckningsgrad per mottagning", None), units, unmatched })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Artrosregistrets indikatorer
+
+struct IndView {
+    name: String,
+    occasion: String,
+    value: String,
+    counts: String,
+    target: String,
+    status: String,
+}
+
+struct IndGroup {
+    title: String,
+    rows: Vec<IndView>,
+}
+
+#[derive(Template)]
+#[template(path = "sar_indicators.html")]
+struct SarIndicatorsTpl {
+    l: Layout,
+    groups: Vec<IndGroup>,
+    sex: String,
+    age_group: String,
+    joint: String,
+}
+
+pub async fn sar_indicators(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<api::SarIndicatorQuery>) -> PageResult {
+    let all = api::sar_indicators_of(&state.app, &q).await.map_err(Fail::from)?;
+    let several = all.len() > 1;
+    let mut groups = vec![];
+    for c in all {
+        for r in c.rows {
+            let title = if several { format!("{} – {} ({}; {} förlopp)", r.unit, r.year, c.connector, r.courses) } else { format!("{} – {} ({} förlopp)", r.unit, r.year, r.courses) };
+            let rows = r
+                .indicators
+                .iter()
+                .map(|i| IndView {
+                    name: i.name.to_string(),
+                    occasion: i.occasion.to_string(),
+                    value: match (i.value, i.id) {
+                        (Some(v), "age") => format!("{v:.1} år"),
+                        (Some(v), _) => format!("{v:.0} %"),
+                        (None, _) => i.note.clone().unwrap_or_else(|| "–".into()),
+                    },
+                    counts: if i.id == "age" || i.denominator == 0 { String::new() } else { format!("{} av {}", i.numerator, i.denominator) },
+                    target: i.target.to_string(),
+                    status: match i.meets_target {
+                        Some(true) => "uppnår målet".into(),
+                        Some(false) => "under målet".into(),
+                        None => String::new(),
+                    },
+                })
+                .collect();
+            groups.push(IndGroup { title, rows });
+        }
+    }
+    render(SarIndicatorsTpl {
+        l: layout(&p, "/artrosregistret/indikatorer", "Artrosregistrets indikatorer", None),
+        groups,
+        sex: q.sex.unwrap_or_default(),
+        age_group: q.age_group.unwrap_or_default(),
+        joint: q.joint.unwrap_or_default(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1327,6 +1415,7 @@ struct TokenView {
     created: String,
     last_used: String,
     revoked: bool,
+    expires: String,
 }
 
 #[derive(Template)]
@@ -1356,6 +1445,7 @@ async fn users_page(state: &AdminState, p: &Principal, msg: Option<String>, new_
             created: t(k.created),
             last_used: t_opt(k.last_used),
             revoked: k.revoked.is_some(),
+            expires: t(k.expires),
         })
         .collect();
     render(UsersTpl { l: layout(p, "/anvandare", "Användare och API-nycklar", flash(&msg)), users, tokens, new_token })
@@ -1417,13 +1507,17 @@ pub async fn user_save(State(state): State<AdminState>, Extension(p): Extension<
 pub struct TokenForm {
     pub csrf: Option<String>,
     pub name: String,
-    pub username: String,
+    /// Must be the signed-in user (tokens act only for their own user).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub days: Option<u32>,
 }
 
 pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, Form(f): Form<TokenForm>) -> PageResult {
     p.require(Role::Admin)?;
     p.check_csrf(f.csrf.as_deref())?;
-    let (_, token) = auth::create_api_token(&state, &p, &f.name, &f.username).await?;
+    let (_, token) = auth::create_api_token(&state, &p, &f.name, f.username.as_deref(), f.days).await?;
     // Rendered directly (not redirected) so the token is shown once and never lands in a URL.
     users_page(&state, &p, None, Some(token)).await
 }

@@ -61,6 +61,7 @@ pub struct ApiToken {
     pub created: DateTime<Utc>,
     pub last_used: Option<DateTime<Utc>>,
     pub revoked: Option<DateTime<Utc>>,
+    pub expires: DateTime<Utc>,
 }
 
 /// A session or token resolved to its user.
@@ -69,6 +70,7 @@ pub struct SessionRow {
     pub user: User,
     pub csrf: String,
     pub expires: DateTime<Utc>,
+    pub last_seen_us: i64,
 }
 
 fn user_from(r: &dyn crate::store::sql::Row, off: usize) -> Result<User> {
@@ -109,6 +111,10 @@ pub async fn put_user(store: &Store, username: &str, password_hash: Option<&str>
     if exists {
         if let Some(h) = password_hash {
             tx.exec("UPDATE users SET password_hash = $1 WHERE username = $2", args![h, username]).await?;
+            // A new password ends what the old one opened: the user's API tokens and sessions
+            // (a leaked password or token must not outlive the change).
+            tx.exec("UPDATE api_tokens SET revoked_us = $1 WHERE username = $2 AND revoked_us IS NULL", args![now_us(), username]).await?;
+            tx.exec("DELETE FROM sessions WHERE username = $1", args![username]).await?;
         }
         tx.exec("UPDATE users SET role = $1, can_view_patients = $2, disabled = $3 WHERE username = $4", args![role.as_str(), patient_data, disabled, username])
             .await?;
@@ -134,22 +140,34 @@ pub async fn create_session(store: &Store, token_hash: &str, username: &str, csr
     // Housekeeping on the way in: expired sessions are worthless.
     tx.exec("DELETE FROM sessions WHERE expires_us < $1", args![now]).await?;
     tx.exec(
-        "INSERT INTO sessions (token_hash, username, csrf, created_us, expires_us) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO sessions (token_hash, username, csrf, created_us, expires_us, last_seen_us) VALUES ($1, $2, $3, $4, $5, $4)",
         args![token_hash, username, csrf, now, expires_us],
     )
     .await?;
     tx.commit().await
 }
 
-pub async fn session(store: &Store, token_hash: &str) -> Result<Option<SessionRow>> {
+/// A session that has neither expired nor been idle longer than `idle_us`.
+pub async fn session(store: &Store, token_hash: &str, idle_us: i64) -> Result<Option<SessionRow>> {
+    let now = now_us();
     let mut tx = store.read().await?;
     let r = tx
         .row(
-            &format!("SELECT {USER_COLS}, s.csrf, s.expires_us FROM sessions s JOIN users u ON u.username = s.username WHERE s.token_hash = $1 AND s.expires_us > $2 AND u.disabled = 0"),
-            args![token_hash, now_us()],
+            &format!(
+                "SELECT {USER_COLS}, s.csrf, s.expires_us, s.last_seen_us FROM sessions s JOIN users u ON u.username = s.username
+                 WHERE s.token_hash = $1 AND s.expires_us > $2 AND s.last_seen_us > $3 AND u.disabled = 0"
+            ),
+            args![token_hash, now, now - idle_us],
         )
         .await?;
-    r.map(|r| Ok(SessionRow { user: user_from(&*r, 0)?, csrf: r.text(6)?, expires: from_us(r.i64(7)?) })).transpose()
+    r.map(|r| Ok(SessionRow { user: user_from(&*r, 0)?, csrf: r.text(6)?, expires: from_us(r.i64(7)?), last_seen_us: r.i64(8)? })).transpose()
+}
+
+/// Mark a session as used now (its idle time starts again).
+pub async fn touch_session(store: &Store, token_hash: &str) -> Result<()> {
+    let mut tx = store.begin().await?;
+    tx.exec("UPDATE sessions SET last_seen_us = $1 WHERE token_hash = $2", args![now_us(), token_hash]).await?;
+    tx.commit().await
 }
 
 pub async fn delete_session(store: &Store, token_hash: &str) -> Result<()> {
@@ -158,12 +176,12 @@ pub async fn delete_session(store: &Store, token_hash: &str) -> Result<()> {
     tx.commit().await
 }
 
-pub async fn create_token(store: &Store, name: &str, token_hash: &str, username: &str, created_by: &str) -> Result<i64> {
+pub async fn create_token(store: &Store, name: &str, token_hash: &str, username: &str, created_by: &str, expires_us: i64) -> Result<i64> {
     let mut tx = store.begin().await?;
     let r = tx
         .row(
-            "INSERT INTO api_tokens (name, token_hash, username, created_by, created_us) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-            args![name, token_hash, username, created_by, now_us()],
+            "INSERT INTO api_tokens (name, token_hash, username, created_by, created_us, expires_us) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            args![name, token_hash, username, created_by, now_us(), expires_us],
         )
         .await?
         .expect("RETURNING gives a row");
@@ -172,13 +190,16 @@ pub async fn create_token(store: &Store, name: &str, token_hash: &str, username:
     Ok(id)
 }
 
-/// The user behind a valid (not revoked, user not disabled) API token.
+/// The user behind a valid (not revoked, not expired, user not disabled) API token.
 pub async fn token_user(store: &Store, token_hash: &str) -> Result<Option<(i64, User)>> {
     let mut tx = store.read().await?;
     let r = tx
         .row(
-            &format!("SELECT t.id, {USER_COLS} FROM api_tokens t JOIN users u ON u.username = t.username WHERE t.token_hash = $1 AND t.revoked_us IS NULL AND u.disabled = 0"),
-            args![token_hash],
+            &format!(
+                "SELECT t.id, {USER_COLS} FROM api_tokens t JOIN users u ON u.username = t.username
+                 WHERE t.token_hash = $1 AND t.revoked_us IS NULL AND t.expires_us > $2 AND u.disabled = 0"
+            ),
+            args![token_hash, now_us()],
         )
         .await?;
     r.map(|r| Ok((r.i64(0)?, user_from(&*r, 1)?))).transpose()
@@ -193,7 +214,7 @@ pub async fn touch_token(store: &Store, id: i64) -> Result<()> {
 pub async fn tokens(store: &Store) -> Result<Vec<ApiToken>> {
     let mut tx = store.read().await?;
     let rows = tx
-        .rows("SELECT id, name, username, created_by, created_us, last_used_us, revoked_us FROM api_tokens ORDER BY id", &[])
+        .rows("SELECT id, name, username, created_by, created_us, last_used_us, revoked_us, expires_us FROM api_tokens ORDER BY id", &[])
         .await?;
     rows.iter()
         .map(|r| {
@@ -205,6 +226,7 @@ pub async fn tokens(store: &Store) -> Result<Vec<ApiToken>> {
                 created: from_us(r.i64(4)?),
                 last_used: r.i64_opt(5)?.map(from_us),
                 revoked: r.i64_opt(6)?.map(from_us),
+                expires: from_us(r.i64(7)?),
             })
         })
         .collect()

@@ -53,6 +53,7 @@ pub mod kind {
     pub const EXPORT_WRITTEN: &str = "export.written";
     pub const PVK_COMPUTED: &str = "pvk.computed";
     pub const BACKFILL: &str = "backfill";
+    pub const KEYS_ROTATED: &str = "keys.rotated";
 }
 
 /// An event to append. `subject` names what it is about (a record's idempotency key, a

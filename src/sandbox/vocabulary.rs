@@ -41,6 +41,9 @@ pub mod obs {
     pub const EXERCISE_ADHERENCE: &str = "FOLJSAMHET-TRANING";
     /// The patient objects to reporting to quality registers (value: cv code "JA").
     pub const REGISTER_OBJECTION: &str = "KVALREG-SPARR";
+    /// Marks a visit as the artros course's follow-up (3 months, 1 year): the shipped SAR
+    /// mapping ties follow-up occasions to it (`follow_up_mark`), value cv "JA".
+    pub const FOLLOW_UP_MARK: &str = "ARTROS-UPPFOLJNING";
     /// Six-minute walk test, metres (KOL).
     pub const SIX_MINUTE_WALK: &str = "6MWT";
     /// Artrosskola sessions attended, as the physiotherapist counts them at the 3-month visit.

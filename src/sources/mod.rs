@@ -18,6 +18,30 @@ pub mod files;
 pub mod riv;
 pub mod sql;
 
+/// Sources carry personal data, so their endpoints must be `https://`. Plain `http://` is
+/// accepted only to a loopback address (a sandbox, a local TLS-terminating tunnel) and only when
+/// the source says `allow_plain_http_loopback = true`. The error names the setting, never the URL's
+/// credentials.
+pub fn check_transport(key: &str, url: &str, allow_plain_http_loopback: bool) -> std::result::Result<(), String> {
+    let u = reqwest::Url::parse(url.trim()).map_err(|e| format!("{key} is not a URL: {e}"))?;
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let host = u.host_str().unwrap_or("");
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                Err(format!("{key} must be https:// (personal data never travels in plain HTTP; plain http:// is allowed only to loopback)"))
+            } else if !allow_plain_http_loopback {
+                Err(format!("{key} is plain http:// to loopback: set allow_plain_http_loopback = true on the source to allow it"))
+            } else {
+                Ok(())
+            }
+        }
+        other => Err(format!("{key} has unsupported scheme {other}:// (use https://)")),
+    }
+}
+
 /// What to pull.
 #[derive(Clone, Debug)]
 pub struct PullRequest {

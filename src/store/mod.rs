@@ -14,8 +14,9 @@ pub mod postgres;
 mod outbox;
 mod audit_chain;
 mod queries;
+pub mod sealed;
 
-pub use audit_chain::{chain_hash, AuditQuery, VerifyReport, GENESIS_HASH};
+pub use audit_chain::{chain_hash, chain_hash_keyed, AuditMac, AuditQuery, SignedHead, VerifyReport, GENESIS_HASH};
 pub use outbox::*;
 pub use queries::*;
 
@@ -51,6 +52,8 @@ pub fn from_us(us: i64) -> DateTime<Utc> {
 pub struct Store {
     backend: Arc<dyn Backend>,
     cipher: Cipher,
+    /// The audit key (`security.audit_key`), when configured: the chain is HMAC'd with it.
+    audit_mac: Option<audit_chain::AuditMac>,
 }
 
 impl std::fmt::Debug for Store {
@@ -213,9 +216,13 @@ impl Store {
                 Arc::new(postgres::PgBackend::open(&url, settings.max_connections).await?)
             }
         };
-        let store = Store { backend, cipher };
+        let mut store = Store { backend, cipher, audit_mac: None };
         store.backend.migrate().await?;
         store.ensure_audit_partitions(Utc::now()).await?;
+        // Once every payload is bound to its row, an unbound (v1) ciphertext can only be planted.
+        if store.kv_get(sealed::PAYLOADS_BOUND).await?.as_deref() == Some("1") {
+            store.cipher.refuse_unbound();
+        }
         Ok(store)
     }
 
@@ -331,12 +338,12 @@ impl Store {
                 }
                 let b = a.len();
                 a.push(sql::Val::from(&d.connector));
-                a.push(sql::Val::from(key));
+                a.push(sql::Val::from(&key));
                 a.push(sql::Val::from(&d.patient_key));
                 a.push(sql::Val::from(d.record.unit().map(|u| u.as_str().to_string())));
                 a.push(sql::Val::from(d.record.kind().as_str()));
                 a.push(sql::Val::from(hash));
-                a.push(sql::Val::from(self.cipher.encrypt_json(&d.record)));
+                a.push(sql::Val::from(self.cipher.encrypt_json(&sealed::document(&d.connector, &key), &d.record)));
                 a.push(sql::Val::from(d.record.nullified()));
                 a.push(sql::Val::from(d.record.date().map(|x| x.to_string())));
                 rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1, $1)", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9));
@@ -360,7 +367,7 @@ impl Store {
         for q in &cs.quarantine {
             tx.exec(
                 "INSERT INTO quarantine (connector, run_id, at_us, document, field, reason, patient_key, raw) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                args![&q.connector, q.run_id, now, &q.document, &q.field, &q.reason, q.patient_key.clone(), q.raw.as_ref().map(|r| self.cipher.encrypt(r))],
+                args![&q.connector, q.run_id, now, &q.document, &q.field, &q.reason, q.patient_key.clone(), q.raw.as_ref().map(|r| self.cipher.encrypt(&sealed::quarantine_raw(&q.connector, &q.document, &q.field), r))],
             )
             .await?;
             out.quarantined += 1;
@@ -403,7 +410,7 @@ impl Store {
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
                          ON CONFLICT (idem_key) DO UPDATE SET missing = excluded.missing, event_date = excluded.event_date,
                            unit = excluded.unit, patient_ref = excluded.patient_ref, updated_us = excluded.updated_us",
-                        args![idem_key, connector, unit, form, patient_key, self.cipher.encrypt_json(patient), serde_json::to_string(missing)?, event_date.clone(), now],
+                        args![idem_key, connector, unit, form, patient_key, self.cipher.encrypt_json(&sealed::worklist_patient(idem_key), patient), serde_json::to_string(missing)?, event_date.clone(), now],
                     )
                     .await?;
                 }
@@ -447,7 +454,10 @@ impl Store {
                     sql::Val::from(r.computable),
                     sql::Val::from(r.suppressed),
                     sql::Val::from(r.note.clone()),
-                    r.patient_list.as_ref().map(|l| sql::Val::Bytes(self.cipher.encrypt(l.json().as_bytes()))).unwrap_or(sql::Val::Null(sql::NullKind::Bytes)),
+                    r.patient_list
+                        .as_ref()
+                        .map(|l| sql::Val::Bytes(self.cipher.encrypt(&sealed::pvk_patient_list(&r.connector, r.rule_year, &r.unit, r.year, r.month, &r.indicator), l.json().as_bytes())))
+                        .unwrap_or(sql::Val::Null(sql::NullKind::Bytes)),
                 ]);
             }
             tx.exec(
@@ -472,7 +482,7 @@ impl Store {
             .await?;
         }
         audit.extend(cs.audit.iter().cloned());
-        audit_chain::append(tx, &audit).await?;
+        audit_chain::append(tx, self.audit_mac.as_ref(), &audit).await?;
         Ok(out)
     }
 
@@ -509,8 +519,8 @@ impl Store {
     /// All stored canonical records of a patient for a connector (decrypted).
     pub async fn patient_documents(&self, connector: &str, patient_key: &str) -> Result<Vec<Record>> {
         let mut tx = self.backend.read().await?;
-        let rows = tx.rows("SELECT payload FROM documents WHERE connector = $1 AND patient_key = $2 ORDER BY doc_key", args![connector, patient_key]).await?;
-        rows.iter().map(|r| self.cipher.decrypt_json(&r.bytes(0)?)).collect()
+        let rows = tx.rows("SELECT payload, doc_key FROM documents WHERE connector = $1 AND patient_key = $2 ORDER BY doc_key", args![connector, patient_key]).await?;
+        rows.iter().map(|r| self.cipher.decrypt_json(&sealed::document(connector, &r.text(1)?), &r.bytes(0)?)).collect()
     }
 
     /// Patient keys with stored documents for a connector (for recomputation without a source).
@@ -550,7 +560,7 @@ impl Store {
             after = Some(hi.clone());
             let rows = tx
                 .rows(
-                    "SELECT patient_key, payload FROM documents WHERE connector = $1 AND patient_key >= $2 AND patient_key <= $3 ORDER BY patient_key, doc_key",
+                    "SELECT patient_key, payload, doc_key FROM documents WHERE connector = $1 AND patient_key >= $2 AND patient_key <= $3 ORDER BY patient_key, doc_key",
                     args![connector, lo, hi],
                 )
                 .await?;
@@ -565,7 +575,7 @@ impl Store {
                     }
                     current = Some(pk);
                 }
-                recs.push(self.cipher.decrypt_json(&r.bytes(1)?)?);
+                recs.push(self.cipher.decrypt_json(&sealed::document(connector, &r.text(2)?), &r.bytes(1)?)?);
             }
             if let Some(c) = current {
                 f(&c, recs)?;

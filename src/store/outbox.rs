@@ -263,14 +263,15 @@ impl Store {
             subject: r.text_opt(5)?,
             event_id: r.text_opt(6)?,
             delivered_hash: r.text_opt(7)?,
-            delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&b)).transpose()?,
+            delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&super::sealed::delivered_payload(&r.text(0)?), &b)).transpose()?,
             state: r.text(9)?,
         })
     }
 
     pub(super) fn record_from_row(&self, r: &dyn super::sql::Row) -> Result<OutboxRecord> {
-        let dec = |b: Option<Vec<u8>>| -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
-            b.map(|b| self.cipher.decrypt_json(&b)).transpose()
+        let (idem_key, version) = (r.text(1)?, r.i64(2)?);
+        let dec = |aad: crate::crypto::Aad, b: Option<Vec<u8>>| -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
+            b.map(|b| self.cipher.decrypt_json(&aad, &b)).transpose()
         };
         Ok(OutboxRecord {
             id: r.i64(0)?,
@@ -282,9 +283,9 @@ impl Store {
             form: r.text(6)?,
             subject: r.text_opt(7)?,
             op: Op::parse(&r.text(8)?),
-            payload: dec(r.bytes_opt(9)?)?,
+            payload: dec(super::sealed::record_payload(&idem_key, version), r.bytes_opt(9)?)?,
             payload_hash: r.text_opt(10)?,
-            lookup: dec(r.bytes_opt(11)?)?,
+            lookup: dec(super::sealed::record_lookup(&idem_key, version), r.bytes_opt(11)?)?,
             state: RecordState::parse(&r.text(12)?)?,
             reason: r.text_opt(13)?,
             attempts: r.i64(14)?,
@@ -393,7 +394,7 @@ impl Store {
         let unknown = tx
             .rows(
                 &format!(
-                    "SELECT DISTINCT a.idem_key, a.record_id, r.lookup FROM attempts a JOIN records r ON r.id = a.record_id
+                    "SELECT DISTINCT a.idem_key, a.record_id, r.lookup, r.version FROM attempts a JOIN records r ON r.id = a.record_id
                      WHERE a.idem_key IN ({ph}) AND a.outcome IN ('in_flight', 'unknown', 'transient')"
                 ),
                 &b,
@@ -403,7 +404,7 @@ impl Store {
         for u in &unknown {
             let e = earlier.entry(u.text(0)?).or_default();
             if let Some(l) = u.bytes_opt(2)? {
-                e.push(self.cipher.decrypt_json(&l)?);
+                e.push(self.cipher.decrypt_json(&super::sealed::record_lookup(&u.text(0)?, u.i64(3)?), &l)?);
             }
         }
         let mut b: Vec<Val> = vec![];
@@ -542,11 +543,11 @@ impl Store {
                     } else {
                         retracted.retain(|k| !matches!(k, Val::Text(t) if *t == rec.idem_key));
                         present.retain(|p| p.0 != rec.idem_key);
-                        present.push((rec.idem_key.clone(), event_id.clone(), rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(p))));
+                        present.push((rec.idem_key.clone(), event_id.clone(), rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p))));
                     }
                 } else if let Some(eid) = event_id {
                     if rec.op == Op::Upsert {
-                        late_creates.push((rec.idem_key.clone(), eid.clone(), rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(p))));
+                        late_creates.push((rec.idem_key.clone(), eid.clone(), rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p))));
                     }
                 }
             }
@@ -662,7 +663,7 @@ impl Store {
         .await?;
         // The audit head is locked last, after every row this transaction touches: taking it
         // early would let two transactions wait on each other (PostgreSQL deadlock).
-        append_audit(&mut *tx, &events).await?;
+        self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -680,7 +681,7 @@ impl Store {
         let mut tx = self.begin().await?;
         tx.exec(
             "UPDATE registrations SET event_id = $1, state = 'present', delivered_payload = COALESCE($2, delivered_payload), delivered_hash = COALESCE($3, delivered_hash), updated_us = $4 WHERE idem_key = $5",
-            args![event_id, payload.map(|p| self.cipher.encrypt_json(p)), payload.map(super::payload_hash), now_us(), idem_key],
+            args![event_id, payload.map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(idem_key), p)), payload.map(super::payload_hash), now_us(), idem_key],
         )
         .await?;
         tx.commit().await
@@ -724,7 +725,7 @@ impl Store {
         let mut b = vec![Val::I64(now)];
         let ph = in_list(&mut b, ids);
         tx.exec(&format!("UPDATE attempts SET outcome = 'unknown', ended_us = $1 WHERE record_id IN ({ph}) AND outcome = 'in_flight'"), &b).await?;
-        append_audit(&mut *tx, &events).await?;
+        self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(rows.len() as u64)
     }
@@ -788,7 +789,7 @@ impl Store {
             args![LOOKUP_UNTIL_KEY, until.to_string(), now],
         )
         .await?;
-        append_audit(
+        self.append_audit(
             &mut *tx,
             &[NewAuditEvent::by(
                 actor,
@@ -835,7 +836,7 @@ impl Store {
                 requeued = Some(id);
             }
         }
-        append_audit(
+        self.append_audit(
             &mut *tx,
             &[NewAuditEvent::by(
                 actor,
@@ -876,7 +877,7 @@ impl Store {
             events.push(NewAuditEvent::by(actor, kind::REPLAY, &corr, &key, serde_json::json!({"record": id, "from_state": state, "reason": reason})));
             done.push(*id);
         }
-        append_audit(&mut *tx, &events).await?;
+        self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(done)
     }
@@ -902,8 +903,10 @@ pub(super) fn db_clock(dialect: Dialect, params: &mut Vec<Val>) -> String {
     }
 }
 
-async fn append_audit(tx: &mut dyn Tx, events: &[NewAuditEvent]) -> Result<()> {
-    super::audit_chain::append(tx, events).await
+impl Store {
+    async fn append_audit(&self, tx: &mut dyn Tx, events: &[NewAuditEvent]) -> Result<()> {
+        super::audit_chain::append(tx, self.audit_mac.as_ref(), events).await
+    }
 }
 
 /// Append `vals` to the parameter list and return their placeholders (`$n, $n+1, …`).
@@ -1001,9 +1004,9 @@ pub(super) async fn apply_upserts(store: &Store, tx: &mut dyn Tx, changes: &[&Ou
             Val::from(&key.unit),
             Val::from(&key.form),
             Val::from(key.subject.clone()),
-            Val::Bytes(store.cipher.encrypt_json(payload)),
+            Val::Bytes(store.cipher.encrypt_json(&super::sealed::record_payload(&key.idem_key, version), payload)),
             Val::from(hash),
-            Val::Bytes(store.cipher.encrypt_json(lookup)),
+            Val::Bytes(store.cipher.encrypt_json(&super::sealed::record_lookup(&key.idem_key, version), lookup)),
             Val::from(state),
             Val::from(correlation_id),
         ]);
@@ -1101,9 +1104,9 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
                     &key.unit,
                     &key.form,
                     key.subject.clone(),
-                    store.cipher.encrypt_json(payload),
+                    store.cipher.encrypt_json(&super::sealed::record_payload(&key.idem_key, version), payload),
                     &hash,
-                    store.cipher.encrypt_json(lookup),
+                    store.cipher.encrypt_json(&super::sealed::record_lookup(&key.idem_key, version), lookup),
                     now,
                     correlation_id,
                     state

@@ -98,6 +98,7 @@ impl Store {
         .await?;
         super::audit_chain::append(
             &mut *tx,
+            self.audit_mac.as_ref(),
             &[NewAuditEvent::system(kind::RUN_STARTED, correlation_id, connector, serde_json::json!({"run": id, "kind": kind_, "owner": owner, "scheduled_for": scheduled_for}))],
         )
         .await?;
@@ -116,6 +117,7 @@ impl Store {
         if let Some(r) = r {
             super::audit_chain::append(
                 &mut *tx,
+                self.audit_mac.as_ref(),
                 &[NewAuditEvent::system(kind::RUN_ENDED, &r.text(1)?, r.text(0)?, serde_json::json!({"run": id, "status": status, "stats": stats, "error": error}))],
             )
             .await?;
@@ -175,6 +177,7 @@ impl Store {
         if n == 1 {
             super::audit_chain::append(
                 &mut *tx,
+                self.audit_mac.as_ref(),
                 &[NewAuditEvent::system(kind::TICK_FIRED, &crate::audit::correlation_id(), connector, serde_json::json!({"scheduled_for": scheduled_for, "owner": owner}))],
             )
             .await?;
@@ -402,6 +405,7 @@ impl Store {
         if n == 1 {
             super::audit_chain::append(
                 &mut *tx,
+                self.audit_mac.as_ref(),
                 &[NewAuditEvent::by(actor, kind::QUARANTINE_RESOLVED, &crate::audit::correlation_id(), format!("quarantine:{id}"), serde_json::json!({"note": note}))],
             )
             .await?;
@@ -434,7 +438,7 @@ impl Store {
                     unit: r.text(2)?,
                     form: r.text(3)?,
                     patient_key: r.text(4)?,
-                    patient: Some(self.cipher.decrypt_json(&r.bytes(5)?)?),
+                    patient: Some(self.cipher.decrypt_json(&super::sealed::worklist_patient(&r.text(0)?), &r.bytes(5)?)?),
                     missing: serde_json::from_str(&r.text(6)?).unwrap_or_default(),
                     event_date: r.text_opt(7)?,
                     since: from_us(r.i64(8)?),
@@ -484,6 +488,16 @@ impl Store {
             )
             .await?;
         rows.iter().map(|r| self.registration_from_row(&**r)).collect()
+    }
+
+    /// What the register holds (state `present`) under a connector: unit, form and the delivered
+    /// payload, decrypted (for the SAR indicators, computed in memory and shown as aggregates).
+    pub async fn registrations_delivered(&self, connector: &str) -> Result<Vec<(String, String, serde_json::Map<String, serde_json::Value>)>> {
+        let mut tx = self.read().await?;
+        let rows = tx
+            .rows("SELECT unit, form, delivered_payload, idem_key FROM registrations WHERE connector = $1 AND state = 'present' AND delivered_payload IS NOT NULL", args![connector])
+            .await?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.text(1)?, self.cipher.decrypt_json(&super::sealed::delivered_payload(&r.text(3)?), &r.bytes(2)?)?))).collect()
     }
 
     /// Idempotency keys (with state) of a subject's registrations under a connector.
@@ -564,7 +578,7 @@ impl Store {
             )
             .await?;
         match r.and_then(|r| r.bytes_opt(0).ok().flatten()) {
-            Some(b) => Ok(Some(self.cipher.decrypt_json(&b)?)),
+            Some(b) => Ok(Some(self.cipher.decrypt_json(&super::sealed::pvk_patient_list(connector, rule_year, unit, year, month, indicator), &b)?)),
             None => Ok(None),
         }
     }

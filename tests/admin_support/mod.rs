@@ -325,7 +325,7 @@ pub async fn login_form_token(http: &reqwest::Client, base: &str) -> (String, St
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("rb_login="))
+        .find(|v| v.starts_with("__Host-rb_login=") || v.starts_with("rb_login="))
         .expect("the sign-in page sets its form cookie")
         .split(';')
         .next()
@@ -346,7 +346,7 @@ pub fn csrf_from(html: &str) -> Option<String> {
 pub async fn token_for(state: &AdminState, user: &str) -> String {
     let admin = adb::user(&state.app.store, user).await.unwrap().expect("user exists");
     let token = format!("rbt_test_{}", uuid::Uuid::new_v4().simple());
-    adb::create_token(&state.app.store, "test", &admin::auth::token_hash(&token), &admin.username, "test").await.unwrap();
+    adb::create_token(&state.app.store, "test", &admin::auth::token_hash(&token), &admin.username, "test", registerbrygga::store::now_us() + 86_400_000_000).await.unwrap();
     token
 }
 

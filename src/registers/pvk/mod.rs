@@ -214,11 +214,10 @@ impl PvkEngine {
                         errors.push(Problem::error(&cfile, format!("options.{name}.file"), format!("file {} not found", full.display())));
                     }
                 }
-                (None, Some(_)) => {
-                    if src.url.is_none() {
-                        errors.push(Problem::error(&cfile, format!("options.{name}.url"), "a SQL source needs url (a secret: { env = \"…\" } or { file = \"…\" })"));
-                    }
-                }
+                (None, Some(_)) => match &src.url {
+                    None => errors.push(Problem::error(&cfile, format!("options.{name}.url"), "a SQL source needs url (a secret: { env = \"…\" } or { file = \"…\" })")),
+                    Some(url) => crate::config::check_pg_tls(&mut warnings, &cfile, &format!("options.{name}.url"), url),
+                },
                 _ => errors.push(Problem::error(&cfile, format!("options.{name}"), "give exactly one of file or sql")),
             }
         }

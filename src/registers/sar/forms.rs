@@ -3,8 +3,8 @@
 //! the column's domain. Values that do not fit are left out and reported; what stays missing of
 //! the mandatory columns is returned so the caller can decide intent vs. worklist.
 
-use super::episode::{answer, count_activities, Episode, Journal};
-use super::mapping::{convert_number, fit, ColumnSpec, Conversion, FormSpec, Mapping, Source};
+use super::episode::{answer, count_activities, first_visit_answer, Episode, Journal};
+use super::mapping::{convert_number, fit, ColumnSpec, Conversion, FormSpec, Mapping, Occasion, Source};
 use super::{NoteKind, SarNote};
 use crate::model::ObservationValue;
 use crate::outbox::Payload;
@@ -40,18 +40,20 @@ pub fn build_form(
     payload.insert(form.event_date_column.clone(), Value::from(event_date.format("%Y-%m-%d").to_string()));
     let mut documents = BTreeSet::new();
     documents.insert(ep.opening_contact.provenance.document_id.clone());
-    documents.insert(ep.diagnosis.provenance.document_id.clone());
+    documents.extend(ep.diagnosis.map(|d| d.provenance.document_id.clone()));
+    documents.extend(ep.diagnosis_documents.iter().cloned());
     let mut left_out = vec![];
     for col in &form.columns {
         let note = |kind: NoteKind, document: Option<String>, reason: String| SarNote {
             kind,
+            unit: Some(ep.unit.clone()),
             idem_key: Some(idem_key.to_string()),
             form: Some(form.name.clone()),
             column: Some(col.column.clone()),
             document,
             reason,
         };
-        let (value, doc) = match column_value(mapping, col, j, ep, event_date, &mut documents) {
+        let (value, doc) = match column_value(mapping, col, form.occasion, j, ep, event_date, &mut documents) {
             Ok(Some(Found { value, document, conflict })) => {
                 if conflict {
                     // Not fatal: the later entry is taken to be the clinician's correction.
@@ -93,19 +95,25 @@ struct Found {
 fn column_value(
     mapping: &Mapping,
     col: &ColumnSpec,
+    occasion: Occasion,
     j: &Journal,
     ep: &Episode,
     event_date: NaiveDate,
     documents: &mut BTreeSet<String>,
 ) -> Result<Option<Found>, ColumnError> {
     match &col.source {
-        Source::EpisodeJoint => match &col.conversion {
-            Conversion::Codes { values, table } => match values.get(&ep.joint) {
+        Source::EpisodeJoint => match (&col.conversion, &ep.joint) {
+            (_, None) => Ok(None),
+            (Conversion::Codes { values, table }, Some(joint)) => match values.get(joint) {
                 Some(v) => Ok(Some(Found { value: v.clone(), document: None, conflict: false })),
-                None => Err((NoteKind::UnknownCode, None, format!("joint {} has no value in code table {table}", ep.joint))),
+                None => Err((NoteKind::UnknownCode, None, format!("joint {joint} has no value in code table {table}"))),
             },
             _ => Ok(None),
         },
+        Source::CourseHasJoint(joint) => Ok(Some(Found { value: Value::from(ep.joints.contains_key(joint)), document: None, conflict: false })),
+        Source::CourseSides(joint) => {
+            Ok(ep.joints.get(joint).map(|both| Found { value: Value::from(if *both { 2 } else { 1 }), document: None, conflict: false }))
+        }
         Source::CountActivities(codes) => {
             let (n, docs) = count_activities(j, &ep.unit, ep.first_visit, event_date, codes);
             documents.extend(docs);
@@ -115,7 +123,8 @@ fn column_value(
                 .map_err(|m| (NoteKind::ValueOutsideDomain, None, m.reason()))
         }
         Source::Observation(term) => {
-            let Some((obs, conflict)) = answer(j, &ep.unit, event_date, term) else { return Ok(None) };
+            let found = if occasion == Occasion::FirstVisit { first_visit_answer(mapping, j, ep, term) } else { answer(j, &ep.unit, event_date, term) };
+            let Some((obs, conflict)) = found else { return Ok(None) };
             let doc = obs.provenance.document_id.clone();
             documents.insert(doc.clone());
             let Some(value) = &obs.value else {

@@ -53,8 +53,36 @@ pub struct Window {
 #[derive(Clone, Debug, PartialEq)]
 pub struct JointRule {
     pub name: String,
-    /// Normalised ICD-10-SE prefixes (`M17`, `M151`).
-    pub icd_prefixes: Vec<String>,
+    /// Normalised ICD-10-SE code patterns (`M17`, `M151`, `M19?E`): a code matches when it is at
+    /// least as long as the pattern and each position of the pattern is the code's or `?`.
+    pub codes: Vec<String>,
+    /// Patterns of the joint's codes that say both sides are affected (ICD-10 "bilateral").
+    pub bilateral: Vec<String>,
+}
+
+/// Does a normalised ICD-10-SE code match a pattern (`M17`, `M19?E`)?
+pub fn code_matches(code: &str, pattern: &str) -> bool {
+    code.len() >= pattern.len() && code.bytes().zip(pattern.bytes()).all(|(c, p)| p == b'?' || c == p)
+}
+
+/// What opens a treatment course at a first visit (`[course] inclusion`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Inclusion {
+    /// A joint's diagnosis is the contact's main diagnosis.
+    MainDiagnosis,
+    /// A joint's diagnosis at the contact, main or secondary.
+    AnyDiagnosis,
+    /// The region's inclusion term is documented at the contact.
+    Term(Code),
+}
+
+/// What marks a visit as a follow-up occasion (`[course] follow_up_mark`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum FollowUpMark {
+    /// An observation of this term at the unit that day.
+    Term(Code),
+    /// A care contact of this careContactCode at the unit that day.
+    ContactType(String),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -75,8 +103,14 @@ pub enum Rounding {
 pub enum Source {
     /// The answer documented at the occasion.
     Observation(Code),
-    /// The episode's joint name.
+    /// The course's joint: the joint of the first visit's main diagnosis (else the first one
+    /// classified), through a code table keyed by joint name.
     EpisodeJoint,
+    /// Is this joint in the course's joint classification? (true/false)
+    CourseHasJoint(String),
+    /// This joint's sides in the classification: 1 one side, 2 both sides (absent when the
+    /// joint is not classified).
+    CourseSides(String),
     /// Activities at the unit from the first visit through the occasion date.
     CountActivities(Vec<Code>),
 }
@@ -115,6 +149,17 @@ pub struct Mapping {
     pub answer_system: Option<String>,
     pub diagnosis_system: String,
     pub joints: Vec<JointRule>,
+    pub inclusion: Vec<Inclusion>,
+    /// A later course needs its first visit more than this many days after the previous
+    /// course's last occasion.
+    pub gap_days: i64,
+    /// Days before and after the first visit whose answers count for the first-visit forms.
+    pub first_visit_window: Window,
+    pub follow_up_mark: Option<FollowUpMark>,
+    /// Indicator input → register column (`[indicators]`).
+    pub indicator_columns: BTreeMap<String, String>,
+    /// ICD-10-SE prefixes of artros codes that, matching no joint, are reported (not guessed).
+    pub report_unmatched: Vec<String>,
     pub opt_out: OptOutRule,
     pub three_months: Window,
     pub one_year: Window,
@@ -126,15 +171,28 @@ impl Mapping {
     /// The window of an occasion; the first visit is day 0.
     pub fn window(&self, occasion: Occasion) -> Window {
         match occasion {
-            Occasion::FirstVisit => Window { from_day: 0, to_day: 0 },
+            Occasion::FirstVisit => self.first_visit_window,
             Occasion::ThreeMonths => self.three_months,
             Occasion::OneYear => self.one_year,
         }
     }
-    /// Which joint (if any) an ICD-10-SE code opens an episode for.
+    /// Which joint (if any) an ICD-10-SE code classifies.
     pub fn joint_of(&self, icd: &str) -> Option<&str> {
+        self.joint_rule(icd).map(|j| j.name.as_str())
+    }
+    pub fn joint_rule(&self, icd: &str) -> Option<&JointRule> {
         let code = normalise_icd(icd);
-        self.joints.iter().find(|j| j.icd_prefixes.iter().any(|p| code.starts_with(p.as_str()))).map(|j| j.name.as_str())
+        self.joints.iter().find(|j| j.codes.iter().any(|p| code_matches(&code, p)))
+    }
+    /// Does the code say both sides (of its joint)?
+    pub fn bilateral(&self, icd: &str) -> bool {
+        let code = normalise_icd(icd);
+        self.joint_rule(&code).is_some_and(|j| j.bilateral.iter().any(|p| code_matches(&code, p)))
+    }
+    /// An artros code (one of `report_unmatched`) that matches no joint.
+    pub fn unmatched_artros(&self, icd: &str) -> bool {
+        let code = normalise_icd(icd);
+        self.joint_rule(&code).is_none() && self.report_unmatched.iter().any(|p| code_matches(&code, p))
     }
 }
 
@@ -161,11 +219,14 @@ struct WindowFile {
 #[serde(deny_unknown_fields)]
 struct MappingFile {
     terms: TermsFile,
-    episodes: EpisodesFile,
+    course: CourseFile,
     opt_out: OptOutFile,
     #[serde(default)]
     codes: BTreeMap<String, BTreeMap<String, toml::Value>>,
     forms: BTreeMap<String, FormFile>,
+    /// Indicator input → register column (see `indicators.rs`).
+    #[serde(default)]
+    indicators: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +236,9 @@ struct TermsFile {
     #[serde(default)]
     answers: Option<String>,
     activities: String,
+    /// Keyword names as the journal shows them (code → name), for the worklist.
+    #[serde(default)]
+    names: BTreeMap<String, String>,
 }
 
 fn default_icd() -> String {
@@ -183,10 +247,43 @@ fn default_icd() -> String {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EpisodesFile {
+struct CourseFile {
     #[serde(default = "default_icd")]
     diagnosis_system: String,
-    joints: BTreeMap<String, Vec<String>>,
+    #[serde(default = "default_inclusion")]
+    inclusion: Vec<String>,
+    #[serde(default = "default_gap")]
+    gap_days: i64,
+    #[serde(default)]
+    first_visit_window: Option<FirstVisitWindowFile>,
+    #[serde(default)]
+    follow_up_mark: Option<String>,
+    #[serde(default)]
+    report_unmatched: Vec<String>,
+    joints: BTreeMap<String, JointFile>,
+}
+
+fn default_inclusion() -> Vec<String> {
+    vec!["main_diagnosis".into()]
+}
+
+fn default_gap() -> i64 {
+    365
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirstVisitWindowFile {
+    before_days: i64,
+    after_days: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JointFile {
+    codes: Vec<String>,
+    #[serde(default)]
+    bilateral: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -211,7 +308,7 @@ struct ColumnFile {
     #[serde(default)]
     observation: Option<String>,
     #[serde(default)]
-    episode: Option<String>,
+    course: Option<String>,
     #[serde(default)]
     count_activities: Option<Vec<String>>,
     #[serde(default)]
@@ -450,34 +547,83 @@ pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, 
     }
     let mut joints = vec![];
     let mut seen_prefixes: Vec<(String, String)> = vec![];
-    if raw.episodes.joints.is_empty() {
-        err(&mut problems, "episodes.joints".into(), "no joint configured: no episode can open".into());
+    if raw.course.joints.is_empty() {
+        err(&mut problems, "course.joints".into(), "no joint configured: no course can open".into());
     }
-    for (name, prefixes) in &raw.episodes.joints {
-        let key = format!("episodes.joints.{name}");
+    let pattern_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'?');
+    for (name, jf) in &raw.course.joints {
+        let key = format!("course.joints.{name}");
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-            err(&mut problems, key.clone(), "a joint name is lower-case ASCII letters, digits and _ (it is part of idempotency keys)".into());
+            err(&mut problems, key.clone(), "a joint name is lower-case ASCII letters, digits and _ (code tables and the register's joint columns name it)".into());
         }
-        if prefixes.is_empty() {
-            err(&mut problems, key.clone(), "no ICD-10-SE code prefix".into());
+        if jf.codes.is_empty() {
+            err(&mut problems, format!("{key}.codes"), "no ICD-10-SE code".into());
         }
         let mut norm = vec![];
-        for p in prefixes {
+        for p in &jf.codes {
             let n = normalise_icd(p);
-            if n.is_empty() {
-                err(&mut problems, key.clone(), "empty ICD-10-SE code prefix".into());
+            if !pattern_ok(&n) {
+                err(&mut problems, format!("{key}.codes"), format!("`{p}` is not an ICD-10-SE code pattern (letters, digits, ? for any)"));
                 continue;
             }
             for (other_joint, other) in &seen_prefixes {
-                if other_joint != name && (n.starts_with(other.as_str()) || other.starts_with(n.as_str())) {
-                    err(&mut problems, key.clone(), format!("prefix {n} overlaps {other} of joint {other_joint}: a diagnosis must open one joint only"));
+                let overlap = n.bytes().zip(other.bytes()).all(|(a, b)| a == b || a == b'?' || b == b'?');
+                if other_joint != name && overlap {
+                    err(&mut problems, format!("{key}.codes"), format!("{n} overlaps {other} of joint {other_joint}: a diagnosis must classify one joint only"));
                 }
             }
             seen_prefixes.push((name.clone(), n.clone()));
             norm.push(n);
         }
-        joints.push(JointRule { name: name.clone(), icd_prefixes: norm });
+        let mut bilateral = vec![];
+        for p in &jf.bilateral {
+            let n = normalise_icd(p);
+            if !pattern_ok(&n) || !norm.iter().any(|c| code_matches(&n, c)) {
+                err(&mut problems, format!("{key}.bilateral"), format!("`{p}` is not one of the joint's codes"));
+                continue;
+            }
+            bilateral.push(n);
+        }
+        joints.push(JointRule { name: name.clone(), codes: norm, bilateral });
     }
+    let mut inclusion = vec![];
+    for (i, v) in raw.course.inclusion.iter().enumerate() {
+        match v.as_str() {
+            "main_diagnosis" => inclusion.push(Inclusion::MainDiagnosis),
+            "any_diagnosis" => inclusion.push(Inclusion::AnyDiagnosis),
+            t if t.starts_with("term:") && t.len() > 5 => inclusion.push(Inclusion::Term(Code::new(&raw.terms.observations, t[5..].trim()))),
+            _ => err(&mut problems, format!("course.inclusion[{i}]"), "unknown inclusion (main_diagnosis, any_diagnosis or term:<CODE>)".into()),
+        }
+    }
+    if raw.course.inclusion.is_empty() {
+        err(&mut problems, "course.inclusion".into(), "no inclusion: no course can open".into());
+    }
+    if raw.course.gap_days < 1 {
+        err(&mut problems, "course.gap_days".into(), "the gap between courses is at least one day".into());
+    }
+    let first_visit_window = match &raw.course.first_visit_window {
+        None => Window { from_day: -14, to_day: 14 },
+        Some(w) if w.before_days < 0 || w.after_days < 0 || w.before_days > 60 || w.after_days > 60 => {
+            err(&mut problems, "course.first_visit_window".into(), "before_days and after_days are 0–60 days".into());
+            Window { from_day: 0, to_day: 0 }
+        }
+        Some(w) => Window { from_day: -w.before_days, to_day: w.after_days },
+    };
+    let follow_up_mark = match raw.course.follow_up_mark.as_deref() {
+        None => None,
+        Some(t) if t.starts_with("term:") && t.len() > 5 => Some(FollowUpMark::Term(Code::new(&raw.terms.observations, t[5..].trim()))),
+        Some(t) if t.starts_with("contact_type:") && t.len() > 13 => Some(FollowUpMark::ContactType(t[13..].trim().to_string())),
+        Some(_) => {
+            err(&mut problems, "course.follow_up_mark".into(), "unknown mark (term:<CODE> or contact_type:<CODE>)".into());
+            None
+        }
+    };
+    if let Some(w) = windows.get(&Occasion::ThreeMonths) {
+        if w.from_day <= first_visit_window.to_day {
+            problems.push(Problem::error(&cfile, "options.windows.three_months", "the window starts inside the first-visit window (one visit would count for both)"));
+        }
+    }
+    let report_unmatched: Vec<String> = raw.course.report_unmatched.iter().map(|p| normalise_icd(p)).collect();
     if raw.opt_out.term.trim().is_empty() {
         err(&mut problems, "opt_out.term".into(), "empty term: opt-outs would never be seen".into());
     }
@@ -602,17 +748,28 @@ pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, 
         }
     }
 
+    for (k, col) in &raw.indicators {
+        if !metadata.forms.iter().any(|f| f.questions.iter().any(|q| &q.column_name == col)) {
+            problems.push(Problem::warning(&file, format!("indicators.{k}"), format!("no form of the register has column {col}: the indicator is not computed")));
+        }
+    }
     if problems.iter().any(|p| !p.warning) {
         return (None, problems);
     }
     let mapping = Mapping {
         file,
         answer_system: raw.terms.answers.clone(),
-        diagnosis_system: raw.episodes.diagnosis_system.clone(),
+        diagnosis_system: raw.course.diagnosis_system.clone(),
         joints,
+        inclusion,
+        gap_days: raw.course.gap_days,
+        first_visit_window,
+        follow_up_mark,
+        indicator_columns: raw.indicators.clone(),
+        report_unmatched,
         opt_out,
-        three_months: windows.get(&Occasion::ThreeMonths).copied().unwrap_or(Window { from_day: 75, to_day: 150 }),
-        one_year: windows.get(&Occasion::OneYear).copied().unwrap_or(Window { from_day: 330, to_day: 540 }),
+        three_months: windows.get(&Occasion::ThreeMonths).copied().unwrap_or(Window { from_day: 91, to_day: 152 }),
+        one_year: windows.get(&Occasion::OneYear).copied().unwrap_or(Window { from_day: 365, to_day: 540 }),
         forms,
     };
     (Some(mapping), problems)
@@ -629,17 +786,31 @@ fn column_spec(
     joints: &[JointRule],
 ) -> Result<(ColumnSpec, Option<String>), Vec<String>> {
     let mut reasons = vec![];
-    let sources = [spec.observation.is_some(), spec.episode.is_some(), spec.count_activities.is_some()].iter().filter(|b| **b).count();
+    let sources = [spec.observation.is_some(), spec.course.is_some(), spec.count_activities.is_some()].iter().filter(|b| **b).count();
     if sources != 1 {
-        return Err(vec!["give exactly one source: observation, episode or count_activities".into()]);
+        return Err(vec!["give exactly one source: observation, course or count_activities".into()]);
     }
     let source = if let Some(term) = &spec.observation {
         Source::Observation(Code::new(spec.system.as_deref().unwrap_or(&terms.observations), term.trim()))
-    } else if let Some(what) = &spec.episode {
-        if what != "joint" {
-            return Err(vec![format!("unknown episode value `{what}` (only `joint`)")]);
+    } else if let Some(what) = &spec.course {
+        let known = |j: &str| joints.iter().any(|r| r.name == j);
+        match what.split_once(':') {
+            None if what == "joint" => Source::EpisodeJoint,
+            Some(("has_joint", j)) if known(j) => {
+                if domain.data_type != "boolean" {
+                    return Err(vec![format!("course = \"has_joint:…\" fills a boolean column, not {}", domain.data_type)]);
+                }
+                return Ok((ColumnSpec { column: col.to_string(), source: Source::CourseHasJoint(j.to_string()), conversion: Conversion::Text, domain: domain.clone() }, None));
+            }
+            Some(("sides", j)) if known(j) => {
+                let bad: Vec<String> = [1, 2].iter().filter(|v| fit(domain, &Value::from(**v)).is_err()).map(|v| format!("sides value {v} does not fit domain {} `{}`", domain.domain_id, domain.domain_name)).collect();
+                if !bad.is_empty() {
+                    return Err(bad);
+                }
+                return Ok((ColumnSpec { column: col.to_string(), source: Source::CourseSides(j.to_string()), conversion: Conversion::Text, domain: domain.clone() }, None));
+            }
+            _ => return Err(vec![format!("unknown course value `{what}` (joint, has_joint:<joint> or sides:<joint> of a configured joint)")]),
         }
-        Source::EpisodeJoint
     } else {
         let codes = spec.count_activities.as_ref().expect("one source");
         if codes.is_empty() {
@@ -773,6 +944,36 @@ fn column_spec(
     Ok((ColumnSpec { column: col.to_string(), source, conversion, domain: domain.clone() }, table_used))
 }
 
+/// What a physiotherapist documents in the journal for one register column: the keyword (sökord)
+/// code and its name from `[terms.names]`, for the worklist ("att komplettera").
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DocumentHint {
+    pub column: String,
+    /// The journal keyword code, or `None` when the column is not filled from a keyword (the
+    /// course's joint, counted activities, a first-visit form a follow-up waits for).
+    pub term: Option<String>,
+    pub name: Option<String>,
+    /// The item is a first-visit form this follow-up waits for, not a column.
+    pub waits_for: bool,
+}
+
+/// For every form and column of a SAR connector's mapping, the journal keyword that fills it.
+/// Reads mapping.toml only (no register metadata): an unreadable file gives an empty map.
+pub fn document_hints(c: &ConnectorDef) -> BTreeMap<(String, String), DocumentHint> {
+    let mut out = BTreeMap::new();
+    let Ok(opts) = options(c) else { return out };
+    let Ok(text) = std::fs::read_to_string(&opts.mapping_path) else { return out };
+    let Ok(raw) = toml::from_str::<MappingFile>(&text) else { return out };
+    for (form, f) in &raw.forms {
+        for (col, spec) in &f.columns {
+            let term = spec.observation.as_ref().map(|t| t.trim().to_string());
+            let name = term.as_ref().and_then(|t| raw.terms.names.get(t).cloned());
+            out.insert((form.clone(), col.clone()), DocumentHint { column: col.clone(), term, name, waits_for: false });
+        }
+    }
+    out
+}
+
 /// The register metadata for an offline check: the connector's `metadata_file` option, else
 /// `conformance/stratum/sar-104.json` under the working directory.
 pub fn offline_metadata(c: &ConnectorDef) -> Result<RegisterMetadata, Problem> {
@@ -827,8 +1028,14 @@ mod tests {
                 assert!(f.columns.iter().any(|c| &c.column == m), "{}: {m} mapped", f.name);
             }
         }
-        assert_eq!(mapping.three_months, Window { from_day: 75, to_day: 150 });
-        assert_eq!(mapping.one_year, Window { from_day: 330, to_day: 540 });
+        assert_eq!(mapping.three_months, Window { from_day: 91, to_day: 152 });
+        assert_eq!(mapping.one_year, Window { from_day: 365, to_day: 540 });
+        assert_eq!(mapping.first_visit_window, Window { from_day: -14, to_day: 14 });
+        assert_eq!(mapping.joint_of("M19.0E"), Some("hand"));
+        assert_eq!(mapping.joint_of("M19.0G"), None);
+        assert!(mapping.unmatched_artros("M19.0G"));
+        assert_eq!(mapping.joint_of("M15.1"), Some("hand"));
+        assert!(mapping.bilateral("M17.0") && !mapping.bilateral("M17.1"));
         assert_eq!(mapping.joint_of("M17.1"), Some("knee"));
         assert_eq!(mapping.joint_of("M16"), Some("hip"));
         assert_eq!(mapping.joint_of("M180"), Some("hand"));
@@ -849,7 +1056,7 @@ mod tests {
                     terms.insert(t.code.clone());
                 }
                 Source::CountActivities(codes) => terms.extend(codes.iter().map(|c| c.code.clone())),
-                Source::EpisodeJoint => {}
+                Source::EpisodeJoint | Source::CourseHasJoint(_) | Source::CourseSides(_) => {}
             }
         }
         for t in [obs::PAIN_NRS, obs::EQ_VAS, obs::SIDE, obs::MAIN_JOINT, obs::EXERCISE_ADHERENCE, obs::EDUCATION_SESSIONS, obs::SUPERVISED_EXERCISE_SESSIONS] {

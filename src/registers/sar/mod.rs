@@ -6,62 +6,79 @@
 //! - `mapping.rs`: the connector's mapping file (journal term → register column, code tables,
 //!   episode diagnoses, opt-out term, occasion windows), loaded and checked against the
 //!   register metadata.
-//! - `episode.rs`: episodes (patient × joint × unit, opened by the first visit with an artros
-//!   diagnosis) and their occasions (first visit, 3 months, 1 year).
+//! - `episode.rs`: treatment courses (patient × unit, opened by a first visit that meets the
+//!   inclusion), their joint classification and occasions (first visit, 3 months, 1 year).
 //! - `forms.rs`: where each registration (FVPat, FVPT, M3Pat, M3PT, Y1Pat) is built and
 //!   validated column by column.
-//! - `coverage.rs`: täckningsgrad (episodes found vs registrations delivered).
+//! - `coverage.rs`: täckningsgrad (courses found vs registrations delivered).
 //! - `check.rs`: `config check` for SAR connectors.
+//! - `indicators.rs`: the register's own indicators per clinic and year of first visit,
+//!   computed from the registrations the register holds.
 //!
 //! # The SAR rules
 //!
-//! Written down here once; `mapping.toml`, `connector.toml` and the sandbox generator's truth
-//! (`sandbox::journal::truth`, which computes the expected registrations independently) refer
-//! to this list.
+//! Written down here once; `mapping.toml` (`[course]`), `connector.toml` and the sandbox
+//! generator's truth (`sandbox::journal::truth`, which computes the expected registrations
+//! independently) refer to this list. The register registers one treatment course
+//! (grundbehandling) per patient with the joint classification inside it, and reports by year
+//! of first visit (`shared/research/sar-register-facts.md`).
 //!
 //! 1. **Journal.** Only the patient's own records count, never nullified ones (a nullified
 //!    contact, diagnosis, activity or observation contributes nothing, and what it produced is
 //!    retracted), never anything dated after today (planned visits are not occasions).
-//! 2. **Episode.** Patient × joint × unit, opened by the first care contact at one of the
-//!    connector's units that carries (main or secondary) an artros diagnosis configured for the
-//!    joint. Its date is the first visit. No episode, no registration.
-//! 3. **Answers** belong to the care contact they name (its unit and day), else to their own
+//! 2. **Course.** Patient × unit. It opens at a care contact at one of the connector's units
+//!    that meets `[course] inclusion`: `main_diagnosis` (a configured joint's diagnosis is the
+//!    contact's main diagnosis), `any_diagnosis` (main or secondary) or `term:<CODE>` (the
+//!    region's inclusion term documented at the contact). A secondary-only diagnosis opens
+//!    nothing unless configured. Its date is the first visit. No course, no registration.
+//! 3. **Joint classification.** Every joint diagnosed (main or secondary) at the unit within the
+//!    first-visit window is in the course, with one or both sides (a code listed `bilateral`);
+//!    the course's joint is the opening main diagnosis's. Joints are ICD-10-SE code patterns in
+//!    `[course.joints]` (M19 counts only with the hand/wrist site). An artros code
+//!    (`report_unmatched`) that classifies no joint is reported as a note, never guessed.
+//! 4. **Later courses.** An including contact more than `gap_days` (default 365) after the
+//!    course's last occasion opens a new course at the unit; otherwise it belongs to the
+//!    current one. A course's follow-up windows end before the next course's first-visit window.
+//! 5. **Answers** belong to the care contact they name (its unit and day), else to their own
 //!    unit and day. Days are calendar days in Europe/Stockholm. A term documented twice on one
-//!    occasion: the later entry counts.
-//! 4. **Occasions.** The first visit (FVPat, FVPT) is the episode's first-visit day. A follow-up
-//!    (M3Pat + M3PT at 3 months, Y1Pat at 1 year) is the *first* day inside its window on which
-//!    an answer of any of its forms is documented at the episode's unit. Windows are days after
-//!    the first visit, both ends inclusive (`connector.toml`, shipped 75–150 and 330–540). A
-//!    visit without answers is not the occasion; answers on later days of the window are not
-//!    read; nothing is due before the window opens.
-//! 5. **Due forms.** Once an occasion took place every form of it is due: sent when each
+//!    day: the later entry counts.
+//! 6. **Occasions.** The first visit (FVPat, FVPT; EventDate = the first visit) takes answers
+//!    from the first-visit window (default 14 days before to 14 after): the first-visit day
+//!    first, else the nearest day, the earlier of two equally near. A follow-up (M3Pat + M3PT,
+//!    Y1Pat) is the *first* day inside its window (days after the first visit, both ends
+//!    inclusive; `connector.toml`, shipped 91–152 = "3–5 months" and 365–540 = "12 months or
+//!    later") on which the follow-up mark (`[course] follow_up_mark`: a term or a contact type)
+//!    is documented at the unit — or, without a mark, an answer of any of its forms. Answers are
+//!    read from that day only; nothing is due before the window opens.
+//! 7. **Due forms.** Once an occasion took place every form of it is due: sent when each
 //!    mandatory column has a valid value, otherwise put on the worklist ("att komplettera")
 //!    naming the missing columns, never sent half-filled. That includes a form nobody filled in
 //!    at the occasion (the physiotherapist's M3PT when only the patient answered).
-//! 6. **Session counts** (M3PT) are the physiotherapist's recorded counts at the 3-month visit
+//! 8. **Session counts** (M3PT) are the physiotherapist's recorded counts at the 3-month visit
 //!    (observations, shipped `mapping.toml`). A mapping may count activities instead
 //!    (`count_activities`: at the unit, from the first visit through the occasion).
-//! 7. **First visit before follow-ups.** A follow-up is sent only when both first-visit forms of
-//!    its episode are complete. Until then it waits on the worklist with the incomplete
-//!    first-visit form(s) named in `missing`: the two forms are one occasion and share the joint
-//!    and side that identify the episode, so the register never holds a follow-up of an
-//!    episode it cannot place, and completing the first visit releases everything at once.
-//! 8. **One registration per patient, episode and form** (keys below); a later change of the
+//! 9. **First visit before follow-ups.** A follow-up is sent only when both first-visit forms of
+//!    its course are complete. Until then it waits on the worklist with the incomplete
+//!    first-visit form(s) named in `missing`.
+//! 10. **One registration per patient, course and form** (keys below); a later change of the
 //!    journal updates it.
-//! 9. **Opt-out.** A register objection (the `[opt_out]` term with one of its values) that no
+//! 11. **Opt-out.** A register objection (the `[opt_out]` term with one of its values) that no
 //!    later entry withdraws means nothing is sent and everything sent is retracted.
-//! 10. **Identity.** Patients with a reserve number only are not registered.
+//! 12. **Identity.** Patients with a reserve number only are not registered.
 //!
-//! Keys: an episode is `register|unit|patient_key|joint` and a registration's idempotency key is
-//! the episode key plus `|form`. `patient_key` is the patient pseudonym, never the personnummer.
-//! No date is part of a key: a corrected first-visit or follow-up date changes the payload
-//! (EventDate) of the same key, which the outbox sends as an update. The price is that a second
-//! episode of the same joint at the same unit years later is not recognised as a new one.
+//! Keys: a course is `register|unit|patient_key|course` for the patient's first course at the
+//! unit and `register|unit|patient_key|course@YYYY-MM-DD` (its first-visit date) for a later
+//! one; a registration's idempotency key is the course key plus `|form`. `patient_key` is the
+//! patient pseudonym, never the personnummer. A corrected first-visit date of the first course
+//! changes the payload (EventDate) of the same key; a later course never overwrites an earlier
+//! one. Keys of the old scheme (`…|<joint>|form`, one episode per joint) were carried over by
+//! the store migration `0005_sar_course_keys` (both backends): nothing is sent again.
 
 mod check;
 mod coverage;
 pub mod episode;
 pub mod forms;
+pub mod indicators;
 pub mod mapping;
 
 pub use check::{check, check_connector};
@@ -74,8 +91,7 @@ use crate::outbox::{Incomplete, Payload, RegisterIntent};
 use crate::sinks::stratum::metadata::RegisterMetadata;
 use crate::store::{EpisodeRow, RecordKey};
 use chrono::NaiveDate;
-use episode::{find_episodes, find_occasion, opted_out, window_open, Journal, OccasionAt};
-use mapping::Source;
+use episode::{find_episodes, find_occasion, occasion_terms, opted_out, window_open, Journal, OccasionAt};
 use serde::Serialize;
 use std::collections::BTreeSet;
 
@@ -130,6 +146,9 @@ pub enum NoteKind {
     ConflictingAnswers,
     /// Records of another patient were handed in and ignored.
     ForeignRecords,
+    /// An artros diagnosis that classifies no configured joint (e.g. M19 at a site other than
+    /// hand/wrist): reported, not guessed.
+    UnmatchedDiagnosis,
 }
 
 /// An audit-worthy observation about a patient's mapping. Never carries personal data: it names
@@ -137,6 +156,9 @@ pub enum NoteKind {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SarNote {
     pub kind: NoteKind,
+    /// The unit (HSA id) the note concerns, where one does (the data-quality view counts per unit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
     pub idem_key: Option<String>,
     pub form: Option<String>,
     pub column: Option<String>,
@@ -180,6 +202,7 @@ impl SarMapper {
         if foreign > 0 {
             out.notes.push(SarNote {
                 kind: NoteKind::ForeignRecords,
+                unit: None,
                 idem_key: None,
                 form: None,
                 column: None,
@@ -192,14 +215,15 @@ impl SarMapper {
             out.opted_out = true;
             return out;
         }
-        let episodes = find_episodes(m, &self.units, &journal);
+        let episodes = find_episodes(m, &self.units, &journal, input.today);
+        self.report_unmatched(&journal, &mut out.notes);
         for ep in &episodes {
             out.episodes.push(EpisodeRow {
-                episode_key: episode_key(input, &ep.unit, &ep.joint),
+                episode_key: episode_key(input, ep),
                 connector: input.connector.to_string(),
                 unit: ep.unit.clone(),
                 patient_key: input.patient_key.to_string(),
-                joint: ep.joint.clone(),
+                joint: ep.joints_text(),
                 first_visit_date: ep.first_visit.format("%Y-%m-%d").to_string(),
                 forms_due: m.forms.iter().filter(|f| window_open(m, ep, f.occasion, input.today)).map(|f| f.name.clone()).collect(),
             });
@@ -209,6 +233,7 @@ impl SarMapper {
             if !episodes.is_empty() {
                 out.notes.push(SarNote {
                     kind: NoteKind::ReserveNumber,
+                    unit: None,
                     idem_key: None,
                     form: None,
                     column: None,
@@ -219,7 +244,7 @@ impl SarMapper {
             return out;
         };
         for ep in &episodes {
-            let ekey = episode_key(input, &ep.unit, &ep.joint);
+            let ekey = episode_key(input, ep);
             let mut first_visit_incomplete: Vec<String> = vec![];
             for occasion in [Occasion::FirstVisit, Occasion::ThreeMonths, Occasion::OneYear] {
                 let forms: Vec<_> = m.forms.iter().filter(|f| f.occasion == occasion).collect();
@@ -227,14 +252,7 @@ impl SarMapper {
                     continue;
                 }
                 // The occasion is shared by its forms (one 3-month visit for M3Pat and M3PT).
-                let terms: Vec<_> = forms
-                    .iter()
-                    .flat_map(|f| f.columns.iter())
-                    .filter_map(|c| match &c.source {
-                        Source::Observation(t) => Some(t.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                let terms = occasion_terms(m, occasion);
                 let OccasionAt::On(day) = find_occasion(m, &journal, ep, occasion, &terms, input.today) else { continue };
                 for form in forms {
                     let idem_key = format!("{ekey}|{}", form.name);
@@ -258,6 +276,7 @@ impl SarMapper {
                     }
                     let detail = serde_json::json!({
                         "joint": ep.joint,
+                        "joints": ep.joints,
                         "first_visit": ep.first_visit.format("%Y-%m-%d").to_string(),
                         "occasion": occasion.as_str(),
                         "documents": built.documents,
@@ -283,6 +302,38 @@ impl SarMapper {
     }
 }
 
-fn episode_key(input: &PatientInput, unit: &str, joint: &str) -> String {
-    format!("{}|{unit}|{}|{joint}", input.register, input.patient_key)
+impl SarMapper {
+    /// Artros diagnoses at the connector's units that classify no joint (M19 at another site…):
+    /// reported, never guessed.
+    fn report_unmatched(&self, j: &Journal, notes: &mut Vec<SarNote>) {
+        for d in &j.diagnoses {
+            let at_unit = d.unit.as_ref().is_some_and(|u| self.units.contains(u.as_str()));
+            if d.code.system == self.mapping.diagnosis_system && at_unit && self.mapping.unmatched_artros(&d.code.code) {
+                notes.push(SarNote {
+                    kind: NoteKind::UnmatchedDiagnosis,
+                    unit: d.unit.as_ref().map(|u| u.as_str().to_string()),
+                    idem_key: None,
+                    form: None,
+                    column: None,
+                    document: Some(d.provenance.document_id.clone()),
+                    reason: "an artros diagnosis that classifies no joint of the mapping ([course.joints]): no course, not guessed".into(),
+                });
+            }
+        }
+    }
 }
+
+/// A course's key: `register|unit|patient_key|course` for the patient's first course at the
+/// unit, `…|course@YYYY-MM-DD` (its first-visit date) for a later one.
+fn episode_key(input: &PatientInput, ep: &episode::Episode) -> String {
+    let base = format!("{}|{}|{}|{COURSE}", input.register, ep.unit, input.patient_key);
+    if ep.ordinal == 0 {
+        base
+    } else {
+        format!("{base}@{}", ep.first_visit.format("%Y-%m-%d"))
+    }
+}
+
+/// The course token of keys (the old scheme had the joint name here; migration
+/// `0005_sar_course_keys` carried those keys over).
+pub const COURSE: &str = "course";

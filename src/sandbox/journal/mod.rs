@@ -175,7 +175,7 @@ pub fn term_unit(term: &str) -> Option<&'static str> {
     })
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Joint {
     Hip,
     Knee,

@@ -5,6 +5,11 @@
 //! of bytes per patient in memory, and the same seed always gives the same documents.
 
 use super::truth::{Condition, Defect};
+
+// The SAR course scenarios (issue 14) live in their own file; a child module, so they reuse the
+// builder and the artros course without widening what this file exports.
+#[path = "sar_cases.rs"]
+mod sar_cases;
 use super::{AnswerValue, Domain, Joint, SarForm, Side};
 use crate::model::{luhn_check_digit, stockholm, IdKind, OID_KVA};
 use crate::sandbox::vocabulary::{self as vocab, act, answer, kva, obs, profession, LOCAL_TERMS};
@@ -125,7 +130,19 @@ pub mod archetype {
     pub const ARTROS_RECENT: usize = 20;
     /// Not listed at any vårdcentral; shoulder pain.
     pub const UNLISTED: usize = 21;
-    pub const COUNT: usize = 22;
+    /// SAR course cases (built in `sar_cases.rs`): knee and hip diagnosed at one first visit.
+    pub const SAR_TWO_JOINTS: usize = 22;
+    /// Knee artros only as a secondary diagnosis on a low-back-pain visit: no course.
+    pub const SAR_SECONDARY_ONLY: usize = 23;
+    /// M19 at a site other than hand/wrist: no course, reported.
+    pub const SAR_M19_OTHER_SITE: usize = 24;
+    /// Hip, the first-visit questionnaire answered days before the visit.
+    pub const SAR_QUESTIONNAIRE_BEFORE: usize = 25;
+    /// Knee, a pain score for another complaint in the 3-month window before the follow-up.
+    pub const SAR_UNRELATED_PAIN_IN_M3: usize = 26;
+    /// Knee, a complete course and a second course at the same unit about two years later.
+    pub const SAR_SECOND_COURSE: usize = 27;
+    pub const COUNT: usize = 28;
 }
 
 /// Counts of what was generated (nullified and bad items included).
@@ -998,7 +1015,7 @@ fn archetype_header(i: usize) -> (bool, u32, IdKind, bool) {
         ARTROS_Y1_INCOMPLETE => (false, 59, IdKind::Personnummer, true),
         ARTROS_RECENT => (true, 70, IdKind::Personnummer, true),
         UNLISTED => (false, 33, IdKind::Personnummer, false),
-        _ => unreachable!("archetype index"),
+        _ => sar_cases::header(i),
     }
 }
 
@@ -1105,8 +1122,8 @@ fn days(n: i64) -> TimeDelta {
 
 /// The shipped SAR occasion windows, days after the first visit, inclusive
 /// (connectors/artrosregistret/connector.toml): the generator's follow-up visits stay inside.
-pub(crate) const M3_WINDOW: (i64, i64) = (75, 150);
-pub(crate) const Y1_WINDOW: (i64, i64) = (330, 540);
+pub(crate) const M3_WINDOW: (i64, i64) = (91, 152);
+pub(crate) const Y1_WINDOW: (i64, i64) = (365, 540);
 
 /// The weekday `offset` days after `fv`, kept inside `window`: a weekend day moves to Monday,
 /// or back to Friday where Monday would be past the window's end (a visit there would be no
@@ -1340,7 +1357,7 @@ impl Proms {
             nrs: r.range(3, 8),
             eq: [r.range(1, 4), r.range(1, 2), r.range(1, 4), r.range(2, 4), r.range(1, 3)],
             vas: r.range(8, 17) * 5,
-            ases: (r.range(3, 8), r.range(3, 8)),
+            ases: (r.range(3, 8) * 10, r.range(3, 8) * 10),
             wants_surgery: r.chance(match joint {
                 Joint::Hip => 0.25,
                 Joint::Knee => 0.2,
@@ -1360,7 +1377,7 @@ impl Proms {
             nrs: (self.nrs - r.range(-1, 4)).clamp(0, 10),
             eq: self.eq.map(|l| (l - r.range(-1, 1).max(0)).clamp(1, 5)),
             vas: (self.vas + r.range(-2, 5) * 5).clamp(0, 100),
-            ases: ((self.ases.0 + r.range(-1, 2)).clamp(1, 10), (self.ases.1 + r.range(-1, 2)).clamp(1, 10)),
+            ases: ((self.ases.0 / 10 + r.range(-1, 2)).clamp(1, 10) * 10, (self.ases.1 / 10 + r.range(-1, 2)).clamp(1, 10) * 10),
             wants_surgery: self.wants_surgery && r.chance(0.7),
             fear: self.fear && r.chance(0.5),
             activity_min: (self.activity_min + r.range(-3, 12) * 10).clamp(0, 10080),
@@ -1469,7 +1486,7 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
 
     // Artrosskola: three theory sessions a week apart.
     let school = fv + days(r.range(7, 21));
-    let m3_day = follow_up_day(fv, if p.clean || r.chance(0.8) { r.range(80, 110) } else { r.range(M3_WINDOW.0, M3_WINDOW.1) }, M3_WINDOW);
+    let m3_day = follow_up_day(fv, if p.clean || r.chance(0.8) { r.range(95, 125) } else { r.range(M3_WINDOW.0, M3_WINDOW.1) }, M3_WINDOW);
     let mut school_held = 0;
     for k in 0..3 {
         if !p.clean && !r.chance(0.9) {
@@ -1524,9 +1541,10 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
     };
     contacts.push(m3c);
     b.dx(m3c, icd, true, false);
+    b.obs(m3c, obs::FOLLOW_UP_MARK, AnswerValue::coded(answer::YES), None, 0, false);
     let m3 = base.follow_up(r);
     let mut m3pat = m3.answers();
-    m3pat.extend([(obs::SATISFACTION, level(r.range(3, 5))), (obs::USES_KNOWLEDGE, yes_no(r.chance(0.85)))]);
+    m3pat.extend([(obs::SATISFACTION, level(r.range(3, 5))), (obs::USES_KNOWLEDGE, level(r.range(1, 4)))]);
     let drop = drop_for(SarForm::M3Pat, r);
     b.form(r, m3c, ep, SarForm::M3Pat.bit(), m3pat, drop);
     if p.clean || r.chance(0.95) {
@@ -1547,13 +1565,14 @@ fn course_artros(b: &mut Builder, r: &mut Rng, h: &Header, p: ArtrosCourse) {
     }
 
     // One year: the patient answers once more, often by phone.
-    let y1_day = follow_up_day(fv, if p.clean || r.chance(0.8) { r.range(350, 390) } else { r.range(Y1_WINDOW.0, Y1_WINDOW.1) }, Y1_WINDOW);
+    let y1_day = follow_up_day(fv, if p.clean || r.chance(0.8) { r.range(370, 400) } else { r.range(Y1_WINDOW.0, Y1_WINDOW.1) }, Y1_WINDOW);
     let phone = r.chance(0.4);
     if let Some(y1c) = b.contact(r, y1_day, unit, Prof::Physio, phone, 30, false) {
         contacts.push(y1c);
+        b.obs(y1c, obs::FOLLOW_UP_MARK, AnswerValue::coded(answer::YES), None, 0, false);
         let y1 = base.follow_up(r);
         let mut y1pat = y1.answers();
-        y1pat.extend([(obs::SATISFACTION, level(r.range(2, 5))), (obs::USES_KNOWLEDGE, yes_no(r.chance(0.75)))]);
+        y1pat.extend([(obs::SATISFACTION, level(r.range(2, 5))), (obs::USES_KNOWLEDGE, level(r.range(1, 5)))]);
         let drop = drop_for(SarForm::Y1Pat, r);
         b.form(r, y1c, ep, SarForm::Y1Pat.bit(), y1pat, drop);
     }
@@ -1887,13 +1906,13 @@ fn build_archetype(i: usize, b: &mut Builder, r: &mut Rng, h: &Header) {
             b.plan.conditions.push(Condition::Musculoskeletal);
             course_musculoskeletal(b, r, Some("M75.1"));
         }
-        _ => unreachable!("archetype index"),
+        _ => sar_cases::build(i, b, r, h),
     }
 }
 
 /// Deliberately bad items: a header personnummer with a wrong check digit, or a code in a code
-/// system nobody knows. Never on SAR answers or objections, whose loss would change the
-/// registers' expected outcome in ways the truth does not describe.
+/// system nobody knows. Never on SAR answers, objections, follow-up marks or artros diagnoses,
+/// whose loss would change the registers' expected outcome in ways the truth does not describe.
 fn apply_defects(plan: &mut Plan, r: &mut Rng, share: f64, kind: IdKind) {
     let national = kind != IdKind::Reserve;
     for c in &mut plan.contacts {
@@ -1902,7 +1921,8 @@ fn apply_defects(plan: &mut Plan, r: &mut Rng, share: f64, kind: IdKind) {
         }
     }
     for d in &mut plan.diagnoses {
-        if r.chance(share) {
+        // Artros diagnoses (M15–M19) open and classify SAR courses: like SAR answers, never bad.
+        if r.chance(share) && !matches!(d.code.get(..3), Some("M15" | "M16" | "M17" | "M18" | "M19")) {
             d.defect = Some(if national && r.chance(0.5) { Defect::InvalidPersonnummer } else { Defect::UnknownCodeSystem });
         }
     }
@@ -1912,7 +1932,7 @@ fn apply_defects(plan: &mut Plan, r: &mut Rng, share: f64, kind: IdKind) {
         }
     }
     for o in &mut plan.observations {
-        if o.episode.is_none() && o.term != obs::REGISTER_OBJECTION && r.chance(share) {
+        if o.episode.is_none() && o.term != obs::REGISTER_OBJECTION && o.term != obs::FOLLOW_UP_MARK && r.chance(share) {
             o.defect = Some(Defect::UnknownCodeSystem);
         }
     }

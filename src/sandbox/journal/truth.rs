@@ -7,10 +7,13 @@
 //!
 //! What SAR should hold ([`Truth::sar_expected`], [`Truth::sar_worklist`]) follows the SAR
 //! engine's occasion rules, written down once in the module doc of `src/registers/sar/mod.rs`
-//! (occasions, windows, session counts, worklist, first visit before follow-ups). The generator
-//! keeps its follow-up visits inside the shipped windows (75–150 and 330–540 days after the
-//! first visit, `connectors/artrosregistret/connector.toml`), so every follow-up it writes is
-//! one the register takes.
+//! (courses, joint classification, occasions, windows, session counts, worklist, first visit
+//! before follow-ups). The generator plans one course (grundbehandling) per artros episode it
+//! writes and keeps its follow-up visits inside the shipped windows (91–152 and 365–540 days
+//! after the first visit, `connectors/artrosregistret/connector.toml`), each marked with the
+//! follow-up keyword, so every follow-up it writes is one the register takes. The joint
+//! classification is computed here from the diagnoses written, with this module's own copy of
+//! the ICD-10-SE joint codes ([`joint_of_icd`]), not with the mapper's.
 
 use super::population::{identity, DocKind, Plan, Population};
 use super::{AnswerValue, Joint, SarForm, Side};
@@ -125,11 +128,35 @@ pub struct FormTruth {
     pub missing: Vec<&'static str>,
 }
 
+/// The joint an ICD-10-SE code (normalised) classifies, and whether it says both sides: hip M16,
+/// knee M17, hand M18, M15.1, M15.2 and M19 with the hand/wrist site letter (D, E) in the fifth
+/// position (the shipped mapping.toml cites the sources). Written independently of the mapper.
+pub fn joint_of_icd(code: &str) -> Option<(Joint, bool)> {
+    let b = code.as_bytes();
+    let fourth = b.get(3).copied();
+    match code.get(..3)? {
+        "M16" => Some((Joint::Hip, matches!(fourth, Some(b'0' | b'2' | b'4' | b'6')))),
+        "M17" => Some((Joint::Knee, matches!(fourth, Some(b'0' | b'2' | b'4')))),
+        "M18" => Some((Joint::Hand, matches!(fourth, Some(b'0' | b'2' | b'4')))),
+        "M15" if matches!(fourth, Some(b'1' | b'2')) => Some((Joint::Hand, false)),
+        "M19" if b.len() >= 5 && matches!(b[4], b'D' | b'E') => Some((Joint::Hand, false)),
+        _ => None,
+    }
+}
+
+/// Days before and after the first visit whose answers and diagnoses belong to it (the shipped
+/// `first_visit_window`).
+pub const FIRST_VISIT_WINDOW: i64 = 14;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpisodeTruth {
     pub index: usize,
     pub unit: String,
+    /// The course's joint (the first visit's main diagnosis).
     pub joint: Joint,
+    /// The joint classification: each joint diagnosed at the unit within the first-visit window,
+    /// with whether both sides are affected.
+    pub joints: BTreeMap<Joint, bool>,
     pub side: Side,
     /// ICD-10-SE, normalised.
     pub icd: String,
@@ -195,7 +222,7 @@ impl PatientTruth {
                 defect: c.defect,
             })
             .collect();
-        let diagnoses = plan
+        let diagnoses: Vec<DiagnosisTruth> = plan
             .diagnoses
             .iter()
             .enumerate()
@@ -254,6 +281,18 @@ impl PatientTruth {
                 index: e,
                 unit: pop.unit(ep.unit).hsa_id.clone(),
                 joint: ep.joint,
+                joints: {
+                    let (unit, fv) = (pop.unit(ep.unit).hsa_id.clone(), date_of(ep.fv_contact));
+                    let mut joints = BTreeMap::new();
+                    for d in diagnoses.iter().filter(|d| !d.nullified && d.defect.is_none() && d.unit == unit) {
+                        if (d.date - fv).num_days().abs() <= FIRST_VISIT_WINDOW {
+                            if let Some((j, both)) = joint_of_icd(&d.code) {
+                                *joints.entry(j).or_insert(false) |= both;
+                            }
+                        }
+                    }
+                    joints
+                },
                 side: ep.side,
                 icd: normalise_icd(ep.icd),
                 first_visit: date_of(ep.fv_contact),
@@ -420,6 +459,9 @@ pub struct ExpectedRegistration {
     pub missing: Vec<&'static str>,
     /// A follow-up's incomplete first-visit forms, which it waits for.
     pub waits_for: Vec<SarForm>,
+    /// The course's joint and joint classification (joint → both sides).
+    pub joint: Joint,
+    pub joints: BTreeMap<Joint, bool>,
 }
 
 /// The occasion a form belongs to: 0 first visit, 1 three months, 2 one year.
@@ -528,6 +570,8 @@ impl<'a> Truth<'a> {
                         answers: f.answers.clone(),
                         missing: f.missing.clone(),
                         waits_for,
+                        joint: ep.joint,
+                        joints: ep.joints.clone(),
                     });
                 }
             }

@@ -204,7 +204,7 @@ mod tests {
             "SubjectKey": "191212121212", "EventDate": "2026-03-02", "FV_PainNRS": 6,
             "FV_EQ5D_Mobility": 2, "FV_EQ5D_SelfCare": 1, "FV_EQ5D_UsualActivities": 2,
             "FV_EQ5D_PainDiscomfort": 3, "FV_EQ5D_AnxietyDepression": 1, "FV_EQVAS": 70,
-            "FV_WantsSurgery": false, "FV_MainJoint": 2, "FV_WeightKg": 81.5, "FV_ASES_Pain": 6.5
+            "FV_WantsSurgery": false, "FV_MainJoint": 2, "FV_WeightKg": 81.5, "FV_ASES_Pain": 65.0
         });
         v.as_object().unwrap().clone()
     }

@@ -71,6 +71,7 @@ impl FhirSource {
         if raw.is_empty() {
             bail!("a FHIR source needs base_url");
         }
+        crate::sources::check_transport("base_url", raw, settings.allow_plain_http_loopback).map_err(anyhow::Error::msg)?;
         let base = reqwest::Url::parse(&format!("{}/", raw.trim_end_matches('/'))).context("base_url is not a URL")?;
         let http = crate::sandbox::tls::http_client(&settings.tls, Duration::from_secs(settings.timeout_seconds.max(1)), false)?;
         Ok(FhirSource { settings: settings.clone(), http, base })
@@ -119,9 +120,9 @@ impl FhirSource {
             let hint = if status.as_u16() == 401 || status.as_u16() == 403 { " (check bearer_token)" } else { "" };
             return Err(PageError { reason: format!("HTTP {status}{hint}"), transient });
         }
-        let max = self.settings.max_response_bytes;
+        let max = self.settings.max_page_bytes.min(self.settings.max_response_bytes);
         if resp.content_length().is_some_and(|l| l > max) {
-            return Err(PageError { reason: format!("page larger than max_response_bytes ({max}): refused as hostile"), transient: false });
+            return Err(PageError { reason: format!("page larger than max_page_bytes ({max}): refused as hostile"), transient: false });
         }
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
@@ -130,7 +131,7 @@ impl FhirSource {
                 Ok(Some(chunk)) => {
                     if (body.len() + chunk.len()) as u64 > max {
                         return Err(PageError {
-                            reason: format!("page larger than max_response_bytes ({max}): refused as hostile, reading stopped"),
+                            reason: format!("page larger than max_page_bytes ({max}): refused as hostile, reading stopped"),
                             transient: false,
                         });
                     }
@@ -326,7 +327,13 @@ impl Source for FhirSource {
         for mut b in batches {
             join_to_contacts(&mut b.records);
             if !req.units.is_empty() {
-                b.records.retain(|r| r.unit().map_or(true, |u| req.units.contains(u)));
+                // As the RIV source does when it asks for every unit: another unit's item is not
+                // ours, and neither is an activity or observation that cannot be placed at a
+                // unit (none of its own, none from its encounter).
+                b.records.retain(|r| match r.unit() {
+                    Some(u) => req.units.contains(u),
+                    None => !matches!(r, crate::model::Record::Activity(_) | crate::model::Record::Observation(_)),
+                });
             }
             if b.records.is_empty() {
                 continue;

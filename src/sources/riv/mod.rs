@@ -50,6 +50,10 @@ impl RivSource {
         if settings.base_url.trim().is_empty() {
             bail!("a RIV-TA source needs base_url");
         }
+        crate::sources::check_transport("base_url", &settings.base_url, settings.allow_plain_http_loopback).map_err(anyhow::Error::msg)?;
+        if !settings.engagement_index_url.trim().is_empty() {
+            crate::sources::check_transport("engagement_index_url", &settings.engagement_index_url, settings.allow_plain_http_loopback).map_err(anyhow::Error::msg)?;
+        }
         Ok(RivSource { settings: settings.clone(), client: RivClient::new(settings)? })
     }
 
