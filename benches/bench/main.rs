@@ -57,8 +57,15 @@ fn real_main(args: &[String]) -> Result<()> {
             let results: Value = serde_json::from_slice(&std::fs::read(file)?)?;
             report::write_markdown(&results, &PathBuf::from("BENCHMARKS.md"))
         }
+        Some("ratios") => {
+            // The ratios of the result lines of one `scripts/bench-cases` invocation.
+            let file = args.get(1).context("ratios needs a JSON-lines file")?;
+            let lines: Vec<Value> = std::fs::read_to_string(file)?.lines().filter(|l| !l.trim().is_empty()).map(serde_json::from_str).collect::<Result<_, _>>()?;
+            print!("{}", report::ratios_markdown(&lines.iter().collect::<Vec<_>>()));
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: bench run [--quick] [--only a,b,c,d] [--out DIR] [--repeats N] [--contacts N] [--concurrency N] [--unit-filter request|response]\n       bench child '<case JSON>'\n       bench report RESULTS.json");
+            eprintln!("usage: bench run [--quick] [--only a,b,c,d] [--out DIR] [--repeats N] [--contacts N] [--concurrency N] [--unit-filter request|response]\n       bench child '<case JSON>'\n       bench report RESULTS.json\n       bench ratios RESULTS.jsonl");
             bail!("no command")
         }
     }

@@ -430,9 +430,83 @@ pub fn write_markdown(results: &Value, path: &Path) -> Result<()> {
         }
         writeln!(s)?;
     }
+    let ratios = ratios_markdown(&runs(results));
+    if !ratios.is_empty() {
+        writeln!(s, "## Ratios to the baselines (issue 18)\n\n{ratios}")?;
+    }
     s.push_str(&std::fs::read_to_string("docs/bench-notes.md").unwrap_or_default());
     std::fs::write(path, s)?;
     Ok(())
+}
+
+/// The issue-18 ratios, each between cases measured in the same run (one `scripts/bench` run,
+/// or one `scripts/bench-cases` invocation): full pull ÷ fetch-only, delivery engine ÷ bare loop,
+/// peak RSS at the largest region ÷ at the size nearest 100k, and parse + map per core. Runs
+/// are the result objects (each with its `case`); medians where a case repeats.
+pub fn ratios_markdown(rs: &[&Value]) -> String {
+    let med = |v: Vec<f64>| Stat::of(v).map(|s| s.median);
+    let get = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64);
+    let mut lines = vec![];
+    // Region into the outbox vs fetch-only, by backend and size.
+    let mut sizes: Vec<(String, u64)> = rs
+        .iter()
+        .filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full")
+        .filter_map(|r| Some((r["case"]["backend"].as_str()?.to_string(), r["case"]["contacts"].as_u64()?)))
+        .collect();
+    sizes.sort();
+    sizes.dedup();
+    for (b, n) in &sizes {
+        let full = med(rs.iter().filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full" && r["case"]["backend"] == b.as_str() && r["case"]["contacts"] == *n).filter_map(|r| get(r, "seconds")).collect());
+        // The baseline fetches what the case fetched: same size, same `unit_filter` (default "request").
+        let filter = |r: &Value| r["case"]["unit_filter"].as_str().unwrap_or("request").to_string();
+        let case_filter = rs.iter().find(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full" && r["case"]["backend"] == b.as_str() && r["case"]["contacts"] == *n).map(|r| filter(r));
+        let fetch = med(
+            rs.iter()
+                .filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "fetch" && r["case"]["contacts"] == *n && Some(filter(r)) == case_filter)
+                .filter_map(|r| get(r, "seconds"))
+                .collect(),
+        );
+        if let (Some(f), Some(x)) = (full, fetch) {
+            lines.push(format!("| region into the outbox, {b}, {} contacts: full ÷ fetch-only | {:.2} ({:.1} s ÷ {:.1} s) | ≤ 1.5 | {} |", fmt_num(*n as f64, 0), f / x, f, x, yes(f / x <= 1.5)));
+        }
+    }
+    // Delivery engine vs bare loop.
+    for b in ["sqlite", "postgres"] {
+        let of = |mode: &str| med(rs.iter().filter(|r| r["case"]["kind"] == "delivery" && r["case"]["mode"] == mode && r["case"]["backend"] == b).filter_map(|r| get(r, "registrations_per_second")).collect());
+        if let (Some(e), Some(x)) = (of("engine"), of("bare")) {
+            lines.push(format!("| delivery, {b}: engine ÷ bare loop | {:.2} ({:.0}/s ÷ {:.0}/s) | ≥ 0.5 | {} |", e / x, e, x, yes(e / x >= 0.5)));
+        }
+    }
+    // Peak RSS: the largest full region run ÷ the one nearest 100k contacts, per backend.
+    for b in ["sqlite", "postgres"] {
+        let ns: Vec<u64> = sizes.iter().filter(|(x, _)| x == b).map(|(_, n)| *n).collect();
+        let (Some(big), Some(small)) = (ns.iter().max().copied(), ns.iter().min_by_key(|n| n.abs_diff(100_000)).copied()) else { continue };
+        if big == small {
+            continue;
+        }
+        let rss = |n: u64| med(rs.iter().filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full" && r["case"]["backend"] == b && r["case"]["contacts"] == n).filter_map(|r| get(r, "peak_rss_kb")).collect());
+        if let (Some(x), Some(y)) = (rss(big), rss(small)) {
+            let mib = x / 1024.0;
+            lines.push(format!(
+                "| peak RSS, {b}: {} ÷ {} contacts | {:.2} ({:.0} MiB ÷ {:.0} MiB) | ≤ 1.3 and ≤ 300 MiB | {} |",
+                fmt_num(big as f64, 0),
+                fmt_num(small as f64, 0),
+                x / y,
+                mib,
+                y / 1024.0,
+                yes(x / y <= 1.3 && mib <= 300.0)
+            ));
+        }
+    }
+    // Parse + map on one core.
+    let per_core = med(rs.iter().filter(|r| r["case"]["kind"] == "parse_mixed" && r["case"]["mode"] == "ours").filter_map(|r| Some(get(r, "records")? / get(r, "cpu_seconds")?)).collect());
+    if let Some(p) = per_core {
+        lines.push(format!("| parse + map, mixed corpus: records per CPU second | {} | ≥ 100,000 | {} |", fmt_num(p, 0), yes(p >= 100_000.0)));
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("| ratio (same run) | value | target | met |\n|---|---|---|---|\n{}\n", lines.join("\n"))
 }
 
 /// The one-core throughput target line of (a): met when the wall or the CPU rate reaches it.

@@ -32,8 +32,11 @@ use sql::{Backend, Dialect, Tx};
 use std::sync::Arc;
 
 /// Documents per lookup query and per multi-row upsert in [`Store::apply`] (nine parameters a
-/// row: well inside SQLite's and PostgreSQL's parameter limits).
-const DOCUMENT_CHUNK: usize = 100;
+/// row: 3,600 a statement, well inside SQLite's 32,766 and PostgreSQL's 65,535).
+const DOCUMENT_CHUNK: usize = 400;
+/// Outbox upserts per set-based chunk (twelve parameters a row) and PVK result rows per
+/// multi-row upsert (thirteen).
+const OUTBOX_CHUNK: usize = 200;
 
 pub fn now_us() -> i64 {
     Utc::now().timestamp_micros()
@@ -371,8 +374,25 @@ impl Store {
         }
         // Audit events are appended last (the chain's head row is the last lock taken).
         let mut audit = vec![];
-        for change in &cs.outbox {
-            outbox::apply_change(self, tx, change, now, &mut out, &mut audit).await?;
+        // Upserts in chunks of distinct keys, a few statements per chunk; a repeated key or a
+        // retraction ends the chunk, so every change sees the ones before it.
+        let mut next = 0;
+        while next < cs.outbox.len() {
+            let mut seen = std::collections::HashSet::new();
+            let mut chunk = vec![];
+            while next < cs.outbox.len() && chunk.len() < OUTBOX_CHUNK {
+                match &cs.outbox[next] {
+                    c @ OutboxChange::Upsert { key, .. } if seen.insert(key.idem_key.as_str()) => chunk.push(c),
+                    _ => break,
+                }
+                next += 1;
+            }
+            if chunk.is_empty() {
+                outbox::apply_change(self, tx, &cs.outbox[next], now, &mut out, &mut audit).await?;
+                next += 1;
+            } else {
+                outbox::apply_upserts(self, tx, &chunk, now, &mut out, &mut audit).await?;
+            }
         }
         for (connector, unit, value) in &cs.watermarks {
             tx.exec(
@@ -412,28 +432,44 @@ impl Store {
                 .await?;
             }
         }
-        for r in &cs.pvk_results {
+        // Result cells in multi-row upserts; each patient list is encrypted once, as it is bound.
+        for chunk in cs.pvk_results.chunks(OUTBOX_CHUNK) {
+            let mut a: Vec<sql::Val> = vec![sql::Val::I64(now)];
+            let mut rows = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                let b = a.len();
+                rows.push(format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1)",
+                    b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10, b + 11, b + 12
+                ));
+                a.extend([
+                    sql::Val::from(&r.connector),
+                    sql::Val::from(r.rule_year),
+                    sql::Val::from(&r.unit),
+                    sql::Val::from(r.year),
+                    sql::Val::from(r.month),
+                    sql::Val::from(&r.indicator),
+                    sql::Val::from(r.numerator),
+                    sql::Val::from(r.denominator),
+                    sql::Val::from(r.computable),
+                    sql::Val::from(r.suppressed),
+                    sql::Val::from(r.note.clone()),
+                    r.patient_list
+                        .as_ref()
+                        .map(|l| sql::Val::Bytes(self.cipher.encrypt(&sealed::pvk_patient_list(&r.connector, r.rule_year, &r.unit, r.year, r.month, &r.indicator), l.json().as_bytes())))
+                        .unwrap_or(sql::Val::Null(sql::NullKind::Bytes)),
+                ]);
+            }
             tx.exec(
-                "INSERT INTO pvk_results (connector, rule_year, unit, year, month, indicator, numerator, denominator, computable, suppressed, note, patient_list, computed_us)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                 ON CONFLICT (connector, rule_year, unit, year, month, indicator) DO UPDATE SET numerator = excluded.numerator,
-                   denominator = excluded.denominator, computable = excluded.computable, suppressed = excluded.suppressed,
-                   note = excluded.note, patient_list = excluded.patient_list, computed_us = excluded.computed_us",
-                args![
-                    &r.connector,
-                    r.rule_year,
-                    &r.unit,
-                    r.year,
-                    r.month,
-                    &r.indicator,
-                    r.numerator,
-                    r.denominator,
-                    r.computable,
-                    r.suppressed,
-                    r.note.clone(),
-                    r.patient_list.as_ref().map(|l| self.cipher.encrypt(&sealed::pvk_patient_list(&r.connector, r.rule_year, &r.unit, r.year, r.month, &r.indicator), l.json().as_bytes())),
-                    now
-                ],
+                &format!(
+                    "INSERT INTO pvk_results (connector, rule_year, unit, year, month, indicator, numerator, denominator, computable, suppressed, note, patient_list, computed_us)
+                     VALUES {}
+                     ON CONFLICT (connector, rule_year, unit, year, month, indicator) DO UPDATE SET numerator = excluded.numerator,
+                       denominator = excluded.denominator, computable = excluded.computable, suppressed = excluded.suppressed,
+                       note = excluded.note, patient_list = excluded.patient_list, computed_us = excluded.computed_us",
+                    rows.join(", ")
+                ),
+                &a,
             )
             .await?;
         }
@@ -505,11 +541,23 @@ impl Store {
     where
         F: FnMut(&str, Vec<Record>) -> Result<()> + Send,
     {
-        let keys = self.patient_keys(connector).await?;
-        for chunk in keys.chunks(500) {
+        // Keyset pages of 500 patients: neither the region's key list nor its records are ever
+        // held at once, so memory stays flat as the region grows.
+        let mut after: Option<String> = None;
+        loop {
             let mut tx = self.backend.read().await?;
-            let lo = chunk.first().cloned().unwrap_or_default();
-            let hi = chunk.last().cloned().unwrap_or_default();
+            let page: Vec<String> = match &after {
+                None => tx.rows("SELECT DISTINCT patient_key FROM documents WHERE connector = $1 ORDER BY patient_key LIMIT 500", args![connector]).await?,
+                Some(a) => {
+                    tx.rows("SELECT DISTINCT patient_key FROM documents WHERE connector = $1 AND patient_key > $2 ORDER BY patient_key LIMIT 500", args![connector, a])
+                        .await?
+                }
+            }
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<_>>()?;
+            let (Some(lo), Some(hi)) = (page.first().cloned(), page.last().cloned()) else { break };
+            after = Some(hi.clone());
             let rows = tx
                 .rows(
                     "SELECT patient_key, payload, doc_key FROM documents WHERE connector = $1 AND patient_key >= $2 AND patient_key <= $3 ORDER BY patient_key, doc_key",

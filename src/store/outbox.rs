@@ -340,34 +340,30 @@ impl Store {
         a.push(Val::I64(limit as i64));
         let lim = a.len();
         let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+        a.push(owner.into());
+        let own = a.len();
+        a.push((lease_seconds as i64 * 1_000_000).into());
+        let lease = a.len();
+        a.push(now.into());
+        let at = a.len();
+        // Choose and claim in one statement (the chosen ids are a CTE, evaluated once; `UPDATE …
+        // RETURNING`), then a fixed handful per batch, not per record: registrations, earlier
+        // unknown outcomes, and the in-flight attempt rows in one insert.
         let sql = format!(
-            "SELECT r.id FROM records r WHERE r.state = 'pending' AND r.next_attempt_us <= {clock}{reg_filter}
-             AND NOT EXISTS (SELECT 1 FROM records s WHERE s.idem_key = r.idem_key AND (s.state = 'sending' OR s.version > r.version))
-             ORDER BY r.next_attempt_us, r.id LIMIT ${lim}{lock}"
+            "WITH chosen AS (
+               SELECT r.id FROM records r WHERE r.state = 'pending' AND r.next_attempt_us <= {clock}{reg_filter}
+               AND NOT EXISTS (SELECT 1 FROM records s WHERE s.idem_key = r.idem_key AND (s.state = 'sending' OR s.version > r.version))
+               ORDER BY r.next_attempt_us, r.id LIMIT ${lim}{lock})
+             UPDATE records SET state = 'sending', lease_owner = ${own}, lease_expires_us = {clock} + ${lease}, attempts = attempts + 1,
+               first_attempt_us = COALESCE(first_attempt_us, ${at}), updated_us = ${at}
+             WHERE state = 'pending' AND id IN (SELECT id FROM chosen)
+             RETURNING {RECORD_COLS}"
         );
-        let ids: Vec<i64> = tx.rows(&sql, &a).await?.iter().map(|r| r.i64(0)).collect::<Result<_>>()?;
-        if ids.is_empty() {
-            tx.commit().await?;
-            return Ok(vec![]);
-        }
-        // A handful of statements per batch, not per record: claim, read rows, registrations,
-        // earlier unknown outcomes, then the in-flight attempt rows in one insert.
-        let id_vals: Vec<Val> = ids.iter().map(|i| Val::I64(*i)).collect();
-        let mut b: Vec<Val> = vec![owner.into(), (lease_seconds as i64 * 1_000_000).into(), now.into()];
-        let clock = db_clock(tx.dialect(), &mut b);
-        let ph = in_list(&mut b, id_vals.clone());
-        tx.exec(
-            &format!(
-                "UPDATE records SET state = 'sending', lease_owner = $1, lease_expires_us = {clock} + $2, attempts = attempts + 1,
-                   first_attempt_us = COALESCE(first_attempt_us, $3), updated_us = $3 WHERE id IN ({ph}) AND state = 'pending'"
-            ),
-            &b,
-        )
-        .await?;
-        let mut b: Vec<Val> = vec![owner.into()];
-        let ph = in_list(&mut b, id_vals);
-        let rows = tx.rows(&format!("SELECT {RECORD_COLS} FROM records WHERE id IN ({ph}) AND state = 'sending' AND lease_owner = $1 ORDER BY next_attempt_us, id"), &b).await?;
-        let records: Vec<OutboxRecord> = rows.iter().map(|r| self.record_from_row(&**r)).collect::<Result<_>>()?;
+        let rows = tx.rows(&sql, &a).await?;
+        let mut records: Vec<OutboxRecord> = rows.iter().map(|r| self.record_from_row(&**r)).collect::<Result<_>>()?;
+        drop(rows);
+        // RETURNING gives no order: due first, as chosen.
+        records.sort_by_key(|r| (r.next_attempt, r.id));
         if records.is_empty() {
             tx.commit().await?;
             return Ok(vec![]);
@@ -460,9 +456,10 @@ impl Store {
         Ok(self.finish_many(owner, vec![(claimed, outcome)]).await?.pop().unwrap_or(false))
     }
 
-    /// Finish many attempts in one transaction (the delivery engine's batches), with a few
-    /// statements per batch plus one or two per record. Returns, per attempt, whether the lease
-    /// was still ours.
+    /// Finish many attempts in one transaction (the delivery engine's batches), set-based: a
+    /// fixed number of statements per batch whatever its size (lock the rows still ours, one
+    /// multi-row update of the records, one of the registrations, the attempt rows, one audit
+    /// append). Returns, per attempt, whether the lease was still ours.
     pub async fn finish_many(&self, owner: &str, done: Vec<(&Claimed, Outcome)>) -> Result<Vec<bool>> {
         if done.is_empty() {
             return Ok(vec![]);
@@ -472,7 +469,7 @@ impl Store {
         let mut b: Vec<Val> = vec![owner.into()];
         let ph = in_list(&mut b, done.iter().map(|(c, _)| Val::I64(c.record.id)).collect());
         // Lock the rows still ours (PostgreSQL) so a rescuer or another replica cannot take one
-        // between this check and the update; the updates below are guarded as well.
+        // between this check and the update; the update below is guarded as well.
         let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE" } else { "" };
         let ours: std::collections::HashSet<i64> = tx
             .rows(&format!("SELECT id FROM records WHERE id IN ({ph}) AND state = 'sending' AND lease_owner = $1{lock}"), &b)
@@ -480,15 +477,124 @@ impl Store {
             .iter()
             .map(|r| r.i64(0))
             .collect::<Result<_>>()?;
+        // Every state change in one guarded multi-row update: a row this worker no longer owns
+        // is never touched, whatever happened since the claim. Per row: id, what happened,
+        // status, error, register reference, next attempt.
+        let mut vals: Vec<Val> = vec![now.into(), owner.into()];
+        let mut tuples = vec![];
+        for (c, o) in done.iter().filter(|(c, _)| ours.contains(&c.record.id)) {
+            let rec = &c.record;
+            let (what, status, error, reg_ref, next_at): (&str, Option<u16>, Option<String>, Option<String>, Option<i64>) = match o {
+                Outcome::Delivered { event_id, http_status, .. } => {
+                    (if rec.op == Op::Retract { "retracted" } else { "delivered" }, *http_status, None, event_id.clone().or(c.registration.event_id.clone()), None)
+                }
+                Outcome::Retry { http_status, error, next_at, .. } => ("retry", *http_status, Some(error.clone()), None, Some(next_at.timestamp_micros())),
+                Outcome::Rejected { http_status, reason, .. } => ("rejected", *http_status, Some(reason.clone()), None, None),
+                Outcome::Dead { http_status, error, .. } => ("dead", *http_status, Some(error.clone()), None, None),
+            };
+            let base = vals.len();
+            tuples.push(format!("(${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 6));
+            vals.extend([
+                Val::I64(rec.id),
+                Val::Text(what.into()),
+                Val::from(status.map(|s| s as i64)),
+                Val::from(error),
+                Val::from(reg_ref),
+                Val::from(next_at),
+            ]);
+        }
+        let mut kept: std::collections::HashSet<i64> = std::collections::HashSet::new();
+        if !tuples.is_empty() {
+            // A retried version goes back to the queue, unless a newer version of the key is
+            // waiting: then it is superseded and never sent again.
+            let sql = format!(
+                "UPDATE records SET
+                   state = CASE WHEN v.column2 = 'retry' THEN (CASE WHEN {NEWER_EXISTS} THEN 'superseded' ELSE 'pending' END) ELSE v.column2 END,
+                   lease_owner = NULL, lease_expires_us = NULL, last_status = v.column3, last_error = v.column4,
+                   reason = CASE WHEN v.column2 = 'rejected' THEN v.column4 ELSE records.reason END,
+                   register_ref = CASE WHEN v.column2 IN ('delivered', 'retracted') THEN v.column5 ELSE records.register_ref END,
+                   next_attempt_us = CASE WHEN v.column2 = 'retry' THEN v.column6 ELSE records.next_attempt_us END,
+                   delivered_us = CASE WHEN v.column2 IN ('delivered', 'retracted') THEN $1 ELSE records.delivered_us END,
+                   updated_us = $1
+                 FROM (VALUES {}) AS v
+                 WHERE records.id = v.column1 AND records.state = 'sending' AND records.lease_owner = $2
+                 RETURNING records.id",
+                tuples.join(", ")
+            );
+            for r in tx.rows(&sql, &vals).await? {
+                kept.insert(r.i64(0)?);
+            }
+        }
+        // What the register now holds, one statement per kind of change. Within a batch a key
+        // appears once (claim takes one version per key); if not, the last one wins, as it
+        // would with a statement per record.
+        let mut present: Vec<(String, Option<String>, Option<String>, Option<Vec<u8>>)> = vec![];
+        let mut retracted: Vec<Val> = vec![];
+        // Too late to settle the record, but what the register told us is a fact worth keeping:
+        // a create that succeeded must not be repeated by whoever sends next.
+        let mut late_creates: Vec<(String, String, Option<String>, Option<Vec<u8>>)> = vec![];
+        for (c, o) in done.iter() {
+            let rec = &c.record;
+            if let Outcome::Delivered { event_id, .. } = o {
+                if kept.contains(&rec.id) {
+                    if rec.op == Op::Retract {
+                        present.retain(|p| p.0 != rec.idem_key);
+                        retracted.push(Val::Text(rec.idem_key.clone()));
+                    } else {
+                        retracted.retain(|k| !matches!(k, Val::Text(t) if *t == rec.idem_key));
+                        present.retain(|p| p.0 != rec.idem_key);
+                        present.push((rec.idem_key.clone(), event_id.clone(), rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p))));
+                    }
+                } else if let Some(eid) = event_id {
+                    if rec.op == Op::Upsert {
+                        late_creates.push((rec.idem_key.clone(), eid.clone(), rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p))));
+                    }
+                }
+            }
+        }
+        if !present.is_empty() {
+            let mut a: Vec<Val> = vec![now.into()];
+            let mut t = vec![];
+            for (key, eid, hash, payload) in present {
+                let base = a.len();
+                t.push(format!("(${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4));
+                a.extend([Val::Text(key), Val::from(eid), Val::from(hash), payload.map(Val::Bytes).unwrap_or(Val::Null(super::sql::NullKind::Bytes))]);
+            }
+            tx.exec(
+                &format!(
+                    "UPDATE registrations SET event_id = COALESCE(v.column2, registrations.event_id), delivered_hash = v.column3, delivered_payload = v.column4,
+                       state = 'present', updated_us = $1 FROM (VALUES {}) AS v WHERE registrations.idem_key = v.column1",
+                    t.join(", ")
+                ),
+                &a,
+            )
+            .await?;
+        }
+        if !retracted.is_empty() {
+            let mut a: Vec<Val> = vec![now.into()];
+            let ph = in_list(&mut a, retracted);
+            tx.exec(
+                &format!("UPDATE registrations SET event_id = NULL, delivered_hash = NULL, delivered_payload = NULL, state = 'retracted', updated_us = $1 WHERE idem_key IN ({ph})"),
+                &a,
+            )
+            .await?;
+        }
+        for (key, eid, hash, payload) in late_creates {
+            tx.exec(
+                "UPDATE registrations SET event_id = $1, delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5 AND event_id IS NULL",
+                args![eid, hash, payload, now, key],
+            )
+            .await?;
+        }
+        // Attempt rows and audit events, in the order of the batch.
         let mut out = Vec::with_capacity(done.len());
-        // The audit head is locked last, after every row this transaction touches: taking it
-        // early would let two transactions wait on each other (PostgreSQL deadlock).
         let mut events = vec![];
         let mut attempts: Vec<Val> = vec![];
         let mut attempt_rows = vec![];
         let mut settled: Vec<Val> = vec![];
         for (c, o) in done.iter() {
-            let still_ours = ours.contains(&c.record.id);
+            let rec = &c.record;
+            let still_ours = kept.contains(&rec.id);
             let (op_name, status, detail, att_outcome, reg_ref) = match o {
                 Outcome::Delivered { operation, http_status, event_id, detail } => (operation.clone(), *http_status, detail.clone(), "ok", event_id.clone()),
                 Outcome::Retry { operation, http_status, error, .. } => (operation.clone(), *http_status, Some(error.clone()), "transient", None),
@@ -498,10 +604,10 @@ impl Store {
             let base = attempts.len();
             attempt_rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 6, base + 7, base + 8, base + 9, base + 10));
             attempts.extend([
-                Val::I64(c.record.id),
-                Val::Text(c.record.idem_key.clone()),
+                Val::I64(rec.id),
+                Val::Text(rec.idem_key.clone()),
                 owner.into(),
-                c.record.updated.timestamp_micros().into(),
+                rec.updated.timestamp_micros().into(),
                 now.into(),
                 op_name.clone().into(),
                 att_outcome.into(),
@@ -511,15 +617,31 @@ impl Store {
             ]);
             events.push(NewAuditEvent::system(
                 kind::ATTEMPT_SENT,
-                &c.record.correlation_id,
-                &c.record.idem_key,
-                serde_json::json!({"record": c.record.id, "version": c.record.version, "operation": op_name, "status": status, "outcome": att_outcome, "register_ref": reg_ref, "attempt": c.record.attempts}),
+                &rec.correlation_id,
+                &rec.idem_key,
+                serde_json::json!({"record": rec.id, "version": rec.version, "operation": op_name, "status": status, "outcome": att_outcome, "register_ref": reg_ref, "attempt": rec.attempts}),
             ));
-            let kept = self.finish_in(&mut *tx, owner, c, o, still_ours, status, &mut events).await?;
-            if kept && matches!(o, Outcome::Delivered { .. }) {
-                settled.push(Val::Text(c.record.idem_key.clone()));
+            if still_ours {
+                match o {
+                    Outcome::Delivered { event_id, .. } => {
+                        settled.push(Val::Text(rec.idem_key.clone()));
+                        events.push(NewAuditEvent::system(
+                            if rec.op == Op::Retract { kind::RECORD_RETRACTED } else { kind::RECORD_DELIVERED },
+                            &rec.correlation_id,
+                            &rec.idem_key,
+                            serde_json::json!({"record": rec.id, "version": rec.version, "register": rec.register, "form": rec.form, "register_ref": event_id.clone().or(c.registration.event_id.clone())}),
+                        ));
+                    }
+                    Outcome::Retry { .. } => {}
+                    Outcome::Rejected { reason, .. } => {
+                        events.push(NewAuditEvent::system(kind::RECORD_REJECTED, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "reason": reason})));
+                    }
+                    Outcome::Dead { error, .. } => {
+                        events.push(NewAuditEvent::system(kind::RECORD_DEAD, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "error": error, "attempts": rec.attempts})));
+                    }
+                }
             }
-            out.push(kept);
+            out.push(still_ours);
         }
         // The in-flight rows written at claim time become the final attempt rows.
         let mut b = vec![];
@@ -539,115 +661,11 @@ impl Store {
             &attempts,
         )
         .await?;
+        // The audit head is locked last, after every row this transaction touches: taking it
+        // early would let two transactions wait on each other (PostgreSQL deadlock).
         self.append_audit(&mut *tx, &events).await?;
         tx.commit().await?;
         Ok(out)
-    }
-
-    /// One record's state change (the batch writes attempt rows and audit events). Every update
-    /// of the record is guarded by `state = 'sending' AND lease_owner = owner`: a row this worker
-    /// no longer owns is never touched, whatever happened since the claim.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish_in(&self, tx: &mut dyn Tx, owner: &str, claimed: &Claimed, outcome: &Outcome, still_ours: bool, status: Option<u16>, events_out: &mut Vec<NewAuditEvent>) -> Result<bool> {
-        let now = now_us();
-        let rec = &claimed.record;
-        let mut events = vec![];
-        let still_ours = still_ours && {
-            // The state change itself, guarded; the rest follows only if it took.
-            let n = match outcome {
-                Outcome::Delivered { event_id, .. } => {
-                    let final_state = if rec.op == Op::Retract { "retracted" } else { "delivered" };
-                    tx.exec(
-                        "UPDATE records SET state = $1, lease_owner = NULL, lease_expires_us = NULL, last_status = $2, last_error = NULL,
-                           register_ref = $3, delivered_us = $4, updated_us = $4 WHERE id = $5 AND state = 'sending' AND lease_owner = $6",
-                        args![final_state, status.map(|s| s as i64), event_id.clone().or(claimed.registration.event_id.clone()), now, rec.id, owner],
-                    )
-                    .await?
-                }
-                Outcome::Retry { next_at, error, .. } => {
-                    // Back to the queue, unless a newer version of the key is waiting: then this
-                    // one is superseded and never sent again.
-                    tx.exec(
-                        &format!(
-                            "UPDATE records SET state = CASE WHEN {NEWER_EXISTS} THEN 'superseded' ELSE 'pending' END, lease_owner = NULL, lease_expires_us = NULL,
-                               next_attempt_us = $1, last_status = $2, last_error = $3, updated_us = $4 WHERE id = $5 AND state = 'sending' AND lease_owner = $6"
-                        ),
-                        args![next_at.timestamp_micros(), status.map(|s| s as i64), error, now, rec.id, owner],
-                    )
-                    .await?
-                }
-                Outcome::Rejected { reason, .. } => {
-                    tx.exec(
-                        "UPDATE records SET state = 'rejected', lease_owner = NULL, lease_expires_us = NULL, last_status = $1, last_error = $2, reason = $2, updated_us = $3
-                         WHERE id = $4 AND state = 'sending' AND lease_owner = $5",
-                        args![status.map(|s| s as i64), reason, now, rec.id, owner],
-                    )
-                    .await?
-                }
-                Outcome::Dead { error, .. } => {
-                    tx.exec(
-                        "UPDATE records SET state = 'dead', lease_owner = NULL, lease_expires_us = NULL, last_status = $1, last_error = $2, updated_us = $3
-                         WHERE id = $4 AND state = 'sending' AND lease_owner = $5",
-                        args![status.map(|s| s as i64), error, now, rec.id, owner],
-                    )
-                    .await?
-                }
-            };
-            n == 1
-        };
-        if !still_ours {
-            // Too late to settle the record, but what the register told us is a fact worth
-            // keeping: a create that succeeded must not be repeated by whoever sends next.
-            if let Outcome::Delivered { event_id: Some(eid), .. } = outcome {
-                if rec.op == Op::Upsert {
-                    tx.exec(
-                        "UPDATE registrations SET event_id = $1, delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5 AND event_id IS NULL",
-                        args![eid, rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p)), now, &rec.idem_key],
-                    )
-                    .await?;
-                }
-            }
-            events_out.append(&mut events);
-            return Ok(false);
-        }
-        match outcome {
-            Outcome::Delivered { event_id, .. } => {
-                if rec.op == Op::Retract {
-                    tx.exec(
-                        "UPDATE registrations SET event_id = NULL, delivered_hash = NULL, delivered_payload = NULL, state = 'retracted', updated_us = $1 WHERE idem_key = $2",
-                        args![now, &rec.idem_key],
-                    )
-                    .await?;
-                } else {
-                    let payload = rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p));
-                    tx.exec(
-                        "UPDATE registrations SET event_id = COALESCE($1, event_id), delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5",
-                        args![event_id.clone(), rec.payload_hash.clone(), payload, now, &rec.idem_key],
-                    )
-                    .await?;
-                }
-                events.push(NewAuditEvent::system(
-                    if rec.op == Op::Retract { kind::RECORD_RETRACTED } else { kind::RECORD_DELIVERED },
-                    &rec.correlation_id,
-                    &rec.idem_key,
-                    serde_json::json!({"record": rec.id, "version": rec.version, "register": rec.register, "form": rec.form, "register_ref": event_id.clone().or(claimed.registration.event_id.clone())}),
-                ));
-            }
-            Outcome::Retry { .. } => {}
-            Outcome::Rejected { reason, .. } => {
-                events.push(NewAuditEvent::system(
-                    kind::RECORD_REJECTED,
-                    &rec.correlation_id,
-                    &rec.idem_key,
-                    serde_json::json!({"record": rec.id, "status": status, "reason": reason}),
-                ));
-            }
-            Outcome::Dead { error, .. } => {
-                events.push(NewAuditEvent::system(kind::RECORD_DEAD, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "error": error, "attempts": rec.attempts})));
-            }
-        }
-        events_out.append(&mut events);
-        Ok(true)
     }
 
     /// Which key (if any) already holds this register reference.
@@ -904,6 +922,132 @@ pub(super) fn in_list(params: &mut Vec<Val>, vals: Vec<Val>) -> String {
 pub(super) async fn insert_returning_id(tx: &mut dyn Tx, sql: &str, a: &[Val]) -> Result<i64> {
     let r = tx.row(&format!("{sql} RETURNING id"), a).await?.expect("RETURNING gives a row");
     r.i64(0)
+}
+
+/// Upserts of distinct keys, set-based: one query for the keys' latest versions and holds, one
+/// multi-row insert of new registrations, one update superseding older unsent versions, one
+/// multi-row insert of the new versions. Same outcome, counts and audit events, in the same
+/// order, as [`apply_change`] one change at a time (the caller makes sure no key repeats).
+pub(super) async fn apply_upserts(store: &Store, tx: &mut dyn Tx, changes: &[&OutboxChange], now: i64, out: &mut ApplyOutcome, audit: &mut Vec<NewAuditEvent>) -> Result<()> {
+    struct Latest {
+        version: i64,
+        state: String,
+        op: String,
+        hash: Option<String>,
+        held: Option<(String, Option<String>)>,
+    }
+    let ups: Vec<(&RecordKey, &serde_json::Map<String, serde_json::Value>, &serde_json::Map<String, serde_json::Value>, &str, &serde_json::Value)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            OutboxChange::Upsert { key, payload, lookup, correlation_id, detail } => Some((key, payload, lookup, correlation_id.as_str(), detail)),
+            OutboxChange::Retract { .. } => None,
+        })
+        .collect();
+    if ups.is_empty() {
+        return Ok(());
+    }
+    // The latest version of each key, and whether a person's withdrawal holds it.
+    let mut a = vec![];
+    let ph = in_list(&mut a, ups.iter().map(|u| Val::Text(u.0.idem_key.clone())).collect());
+    let mut latest: std::collections::HashMap<String, Latest> = Default::default();
+    for l in tx
+        .rows(
+            &format!(
+                "SELECT r.idem_key, r.version, r.state, r.op, r.payload_hash, g.held_by, g.held_reason FROM records r JOIN registrations g ON g.idem_key = r.idem_key
+                 WHERE r.idem_key IN ({ph}) AND r.version = (SELECT MAX(m.version) FROM records m WHERE m.idem_key = r.idem_key)"
+            ),
+            &a,
+        )
+        .await?
+    {
+        let held = l.text_opt(5)?.map(|by| Ok::<_, anyhow::Error>((by, l.text_opt(6)?))).transpose()?;
+        latest.insert(l.text(0)?, Latest { version: l.i64(1)?, state: l.text(2)?, op: l.text(3)?, hash: l.text_opt(4)?, held });
+    }
+    let mut new_regs: Vec<Val> = vec![Val::I64(now)];
+    let mut reg_rows = vec![];
+    let mut superseded: Vec<Val> = vec![Val::I64(now)];
+    let mut superseded_n = 0;
+    let mut rec_vals: Vec<Val> = vec![Val::I64(now)];
+    let mut rec_rows = vec![];
+    for (key, payload, lookup, correlation_id, detail) in ups {
+        let hash = payload_hash(payload);
+        let l = latest.get(&key.idem_key);
+        if let Some(l) = l {
+            if l.op == "upsert" && l.hash.as_deref() == Some(hash.as_str()) && l.state != "superseded" {
+                out.outbox_unchanged += 1;
+                continue;
+            }
+        } else {
+            let b = new_regs.len();
+            reg_rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, 'absent', $1)", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6));
+            new_regs.extend([Val::from(&key.idem_key), Val::from(&key.register), Val::from(&key.connector), Val::from(&key.unit), Val::from(&key.form), Val::from(key.subject.clone())]);
+        }
+        // Unsent and failed older versions are replaced by this one; one in flight finishes
+        // first and is then superseded (claim takes only the newest version).
+        superseded.push(Val::from(&key.idem_key));
+        superseded_n += 1;
+        let version = l.map_or(1, |l| l.version + 1);
+        let held = l.and_then(|l| l.held.clone());
+        // A key a person withdrew keeps what the journal now says, but sends nothing until a
+        // person lifts the hold.
+        let state = if held.is_some() { "held" } else { "pending" };
+        let b = rec_vals.len();
+        rec_rows.push(format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 'upsert', ${}, ${}, ${}, ${}, $1, ${}, $1, $1)",
+            b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10, b + 11, b + 12
+        ));
+        rec_vals.extend([
+            Val::from(&key.idem_key),
+            Val::I64(version),
+            Val::from(&key.register),
+            Val::from(&key.connector),
+            Val::from(&key.unit),
+            Val::from(&key.form),
+            Val::from(key.subject.clone()),
+            Val::Bytes(store.cipher.encrypt_json(&super::sealed::record_payload(&key.idem_key, version), payload)),
+            Val::from(hash),
+            Val::Bytes(store.cipher.encrypt_json(&super::sealed::record_lookup(&key.idem_key, version), lookup)),
+            Val::from(state),
+            Val::from(correlation_id),
+        ]);
+        if let Some((by, reason)) = held {
+            out.outbox_held += 1;
+            audit.push(NewAuditEvent::system(
+                kind::RECORD_HELD,
+                correlation_id,
+                &key.idem_key,
+                serde_json::json!({"version": version, "register": key.register, "form": key.form, "held_by": by, "hold_reason": reason,
+                    "why": "withdrawn by a person: not sent until a person lifts the hold"}),
+            ));
+            continue;
+        }
+        let (k, counter) = if l.is_some() { (kind::RECORD_UPDATED, &mut out.outbox_updated) } else { (kind::RECORD_CREATED, &mut out.outbox_created) };
+        *counter += 1;
+        audit.push(NewAuditEvent::system(k, correlation_id, &key.idem_key, serde_json::json!({"version": version, "register": key.register, "form": key.form, "unit": key.unit, "why": detail})));
+    }
+    if !reg_rows.is_empty() {
+        tx.exec(
+            &format!("INSERT INTO registrations (idem_key, register, connector, unit, form, subject, state, updated_us) VALUES {} ON CONFLICT (idem_key) DO NOTHING", reg_rows.join(", ")),
+            &new_regs,
+        )
+        .await?;
+    }
+    if superseded_n > 0 {
+        let ph = (2..superseded_n + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        tx.exec(&format!("UPDATE records SET state = 'superseded', updated_us = $1 WHERE idem_key IN ({ph}) AND state IN ('pending', 'rejected', 'dead', 'held')"), &superseded).await?;
+    }
+    if !rec_rows.is_empty() {
+        tx.exec(
+            &format!(
+                "INSERT INTO records (idem_key, version, register, connector, unit, form, subject, op, payload, payload_hash, lookup, state, next_attempt_us, correlation_id, created_us, updated_us)
+                 VALUES {}",
+                rec_rows.join(", ")
+            ),
+            &rec_vals,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The outbox half of `Store::apply`.
