@@ -21,14 +21,20 @@ fn field(s: &str) -> String {
     }
 }
 
+/// A cell's status and, when it is reported, its numerator and denominator as text (blank
+/// otherwise: a suppressed or uncomputable cell never shows its counts).
+fn shown_counts(r: &PvkResultRow) -> (CellStatus, bool, String, String) {
+    let status = CellStatus::of(r);
+    let reported = matches!(status, CellStatus::Reported | CellStatus::ReportedSmallCell);
+    let shown = |v: Option<i64>| if reported { v.map(|n| n.to_string()).unwrap_or_default() } else { String::new() };
+    (status, reported, shown(r.numerator), shown(r.denominator))
+}
+
 pub fn render_csv(rows: &[&PvkResultRow], labels: &Labels) -> String {
     let mut out = CSV_COLUMNS.join(";");
     out.push_str("\r\n");
     for r in rows {
-        let status = CellStatus::of(r);
-        let reported = matches!(status, CellStatus::Reported | CellStatus::ReportedSmallCell);
-        let num = if reported { r.numerator.map(|n| n.to_string()).unwrap_or_default() } else { String::new() };
-        let den = if reported { r.denominator.map(|n| n.to_string()).unwrap_or_default() } else { String::new() };
+        let (status, _, num, den) = shown_counts(r);
         let cols = [
             r.rule_year.to_string(),
             field(&r.unit),
@@ -51,8 +57,7 @@ pub fn render_regional_csv(rows: &[&PvkResultRow], labels: &Labels) -> String {
     let mut out = REGIONAL_CSV_COLUMNS.join(";");
     out.push_str("\r\n");
     for r in rows {
-        let status = CellStatus::of(r);
-        let reported = matches!(status, CellStatus::Reported | CellStatus::ReportedSmallCell);
+        let (status, reported, num, den) = shown_counts(r);
         let label = labels.get(&(r.rule_year, r.indicator.clone()));
         let requirement = label.and_then(|l| l.per_fte_requirement);
         let value = match (reported, r.numerator, r.denominator) {
@@ -60,8 +65,6 @@ pub fn render_regional_csv(rows: &[&PvkResultRow], labels: &Labels) -> String {
             (true, Some(n), Some(d)) if d > 0 => format!("{:.1}", n as f64 * 100.0 / d as f64),
             _ => String::new(),
         };
-        let num = if reported { r.numerator.map(|n| n.to_string()).unwrap_or_default() } else { String::new() };
-        let den = if reported { r.denominator.map(|n| n.to_string()).unwrap_or_default() } else { String::new() };
         let cols = [
             r.rule_year.to_string(),
             field(&r.unit),

@@ -116,32 +116,22 @@ pub fn get_care_contacts(q: &PatientQuery) -> Vec<u8> {
 
 /// GetDiagnosis 2.0 request body.
 pub fn get_diagnosis(q: &PatientQuery) -> Vec<u8> {
-    let c = Contract::GetDiagnosis;
-    let mut x = X::new();
-    x.open_with("r:GetDiagnosis", &root_attrs(c, true));
-    for u in q.units {
-        x.leaf("r:careUnitHSAId", u.as_str());
-    }
-    x.open("r:patientId");
-    x.leaf("c:id", patient_value(q.patient));
-    x.leaf("c:type", q.patient.oid());
-    x.close("r:patientId");
-    x.open("r:timePeriod");
-    x.leaf("c:start", &day(q.from));
-    x.leaf("c:end", &day(q.to));
-    x.close("r:timePeriod");
-    x.close("r:GetDiagnosis");
-    x.finish()
+    units_patient_period(Contract::GetDiagnosis, "r:GetDiagnosis", "r:careUnitHSAId", q)
 }
 
 /// GetCareDocumentation 2.1 request body (journal notes; its unit element is spelt
 /// `careUnitHSAid`, with a lower-case d, unlike GetDiagnosis's `careUnitHSAId`).
 pub fn get_care_documentation(q: &PatientQuery) -> Vec<u8> {
-    let c = Contract::GetCareDocumentation;
+    units_patient_period(Contract::GetCareDocumentation, "r:GetCareDocumentation", "r:careUnitHSAid", q)
+}
+
+/// The request shape GetDiagnosis and GetCareDocumentation share: every unit, the patient and a
+/// `timePeriod`; only the root and the unit element's spelling differ.
+fn units_patient_period(c: Contract, root: &str, unit_element: &str, q: &PatientQuery) -> Vec<u8> {
     let mut x = X::new();
-    x.open_with("r:GetCareDocumentation", &root_attrs(c, true));
+    x.open_with(root, &root_attrs(c, true));
     for u in q.units {
-        x.leaf("r:careUnitHSAid", u.as_str());
+        x.leaf(unit_element, u.as_str());
     }
     x.open("r:patientId");
     x.leaf("c:id", patient_value(q.patient));
@@ -151,7 +141,7 @@ pub fn get_care_documentation(q: &PatientQuery) -> Vec<u8> {
     x.leaf("c:start", &day(q.from));
     x.leaf("c:end", &day(q.to));
     x.close("r:timePeriod");
-    x.close("r:GetCareDocumentation");
+    x.close(root);
     x.finish()
 }
 
