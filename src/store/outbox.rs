@@ -909,6 +909,17 @@ impl Store {
     }
 }
 
+/// The audit event of a version kept back because a person's withdrawal holds its key.
+fn held_event(key: &RecordKey, version: i64, correlation_id: &str, by: &str, reason: &Option<String>) -> NewAuditEvent {
+    NewAuditEvent::system(
+        kind::RECORD_HELD,
+        correlation_id,
+        &key.idem_key,
+        serde_json::json!({"version": version, "register": key.register, "form": key.form, "held_by": by, "hold_reason": reason,
+            "why": "withdrawn by a person: not sent until a person lifts the hold"}),
+    )
+}
+
 /// Append `vals` to the parameter list and return their placeholders (`$n, $n+1, …`).
 pub(super) fn in_list(params: &mut Vec<Val>, vals: Vec<Val>) -> String {
     let mut ph = Vec::with_capacity(vals.len());
@@ -1012,13 +1023,7 @@ pub(super) async fn apply_upserts(store: &Store, tx: &mut dyn Tx, changes: &[&Ou
         ]);
         if let Some((by, reason)) = held {
             out.outbox_held += 1;
-            audit.push(NewAuditEvent::system(
-                kind::RECORD_HELD,
-                correlation_id,
-                &key.idem_key,
-                serde_json::json!({"version": version, "register": key.register, "form": key.form, "held_by": by, "hold_reason": reason,
-                    "why": "withdrawn by a person: not sent until a person lifts the hold"}),
-            ));
+            audit.push(held_event(key, version, correlation_id, &by, &reason));
             continue;
         }
         let (k, counter) = if l.is_some() { (kind::RECORD_UPDATED, &mut out.outbox_updated) } else { (kind::RECORD_CREATED, &mut out.outbox_created) };
@@ -1115,13 +1120,7 @@ pub(super) async fn apply_change(store: &Store, tx: &mut dyn Tx, change: &Outbox
             .await?;
             if let Some((by, reason)) = held {
                 out.outbox_held += 1;
-                audit.push(NewAuditEvent::system(
-                    kind::RECORD_HELD,
-                    correlation_id,
-                    &key.idem_key,
-                    serde_json::json!({"version": version, "register": key.register, "form": key.form, "held_by": by, "hold_reason": reason,
-                        "why": "withdrawn by a person: not sent until a person lifts the hold"}),
-                ));
+                audit.push(held_event(key, version, correlation_id, &by, &reason));
                 return Ok(());
             }
             let (k, counter) = if is_update { (kind::RECORD_UPDATED, &mut out.outbox_updated) } else { (kind::RECORD_CREATED, &mut out.outbox_created) };
