@@ -107,7 +107,7 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
     // The register's own indicators for the demo population (the admin page
     // "Artrosregistrets indikatorer" shows the same, with filters).
     println!("Artrosregistrets indikatorer (from what was sent), per unit and year of first visit:");
-    for c in crate::admin::api::sar_indicators_of(app, &Default::default()).await? {
+    for c in crate::admin::api::sar_indicators_of(app, &crate::admin::store::UnitScope::region(), &Default::default()).await? {
         for r in &c.rows {
             let parts: Vec<String> = r
                 .indicators

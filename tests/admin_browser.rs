@@ -137,7 +137,7 @@ async fn deliver(srv: &Running) -> Option<&'static str> {
         register_id: 104,
         api_key: Some(Secret::from_file(key)),
         tls: sandbox_client_settings(&certs),
-        units: vec![UnitBinding { hsa_id: UNIT.into(), unit_code: "1701".into() }],
+        units: vec![UnitBinding { hsa_id: UNIT.into(), unit_code: "1701".into(), name: None }],
         ..Default::default()
     };
     let store = srv.state.app.store.clone();

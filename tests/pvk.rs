@@ -46,7 +46,7 @@ fn metadata() -> RegisterMetadata {
 }
 
 fn bindings() -> Vec<UnitBinding> {
-    (1..=4).map(|i| UnitBinding { hsa_id: format!("SE2321000156-FT0{i}"), unit_code: format!("170{i}") }).collect()
+    (1..=4).map(|i| UnitBinding { hsa_id: format!("SE2321000156-FT0{i}"), unit_code: format!("170{i}"), name: None }).collect()
 }
 
 /// A valid personnummer born on `birth` (YYYYMMDD) with the given serial.

@@ -279,7 +279,7 @@ pub async fn bootstrap_admin(app: &App) -> Result<()> {
 /// `registerbrygga users set|list`.
 pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
     match cmd {
-        UsersCmd::Set { username, role, patient_data } => {
+        UsersCmd::Set { username, role, patient_data, units } => {
             let role = Role::parse(&role).with_context(|| format!("unknown role {role:?}: use läsare, operatör or admin"))?;
             auth::check_username(&username)?;
             if patient_data && role == Role::Reader {
@@ -296,7 +296,16 @@ pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
             };
             auth::check_password_strength(&pw)?;
             let hash = auth::hash_password(pw).await?;
+            let units = units.as_deref().map(store::parse_units);
+            if let Some(list) = &units {
+                for u in list {
+                    crate::model::HsaId::parse(u).map_err(|e| anyhow::anyhow!("--units: {u:?}: {e}"))?;
+                }
+            }
             let created = store::put_user(&app.store, &username, Some(&hash), role, patient_data, false).await?;
+            if let Some(list) = &units {
+                store::set_user_units(&app.store, &username, list).await?;
+            }
             let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
             app.store
                 .audit(vec![NewAuditEvent::by(
@@ -304,10 +313,11 @@ pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
                     kind::USER_CHANGED,
                     &correlation_id(),
                     format!("user:{username}"),
-                    serde_json::json!({"action": if created { "created" } else { "updated" }, "role": role.as_str(), "patient_data": patient_data, "password_set": true, "via": "cli"}),
+                    serde_json::json!({"action": if created { "created" } else { "updated" }, "role": role.as_str(), "patient_data": patient_data, "units": units, "password_set": true, "via": "cli"}),
                 )])
                 .await?;
-            println!("{} user {username} ({}{})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
+            let limited = units.as_ref().filter(|l| !l.is_empty()).map(|l| format!(", units {}", l.join(","))).unwrap_or_default();
+            println!("{} user {username} ({}{}{limited})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
             Ok(0)
         }
         UsersCmd::Token { username, name, days } => {
@@ -327,9 +337,10 @@ pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
-                println!("{:<24} {:<10} {:<13} {:<9} created", "username", "role", "patient_data", "disabled");
+                println!("{:<24} {:<10} {:<13} {:<9} {:<17} units", "username", "role", "patient_data", "disabled", "created");
                 for u in users {
-                    println!("{:<24} {:<10} {:<13} {:<9} {}", u.username, u.role.as_str(), u.patient_data, u.disabled, u.created.format("%Y-%m-%d %H:%M"));
+                    let units = if u.units.is_empty() { "(hela regionen)".to_string() } else { u.units.join(",") };
+                    println!("{:<24} {:<10} {:<13} {:<9} {:<17} {units}", u.username, u.role.as_str(), u.patient_data, u.disabled, u.created.format("%Y-%m-%d %H:%M"));
                 }
             }
             Ok(0)
