@@ -333,6 +333,16 @@ pub fn unauthorized(headers: &HeaderMap, path: &str) -> Response {
     res
 }
 
+/// Where a user starts: the overview for the region; a unit-limited user its clinic's page
+/// (with several units, the chooser).
+pub fn landing(scope: &UnitScope) -> String {
+    match scope.units() {
+        [] => "/".to_string(),
+        [one] => format!("/mottagning/{}", urlencoding::encode(one)),
+        _ => "/mottagning".to_string(),
+    }
+}
+
 /// Only same-site relative paths may be a post-login target (no open redirect).
 pub fn safe_next(s: &str) -> Option<String> {
     let ok = s.starts_with('/') && !s.starts_with("//") && !s.contains('\\') && !s.starts_with("/login") && s.len() < 512 && !s.chars().any(|c| c.is_control());
@@ -432,13 +442,7 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
         return Fail::Internal(e).page();
     }
     let secure = state.settings().cookie_secure;
-    // A unit-limited user lands on its clinic's page (several units: the chooser).
-    let landing = match u.units.as_slice() {
-        [] => "/".to_string(),
-        [one] => format!("/mottagning/{}", urlencoding::encode(one)),
-        _ => "/mottagning".to_string(),
-    };
-    let mut res = Redirect::to(&next.unwrap_or(landing)).into_response();
+    let mut res = Redirect::to(&next.unwrap_or_else(|| landing(&UnitScope::only(&u.units)))).into_response();
     *res.status_mut() = StatusCode::SEE_OTHER;
     set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, &token, minutes * 60, secure));
     // The form token is spent.

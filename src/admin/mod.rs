@@ -104,6 +104,8 @@ fn table() -> Vec<Entry> {
         ("POST", "/logout", post(auth::logout)),
         // Pages
         ("GET", "/", get(pages::overview)),
+        ("GET", "/mottagning", get(pages::clinic_choose)),
+        ("GET", "/mottagning/{hsa}", get(pages::clinic)),
         ("GET", "/overforingar", get(pages::transfers)),
         ("GET", "/overforingar/{id}", get(pages::transfer)),
         ("POST", "/overforingar/{id}/personuppgifter", post(pages::transfer_with_payload)),

@@ -35,6 +35,7 @@ struct UsersTpl {
 
 async fn users_page(state: &AdminState, p: &Principal, msg: Option<String>, new_token: Option<String>) -> PageResult {
     p.require(Role::Admin)?;
+    p.require_region()?;
     let users = db::users(&state.app.store)
         .await?
         .into_iter()
@@ -73,6 +74,7 @@ pub struct UserForm {
 
 pub async fn user_save(State(state): State<AdminState>, Extension(p): Extension<Principal>, Form(f): Form<UserForm>) -> PageResult {
     p.require(Role::Admin)?;
+    p.require_region()?;
     p.check_csrf(f.csrf.as_deref())?;
     let username = f.username.trim().to_string();
     auth::check_username(&username).map_err(|_| Fail::BadRequest("Ogiltigt användarnamn: 1–64 bokstäver, siffror eller . - _ @.".into()))?;
@@ -122,6 +124,7 @@ pub struct TokenForm {
 
 pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, Form(f): Form<TokenForm>) -> PageResult {
     p.require(Role::Admin)?;
+    p.require_region()?;
     p.check_csrf(f.csrf.as_deref())?;
     let (_, token) = auth::create_api_token(&state, &p, &f.name, f.username.as_deref(), f.days).await?;
     // Rendered directly (not redirected) so the token is shown once and never lands in a URL.
@@ -130,6 +133,7 @@ pub async fn token_create(State(state): State<AdminState>, Extension(p): Extensi
 
 pub async fn token_revoke(State(state): State<AdminState>, Extension(p): Extension<Principal>, Path(id): Path<i64>, Form(f): Form<auth::CsrfForm>) -> PageResult {
     p.require(Role::Admin)?;
+    p.require_region()?;
     p.check_csrf(f.csrf.as_deref())?;
     if !auth::revoke_api_token(&state, &p, id).await? {
         return Err(Fail::NotFound.into());
@@ -146,6 +150,7 @@ struct SettingsTpl {
 
 pub async fn settings(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> PageResult {
     p.require(Role::Admin)?;
+    p.require_region()?;
     let json = serde_json::to_string_pretty(&api::config_view(&state)).map_err(|e| Fail::Internal(e.into()))?;
     render(SettingsTpl { l: layout(&p, "/installningar", "Inställningar", None), json })
 }

@@ -24,7 +24,7 @@ struct WorkGroup {
 struct WorklistTpl {
     l: Layout,
     groups: Vec<WorkGroup>,
-    units: Vec<String>,
+    units: Vec<(String, String)>,
     unit: String,
     showing_identities: bool,
 }
@@ -35,12 +35,13 @@ pub struct WorklistPageQuery {
 }
 
 async fn worklist_page(state: &AdminState, p: &Principal, unit: Option<String>, why: Option<String>) -> PageResult {
-    let all_units = db::distinct_units(&state.app.store, "worklist").await?;
+    let names = unit_names(state);
+    let all_units = unit_options(&names, p, db::distinct_units(&state.app.store, "worklist").await?);
     let showing = why.is_some();
     let entries = api::worklist_entries(state, p, None, unit.clone(), why).await?;
     let mut groups: BTreeMap<String, Vec<WorkItemView>> = BTreeMap::new();
     for e in entries {
-        groups.entry(e.unit.clone()).or_default().push(WorkItemView {
+        groups.entry(names.label(&e.unit)).or_default().push(WorkItemView {
             patient: e.patient.clone().unwrap_or_else(|| e.patient_key.clone()),
             form: e.form,
             missing: if e.document.is_empty() {
