@@ -108,6 +108,15 @@ fn unit_options(names: &crate::units::UnitNames, p: &Principal, units: Vec<Strin
     units.into_iter().filter(|u| p.scope.allows(u)).map(|u| (names.label(&u), u)).map(|(l, u)| (u, l)).collect()
 }
 
+/// A unit filter naming a unit the caller may not see: the page does not exist for it (the
+/// id is not echoed back into a form or a link).
+fn check_unit_filter(p: &Principal, unit: &Option<String>) -> Result<(), Fail> {
+    match nz(unit) {
+        Some(u) => p.require_unit(&u),
+        None => Ok(()),
+    }
+}
+
 fn render(t: impl Template) -> PageResult {
     let body = t.render().map_err(|e| Fail::Internal(anyhow::anyhow!("template: {e}")))?;
     Ok(Html(body).into_response())

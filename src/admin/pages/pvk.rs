@@ -86,6 +86,7 @@ fn askama_escape(s: &str) -> String {
 pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<PvkPageQuery>) -> PageResult {
     let rule_year: Option<i32> = nz(&q.rule_year).and_then(|y| y.parse().ok());
     let unit = nz(&q.unit);
+    check_unit_filter(&p, &unit)?;
     let data = api::pvk_data(&state, &p.scope, nz(&q.connector), None, None).await?;
     let names = unit_names(&state);
     let infos: BTreeMap<(String, i32, String), &api::PvkIndicatorInfo> =

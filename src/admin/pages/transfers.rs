@@ -76,6 +76,7 @@ pub async fn transfers(State(state): State<AdminState>, Extension(p): Extension<
     let mut q = q;
     q.limit = Some(PER_PAGE);
     q.offset = None;
+    check_unit_filter(&p, &q.unit)?;
     let tq = q.to_query(&p.scope, PER_PAGE)?;
     let (rows, total) = db::transfers(&state.app.store, &tq).await?;
     let (connectors, registers, units, forms) = db::transfer_facets(&state.app.store, &p.scope).await?;

@@ -35,6 +35,7 @@ pub struct WorklistPageQuery {
 }
 
 async fn worklist_page(state: &AdminState, p: &Principal, unit: Option<String>, why: Option<String>) -> PageResult {
+    check_unit_filter(p, &unit)?;
     let names = unit_names(state);
     let all_units = unit_options(&names, p, db::distinct_units(&state.app.store, "worklist").await?);
     let showing = why.is_some();
