@@ -27,6 +27,7 @@ mod pvk;
 mod audit;
 mod quarantine;
 mod settings;
+pub mod sv;
 pub use overview::*;
 pub use transfers::*;
 pub use worklist::*;
@@ -71,7 +72,7 @@ const MENU: &[(&str, &str, Role)] = &[
     ("/karantan", "Karantän", Role::Reader),
     ("/granskningslogg", "Granskningslogg", Role::Reader),
     ("/anvandare", "Användare", Role::Admin),
-    ("/installningar", "Inställningar", Role::Admin),
+    ("/installningar", "Inställningar", Role::Reader),
 ];
 
 fn layout(p: &Principal, active: &str, title: &str, flash: Option<String>) -> Layout {
@@ -274,7 +275,7 @@ pub struct EventView {
 }
 
 fn event_view(e: &AuditEvent) -> EventView {
-    let mut detail = e.detail.to_string();
+    let mut detail = sv::sv(&e.detail.to_string());
     if detail == "{}" || detail == "null" {
         detail = String::new();
     }

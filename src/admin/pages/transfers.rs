@@ -35,7 +35,7 @@ fn row_view(r: db::TransferRow) -> RowView {
         version: r.version,
         state: r.state.as_str(),
         state_label: state_label(r.state),
-        reason: s_opt(scrub_opt(&reason)),
+        reason: sv::sv(&s_opt(scrub_opt(&reason))),
         attempts: r.attempts,
         updated: t(r.updated),
     }
@@ -174,7 +174,7 @@ fn rec_view(r: &OutboxRecord) -> RecView {
             crate::store::Op::Retract => "återkalla",
         },
         attempts: r.attempts,
-        reason: s_opt(scrub_opt(&reason)),
+        reason: sv::sv(&s_opt(scrub_opt(&reason))),
         created: t(r.created),
         updated: t(r.updated),
         delivered: t_opt(r.delivered),
