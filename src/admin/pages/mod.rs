@@ -28,6 +28,7 @@ mod audit;
 mod quarantine;
 mod settings;
 mod clinic;
+pub mod sv;
 pub use overview::*;
 pub use transfers::*;
 pub use worklist::*;
@@ -76,7 +77,7 @@ const MENU: &[(&str, &str, Role, bool)] = &[
     ("/karantan", "Karantän", Role::Reader, false),
     ("/granskningslogg", "Granskningslogg", Role::Reader, true),
     ("/anvandare", "Användare", Role::Admin, true),
-    ("/installningar", "Inställningar", Role::Admin, true),
+    ("/installningar", "Inställningar", Role::Reader, true),
 ];
 
 fn layout(p: &Principal, active: &str, title: &str, flash: Option<String>) -> Layout {
@@ -303,7 +304,7 @@ pub struct EventView {
 }
 
 fn event_view(e: &AuditEvent) -> EventView {
-    let mut detail = e.detail.to_string();
+    let mut detail = sv::sv(&e.detail.to_string());
     if detail == "{}" || detail == "null" {
         detail = String::new();
     }

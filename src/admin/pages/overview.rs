@@ -26,6 +26,8 @@ struct Chart {
 #[derive(Template)]
 #[template(path = "overview.html")]
 struct OverviewTpl {
+    status: Option<String>,
+    messages: usize,
     l: Layout,
     rows: Vec<OverviewRow>,
     charts: Vec<Chart>,
@@ -101,7 +103,9 @@ pub async fn overview(State(state): State<AdminState>, Extension(p): Extension<P
             Chart { title: format!("Register {register}"), total_ok: series.iter().map(|x| x.1).sum(), total_bad: series.iter().map(|x| x.2).sum(), svg: day_chart(&series) }
         })
         .collect();
-    let mut l = layout(&p, "/", "Översikt", flash(&m.meddelande));
-    l.warnings = (state.warnings)().into_iter().map(|w| w.text).collect();
-    render(OverviewTpl { l, rows, charts, queue_depth: o.queue_depth, dead_letters: o.dead_letters, quarantine_open: o.quarantine_open, worklist: o.worklist })
+    let l = layout(&p, "/", "Översikt", flash(&m.meddelande));
+    // One status panel instead of a banner per warning; the details are on the settings page.
+    let status = super::super::status::summary_sv(&(state.status)());
+    let messages = (state.warnings)().len();
+    render(OverviewTpl { l, status, messages, rows, charts, queue_depth: o.queue_depth, dead_letters: o.dead_letters, quarantine_open: o.quarantine_open, worklist: o.worklist })
 }

@@ -132,7 +132,7 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                                 note.push("undertryckt (för få patienter)".to_string());
                             }
                             if let Some(n) = &r.note {
-                                note.push(scrub(n));
+                                note.push(sv::sv(&scrub(n)));
                             }
                             let share_text = match (r.numerator, r.denominator) {
                                 (Some(n), Some(d)) if share.is_some() && per_fte => {
@@ -188,8 +188,7 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
         .filter(|r| unit.as_ref().map_or(true, |u| &r.unit == u))
         .map(|r| (names.label(&r.unit), format!("{:04}-{:02}", r.year, r.month), r.measure.clone(), r.count))
         .collect();
-    let mut l = layout(&p, "/pvk", "PVK-indikatorer per enhet", None);
-    l.warnings = data.warnings.into_iter().map(|w| w.text).collect();
+    let l = layout(&p, "/pvk", "PVK-indikatorer per enhet", None);
     render(PvkTpl { l, blocks, quality, all_units, rule_years, unit: unit.unwrap_or_default(), rule_year: rule_year.map(|y| y.to_string()).unwrap_or_default() })
 }
 

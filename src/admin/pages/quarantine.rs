@@ -43,7 +43,7 @@ pub async fn quarantine(State(state): State<AdminState>, Extension(p): Extension
             connector: i.connector,
             document: i.document,
             field: i.field,
-            reason: i.reason,
+            reason: sv::sv(&i.reason),
             patient_key: s_opt(i.patient_key),
             resolved: match (&i.resolved, &i.resolved_by) {
                 (Some(at), Some(by)) => format!("{} av {by}", t(*at)),

@@ -145,12 +145,28 @@ pub async fn token_revoke(State(state): State<AdminState>, Extension(p): Extensi
 #[template(path = "settings.html")]
 struct SettingsTpl {
     l: Layout,
-    json: String,
+    /// The running configuration as JSON, for admins only.
+    json: Option<String>,
+    status: Vec<crate::admin::status::ConnectorStatus>,
+    messages: Vec<(String, String)>,
 }
 
+/// Where a message belongs, in Swedish.
+fn area_sv(area: &str) -> String {
+    match area {
+        "pvk" => "Primärvårdskvalitet".into(),
+        "sar" => "Svenska Artrosregistret".into(),
+        "config" => "Konfiguration".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The configuration's status (every role: the overview's status panel links here) and, for
+/// admins, the running configuration.
 pub async fn settings(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> PageResult {
-    p.require(Role::Admin)?;
+    // Every connector of the region: not for a unit-limited user.
     p.require_region()?;
-    let json = serde_json::to_string_pretty(&api::config_view(&state)).map_err(|e| Fail::Internal(e.into()))?;
-    render(SettingsTpl { l: layout(&p, "/installningar", "Inställningar", None), json })
+    let json = if p.can(Role::Admin) { Some(serde_json::to_string_pretty(&api::config_view(&state)).map_err(|e| Fail::Internal(e.into()))?) } else { None };
+    let messages = (state.warnings)().into_iter().map(|w| (area_sv(&w.area), w.text)).collect();
+    render(SettingsTpl { l: layout(&p, "/installningar", "Inställningar", None), json, status: (state.status)(), messages })
 }

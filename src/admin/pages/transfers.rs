@@ -35,7 +35,7 @@ fn row_view(r: db::TransferRow, names: &crate::units::UnitNames) -> RowView {
         version: r.version,
         state: r.state.as_str(),
         state_label: state_label(r.state),
-        reason: s_opt(scrub_opt(&reason)),
+        reason: sv::sv(&s_opt(scrub_opt(&reason))),
         attempts: r.attempts,
         updated: t(r.updated),
     }
@@ -177,7 +177,7 @@ fn rec_view(r: &OutboxRecord, names: &crate::units::UnitNames) -> RecView {
             crate::store::Op::Retract => "återkalla",
         },
         attempts: r.attempts,
-        reason: s_opt(scrub_opt(&reason)),
+        reason: sv::sv(&s_opt(scrub_opt(&reason))),
         created: t(r.created),
         updated: t(r.updated),
         delivered: t_opt(r.delivered),
