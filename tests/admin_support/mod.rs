@@ -404,7 +404,7 @@ pub async fn demo_like(backend: registerbrygga::config::Backend, patients: usize
 pub async fn every_page(store: &registerbrygga::store::Store) -> Vec<String> {
     let mut pages: Vec<String> = [
         "/", "/overforingar", "/misslyckade", "/att-komplettera", "/tackningsgrad", "/artrosregistret/indikatorer", "/pvk", "/granskningslogg",
-        "/karantan", "/anvandare", "/installningar",
+        "/karantan", "/anvandare", "/installningar", "/mottagning", "/mottagning/SE2321000156-FT01",
     ]
     .iter()
     .map(|s| s.to_string())
