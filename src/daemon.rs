@@ -647,6 +647,7 @@ impl crate::pipeline::AfterPull for PvkAfter {
                     dir,
                     &crate::sinks::export::RunInfo { connector: self.def.name.clone(), run_id: run.run_id.to_string(), generated_at: chrono::Utc::now() },
                     &self.engine.labels(),
+                    &crate::units::UnitNames::from_loaded(&app.loaded),
                 )?;
                 cs.audit.push(crate::audit::NewAuditEvent::system(
                     crate::audit::kind::EXPORT_WRITTEN,

@@ -106,6 +106,7 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
     println!();
     // The register's own indicators for the demo population (the admin page
     // "Artrosregistrets indikatorer" shows the same, with filters).
+    let units = crate::units::UnitNames::from_loaded(&app.loaded);
     println!("Artrosregistrets indikatorer (from what was sent), per unit and year of first visit:");
     for c in crate::admin::api::sar_indicators_of(app, &crate::admin::store::UnitScope::region(), &Default::default()).await? {
         for r in &c.rows {
@@ -119,7 +120,7 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
                     (None, _) => format!("{} –", i.id),
                 })
                 .collect();
-            println!("  {} {} ({} förlopp): {}", r.unit, r.year, r.courses, parts.join(", "));
+            println!("  {} {} ({} förlopp): {}", units.label(&r.unit), r.year, r.courses, parts.join(", "));
         }
     }
     println!();
@@ -160,7 +161,7 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
     let worklist = app.store.worklist(None, None).await?;
     let mut by_unit: BTreeMap<String, usize> = BTreeMap::new();
     for w in &worklist {
-        *by_unit.entry(w.unit.clone()).or_default() += 1;
+        *by_unit.entry(units.label(&w.unit)).or_default() += 1;
     }
     println!("Worklist “att komplettera”: {} item(s) {:?}", worklist.len(), by_unit);
     let rejected = app.store.records(&RecordFilter { state: Some(RecordState::Rejected), limit: Some(100_000), ..Default::default() }).await?.len();

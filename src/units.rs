@@ -80,6 +80,44 @@ impl UnitNames {
 mod tests {
     use super::*;
 
+    fn loaded(settings: crate::config::Settings) -> Loaded {
+        // The shipped SAR connector's shape, its offline metadata the conformance copy.
+        let mut c: crate::config::ConnectorDef = toml::from_str(
+            r#"name = "sar"
+kind = "sar"
+source = "journal"
+register = "sar"
+schedule = "30 2 * * *"
+units = ["SE2321000156-FT01", "SE2321000156-FT02"]
+patients = { mode = "engagement_index" }
+options = { metadata_file = "conformance/stratum/sar-104.json" }"#,
+        )
+        .expect("connector");
+        c.dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        Loaded { settings, failed_sections: vec![], connectors: vec![c], files: vec![] }
+    }
+
+    #[test]
+    fn names_come_from_the_bindings_then_the_register_metadata() {
+        use crate::config::{RegisterSettings, Settings, UnitBinding};
+        // Only the register's metadata: its UnitName by HSAID.
+        let names = UnitNames::from_loaded(&loaded(Settings::default()));
+        assert_eq!(names.label("SE2321000156-FT01"), "Fysioterapin Klarälven (SE2321000156-FT01)");
+        assert_eq!(names.label("SE2321000156-FT02"), "Rehab Fryken (SE2321000156-FT02)");
+        // A unit the connector does not read is not named from the metadata.
+        assert_eq!(names.label("SE2321000156-FT03"), "SE2321000156-FT03");
+        // The configuration wins; unit_names names units the register has no code for.
+        let mut settings = Settings::default();
+        let mut reg = RegisterSettings::default();
+        reg.units = vec![UnitBinding { hsa_id: "SE2321000156-FT01".into(), unit_code: "1701".into(), name: Some("Fysio Klarälven, Karlstad".into()) }];
+        reg.unit_names.insert("SE2321000156-VC01".into(), "Vårdcentralen Norrstrand".into());
+        settings.registers.insert("sar".into(), reg);
+        let names = UnitNames::from_loaded(&loaded(settings));
+        assert_eq!(names.label("SE2321000156-FT01"), "Fysio Klarälven, Karlstad (SE2321000156-FT01)");
+        assert_eq!(names.label("SE2321000156-FT02"), "Rehab Fryken (SE2321000156-FT02)");
+        assert_eq!(names.label("SE2321000156-VC01"), "Vårdcentralen Norrstrand (SE2321000156-VC01)");
+    }
+
     #[test]
     fn label_names_the_unit_and_keeps_the_id() {
         assert_eq!(unit_label(Some("Rehab Fryken"), "SE2321000156-FT02"), "Rehab Fryken (SE2321000156-FT02)");
