@@ -799,6 +799,26 @@ both_backends!(a_unit_user_sees_only_its_units_everywhere, |ts: TestStore| async
     let views_own = ts.store.audit_views_of_patient(&seeded.patient_key, 100).await.unwrap();
     assert!(views_own.iter().filter(|e| e.actor == "ft1").count() >= 3, "worklist (API and page) and the patient list: {views_own:?}");
     assert!(ts.store.audit_views_of_patient(&other.patient_key, 100).await.unwrap().is_empty(), "the other unit's patient was never shown to anyone");
+
+    // An admin limits a user on the users page: set, kept when left empty, refused when not an
+    // HSA id, and given the whole region back with "alla".
+    let boss = Client::login(&srv.base, "boss", PASSWORD).await;
+    let save = |fields: Vec<(&'static str, &'static str)>| {
+        let boss = &boss;
+        async move { boss.post_form_csrf("/anvandare", &fields).await }
+    };
+    assert_eq!(save(vec![("username", "ft2"), ("role", "läsare"), ("password", PASSWORD), ("units", OTHER_UNIT)]).await.status, 303);
+    let units = |ts: &TestStore| {
+        let store = ts.store.clone();
+        async move { admin::store::user(&store, "ft2").await.unwrap().unwrap().units }
+    };
+    assert_eq!(units(&ts).await, vec![OTHER_UNIT.to_string()]);
+    assert!(boss.get("/anvandare").await.body.contains(&format!("{OTHER_NAME} ({OTHER_UNIT})")));
+    assert_eq!(save(vec![("username", "ft2"), ("role", "operatör"), ("units", "")]).await.status, 303);
+    assert_eq!(units(&ts).await, vec![OTHER_UNIT.to_string()], "an empty field keeps the list");
+    assert_eq!(save(vec![("username", "ft2"), ("role", "operatör"), ("units", "FT02")]).await.status, 400);
+    assert_eq!(save(vec![("username", "ft2"), ("role", "operatör"), ("units", "alla")]).await.status, 303);
+    assert!(units(&ts).await.is_empty());
 });
 // Every text Swedish (issue 19, item 6)
 
