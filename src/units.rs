@@ -6,9 +6,9 @@
 //!    name }]`, and `[registers.X].unit_names` for units the register has no code for (an export
 //!    register, a vårdcentral whose aggregates go to files only);
 //! 2. the register's own unit metadata (`Units[].UnitName` by `HSAID` in the Stratum metadata,
-//!    conformance/stratum/README.md `GET /metadata/units/register/{RegisterID}`), read from the
-//!    metadata file each connector names for its offline check (`options.metadata_file` or
-//!    `options.register_metadata`).
+//!    conformance/stratum/README.md `GET /metadata/units/register/{RegisterID}`): as the running
+//!    daemon loaded it from the register, else from the metadata file each connector names for
+//!    its offline check (`options.metadata_file` or `options.register_metadata`).
 //!
 //! A unit with no name anywhere is shown by its HSA id alone.
 
@@ -29,6 +29,12 @@ pub struct UnitNames(BTreeMap<String, String>);
 
 impl UnitNames {
     pub fn from_loaded(loaded: &Loaded) -> UnitNames {
+        Self::from_loaded_with(loaded, std::iter::empty())
+    }
+
+    /// With the names the registers' live metadata gave (HSA id, name), after the configuration's
+    /// and before the metadata files'.
+    pub fn from_loaded_with(loaded: &Loaded, live: impl IntoIterator<Item = (String, String)>) -> UnitNames {
         let mut names = BTreeMap::new();
         for reg in loaded.settings.registers.values() {
             for b in &reg.units {
@@ -40,6 +46,11 @@ impl UnitNames {
                 if !n.trim().is_empty() {
                     names.entry(hsa.clone()).or_insert_with(|| n.trim().to_string());
                 }
+            }
+        }
+        for (hsa, n) in live {
+            if !n.trim().is_empty() {
+                names.entry(hsa).or_insert_with(|| n.trim().to_string());
             }
         }
         for c in &loaded.connectors {
@@ -116,6 +127,10 @@ options = { metadata_file = "conformance/stratum/sar-104.json" }"#,
         assert_eq!(names.label("SE2321000156-FT01"), "Fysio Klarälven, Karlstad (SE2321000156-FT01)");
         assert_eq!(names.label("SE2321000156-FT02"), "Rehab Fryken (SE2321000156-FT02)");
         assert_eq!(names.label("SE2321000156-VC01"), "Vårdcentralen Norrstrand (SE2321000156-VC01)");
+        // The register's live metadata comes before the offline file.
+        let live = UnitNames::from_loaded_with(&loaded(Settings::default()), [("SE2321000156-FT02".to_string(), "Rehab Fryken Kil".to_string())]);
+        assert_eq!(live.label("SE2321000156-FT02"), "Rehab Fryken Kil (SE2321000156-FT02)");
+        assert_eq!(live.label("SE2321000156-FT01"), "Fysioterapin Klarälven (SE2321000156-FT01)");
     }
 
     #[test]

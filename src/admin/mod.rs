@@ -37,6 +37,8 @@ pub use store::Role;
 pub type NextRuns = Arc<dyn Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync>;
 /// Readiness of the daemon's own parts (e.g. each register's metadata loaded).
 pub type Readiness = Arc<dyn Fn() -> Vec<ReadinessCheck> + Send + Sync>;
+/// Unit names from the registers' live metadata (HSA id, name), for "name (HSA id)".
+pub type UnitMetadataNames = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
 /// Warnings to show on the pages, e.g. PVK code lists not yet verified against their source.
 pub type Warnings = Arc<dyn Fn() -> Vec<Warning> + Send + Sync>;
 pub type Statuses = Arc<dyn Fn() -> Vec<status::ConnectorStatus> + Send + Sync>;
@@ -67,6 +69,8 @@ pub struct AdminState {
     /// The configuration's status per connector (code lists, rule sets, indicators): one panel
     /// on the overview, details on the settings page.
     pub status: Statuses,
+    /// Unit names the registers' live metadata gives (the daemon fills it; empty by default).
+    pub unit_metadata_names: UnitMetadataNames,
     /// Sign-in delays, the password-check and request limits, batched failure auditing.
     pub guard: Arc<guard::Guard>,
 }
@@ -74,7 +78,7 @@ pub struct AdminState {
 impl AdminState {
     pub fn new(app: App) -> AdminState {
         let guard = Arc::new(guard::Guard::new(&app.settings().admin));
-        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new), status: Arc::new(Vec::new), guard }
+        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new), status: Arc::new(Vec::new), unit_metadata_names: Arc::new(Vec::new), guard }
     }
     pub fn with_next_runs(mut self, f: impl Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync + 'static) -> Self {
         self.next_runs = Arc::new(f);
@@ -91,6 +95,14 @@ impl AdminState {
     pub fn with_status(mut self, f: impl Fn() -> Vec<status::ConnectorStatus> + Send + Sync + 'static) -> Self {
         self.status = Arc::new(f);
         self
+    }
+    pub fn with_unit_metadata_names(mut self, f: impl Fn() -> Vec<(String, String)> + Send + Sync + 'static) -> Self {
+        self.unit_metadata_names = Arc::new(f);
+        self
+    }
+    /// Unit names for the pages: configuration, the registers' live metadata, metadata files.
+    pub fn unit_names(&self) -> crate::units::UnitNames {
+        crate::units::UnitNames::from_loaded_with(&self.app.loaded, (self.unit_metadata_names)())
     }
     pub fn settings(&self) -> &crate::config::AdminSettings {
         &self.app.settings().admin

@@ -101,7 +101,7 @@ fn layout(p: &Principal, active: &str, title: &str, flash: Option<String>) -> La
 
 /// Unit names for this request's pages ("name (HSA id)", `crate::units`).
 fn unit_names(state: &AdminState) -> crate::units::UnitNames {
-    crate::units::UnitNames::from_loaded(&state.app.loaded)
+    state.unit_names()
 }
 
 /// Drop-down options (value = HSA id, text = "name (HSA id)") for the units a caller may see.
