@@ -609,3 +609,62 @@ async fn every_page_of_a_demo_like_run_is_swedish() {
     }
     assert!(found.is_empty(), "English on the pages:\n{}", found.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Worklist: handled outside the system (issue 19, item 5)
+
+both_backends!(a_worklist_item_marked_handled_leaves_the_list_until_its_data_changes, |ts: TestStore| async move {
+    use registerbrygga::model::PatientId;
+    use registerbrygga::store::{ChangeSet, WorklistChange};
+    let (srv, seeded) = setup(&ts).await;
+    let app = &srv.state.app;
+    let key = format!("sar|{UNIT}|{}|knee|M3Pat", seeded.patient_key);
+    let put = |missing: Vec<&str>| ChangeSet {
+        worklist: vec![WorklistChange::Put {
+            idem_key: key.clone(),
+            connector: "sar-fysio".into(),
+            unit: UNIT.into(),
+            form: "M3Pat".into(),
+            patient_key: seeded.patient_key.clone(),
+            patient: PatientId::parse_national(PNR, chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()).unwrap(),
+            missing: missing.into_iter().map(String::from).collect(),
+            event_date: Some("2026-06-02".into()),
+        }],
+        ..Default::default()
+    };
+    // The same data as the seed's item (what the next run writes while nothing changed).
+    app.store.apply(put(vec!["U3_PainNRS", "U3_Satisfaction"])).await.unwrap();
+
+    let oper = Client::login(&srv.base, "oper", PASSWORD).await;
+    let page = oper.get_html("/att-komplettera").await.body;
+    assert!(page.contains("Markera som hanterad utanför systemet") && page.contains("uppföljning efter 3 månader"), "the open item offers the action and names the occasion");
+    // A reason is required; a läsare may not.
+    assert_eq!(oper.post_form_csrf("/att-komplettera/hanterad", &[("idem_key", key.as_str()), ("reason", "")]).await.status, 400);
+    let lasa = Client::login(&srv.base, "lasa", PASSWORD).await;
+    assert_eq!(lasa.post_form_csrf("/att-komplettera/hanterad", &[("idem_key", key.as_str()), ("reason", "Patienten avböjde uppföljning")]).await.status, 403);
+    let why = "Patienten avböjde uppföljning per telefon";
+    let r = oper.post_form_csrf("/att-komplettera/hanterad", &[("idem_key", key.as_str()), ("reason", why)]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+
+    // Off the open list, findable under Hanterade with who and why; audited as its own kind.
+    assert!(app.store.worklist(None, None).await.unwrap().iter().all(|i| i.idem_key != key));
+    assert!(!oper.get_html("/att-komplettera").await.body.contains("uppföljning efter 3 månader"));
+    let handled = oper.get_html("/att-komplettera?visa=hanterade").await.body;
+    assert!(handled.contains(why) && handled.contains("oper"), "the handled filter shows the item with who and why");
+    let ev = ts.store.audit_search(&AuditQuery { kind: Some("worklist.handled".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].actor.as_str(), ev[0].subject.as_str(), ev[0].detail["reason"].as_str()), ("oper", key.as_str(), Some(why)));
+    assert!(!oper.get_html("/granskningslogg").await.body.is_empty());
+
+    // The next run with unchanged data keeps the mark; changed data brings the item back.
+    app.store.apply(put(vec!["U3_PainNRS", "U3_Satisfaction"])).await.unwrap();
+    assert!(app.store.worklist(None, None).await.unwrap().iter().all(|i| i.idem_key != key), "unchanged data: stays handled");
+    assert_eq!(app.store.worklist_items(None, None, true).await.unwrap().len(), 1);
+    app.store.apply(put(vec!["U3_PainNRS"])).await.unwrap();
+    let open = app.store.worklist(None, None).await.unwrap();
+    assert!(open.iter().any(|i| i.idem_key == key && i.handled.is_none()), "changed data: back on the open list");
+    // Marking an item that is not open says so.
+    let again = oper.post_form_csrf("/att-komplettera/hanterad", &[("idem_key", "sar|nothing"), ("reason", why)]).await;
+    assert_eq!(again.status, 303);
+    assert!(again.headers.get("location").unwrap().to_str().unwrap().contains("ej-hanterad"));
+});

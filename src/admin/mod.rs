@@ -121,6 +121,7 @@ fn table() -> Vec<Entry> {
         ("POST", "/misslyckade/forsok-igen", post(pages::replay)),
         ("GET", "/att-komplettera", get(pages::worklist)),
         ("POST", "/att-komplettera", post(pages::worklist_identities)),
+        ("POST", "/att-komplettera/hanterad", post(pages::worklist_handled)),
         ("GET", "/tackningsgrad", get(pages::coverage)),
         ("GET", "/artrosregistret/indikatorer", get(pages::sar_indicators)),
         ("GET", "/pvk", get(pages::pvk)),

@@ -200,6 +200,7 @@ pub fn audit_label(kind_: &str) -> &'static str {
         kind::NULLIFIED => "Dokument makulerat",
         kind::WORKLIST_ADDED => "Till att komplettera",
         kind::WORKLIST_RESOLVED => "Kompletterad",
+        kind::WORKLIST_HANDLED => "Hanterad utanför systemet",
         kind::CONFIG_LOADED => "Konfiguration läst",
         kind::CONFIG_RELOAD => "Konfiguration omläst",
         kind::LOGIN => "Inloggning",
