@@ -594,9 +594,23 @@ async fn every_page_of_a_demo_like_run_is_swedish() {
     let pages = every_page(&d.e.app.store).await;
     assert!(pages.iter().any(|p| p.starts_with("/pvk/patientlista")), "the run produced PVK results with a patient list: {pages:?}");
     let mut found = vec![];
+    let mut csv_tables = 0;
     for path in &pages {
         let r = c.get_html(path).await;
         assert_eq!(r.status, 200, "{path}: {}", r.body);
+        // Every table has its CSV download: the link, text/csv, a header row, the page's texts.
+        let tables = r.body.matches("<table").count();
+        assert_eq!(r.body.matches("Ladda ner tabellen som CSV").count(), tables, "{path}: one CSV link per table");
+        for n in 1..=tables {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let csv = c.get(&format!("{path}{sep}format=csv&tabell={n}")).await;
+            assert_eq!(csv.status, 200, "{path} table {n}");
+            assert_eq!(csv.headers.get("content-type").unwrap(), "text/csv; charset=utf-8", "{path} table {n}");
+            assert!(csv.headers.get("content-disposition").unwrap().to_str().unwrap().starts_with("attachment"), "{path} table {n}");
+            let header = csv.body.trim_start_matches('\u{feff}').lines().next().unwrap_or("").to_string();
+            assert!(!header.is_empty() && !header.contains('<'), "{path} table {n}: header row {header:?}");
+            csv_tables += 1;
+        }
         let text = visible_text(&r.body).to_lowercase();
         for e in &english {
             if text.contains(e.as_str()) {
@@ -608,6 +622,15 @@ async fn every_page_of_a_demo_like_run_is_swedish() {
         }
     }
     assert!(found.is_empty(), "English on the pages:\n{}", found.join("\n"));
+    assert!(csv_tables >= 10, "tables downloaded as CSV: {csv_tables}");
+    // The PVK page compares: the region's share and the spread across units beside the unit's.
+    let pvk = c.get_html("/pvk").await.body;
+    assert!(pvk.contains("Regionen") && pvk.contains("Spridning mellan enheter") && pvk.contains("enheter)"), "PVK compares with the region and the units");
+    assert!(pvk.contains("romber för regionen"), "the chart names its shapes for readers without colour");
+    let csv = c.get("/pvk?format=csv&tabell=1").await.body;
+    assert!(csv.lines().next().unwrap().contains("Månad;Täljare;Nämnare;Andel;Regionen;Spridning"), "{}", csv.lines().next().unwrap());
+    let sar = c.get_html("/artrosregistret/indikatorer").await.body;
+    assert!(sar.contains("Spridning mellan mottagningar") && sar.contains("mottagningar)"), "SAR indicators compare with the region");
 }
 
 // ---------------------------------------------------------------------------------------------

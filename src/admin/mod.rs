@@ -180,6 +180,8 @@ pub fn router(state: AdminState) -> Router {
         r = r.route(path, mr);
     }
     r.fallback(not_found)
+        // Inside authentication: every page table as CSV (`?format=csv&tabell=N`) and its link.
+        .layer(axum::middleware::from_fn(pages::csv::tables))
         // Added after the routes and the fallback, so it wraps both: unknown paths are
         // authenticated too and reveal nothing to a client without credentials.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))

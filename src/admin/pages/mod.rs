@@ -28,6 +28,7 @@ mod audit;
 mod quarantine;
 mod settings;
 pub mod sv;
+pub mod csv;
 pub use overview::*;
 pub use transfers::*;
 pub use worklist::*;
