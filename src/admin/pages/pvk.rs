@@ -161,7 +161,8 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                             if !r.computable && r.note.is_none() {
                                 note.push("ej beräkningsbar".to_string());
                             }
-                            if r.suppressed {
+                            // The stored note already says why (translated below); no second phrase.
+                            if r.suppressed && !r.note.as_deref().unwrap_or("").contains("suppressed") {
                                 note.push("undertryckt (för få patienter)".to_string());
                             }
                             if let Some(n) = &r.note {
