@@ -135,6 +135,7 @@ fn table() -> Vec<Entry> {
         ("POST", "/misslyckade/forsok-igen", post(pages::replay)),
         ("GET", "/att-komplettera", get(pages::worklist)),
         ("POST", "/att-komplettera", post(pages::worklist_identities)),
+        ("POST", "/att-komplettera/hanterad", post(pages::worklist_handled)),
         ("GET", "/tackningsgrad", get(pages::coverage)),
         ("GET", "/artrosregistret/indikatorer", get(pages::sar_indicators)),
         ("GET", "/pvk", get(pages::pvk)),
@@ -193,6 +194,8 @@ pub fn router(state: AdminState) -> Router {
         r = r.route(path, mr);
     }
     r.fallback(not_found)
+        // Inside authentication: every page table as CSV (`?format=csv&tabell=N`) and its link.
+        .layer(axum::middleware::from_fn(pages::csv::tables))
         // Added after the routes and the fallback, so it wraps both: unknown paths are
         // authenticated too and reveal nothing to a client without credentials.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))

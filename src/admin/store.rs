@@ -457,6 +457,12 @@ pub async fn quarantine_connector(store: &Store, id: i64) -> Result<Option<Strin
     tx.row("SELECT connector FROM quarantine WHERE id = $1", args![id]).await?.map(|r| r.text(0)).transpose()
 }
 
+/// The unit of a worklist item.
+pub async fn worklist_unit(store: &Store, idem_key: &str) -> Result<Option<String>> {
+    let mut tx = store.read().await?;
+    tx.row("SELECT unit FROM worklist WHERE idem_key = $1", args![idem_key]).await?.map(|r| r.text(0)).transpose()
+}
+
 /// The unit of each of these records (for actions on ids: replay takes only the caller's).
 pub async fn record_units(store: &Store, ids: &[i64]) -> Result<Vec<(i64, String)>> {
     let mut out = vec![];

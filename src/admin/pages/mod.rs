@@ -29,6 +29,7 @@ mod quarantine;
 mod settings;
 mod clinic;
 pub mod sv;
+pub mod csv;
 pub use overview::*;
 pub use transfers::*;
 pub use worklist::*;
@@ -229,6 +230,7 @@ pub fn audit_label(kind_: &str) -> &'static str {
         kind::NULLIFIED => "Dokument makulerat",
         kind::WORKLIST_ADDED => "Till att komplettera",
         kind::WORKLIST_RESOLVED => "Kompletterad",
+        kind::WORKLIST_HANDLED => "Hanterad utanför systemet",
         kind::CONFIG_LOADED => "Konfiguration läst",
         kind::CONFIG_RELOAD => "Konfiguration omläst",
         kind::LOGIN => "Inloggning",

@@ -10,6 +10,10 @@ struct MonthView {
     numerator: String,
     denominator: String,
     share: String,
+    /// The region's share the same month (every unit's computable, unsuppressed cells).
+    region: String,
+    /// min–median–max of the units' shares the same month, and how many units.
+    spread: String,
     note: String,
     list_href: String,
 }
@@ -55,12 +59,18 @@ pub struct PvkPageQuery {
 /// Share per month as small bars (0–100 %); months without a computable share get a grey tick.
 /// At least twelve slots wide so a short series does not crowd its labels; each bar is labelled
 /// with its month number.
+/// The region's share per month is drawn as a diamond, so unit and region differ by shape, not
+/// only by colour; the table beside the chart is the text alternative.
 pub fn share_chart(points: &[(String, Option<f64>, String)]) -> String {
+    share_chart_with_region(points, &[])
+}
+
+pub fn share_chart_with_region(points: &[(String, Option<f64>, String)], region: &[Option<f64>]) -> String {
     let (bw, gap, h, left) = (14.0_f64, 5.0_f64, 60.0_f64, 34.0_f64);
     let w = left + points.len().max(12) as f64 * (bw + gap);
     let total_h = h + 16.0;
     let mut s = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{total_h:.0}" viewBox="0 0 {w:.0} {total_h:.0}" role="img" aria-label="Andel per månad"><text x="0" y="9" font-size="10" fill="#5b6b7a">100 %</text><text x="0" y="{h:.0}" font-size="10" fill="#5b6b7a">0 %</text><line x1="{left}" y1="{h}" x2="{w:.0}" y2="{h}" stroke="#b9c3cc"/>"##
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{total_h:.0}" viewBox="0 0 {w:.0} {total_h:.0}" role="img" aria-label="Andel per månad: staplar för enheten, romber för regionen; värdena står i tabellen"><text x="0" y="9" font-size="10" fill="#5b6b7a">100 %</text><text x="0" y="{h:.0}" font-size="10" fill="#5b6b7a">0 %</text><line x1="{left}" y1="{h}" x2="{w:.0}" y2="{h}" stroke="#b9c3cc"/>"##
     );
     for (i, (month, share, tip)) in points.iter().enumerate() {
         let x = left + i as f64 * (bw + gap);
@@ -71,6 +81,18 @@ pub fn share_chart(points: &[(String, Option<f64>, String)]) -> String {
                 s.push_str(&format!(r##"<g><title>{month}: {tip}</title><rect x="{x:.1}" y="{:.1}" width="{bw}" height="{bh:.1}" fill="#005a8c"/></g>"##, h - bh));
             }
             None => s.push_str(&format!(r##"<g><title>{month}: {tip}</title><rect x="{x:.1}" y="{:.1}" width="{bw}" height="2" fill="#b9c3cc"/></g>"##, h - 2.0)),
+        }
+        if let Some(Some(r)) = region.get(i) {
+            let cy = h - h * r.clamp(0.0, 1.0);
+            let cx = x + bw / 2.0;
+            s.push_str(&format!(
+                r##"<g><title>{month}: regionen {:.0} %</title><path d="M{cx:.1} {:.1} L{:.1} {cy:.1} L{cx:.1} {:.1} L{:.1} {cy:.1} Z" fill="#f2a900" stroke="#1d2a36" stroke-width="1.2"/></g>"##,
+                r * 100.0,
+                cy - 5.0,
+                cx + 5.0,
+                cy + 5.0,
+                cx - 5.0
+            ));
         }
         let mm = month.get(5..7).unwrap_or(month);
         s.push_str(&format!(r##"<text x="{:.1}" y="{:.0}" font-size="9" fill="#5b6b7a" text-anchor="middle">{mm}</text>"##, x + bw / 2.0, h + 12.0));
@@ -98,6 +120,19 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
     let mut rule_years: Vec<String> = data.results.iter().map(|r| r.rule_year.to_string()).collect();
     rule_years.sort();
     rule_years.dedup();
+    // The region and the spread across units, per indicator and month: computable cells whose
+    // counts may be shown (suppressed cells stay out, so no unit's hidden count can be derived).
+    let mut region: BTreeMap<(String, i32, String, i32, u32), (i64, i64, Vec<f64>)> = BTreeMap::new();
+    for r in data.results.iter().filter(|r| r.computable && !r.suppressed) {
+        if let (Some(n), Some(d)) = (r.numerator, r.denominator) {
+            if d > 0 {
+                let e = region.entry((r.connector.clone(), r.rule_year, r.indicator.clone(), r.year, r.month)).or_default();
+                e.0 += n;
+                e.1 += d;
+                e.2.push(n as f64 / d as f64);
+            }
+        }
+    }
     let mut grouped: BTreeMap<(String, i32, String), BTreeMap<String, Vec<&crate::store::PvkResultRow>>> = BTreeMap::new();
     for r in data.results.iter().filter(|r| unit.as_ref().map_or(true, |u| &r.unit == u) && rule_year.map_or(true, |y| r.rule_year == y)) {
         grouped.entry((r.connector.clone(), r.rule_year, r.unit.clone())).or_default().entry(r.indicator.clone()).or_default().push(r);
@@ -114,6 +149,7 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                     let per_fte = requirement.is_some();
                     rows.sort_by_key(|r| (r.year, r.month));
                     let mut points = vec![];
+                    let mut region_points = vec![];
                     let months = rows
                         .iter()
                         .map(|r| {
@@ -128,7 +164,8 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                             if !r.computable && r.note.is_none() {
                                 note.push("ej beräkningsbar".to_string());
                             }
-                            if r.suppressed {
+                            // The stored note already says why (translated below); no second phrase.
+                            if r.suppressed && !r.note.as_deref().unwrap_or("").contains("suppressed") {
                                 note.push("undertryckt (för få patienter)".to_string());
                             }
                             if let Some(n) = &r.note {
@@ -140,6 +177,18 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                                 }
                                 (Some(n), Some(d)) if share.is_some() => pct(n, d),
                                 _ => "–".into(),
+                            };
+                            let reg = region.get(&(connector.clone(), rule_year, code.clone(), r.year, r.month)).filter(|_| !per_fte);
+                            region_points.push(reg.map(|g| g.0 as f64 / g.1 as f64));
+                            let (region_text, spread) = match reg {
+                                Some((n, d, shares)) => {
+                                    let mut v = shares.clone();
+                                    v.sort_by(|a, b| a.total_cmp(b));
+                                    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+                                    let p = |x: f64| format!("{:.0} %", x * 100.0);
+                                    (pct(*n, *d), format!("{}–{}–{} ({} enheter)", p(v[0]), p(median), p(v[v.len() - 1]), v.len()))
+                                }
+                                None => ("–".into(), "–".into()),
                             };
                             points.push((month.clone(), share, format!("{share_text} ({}/{})", r.numerator.map(|n| n.to_string()).unwrap_or("–".into()), r.denominator.map(|n| n.to_string()).unwrap_or("–".into()))));
                             MonthView {
@@ -163,6 +212,8 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                                     None => "–".into(),
                                 },
                                 share: share_text,
+                                region: region_text,
+                                spread,
                                 note: if note.is_empty() { String::new() } else { note.join("; ") },
                             }
                         })
@@ -172,7 +223,7 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                         (Some(a), _) => a.0.clone(),
                         _ => String::new(),
                     };
-                    let view = IndicatorView { name, per_fte, svg: share_chart(&points), months, range };
+                    let view = IndicatorView { name, per_fte, svg: share_chart_with_region(&points, &region_points), months, range };
                     if crate::registers::pvk::is_regional_code(&code) {
                         regional.push(view);
                     } else {

@@ -15,7 +15,7 @@ pub const CSV_COLUMNS: [&str; 11] = ["rule_year", "unit_hsa_id", "year", "month"
 pub const REGIONAL_CSV_COLUMNS: [&str; 13] =
     ["rule_year", "unit_hsa_id", "year", "month", "measure", "measure_name", "status", "numerator", "denominator", "value", "requirement", "note", "unit"];
 
-fn field(s: &str) -> String {
+pub fn field(s: &str) -> String {
     if s.contains([';', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
