@@ -60,6 +60,9 @@ pub async fn run(_g: Global, a: DemoArgs) -> Result<i32> {
     let password = demo_password();
     let hash = crate::admin::auth::hash_password(password.clone()).await?;
     put_user(&app.store, "demo", Some(&hash), Role::Admin, true, false).await?;
+    // A clinic's user: limited to one unit, it lands on that clinic's page.
+    put_user(&app.store, "mottagning", Some(&hash), Role::Operator, true, false).await?;
+    crate::admin::store::set_user_units(&app.store, "mottagning", &[crate::sandbox::vocabulary::REHAB_UNITS[0].to_string()]).await?;
 
     print_summary(&app, &env, &reports).await?;
     println!();
@@ -70,6 +73,7 @@ pub async fn run(_g: Global, a: DemoArgs) -> Result<i32> {
     }
     println!("Admin pages:  http://{}/", a.listen);
     println!("Demo login:   demo / {password}   (role admin, with the patient-data right)");
+    println!("              mottagning / {password}   (operatör limited to {}: its clinic's page)", crate::units::UnitNames::from_loaded(&app.loaded).label(crate::sandbox::vocabulary::REHAB_UNITS[0]));
     println!("The daemon keeps running (schedules, delivery). Stop with Ctrl-C.");
     crate::daemon::serve(app, rt, async {
         let _ = tokio::signal::ctrl_c().await;
