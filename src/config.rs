@@ -345,6 +345,14 @@ pub struct UnitBinding {
     pub name: Option<String>,
 }
 
+/// A unit's name where the register has no code for it (`[registers.X].unit_names`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnitName {
+    pub hsa_id: String,
+    pub name: String,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RegisterKind {
@@ -364,9 +372,10 @@ pub struct RegisterSettings {
     pub api_key: Option<Secret>,
     pub tls: TlsClientSettings,
     pub units: Vec<UnitBinding>,
-    /// Names of units the register has no code for (HSA id → name), e.g. vårdcentraler whose
-    /// PVK aggregates go to export files only; bound units are named in `units`.
-    pub unit_names: std::collections::BTreeMap<String, String>,
+    /// Names of units the register has no code for, e.g. vårdcentraler whose PVK aggregates go
+    /// to export files only; bound units are named in `units`. A list, not a table keyed by HSA
+    /// id: the configuration loader lower-cases table keys.
+    pub unit_names: Vec<UnitName>,
     pub timeout_seconds: u64,
     pub rate_limit_per_second: u32,
     pub metadata_refresh_hours: u64,
@@ -991,9 +1000,9 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
                 p.push(Problem::error(&main_file, format!("{k}.units[{i}].hsa_id"), e.to_string()));
             }
         }
-        for hsa in r.unit_names.keys() {
-            if let Err(e) = crate::model::HsaId::parse(hsa) {
-                p.push(Problem::error(&main_file, format!("{k}.unit_names.{hsa}"), e.to_string()));
+        for (i, u) in r.unit_names.iter().enumerate() {
+            if let Err(e) = crate::model::HsaId::parse(&u.hsa_id) {
+                p.push(Problem::error(&main_file, format!("{k}.unit_names[{i}].hsa_id"), e.to_string()));
             }
         }
         if r.retry.multiplier < 1.0 {

@@ -3,8 +3,8 @@
 //!
 //! Where a name comes from, first found wins:
 //! 1. the configuration, beside the unit bindings: `[registers.X].units = [{ hsa_id, unit_code,
-//!    name }]`, and `[registers.X].unit_names` for units the register has no code for (an export
-//!    register, a vårdcentral whose aggregates go to files only);
+//!    name }]`, and `[registers.X].unit_names = [{ hsa_id, name }]` for units the register has no
+//!    code for (an export register, a vårdcentral whose aggregates go to files only);
 //! 2. the register's own unit metadata (`Units[].UnitName` by `HSAID` in the Stratum metadata,
 //!    conformance/stratum/README.md `GET /metadata/units/register/{RegisterID}`): as the running
 //!    daemon loaded it from the register, else from the metadata file each connector names for
@@ -42,9 +42,9 @@ impl UnitNames {
                     names.entry(b.hsa_id.clone()).or_insert_with(|| n.to_string());
                 }
             }
-            for (hsa, n) in &reg.unit_names {
-                if !n.trim().is_empty() {
-                    names.entry(hsa.clone()).or_insert_with(|| n.trim().to_string());
+            for u in &reg.unit_names {
+                if !u.name.trim().is_empty() {
+                    names.entry(u.hsa_id.clone()).or_insert_with(|| u.name.trim().to_string());
                 }
             }
         }
@@ -121,7 +121,7 @@ options = { metadata_file = "conformance/stratum/sar-104.json" }"#,
         let mut settings = Settings::default();
         let mut reg = RegisterSettings::default();
         reg.units = vec![UnitBinding { hsa_id: "SE2321000156-FT01".into(), unit_code: "1701".into(), name: Some("Fysio Klarälven, Karlstad".into()) }];
-        reg.unit_names.insert("SE2321000156-VC01".into(), "Vårdcentralen Norrstrand".into());
+        reg.unit_names = vec![crate::config::UnitName { hsa_id: "SE2321000156-VC01".into(), name: "Vårdcentralen Norrstrand".into() }];
         settings.registers.insert("sar".into(), reg);
         let names = UnitNames::from_loaded(&loaded(settings));
         assert_eq!(names.label("SE2321000156-FT01"), "Fysio Klarälven, Karlstad (SE2321000156-FT01)");

@@ -399,6 +399,10 @@ async fn a_unit_user_sees_only_its_clinic_in_the_browser() {
         "Rehab Fryken", "Fysio Vänerstrand", "Primärvårdsrehab Älvdalen", "Vårdcentralen Norrstrand", "Vårdcentralen Skåre",
     ];
     let d = demo_like(Backend::Sqlite, 40).await;
+    // The sandbox configuration (config/local.toml) names every sandbox unit, bound or not.
+    let names = d.srv.state.unit_names();
+    assert_eq!(names.label("SE2321000156-FT02"), "Rehab Fryken (SE2321000156-FT02)");
+    assert_eq!(names.label("SE2321000156-VC01"), "Vårdcentralen Norrstrand (SE2321000156-VC01)");
     let app = d.srv.state.app.clone();
     add_user(&app, "ft1", Role::Operator, true).await;
     registerbrygga::admin::store::set_user_units(&app.store, "ft1", &[OWN.to_string()]).await.unwrap();
