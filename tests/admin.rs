@@ -631,6 +631,7 @@ async fn every_page_of_a_demo_like_run_is_swedish() {
     assert!(csv.lines().next().unwrap().contains("Månad;Täljare;Nämnare;Andel;Regionen;Spridning"), "{}", csv.lines().next().unwrap());
     let sar = c.get_html("/artrosregistret/indikatorer").await.body;
     assert!(sar.contains("Spridning mellan mottagningar") && sar.contains("mottagningar)"), "SAR indicators compare with the region");
+    assert!(sar.contains("utveckling per år") && sar.contains("romber för regionen"), "each unit's trend is drawn, region marked by shape");
 }
 
 // ---------------------------------------------------------------------------------------------
