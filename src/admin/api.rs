@@ -559,7 +559,7 @@ pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Opti
         record_patient_view(state, p, "worklist", &subject, why, items.len(), &shown).await?;
     }
     let mut hints: BTreeMap<String, BTreeMap<(String, String), crate::registers::sar::mapping::DocumentHint>> = BTreeMap::new();
-    for c in state.app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+    for c in state.app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::StratumRegister) {
         hints.insert(c.name.clone(), crate::registers::sar::mapping::document_hints(c));
     }
     Ok(items
@@ -686,7 +686,7 @@ pub async fn sar_indicators_of(app: &crate::app::App, q: &SarIndicatorQuery) -> 
     use crate::registers::sar::{indicators, mapping};
     let filter = indicators::Filter { sex: nz(&q.sex), age_group: nz(&q.age_group), joint: nz(&q.joint) };
     let mut out = vec![];
-    for c in app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+    for c in app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::StratumRegister) {
         if nz(&q.connector).is_some_and(|n| n != c.name) {
             continue;
         }
@@ -694,7 +694,7 @@ pub async fn sar_indicators_of(app: &crate::app::App, q: &SarIndicatorQuery) -> 
         // same file `config check` uses), as the page must work while the register is down.
         let Ok(meta) = mapping::offline_metadata(c) else { continue };
         let (Some(m), _) = mapping::load(c, &meta) else { continue };
-        let Some(fv) = m.forms.iter().find(|f| f.occasion == mapping::Occasion::FirstVisit) else { continue };
+        let Some(fv) = m.forms.iter().find(|f| f.occasion.is_first_visit()) else { continue };
         let held: Vec<indicators::Held> =
             app.store.registrations_delivered(&c.name).await?.into_iter().map(|(unit, form, payload)| indicators::Held { unit, form, payload }).collect();
         let rows = indicators::compute(&held, &m.indicator_columns, &fv.subject_column, &fv.event_date_column, &filter);

@@ -155,12 +155,12 @@ fn includes<'a>(mapping: &Mapping, j: &Journal<'a>, c: &'a CareContact, here: &[
     for rule in &mapping.inclusion {
         match rule {
             Inclusion::MainDiagnosis => {
-                if let Some(d) = here.iter().find(|d| d.kind == crate::model::DiagnosisKind::Main && mapping.joint_of(&d.code.code).is_some()) {
+                if let Some(d) = here.iter().find(|d| d.kind == crate::model::DiagnosisKind::Main && mapping.opens(&d.code.code)) {
                     return Some(Some(d));
                 }
             }
             Inclusion::AnyDiagnosis => {
-                if let Some(d) = here.iter().find(|d| mapping.joint_of(&d.code.code).is_some()) {
+                if let Some(d) = here.iter().find(|d| mapping.opens(&d.code.code)) {
                     return Some(Some(d));
                 }
             }
@@ -249,7 +249,7 @@ fn classify<'a>(mapping: &Mapping, j: &Journal<'a>, ep: &mut Episode<'a>) {
 /// The course's last occasion before `before` (its first visit if no follow-up took place).
 fn last_occasion(mapping: &Mapping, j: &Journal, ep: &Episode, before: NaiveDate, today: NaiveDate) -> NaiveDate {
     let mut last = ep.first_visit;
-    for o in [Occasion::ThreeMonths, Occasion::OneYear] {
+    for o in mapping.all_occasions().skip(1) {
         if mapping.forms.iter().all(|f| f.occasion != o) {
             continue;
         }
@@ -273,7 +273,7 @@ pub enum OccasionAt {
 
 /// Has the window of `occasion` opened by `today`?
 pub fn window_open(mapping: &Mapping, ep: &Episode, occasion: Occasion, today: NaiveDate) -> bool {
-    if occasion == Occasion::FirstVisit {
+    if occasion.is_first_visit() {
         return ep.first_visit <= today;
     }
     ep.first_visit + Duration::days(mapping.window(occasion).from_day) <= today
@@ -283,7 +283,7 @@ pub fn window_open(mapping: &Mapping, ep: &Episode, occasion: Occasion, today: N
 /// the next course) on which the follow-up mark, else one of `terms`, is documented at the
 /// course's unit (any contact there if `terms` is empty and no mark is configured).
 pub fn find_occasion(mapping: &Mapping, j: &Journal, ep: &Episode, occasion: Occasion, terms: &[Code], today: NaiveDate) -> OccasionAt {
-    if occasion == Occasion::FirstVisit {
+    if occasion.is_first_visit() {
         return OccasionAt::On(ep.first_visit);
     }
     if !window_open(mapping, ep, occasion, today) {
