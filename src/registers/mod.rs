@@ -6,6 +6,7 @@
 //! own definition files.
 
 pub mod engine;
+pub mod scaffold;
 pub mod pvk;
 pub mod sar;
 
