@@ -605,7 +605,7 @@ pub async fn worklists(State(state): State<AdminState>, Extension(p): Extension<
 }
 
 // ---------------------------------------------------------------------------------------------
-// SAR coverage
+// Täckningsgrad: every register connector (SAR and any other Stratum register)
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct CoverageRow {
@@ -620,14 +620,15 @@ pub struct CoverageRow {
     pub present: i64,
 }
 
-/// Täckningsgrad: per unit × month × form, episodes due vs registrations present — computed by
-/// the SAR module's own rule (`registers::sar::coverage`), so the page and the mapper agree.
+/// Täckningsgrad: per register connector, unit × month × form, courses due vs registrations
+/// present — computed by the register engine's own rule (`registers::engine::coverage`), so the
+/// page and the mapper agree, for every connector of kind `stratum_register`.
 pub async fn coverage(store: &Store) -> Result<Vec<CoverageRow>, Fail> {
     let mut out = vec![];
     for connector in db::distinct_connectors(store, "sar_episodes").await? {
         let episodes = store.episodes(&connector).await?;
         let present = store.registrations_present(&connector).await?;
-        out.extend(crate::registers::sar::coverage(&episodes, &present).into_iter().map(|r| CoverageRow {
+        out.extend(crate::registers::engine::coverage(&episodes, &present).into_iter().map(|r| CoverageRow {
             connector: connector.clone(),
             unit: r.unit,
             month: r.month,
@@ -694,6 +695,10 @@ pub async fn sar_indicators_of(app: &crate::app::App, q: &SarIndicatorQuery) -> 
         // same file `config check` uses), as the page must work while the register is down.
         let Ok(meta) = mapping::offline_metadata(c) else { continue };
         let (Some(m), _) = mapping::load(c, &meta) else { continue };
+        // SAR's own indicators: only a mapping that names their columns (`[indicators]`).
+        if m.indicator_columns.is_empty() {
+            continue;
+        }
         let Some(fv) = m.forms.iter().find(|f| f.occasion.is_first_visit()) else { continue };
         let held: Vec<indicators::Held> =
             app.store.registrations_delivered(&c.name).await?.into_iter().map(|(unit, form, payload)| indicators::Held { unit, form, payload }).collect();

@@ -1,18 +1,18 @@
-//! Treatment courses and occasions: which artros courses (grundbehandling) a patient's journal
-//! holds, when their first visit, 3-month and 1-year occasions took place, and which answers
-//! belong to an occasion.
+//! Courses and occasions: which courses a patient's journal holds (SAR: artros grundbehandling),
+//! when their first visit and follow-up occasions (the connector's windows; SAR: 3 months and
+//! 1 year) took place, and which answers belong to an occasion.
 //!
 //! Rules (the full list is in the module doc of `registers::sar`; mapping.toml repeats them
 //! for the region):
 //! - Only this patient's records, never nullified ones, never dated after `today` (planned
 //!   visits are not occasions).
 //! - A course is patient × unit. It opens at a care contact at one of the connector's units
-//!   that meets the inclusion (`[course] inclusion`: a joint's diagnosis as the contact's main
-//!   diagnosis, or the region's inclusion term); its first-visit date is that contact's date.
+//!   that meets the inclusion (`[course] inclusion`: a joint's or a `[course] diagnoses` code as
+//!   the contact's main diagnosis, or the region's inclusion term); its first-visit date is that contact's date.
 //!   A diagnosis belongs to the contact it names, or, naming none, to the contact at its unit on
 //!   its day.
-//! - The joints diagnosed (main or secondary) at the unit within the first-visit window are the
-//!   course's joint classification, each with one or both sides (a "bilateral" code).
+//! - (Optional, SAR) The joints diagnosed (main or secondary) at the unit within the
+//!   first-visit window are the course's joint classification, each with one or both sides (a "bilateral" code).
 //! - A later including contact at the unit opens a new course only when it is more than
 //!   `gap_days` after the current course's last occasion; otherwise it belongs to that course.
 //! - An observation or activity belongs to the care contact it names (that contact's unit and

@@ -1,5 +1,5 @@
-//! Where a SAR registration is built: one form (FVPat, FVPT, M3Pat, M3PT or Y1Pat) of one
-//! episode on its occasion day, column by column as the mapping says, each value checked against
+//! Where a registration is built: one form (SAR: FVPat, FVPT, M3Pat, M3PT or Y1Pat) of one
+//! course on its occasion day, column by column as the mapping says, each value checked against
 //! the column's domain. Values that do not fit are left out and reported; what stays missing of
 //! the mandatory columns is returned so the caller can decide intent vs. worklist.
 

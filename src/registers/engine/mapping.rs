@@ -1,7 +1,7 @@
-//! The SAR mapping: `connectors/<name>/mapping.toml` (which journal term fills which register
-//! column, code tables, episode-opening diagnoses, the opt-out term) plus the connector's
-//! `[options]` (mapping file, occasion windows, offline metadata file), loaded and validated
-//! against the register's metadata. The file format is documented at the top of the shipped
+//! A register connector's mapping: `connectors/<name>/mapping.toml` (which journal term fills
+//! which register column, code tables, what opens a course, the opt-out term) plus the
+//! connector's `[options]` (mapping file, occasion windows = the follow-up occasions, offline
+//! metadata file), loaded and validated against the register's metadata. The file format is documented at the top of the shipped
 //! `connectors/artrosregistret/mapping.toml`.
 //!
 //! Loading resolves everything the mapper needs (domains, mandatory columns, envelope columns)
