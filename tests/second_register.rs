@@ -373,3 +373,61 @@ async fn a_rerun_of_the_scaffold_reports_a_changed_domain() {
     assert_eq!(std::fs::read_to_string(dir.join("mapping.toml")).unwrap(), before, "nothing overwritten");
     changed.shutdown().await;
 }
+
+/// The engine's generic features, as data only, on the sandbox register's scaffold: a course
+/// opened by a diagnosis without any joint classification (`[course] diagnoses`), its own key
+/// token (`[course] key`), and the occasion named `six_months` with its window — read from the
+/// sandbox journal's own documents (rendered and parsed as the daemon would), no network.
+#[test]
+fn a_diagnosis_opens_a_course_with_the_connectors_own_key_token() {
+    use registerbrygga::registers::engine::{PatientInput, RegisterEngine};
+    use registerbrygga::sandbox::journal::{render_patient, Contract, Population, PopulationSpec};
+    let meta = emulator::sandbox_registers().into_iter().find(|r| r.register.register_id == REGISTER_ID).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(REGISTER);
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = registerbrygga::registers::scaffold::scaffold(REGISTER, &meta, &[FT01.to_string()]);
+    std::fs::write(dir.join("connector.toml"), &s.connector_toml).unwrap();
+    std::fs::write(dir.join("mapping.toml"), &s.mapping_toml).unwrap();
+    std::fs::write(dir.join("metadata.json"), &s.metadata_json).unwrap();
+    fill_in(&dir);
+    let m = std::fs::read_to_string(dir.join("mapping.toml")).unwrap();
+    let m = replace(
+        &m,
+        &format!("inclusion = [\"term:{INCLUSION}\"]"),
+        "inclusion = [\"main_diagnosis\"]  # provisional: test\ndiagnoses = [\"M54.5\"]  # provisional: test\nkey = \"ryggforlopp\"  # provisional: test",
+    );
+    std::fs::write(dir.join("mapping.toml"), m).unwrap();
+    let (connectors, problems) = registerbrygga::config::load_connectors(tmp.path());
+    assert!(problems.is_empty(), "{problems:?}");
+    let engine = RegisterEngine::load(&connectors[0], &meta).unwrap_or_else(|p| panic!("{p:?}"));
+
+    let today = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    let pop = std::sync::Arc::new(Population::generate(&PopulationSpec::new(7, 28, today)));
+    let patient = 13;
+    let fv = today - Duration::days(200);
+    let mut first = visit(fv, FT01, vec![(obs::PAIN_NRS, AnswerValue::Quantity(7.0)), (obs::EQ5D_MOBILITY, AnswerValue::code("4")), (obs::FEAR_OF_MOVEMENT, AnswerValue::code("NEJ"))]);
+    first.diagnoses = vec!["M54.5".into()];
+    pop.add_visit(patient, first).unwrap();
+    let six = visit(fv + Duration::days(170), FT01, vec![(FOLLOW_UP, AnswerValue::code("JA")), (obs::PAIN_NRS, AnswerValue::Quantity(2.0)), (obs::EQ5D_MOBILITY, AnswerValue::code("1"))]);
+    pop.add_visit(patient, six).unwrap();
+    let mut ctx = registerbrygga::sources::riv::ParseContext::new("test", today);
+    // The sandbox's local terms, as the sandbox configuration (config/local.toml) knows them.
+    ctx.known_code_systems.push(LOCAL_TERMS.to_string());
+    let mut records = vec![];
+    for c in [Contract::GetCareContacts, Contract::GetDiagnosis, Contract::GetActivities, Contract::GetObservations] {
+        records.extend(registerbrygga::sources::riv::parse_bytes(&render_patient(&pop, c, patient), "sandbox", &ctx).unwrap().records);
+    }
+    let id = pop.patient_id(patient);
+    let out = engine.map_patient(&PatientInput { connector: REGISTER, register: REGISTER, patient: &id, patient_key: "pk1", records: &records, today });
+    let got: Vec<(&str, &str, serde_json::Value)> = out.intents.iter().map(|i| (i.key.idem_key.as_str(), i.key.form.as_str(), i.detail["occasion"].clone())).collect();
+    let start_key = format!("{REGISTER}|{FT01}|pk1|ryggforlopp|RyggStart");
+    let six_key = format!("{REGISTER}|{FT01}|pk1|ryggforlopp|Rygg6m");
+    assert_eq!(got, [(start_key.as_str(), "RyggStart", serde_json::json!("first_visit")), (six_key.as_str(), "Rygg6m", serde_json::json!("six_months"))], "{out:?}");
+    assert_eq!(out.intents[0].payload["R0_Radsla"], serde_json::json!(2));
+    assert_eq!(out.intents[1].payload["Besoksdatum"], serde_json::json!((fv + Duration::days(170)).format("%Y-%m-%d").to_string()));
+    assert_eq!(out.intents[0].detail["joints"], serde_json::json!({}), "no joint classification: the mapping declares none");
+    assert!(out.incomplete.is_empty(), "{:?}", out.incomplete);
+    assert_eq!(out.episodes.len(), 1);
+    assert_eq!(out.episodes[0].forms_due, ["RyggStart", "Rygg6m"]);
+}
