@@ -589,6 +589,13 @@ pub enum ConnectorKind {
     Pvk,
 }
 
+impl ConnectorKind {
+    /// The earlier name of [`ConnectorKind::StratumRegister`], kept so code written against it
+    /// reads on (SAR is one register connector among others now).
+    #[allow(non_upper_case_globals)]
+    pub const Sar: ConnectorKind = ConnectorKind::StratumRegister;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
