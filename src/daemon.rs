@@ -6,8 +6,7 @@ use crate::app::App;
 use crate::cli::{BackfillArgs, RunArgs};
 use crate::config::{ConnectorKind, RegisterKind};
 use crate::delivery::{DeliveryEngine, Lane};
-use crate::pipeline::{run_connector, ConnectorRuntime, MapInput, MapOutput, PatientMapper, RunKind};
-use crate::registers::sar::{PatientInput, SarMapper};
+use crate::pipeline::{run_connector, ConnectorRuntime, PatientMapper, RunKind};
 use crate::sinks::stratum::metadata::RegisterMetadata;
 use crate::sinks::stratum::StratumClient;
 use crate::sources::Source;
@@ -26,29 +25,6 @@ pub struct Runtime {
     pub status: Vec<crate::admin::status::ConnectorStatus>,
     pub clients: BTreeMap<String, Arc<StratumClient>>,
     pub engine: Arc<DeliveryEngine>,
-}
-
-/// The SAR episode engine as the pipeline's per-patient mapper.
-struct SarAdapter(SarMapper);
-
-impl PatientMapper for SarAdapter {
-    fn map_patient(&self, i: &MapInput<'_>) -> MapOutput {
-        let out = self.0.map_patient(&PatientInput {
-            connector: i.connector,
-            register: i.register,
-            patient: i.patient,
-            patient_key: i.patient_key,
-            records: i.records,
-            today: i.today,
-        });
-        MapOutput {
-            intents: out.intents,
-            incomplete: out.incomplete,
-            episodes: out.episodes,
-            opted_out: out.opted_out,
-            notes: out.notes.iter().map(|n| serde_json::to_string(n).unwrap_or_default()).collect(),
-        }
-    }
 }
 
 /// Build the source named in a connector.
@@ -94,11 +70,12 @@ pub async fn build_runtime(app: &App) -> Result<Runtime> {
         }
         let source = build_source(app, &def.source)?;
         let (mapper, after): (Option<Arc<dyn PatientMapper>>, Option<Arc<dyn crate::pipeline::AfterPull>>) = match def.kind {
-            ConnectorKind::Sar => {
+            // Any Stratum register: the engine is the connector folder's data.
+            ConnectorKind::StratumRegister => {
                 let meta = metadata_for(app, clients.get(&def.register), def).await?;
-                let m = SarMapper::load(def, &meta).map_err(|ps| anyhow!("connector '{}': {}", def.name, ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
-                status.push(crate::admin::status::ConnectorStatus::remarks_only(&def.name, &def.register, m.warnings().len()));
-                (Some(Arc::new(SarAdapter(m))), None)
+                let (mapper, remarks) = crate::pipeline::register::register_mapper(def, &meta)?;
+                status.push(crate::admin::status::ConnectorStatus::remarks_only(&def.name, &def.register, remarks));
+                (Some(mapper), None)
             }
             ConnectorKind::Pvk => {
                 let engine = crate::registers::pvk::PvkEngine::load(def).map_err(|ps| anyhow!("connector '{}': {}", def.name, ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;

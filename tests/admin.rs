@@ -880,6 +880,16 @@ async fn every_page_of_a_demo_like_run_is_swedish() {
     }
     assert!(found.is_empty(), "English on the pages:\n{}", found.join("\n"));
     assert!(csv_tables >= 10, "tables downloaded as CSV: {csv_tables}");
+    // One status panel on the overview; the details per connector on Inställningar.
+    let overview = c.get_html("/").await.body;
+    assert_eq!(overview.matches("class=\"status\"").count(), 1, "one status panel");
+    assert!(!overview.contains("class=\"warn\""), "no banners on the overview");
+    let panel = visible_text(&overview);
+    assert!(regex::Regex::new(r"\d+ av \d+ kodlistor verifierade").unwrap().is_match(&panel) && panel.contains("visa"), "{panel}");
+    let settings = visible_text(&c.get_html("/installningar").await.body);
+    assert!(settings.contains("Koppling primarvardskvalitet") && settings.contains("ej verifierad") && settings.contains("Indikatorer:"), "details grouped by connector");
+    assert!(settings.contains("Koppling artrosregistret"), "every connector has its section");
+    assert!(!visible_text(&c.get_html("/pvk").await.body).contains("kodlistor"), "the PVK page repeats no status");
     // The PVK page compares: the region's share and the spread across units beside the unit's.
     let pvk = c.get_html("/pvk").await.body;
     assert!(pvk.contains("Regionen") && pvk.contains("Spridning mellan enheter") && pvk.contains("enheter)"), "PVK compares with the region and the units");
@@ -888,6 +898,7 @@ async fn every_page_of_a_demo_like_run_is_swedish() {
     assert!(csv.lines().next().unwrap().contains("Månad;Täljare;Nämnare;Andel;Regionen;Spridning"), "{}", csv.lines().next().unwrap());
     let sar = c.get_html("/artrosregistret/indikatorer").await.body;
     assert!(sar.contains("Spridning mellan mottagningar") && sar.contains("mottagningar)"), "SAR indicators compare with the region");
+    assert!(sar.contains("utveckling per år") && sar.contains("romber för regionen"), "each unit's trend is drawn, region marked by shape");
 }
 
 // ---------------------------------------------------------------------------------------------

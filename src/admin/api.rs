@@ -613,7 +613,7 @@ pub async fn worklist_entries_of(state: &AdminState, p: &Principal, connector: O
         record_patient_view(state, p, "worklist", &subject, why, items.len(), &shown).await?;
     }
     let mut hints: BTreeMap<String, BTreeMap<(String, String), crate::registers::sar::mapping::DocumentHint>> = BTreeMap::new();
-    for c in state.app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+    for c in state.app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::StratumRegister) {
         hints.insert(c.name.clone(), crate::registers::sar::mapping::document_hints(c));
     }
     Ok(items
@@ -660,7 +660,7 @@ pub async fn worklists(State(state): State<AdminState>, Extension(p): Extension<
 }
 
 // ---------------------------------------------------------------------------------------------
-// SAR coverage
+// Täckningsgrad: every register connector (SAR and any other Stratum register)
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct CoverageRow {
@@ -675,14 +675,15 @@ pub struct CoverageRow {
     pub present: i64,
 }
 
-/// Täckningsgrad: per unit × month × form, episodes due vs registrations present — computed by
-/// the SAR module's own rule (`registers::sar::coverage`), so the page and the mapper agree.
+/// Täckningsgrad: per register connector, unit × month × form, courses due vs registrations
+/// present — computed by the register engine's own rule (`registers::engine::coverage`), so the
+/// page and the mapper agree, for every connector of kind `stratum_register`.
 pub async fn coverage(store: &Store, scope: &UnitScope) -> Result<Vec<CoverageRow>, Fail> {
     let mut out = vec![];
     for connector in db::distinct_connectors(store, "sar_episodes").await? {
         let episodes = store.episodes(&connector).await?;
         let present = store.registrations_present(&connector).await?;
-        out.extend(crate::registers::sar::coverage(&episodes, &present).into_iter().map(|r| CoverageRow {
+        out.extend(crate::registers::engine::coverage(&episodes, &present).into_iter().map(|r| CoverageRow {
             connector: connector.clone(),
             unit: r.unit,
             month: r.month,
@@ -746,7 +747,7 @@ pub async fn sar_indicators_of(app: &crate::app::App, scope: &UnitScope, q: &Sar
     use crate::registers::sar::{indicators, mapping};
     let filter = indicators::Filter { sex: nz(&q.sex), age_group: nz(&q.age_group), joint: nz(&q.joint) };
     let mut out = vec![];
-    for c in app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+    for c in app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::StratumRegister) {
         if nz(&q.connector).is_some_and(|n| n != c.name) {
             continue;
         }
@@ -754,7 +755,11 @@ pub async fn sar_indicators_of(app: &crate::app::App, scope: &UnitScope, q: &Sar
         // same file `config check` uses), as the page must work while the register is down.
         let Ok(meta) = mapping::offline_metadata(c) else { continue };
         let (Some(m), _) = mapping::load(c, &meta) else { continue };
-        let Some(fv) = m.forms.iter().find(|f| f.occasion == mapping::Occasion::FirstVisit) else { continue };
+        // SAR's own indicators: only a mapping that names their columns (`[indicators]`).
+        if m.indicator_columns.is_empty() {
+            continue;
+        }
+        let Some(fv) = m.forms.iter().find(|f| f.occasion.is_first_visit()) else { continue };
         let held: Vec<indicators::Held> =
             app.store.registrations_delivered(&c.name).await?.into_iter().filter(|(unit, _, _)| scope.allows(unit)).map(|(unit, form, payload)| indicators::Held { unit, form, payload }).collect();
         let rows = indicators::compute(&held, &m.indicator_columns, &fv.subject_column, &fv.event_date_column, &filter);

@@ -21,6 +21,47 @@ struct IndView {
 struct IndGroup {
     title: String,
     rows: Vec<IndView>,
+    /// On a unit's first group: the unit's trend over the years, one chart per indicator.
+    trend_unit: String,
+    trend: Vec<(String, String)>,
+}
+
+/// Value per year as bars (0–100 %) with the region's value as a diamond; each bar carries its
+/// value as text, so the chart reads without colour; the tables below are the text alternative.
+fn year_chart(points: &[(i32, Option<f64>, Option<f64>)]) -> String {
+    let (bw, gap, h, left, top) = (26.0_f64, 14.0_f64, 70.0_f64, 34.0_f64, 12.0_f64);
+    let w = left + points.len().max(3) as f64 * (bw + gap);
+    let total_h = top + h + 16.0;
+    let mut s = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0}" height="{total_h:.0}" viewBox="0 0 {w:.0} {total_h:.0}" role="img" aria-label="Värde per år: staplar för mottagningen, romber för regionen; värdena står i tabellerna"><text x="0" y="{:.0}" font-size="10" fill="#5b6b7a">100 %</text><text x="0" y="{:.0}" font-size="10" fill="#5b6b7a">0 %</text><line x1="{left}" y1="{:.0}" x2="{w:.0}" y2="{:.0}" stroke="#b9c3cc"/>"##,
+        top + 4.0,
+        top + h,
+        top + h,
+        top + h
+    );
+    for (i, (year, v, region)) in points.iter().enumerate() {
+        let x = left + i as f64 * (bw + gap);
+        let base = top + h;
+        if let Some(v) = v {
+            let bh = (h * (v / 100.0).clamp(0.0, 1.0)).max(1.0);
+            s.push_str(&format!(r##"<g><title>{year}: {v:.0} %</title><rect x="{x:.1}" y="{:.1}" width="{bw}" height="{bh:.1}" fill="#005a8c"/></g>"##, base - bh));
+            s.push_str(&format!(r##"<text x="{:.1}" y="{:.1}" font-size="9" fill="#1d2a36" text-anchor="middle">{v:.0}</text>"##, x + bw / 2.0, (base - bh - 2.0).max(9.0)));
+        }
+        if let Some(r) = region {
+            let cy = base - h * (r / 100.0).clamp(0.0, 1.0);
+            let cx = x + bw + 4.0;
+            s.push_str(&format!(
+                r##"<g><title>{year}: regionen {r:.0} %</title><path d="M{cx:.1} {:.1} L{:.1} {cy:.1} L{cx:.1} {:.1} L{:.1} {cy:.1} Z" fill="#f2a900" stroke="#1d2a36" stroke-width="1.2"/></g>"##,
+                cy - 5.0,
+                cx + 5.0,
+                cy + 5.0,
+                cx - 5.0
+            ));
+        }
+        s.push_str(&format!(r##"<text x="{:.1}" y="{:.0}" font-size="9" fill="#5b6b7a" text-anchor="middle">{year}</text>"##, x + bw / 2.0, base + 12.0));
+    }
+    s.push_str("</svg>");
+    s
 }
 
 #[derive(Template)]
@@ -49,6 +90,16 @@ pub async fn sar_indicators(State(state): State<AdminState>, Extension(p): Exten
                 if let Some(v) = i.value {
                     e.2.push(v);
                 }
+            }
+        }
+    }
+    // Each unit's values per indicator and year (percentages only; the mean age has no 0–100 scale).
+    let mut trends: BTreeMap<(String, String), BTreeMap<(&'static str, String), Vec<(i32, Option<f64>, Option<f64>)>>> = BTreeMap::new();
+    for c in &all {
+        for r in &c.rows {
+            for i in r.indicators.iter().filter(|i| i.id != "age") {
+                let reg = region.get(&(c.connector.clone(), r.year, i.id)).and_then(|(n, d, _)| (*d > 0).then(|| *n as f64 * 100.0 / *d as f64));
+                trends.entry((c.connector.clone(), r.unit.clone())).or_default().entry((i.id, i.name.to_string())).or_default().push((r.year, i.value, reg));
             }
         }
     }
@@ -93,7 +144,18 @@ pub async fn sar_indicators(State(state): State<AdminState>, Extension(p): Exten
                     },
                 }})
                 .collect();
-            groups.push(IndGroup { title, rows });
+            let first = groups.last().map_or(true, |g: &IndGroup| !g.title.starts_with(&format!("{} –", r.unit)));
+            let trend = match trends.remove(&(c.connector.clone(), r.unit.clone())) {
+                Some(t) if first => t
+                    .into_iter()
+                    .map(|((_, name), mut pts)| {
+                        pts.sort_by_key(|p| p.0);
+                        (name, year_chart(&pts))
+                    })
+                    .collect(),
+                _ => vec![],
+            };
+            groups.push(IndGroup { title, rows, trend_unit: r.unit.clone(), trend });
         }
     }
     render(SarIndicatorsTpl {
