@@ -90,9 +90,9 @@ fn layout(p: &Principal, active: &str, title: &str, flash: Option<String>) -> La
         csrf: p.csrf_value(),
         nav: MENU
             .iter()
-            // A region user reaches every clinic from the overview; "Min mottagning" is for unit users.
-            .filter(|(href, _, r, region)| p.can(*r) && if p.scope.is_region() { *href != "/mottagning" } else { !region })
-            .map(|(href, label, _, _)| Nav { href, label, active: *href == active })
+            .filter(|(_, _, r, region)| p.can(*r) && (p.scope.is_region() || !region))
+            // A region user opens any clinic's page from the chooser.
+            .map(|(href, label, _, _)| Nav { href, label: if *href == "/mottagning" && p.scope.is_region() { "Mottagningar" } else { label }, active: *href == active })
             .collect(),
         flash,
         warnings: vec![],
