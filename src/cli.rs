@@ -320,6 +320,11 @@ pub enum UsersCmd {
         /// May see patient-level lists (every view is recorded with a reason).
         #[arg(long)]
         patient_data: bool,
+        /// Limit the user to these care units (HSA ids, comma-separated): it then sees only
+        /// their data, lands on its clinic page and is refused the region-wide pages.
+        /// `--units ""` gives the whole region back; left out, the current list is kept.
+        #[arg(long)]
+        units: Option<String>,
     },
     /// List users.
     List {

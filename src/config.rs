@@ -339,6 +339,18 @@ pub struct UnitBinding {
     pub hsa_id: String,
     /// The register's UnitCode for it.
     pub unit_code: String,
+    /// The unit's name as people know it; pages, exports and summaries show "name (HSA id)"
+    /// (`crate::units`). Left out: the register's unit metadata names it, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A unit's name where the register has no code for it (`[registers.X].unit_names`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnitName {
+    pub hsa_id: String,
+    pub name: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,6 +372,10 @@ pub struct RegisterSettings {
     pub api_key: Option<Secret>,
     pub tls: TlsClientSettings,
     pub units: Vec<UnitBinding>,
+    /// Names of units the register has no code for, e.g. vårdcentraler whose PVK aggregates go
+    /// to export files only; bound units are named in `units`. A list, not a table keyed by HSA
+    /// id: the configuration loader lower-cases table keys.
+    pub unit_names: Vec<UnitName>,
     pub timeout_seconds: u64,
     pub rate_limit_per_second: u32,
     pub metadata_refresh_hours: u64,
@@ -380,6 +396,7 @@ impl Default for RegisterSettings {
             api_key: None,
             tls: TlsClientSettings::default(),
             units: vec![],
+            unit_names: Default::default(),
             timeout_seconds: 30,
             rate_limit_per_second: 200,
             metadata_refresh_hours: 24,
@@ -991,6 +1008,11 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         for (i, u) in r.units.iter().enumerate() {
             if let Err(e) = crate::model::HsaId::parse(&u.hsa_id) {
                 p.push(Problem::error(&main_file, format!("{k}.units[{i}].hsa_id"), e.to_string()));
+            }
+        }
+        for (i, u) in r.unit_names.iter().enumerate() {
+            if let Err(e) = crate::model::HsaId::parse(&u.hsa_id) {
+                p.push(Problem::error(&main_file, format!("{k}.unit_names[{i}].hsa_id"), e.to_string()));
             }
         }
         if r.retry.multiplier < 1.0 {

@@ -404,7 +404,11 @@ pub fn admin_state(app: &App, rt: &Runtime) -> crate::admin::AdminState {
     let clients: Vec<Arc<StratumClient>> = rt.clients.values().cloned().collect();
     let warnings = rt.warnings.clone();
     let status = rt.status.clone();
+    let metadata_clients = clients.clone();
     crate::admin::AdminState::new(app.clone())
+        .with_unit_metadata_names(move || {
+            metadata_clients.iter().filter_map(|c| c.metadata()).flat_map(|m| m.units.iter().filter_map(|u| Some((u.hsa_id.clone()?, u.unit_name.clone()))).collect::<Vec<_>>()).collect()
+        })
         .with_next_runs(move || crate::scheduler::runner::next_runs(&connectors, chrono::Utc::now()))
         .with_readiness(move || {
             clients
@@ -624,6 +628,7 @@ impl crate::pipeline::AfterPull for PvkAfter {
                     dir,
                     &crate::sinks::export::RunInfo { connector: self.def.name.clone(), run_id: run.run_id.to_string(), generated_at: chrono::Utc::now() },
                     &self.engine.labels(),
+                    &crate::units::UnitNames::from_loaded(&app.loaded),
                 )?;
                 cs.audit.push(crate::audit::NewAuditEvent::system(
                     crate::audit::kind::EXPORT_WRITTEN,

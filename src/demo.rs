@@ -60,6 +60,9 @@ pub async fn run(_g: Global, a: DemoArgs) -> Result<i32> {
     let password = demo_password();
     let hash = crate::admin::auth::hash_password(password.clone()).await?;
     put_user(&app.store, "demo", Some(&hash), Role::Admin, true, false).await?;
+    // A clinic's user: limited to one unit, it lands on that clinic's page.
+    put_user(&app.store, "mottagning", Some(&hash), Role::Operator, true, false).await?;
+    crate::admin::store::set_user_units(&app.store, "mottagning", &[crate::sandbox::vocabulary::REHAB_UNITS[0].to_string()]).await?;
 
     print_summary(&app, &env, &reports).await?;
     println!();
@@ -70,6 +73,7 @@ pub async fn run(_g: Global, a: DemoArgs) -> Result<i32> {
     }
     println!("Admin pages:  http://{}/", a.listen);
     println!("Demo login:   demo / {password}   (role admin, with the patient-data right)");
+    println!("              mottagning / {password}   (operatör limited to {}: its clinic's page)", crate::units::UnitNames::from_loaded(&app.loaded).label(crate::sandbox::vocabulary::REHAB_UNITS[0]));
     println!("The daemon keeps running (schedules, delivery). Stop with Ctrl-C.");
     crate::daemon::serve(app, rt, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -106,8 +110,9 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
     println!();
     // The register's own indicators for the demo population (the admin page
     // "Artrosregistrets indikatorer" shows the same, with filters).
+    let units = crate::units::UnitNames::from_loaded(&app.loaded);
     println!("Artrosregistrets indikatorer (from what was sent), per unit and year of first visit:");
-    for c in crate::admin::api::sar_indicators_of(app, &Default::default()).await? {
+    for c in crate::admin::api::sar_indicators_of(app, &crate::admin::store::UnitScope::region(), &Default::default()).await? {
         for r in &c.rows {
             let parts: Vec<String> = r
                 .indicators
@@ -119,7 +124,7 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
                     (None, _) => format!("{} –", i.id),
                 })
                 .collect();
-            println!("  {} {} ({} förlopp): {}", r.unit, r.year, r.courses, parts.join(", "));
+            println!("  {} {} ({} förlopp): {}", units.label(&r.unit), r.year, r.courses, parts.join(", "));
         }
     }
     println!();
@@ -160,7 +165,7 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
     let worklist = app.store.worklist(None, None).await?;
     let mut by_unit: BTreeMap<String, usize> = BTreeMap::new();
     for w in &worklist {
-        *by_unit.entry(w.unit.clone()).or_default() += 1;
+        *by_unit.entry(units.label(&w.unit)).or_default() += 1;
     }
     println!("Worklist “att komplettera”: {} item(s) {:?}", worklist.len(), by_unit);
     let rejected = app.store.records(&RecordFilter { state: Some(RecordState::Rejected), limit: Some(100_000), ..Default::default() }).await?.len();

@@ -16,6 +16,7 @@ pub mod sinks;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod units;
 pub mod app;
 pub mod checks;
 pub mod cli;

@@ -82,7 +82,8 @@ fn sorted(results: &[PvkResultRow]) -> Vec<&PvkResultRow> {
 
 /// Write `<stem>.xml` and `<stem>.csv` (PVK indicators) and, when there are regional
 /// measures, `regional-measures-….csv` into `dir` (created if missing); returns their paths.
-pub fn write_exports(results: &[PvkResultRow], dir: &Path, run: &RunInfo, labels: &Labels) -> Result<Vec<PathBuf>> {
+/// The CSV files name each unit ("name (HSA id)", `crate::units`).
+pub fn write_exports(results: &[PvkResultRow], dir: &Path, run: &RunInfo, labels: &Labels, units: &crate::units::UnitNames) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create export folder {}", dir.display()))?;
     let safe: String = run.connector.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     let at = run.generated_at.format("%Y%m%dT%H%M%SZ");
@@ -91,11 +92,11 @@ pub fn write_exports(results: &[PvkResultRow], dir: &Path, run: &RunInfo, labels
     let xml_path = dir.join(format!("{stem}.xml"));
     let csv_path = dir.join(format!("{stem}.csv"));
     write_atomic(&xml_path, &render_xml(&rows, run, labels)?)?;
-    write_atomic(&csv_path, render_csv(&rows, labels).as_bytes())?;
+    write_atomic(&csv_path, render_csv(&rows, labels, units).as_bytes())?;
     let mut out = vec![xml_path, csv_path];
     if !regional.is_empty() {
         let p = dir.join(format!("regional-measures-{safe}-{at}.csv"));
-        write_atomic(&p, render_regional_csv(&regional, labels).as_bytes())?;
+        write_atomic(&p, render_regional_csv(&regional, labels, units).as_bytes())?;
         out.push(p);
     }
     Ok(out)
