@@ -123,8 +123,6 @@ pub struct DemoArgs {
     /// Working folder for the demo database and certificates (default: var/demo).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -550,11 +548,11 @@ pub async fn main(cli: Cli) -> Result<i32> {
         }
         Command::Users(cmd) => {
             let app = open_app(&g).await?;
-            crate::admin::users_cli(&app, cmd).await
+            users_cli(&app, cmd).await
         }
         Command::Run(a) => {
             let app = open_app(&g).await?;
-            crate::daemon::run(app, a, g.load_options()).await
+            crate::daemon::run(app, crate::daemon::RunOptions { once: a.once, connector: a.connector }, g.load_options()).await
         }
         Command::Config(ConfigCmd::Reload { reason, actor }) => {
             let app = open_app(&g).await?;
@@ -570,9 +568,10 @@ pub async fn main(cli: Cli) -> Result<i32> {
         }
         Command::Backfill(a) => {
             let app = open_app(&g).await?;
-            crate::daemon::backfill(app, a).await
+            let opts = crate::daemon::BackfillOptions { from: a.from, to: a.to, connector: a.connector, dry_run: a.dry_run, json: a.json, deliver: a.deliver };
+            crate::daemon::backfill(app, opts).await
         }
-        Command::Demo(a) => crate::demo::run(g, a).await,
+        Command::Demo(a) => crate::demo::run(crate::demo::DemoOptions { patients: a.patients, seed: a.seed, no_serve: a.no_serve, listen: a.listen, dir: a.dir }).await,
         Command::Recover { after_restore, lookup_days, actor } => {
             if !after_restore {
                 bail!("say --after-restore: this marks every undelivered registration's outcome as unknown");
@@ -604,7 +603,49 @@ pub async fn main(cli: Cli) -> Result<i32> {
         }
         Command::Sandbox(a) => {
             crate::telemetry::init(&Default::default());
-            crate::sandbox::serve_cli(a).await
+            crate::demo::sandbox(crate::demo::SandboxOptions { patients: a.patients, seed: a.seed, dir: a.dir, journal_port: a.journal_port, stratum_port: a.stratum_port }).await
+        }
+    }
+}
+
+/// `registerbrygga users set|list|token`.
+pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
+    let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    match cmd {
+        UsersCmd::Set { username, role, patient_data } => {
+            if patient_data && crate::admin::Role::parse(&role) == Some(crate::admin::Role::Reader) {
+                eprintln!("note: --patient-data has no effect for a läsare (läsare never see patient identities)");
+            }
+            let pw = match std::env::var("RB_NEW_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    eprintln!("password for {username} (one line on stdin):");
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let (created, role) = crate::admin::set_user_from_cli(app, &username, &role, patient_data, pw, &actor).await?;
+            println!("{} user {username} ({}{})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
+            Ok(0)
+        }
+        UsersCmd::Token { username, name, days } => {
+            let (id, token, days) = crate::admin::mint_token_from_cli(app, &username, &name, days, &actor).await?;
+            eprintln!("token {id} for {username}, valid {days} days (shown once):");
+            println!("{token}");
+            Ok(0)
+        }
+        UsersCmd::List { json } => {
+            let users = crate::admin::store::users(&app.store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!("{:<24} {:<10} {:<13} {:<9} created", "username", "role", "patient_data", "disabled");
+                for u in users {
+                    println!("{:<24} {:<10} {:<13} {:<9} {}", u.username, u.role.as_str(), u.patient_data, u.disabled, u.created.format("%Y-%m-%d %H:%M"));
+                }
+            }
+            Ok(0)
         }
     }
 }

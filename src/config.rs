@@ -904,8 +904,8 @@ fn line_of(text: &str, offset: usize) -> String {
 }
 
 /// Validation of the loaded configuration that needs no I/O beyond reading local files.
-/// Register-specific checks (mapping columns against metadata, PVK code lists) are added by
-/// `crate::app::check_all`, which calls into the register modules.
+/// Schedules and register-specific checks (mapping columns against metadata, PVK code lists)
+/// are added by `crate::checks`, which calls into the scheduler and the register modules.
 pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
     let s = &loaded.settings;
     let mut p = vec![];
@@ -1043,9 +1043,6 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         }
         if !s.registers.contains_key(&c.register) {
             p.push(Problem::error(&f, "register", format!("no register named '{}' in [registers]", c.register)));
-        }
-        if let Err(e) = crate::scheduler::parse_cron(&c.schedule) {
-            p.push(Problem::error(&f, "schedule", format!("invalid cron expression: {e}")));
         }
         if c.units.is_empty() {
             p.push(Problem::error(&f, "units", "no care units listed"));

@@ -158,13 +158,13 @@ async fn bootstrap_admin_and_users_cli() {
 
     // `users set` with the password from the environment, then `users list`.
     std::env::set_var("RB_NEW_PASSWORD", "cli-lösenordet-12");
-    let code = admin::users_cli(&app, registerbrygga::cli::UsersCmd::Set { username: "kalle".into(), role: "operatör".into(), patient_data: true }).await.unwrap();
+    let code = registerbrygga::cli::users_cli(&app, registerbrygga::cli::UsersCmd::Set { username: "kalle".into(), role: "operatör".into(), patient_data: true }).await.unwrap();
     assert_eq!(code, 0);
     let u = admin::store::user(&app.store, "kalle").await.unwrap().unwrap();
     assert_eq!((u.role, u.patient_data), (Role::Operator, true));
     assert!(u.password_hash.starts_with("$argon2id$"));
     Client::login(&srv.base, "kalle", "cli-lösenordet-12").await;
-    assert_eq!(admin::users_cli(&app, registerbrygga::cli::UsersCmd::List { json: true }).await.unwrap(), 0);
+    assert_eq!(registerbrygga::cli::users_cli(&app, registerbrygga::cli::UsersCmd::List { json: true }).await.unwrap(), 0);
     let changed = app.store.audit_search(&AuditQuery { kind: Some("user.changed".into()), ..Default::default() }).await.unwrap();
     assert!(changed.iter().any(|e| e.subject == "user:kalle") && changed.iter().any(|e| e.subject == "user:admin"));
     // A second start does not create another admin or reset the password.

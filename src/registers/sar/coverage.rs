@@ -1,7 +1,7 @@
 //! Täckningsgrad for the admin page: per clinic, month of first visit and form, how many
 //! registrations the journal's episodes call for and how many the register holds.
 
-use crate::store::{EpisodeRow, Registration};
+use crate::outbox::{EpisodeRow, Registration};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
