@@ -47,6 +47,10 @@ pub enum Command {
     #[command(subcommand)]
     Pvk(PvkCmd),
     /// Show what the daemon makes of a RIV-TA response document, as canonical records.
+    ///
+    /// Patients are shown as keyed pseudonyms (the form of the logs, the audit log and the admin
+    /// pages; under the configured security.pseudonym_key when it can be read, else under a key
+    /// made for this run). --show-identities prints personnummer instead.
     Inspect(InspectArgs),
     /// Re-read a period from the journal (with --dry-run: report what would be sent).
     Backfill(BackfillArgs),
@@ -64,7 +68,9 @@ pub enum Command {
     /// Encryption keys of payloads at rest.
     #[command(subcommand)]
     Keys(KeysCmd),
-    /// Serve the sandbox journal, Stratum emulator and PVK receiver on loopback until Ctrl-C.
+    /// Serve the sandbox journal, Stratum emulator and PVK receiver on loopback until Ctrl-C,
+    /// on the ports config/local.toml names; creates the keys, certificates and API key that
+    /// configuration reads (under var/sandbox/), so `config check` and `run` work with it.
     Sandbox(SandboxArgs),
     /// After restoring the store from a backup: make every send of a record the register may
     /// already hold look it up first, so nothing is created twice.
@@ -172,6 +178,10 @@ pub struct InspectArgs {
     /// Keyword table for GetCareDocumentation notes (a connector's keywords.toml).
     #[arg(long)]
     pub keywords: Option<PathBuf>,
+    /// Print each patient's personnummer (samordningsnummer, reserve number) instead of the
+    /// pseudonym. Personal data: for an operator's own terminal, never for a ticket or a log.
+    #[arg(long)]
+    pub show_identities: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -335,12 +345,14 @@ pub struct SandboxArgs {
     pub patients: u32,
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
-    /// Folder for the generated certificates.
+    /// Folder for the generated keys, certificates, API key and configuration.
     #[arg(long, default_value = "var/sandbox")]
     pub dir: PathBuf,
-    #[arg(long, default_value_t = 0)]
+    /// The journal's port (config/local.toml names 7443; 0: any free port).
+    #[arg(long, default_value_t = 7443)]
     pub journal_port: u16,
-    #[arg(long, default_value_t = 0)]
+    /// The Stratum emulator's port (config/local.toml names 7444; 0: any free port).
+    #[arg(long, default_value_t = 7444)]
     pub stratum_port: u16,
 }
 
@@ -416,7 +428,18 @@ pub async fn main(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Inspect(a) => crate::sources::riv::inspect::run_with(&a.file, a.json, a.keywords.as_deref()),
+        Command::Inspect(a) => {
+            use crate::sources::riv::inspect::PatientView;
+            // The configured pseudonym key when this machine has one; inspect itself needs none.
+            let configured = config::load_collect(&g.load_options())
+                .0
+                .and_then(|l| l.settings.security.pseudonym_key.clone())
+                .and_then(|k| k.read_bytes().ok())
+                .and_then(|b| crate::crypto::decode_key(&b).ok());
+            let view = configured.map(|k| PatientView::configured(crate::crypto::Pseudonymizer::new(k))).unwrap_or_else(PatientView::one_off);
+            let view = if a.show_identities { view.with_identities() } else { view };
+            crate::sources::riv::inspect::run_as(&a.file, a.json, a.keywords.as_deref(), &view)
+        }
         Command::Audit(AuditCmd::Verify { json, head }) => {
             let app = open_app(&g).await?;
             let exported = head.as_deref().map(read_signed_head).transpose()?;

@@ -929,7 +929,7 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
                     p.push(Problem::error(&main_file, &key, e.to_string()));
                 }
             }
-            Err(e) => p.push(Problem::error(&main_file, &key, e.to_string())),
+            Err(e) => p.push(Problem::error(&main_file, &key, format!("{e}{}", missing_secret_hint(&key, k)))),
         }
     }
     match &s.security.pseudonym_key {
@@ -1116,7 +1116,20 @@ fn check_secret(p: &mut Vec<Problem>, file: &str, key: &str, secret: &Secret) {
     if secret.file.is_none() && secret.env.is_none() {
         p.push(Problem::error(file, key, "a secret needs `file` or `env`"));
     } else if let Err(e) = secret.read_bytes() {
-        p.push(Problem::error(file, key, e.to_string()));
+        p.push(Problem::error(file, key, format!("{e}{}", missing_secret_hint(key, secret))));
+    }
+}
+
+/// How to create a missing secret file: the sandbox's own files come from `registerbrygga
+/// sandbox` (which the shipped `config/local.toml` points at); a key is 32 random bytes.
+fn missing_secret_hint(key: &str, secret: &Secret) -> String {
+    let Some(f) = secret.file.as_ref().filter(|f| !f.exists()) else { return String::new() };
+    if f.components().any(|c| c.as_os_str() == "sandbox") {
+        format!(" — `registerbrygga sandbox` creates it (the sandbox's keys, certificates and API key under {}; README, \"First run\")", f.parent().map(|d| d.display().to_string()).unwrap_or_default())
+    } else if key.starts_with("security.") {
+        format!(" — a key is 32 random bytes: `openssl rand -base64 32 > {}` (docs/runbook.md, \"Configure a region\")", f.display())
+    } else {
+        String::new()
     }
 }
 

@@ -181,11 +181,24 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
     println!("  export files written: {exports} (in {})", env.dir.join("export/pvk").display());
     println!();
     let worklist = app.store.worklist(None, None).await?;
-    let mut by_unit: BTreeMap<String, usize> = BTreeMap::new();
+    // Per unit and form: how many registrations wait for answers, and the answer most often missing.
+    let mut cells: BTreeMap<(String, String), (usize, BTreeMap<String, usize>)> = BTreeMap::new();
     for w in &worklist {
-        *by_unit.entry(w.unit.clone()).or_default() += 1;
+        let cell = cells.entry((w.unit.clone(), w.form.clone())).or_default();
+        cell.0 += 1;
+        for m in &w.missing {
+            *cell.1.entry(m.clone()).or_default() += 1;
+        }
     }
-    println!("Worklist “att komplettera”: {} item(s) {:?}", worklist.len(), by_unit);
+    println!("Worklist “att komplettera”: {} item(s)", worklist.len());
+    if !cells.is_empty() {
+        let mut table = crate::table::Table::new(&["unit", "form", ">items", "most often missing"]);
+        for ((unit, form), (n, missing)) in &cells {
+            let top = missing.iter().max_by_key(|(name, k)| (**k, std::cmp::Reverse((*name).clone()))).map(|(m, k)| format!("{m} ({k})")).unwrap_or_default();
+            table.row([unit.clone(), form.clone(), n.to_string(), top]);
+        }
+        println!("{}", table.render(2));
+    }
     let rejected = app.store.records(&RecordFilter { state: Some(RecordState::Rejected), limit: Some(100_000), ..Default::default() }).await?.len();
     let dead = app.store.records(&RecordFilter { state: Some(RecordState::Dead), limit: Some(100_000), ..Default::default() }).await?.len();
     let waiting = app.store.queue_depth().await?;
