@@ -34,7 +34,7 @@ pub struct SandboxOptions {
     pub seed: u64,
     /// Folder for the generated certificates and keys.
     pub dir: PathBuf,
-    /// 0: any free port.
+    /// The peers' ports (the command's defaults are config/local.toml's 7443 and 7444); 0: any free port.
     pub journal_port: u16,
     pub stratum_port: u16,
 }
