@@ -547,11 +547,19 @@ pub struct WorklistEntry {
     /// The occasion's date (the visit the answers belong to).
     pub event_date: Option<String>,
     pub since: DateTime<Utc>,
+    /// Set when a clinic marked the item as handled outside the system.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handled: Option<crate::store::WorklistHandled>,
 }
 
-/// The worklist; identities only when `reason` is given (the view is recorded first).
+/// The open worklist; identities only when `reason` is given (the view is recorded first).
 pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Option<String>, unit: Option<String>, why: Option<String>) -> Result<Vec<WorklistEntry>, Fail> {
-    let items = state.app.store.worklist(connector.as_deref(), unit.as_deref()).await?;
+    worklist_entries_of(state, p, connector, unit, why, false).await
+}
+
+/// The open worklist, or (`handled`) the items marked as handled outside the system.
+pub async fn worklist_entries_of(state: &AdminState, p: &Principal, connector: Option<String>, unit: Option<String>, why: Option<String>, handled: bool) -> Result<Vec<WorklistEntry>, Fail> {
+    let items = state.app.store.worklist_items(connector.as_deref(), unit.as_deref(), handled).await?;
     let show = why.is_some();
     if let Some(why) = &why {
         let subject = format!("worklist:{}:{}", connector.as_deref().unwrap_or("*"), unit.as_deref().unwrap_or("*"));
@@ -587,6 +595,7 @@ pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Opti
             missing: i.missing,
             event_date: i.event_date,
             since: i.since,
+            handled: i.handled,
         })
         .collect())
 }
