@@ -931,8 +931,8 @@ fn line_of(text: &str, offset: usize) -> String {
 }
 
 /// Validation of the loaded configuration that needs no I/O beyond reading local files.
-/// Register-specific checks (mapping columns against metadata, PVK code lists) are added by
-/// `crate::app::check_all`, which calls into the register modules.
+/// Schedules and register-specific checks (mapping columns against metadata, PVK code lists)
+/// are added by `crate::checks`, which calls into the scheduler and the register modules.
 pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
     let s = &loaded.settings;
     let mut p = vec![];
@@ -956,7 +956,7 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
                     p.push(Problem::error(&main_file, &key, e.to_string()));
                 }
             }
-            Err(e) => p.push(Problem::error(&main_file, &key, e.to_string())),
+            Err(e) => p.push(Problem::error(&main_file, &key, format!("{e}{}", missing_secret_hint(&key, k)))),
         }
     }
     match &s.security.pseudonym_key {
@@ -1076,9 +1076,6 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         if !s.registers.contains_key(&c.register) {
             p.push(Problem::error(&f, "register", format!("no register named '{}' in [registers]", c.register)));
         }
-        if let Err(e) = crate::scheduler::parse_cron(&c.schedule) {
-            p.push(Problem::error(&f, "schedule", format!("invalid cron expression: {e}")));
-        }
         if c.units.is_empty() {
             p.push(Problem::error(&f, "units", "no care units listed"));
         }
@@ -1151,7 +1148,20 @@ fn check_secret(p: &mut Vec<Problem>, file: &str, key: &str, secret: &Secret) {
     if secret.file.is_none() && secret.env.is_none() {
         p.push(Problem::error(file, key, "a secret needs `file` or `env`"));
     } else if let Err(e) = secret.read_bytes() {
-        p.push(Problem::error(file, key, e.to_string()));
+        p.push(Problem::error(file, key, format!("{e}{}", missing_secret_hint(key, secret))));
+    }
+}
+
+/// How to create a missing secret file: the sandbox's own files come from `registerbrygga
+/// sandbox` (which the shipped `config/local.toml` points at); a key is 32 random bytes.
+fn missing_secret_hint(key: &str, secret: &Secret) -> String {
+    let Some(f) = secret.file.as_ref().filter(|f| !f.exists()) else { return String::new() };
+    if f.components().any(|c| c.as_os_str() == "sandbox") {
+        format!(" — `registerbrygga sandbox` creates it (the sandbox's keys, certificates and API key under {}; README, \"First run\")", f.parent().map(|d| d.display().to_string()).unwrap_or_default())
+    } else if key.starts_with("security.") {
+        format!(" — a key is 32 random bytes: `openssl rand -base64 32 > {}` (docs/runbook.md, \"Configure a region\")", f.display())
+    } else {
+        String::new()
     }
 }
 

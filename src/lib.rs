@@ -15,6 +15,7 @@ pub mod scheduler;
 pub mod sinks;
 pub mod sources;
 pub mod store;
+pub mod table;
 pub mod telemetry;
 pub mod units;
 pub mod app;

@@ -158,22 +158,22 @@ async fn bootstrap_admin_and_users_cli() {
 
     // `users set` with the password from the environment, then `users list`.
     std::env::set_var("RB_NEW_PASSWORD", "cli-lösenordet-12");
-    let code = admin::users_cli(&app, registerbrygga::cli::UsersCmd::Set { username: "kalle".into(), role: "operatör".into(), patient_data: true, units: None }).await.unwrap();
+    let code = registerbrygga::cli::users_cli(&app, registerbrygga::cli::UsersCmd::Set { username: "kalle".into(), role: "operatör".into(), patient_data: true, units: None }).await.unwrap();
     assert_eq!(code, 0);
     let u = admin::store::user(&app.store, "kalle").await.unwrap().unwrap();
     assert_eq!((u.role, u.patient_data), (Role::Operator, true));
     assert!(u.password_hash.starts_with("$argon2id$"));
     Client::login(&srv.base, "kalle", "cli-lösenordet-12").await;
-    assert_eq!(admin::users_cli(&app, registerbrygga::cli::UsersCmd::List { json: true }).await.unwrap(), 0);
+    assert_eq!(registerbrygga::cli::users_cli(&app, registerbrygga::cli::UsersCmd::List { json: true }).await.unwrap(), 0);
     let changed = app.store.audit_search(&AuditQuery { kind: Some("user.changed".into()), ..Default::default() }).await.unwrap();
     assert!(changed.iter().any(|e| e.subject == "user:kalle") && changed.iter().any(|e| e.subject == "user:admin"));
     // `--units` limits the user to its care units (kept as given, sorted, without duplicates);
     // something that is no HSA id is refused and changes nothing.
     let set = |units: &str| registerbrygga::cli::UsersCmd::Set { username: "kalle".into(), role: "operatör".into(), patient_data: true, units: Some(units.into()) };
-    assert_eq!(admin::users_cli(&app, set("SE2321000156-FT02, SE2321000156-FT01,SE2321000156-FT02")).await.unwrap(), 0);
+    assert_eq!(registerbrygga::cli::users_cli(&app, set("SE2321000156-FT02, SE2321000156-FT01,SE2321000156-FT02")).await.unwrap(), 0);
     let u = admin::store::user(&app.store, "kalle").await.unwrap().unwrap();
     assert_eq!(u.units, vec!["SE2321000156-FT01".to_string(), "SE2321000156-FT02".to_string()]);
-    assert!(admin::users_cli(&app, set("191212121212")).await.is_err());
+    assert!(registerbrygga::cli::users_cli(&app, set("191212121212")).await.is_err());
     assert_eq!(admin::store::user(&app.store, "kalle").await.unwrap().unwrap().units.len(), 2);
     let changed = app.store.audit_search(&AuditQuery { kind: Some("user.changed".into()), subject: Some("user:kalle".into()), ..Default::default() }).await.unwrap();
     assert!(changed.iter().any(|e| e.detail["units"] == json!(["SE2321000156-FT01", "SE2321000156-FT02"])));

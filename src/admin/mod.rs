@@ -18,7 +18,6 @@ pub mod store;
 
 use crate::app::App;
 use crate::audit::{correlation_id, kind, NewAuditEvent};
-use crate::cli::UsersCmd;
 use anyhow::{bail, Context, Result};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -302,76 +301,46 @@ pub async fn bootstrap_admin(app: &App) -> Result<()> {
     Ok(())
 }
 
-/// `registerbrygga users set|list`.
-pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
-    match cmd {
-        UsersCmd::Set { username, role, patient_data, units } => {
-            let role = Role::parse(&role).with_context(|| format!("unknown role {role:?}: use läsare, operatör or admin"))?;
-            auth::check_username(&username)?;
-            if patient_data && role == Role::Reader {
-                eprintln!("note: --patient-data has no effect for a läsare (läsare never see patient identities)");
-            }
-            let pw = match std::env::var("RB_NEW_PASSWORD") {
-                Ok(p) => p,
-                Err(_) => {
-                    eprintln!("password for {username} (one line on stdin):");
-                    let mut line = String::new();
-                    std::io::stdin().read_line(&mut line)?;
-                    line.trim_end_matches(['\r', '\n']).to_string()
-                }
-            };
-            auth::check_password_strength(&pw)?;
-            let hash = auth::hash_password(pw).await?;
-            let units = units.as_deref().map(store::parse_units);
-            if let Some(list) = &units {
-                for u in list {
-                    crate::model::HsaId::parse(u).map_err(|e| anyhow::anyhow!("--units: {u:?}: {e}"))?;
-                }
-            }
-            let created = store::put_user(&app.store, &username, Some(&hash), role, patient_data, false).await?;
-            if let Some(list) = &units {
-                store::set_user_units(&app.store, &username, list).await?;
-            }
-            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-            app.store
-                .audit(vec![NewAuditEvent::by(
-                    &actor,
-                    kind::USER_CHANGED,
-                    &correlation_id(),
-                    format!("user:{username}"),
-                    serde_json::json!({"action": if created { "created" } else { "updated" }, "role": role.as_str(), "patient_data": patient_data, "units": units, "password_set": true, "via": "cli"}),
-                )])
-                .await?;
-            let limited = units.as_ref().filter(|l| !l.is_empty()).map(|l| format!(", units {}", l.join(","))).unwrap_or_default();
-            println!("{} user {username} ({}{}{limited})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
-            Ok(0)
-        }
-        UsersCmd::Token { username, name, days } => {
-            let max = app.settings().admin.token_days.max(1);
-            let days = days.unwrap_or(max);
-            if days == 0 || days > max {
-                bail!("--days must be 1–{max} (admin.token_days)");
-            }
-            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-            let (id, token) = auth::mint_token(&app.store, name.trim(), &username, &format!("{actor} (cli)"), days).await?;
-            eprintln!("token {id} for {username}, valid {days} days (shown once):");
-            println!("{token}");
-            Ok(0)
-        }
-        UsersCmd::List { json } => {
-            let users = store::users(&app.store).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&users)?);
-            } else {
-                println!("{:<24} {:<10} {:<13} {:<9} {:<17} units", "username", "role", "patient_data", "disabled", "created");
-                for u in users {
-                    let units = if u.units.is_empty() { "(hela regionen)".to_string() } else { u.units.join(",") };
-                    println!("{:<24} {:<10} {:<13} {:<9} {:<17} {units}", u.username, u.role.as_str(), u.patient_data, u.disabled, u.created.format("%Y-%m-%d %H:%M"));
-                }
-            }
-            Ok(0)
+/// `users set` (command line): create or update `username` with `role` (läsare, operatör or
+/// admin) and `password` (checked for strength), audited as done by `actor` via the CLI.
+/// `units`: `Some(list)` limits the user to those care units (HSA ids; empty = the whole
+/// region), `None` keeps the current list. Returns whether the user was created, and the role.
+pub async fn set_user_from_cli(app: &App, username: &str, role: &str, patient_data: bool, units: Option<Vec<String>>, password: String, actor: &str) -> Result<(bool, Role)> {
+    let role = Role::parse(role).with_context(|| format!("unknown role {role:?}: use läsare, operatör or admin"))?;
+    auth::check_username(username)?;
+    if let Some(list) = &units {
+        for u in list {
+            crate::model::HsaId::parse(u).map_err(|e| anyhow::anyhow!("--units: {u:?}: {e}"))?;
         }
     }
+    auth::check_password_strength(&password)?;
+    let hash = auth::hash_password(password).await?;
+    let created = store::put_user(&app.store, username, Some(&hash), role, patient_data, false).await?;
+    if let Some(list) = &units {
+        store::set_user_units(&app.store, username, list).await?;
+    }
+    app.store
+        .audit(vec![NewAuditEvent::by(
+            actor,
+            kind::USER_CHANGED,
+            &correlation_id(),
+            format!("user:{username}"),
+            serde_json::json!({"action": if created { "created" } else { "updated" }, "role": role.as_str(), "patient_data": patient_data, "units": units, "password_set": true, "via": "cli"}),
+        )])
+        .await?;
+    Ok((created, role))
+}
+
+/// `users token` (command line): an API token acting as `username`, valid `days` (at most, and by
+/// default, `admin.token_days`). Returns the token's id, the token (shown once) and its days.
+pub async fn mint_token_from_cli(app: &App, username: &str, name: &str, days: Option<u32>, actor: &str) -> Result<(i64, String, u32)> {
+    let max = app.settings().admin.token_days.max(1);
+    let days = days.unwrap_or(max);
+    if days == 0 || days > max {
+        bail!("--days must be 1–{max} (admin.token_days)");
+    }
+    let (id, token) = auth::mint_token(&app.store, name.trim(), username, &format!("{actor} (cli)"), days).await?;
+    Ok((id, token, days))
 }
 
 // ---------------------------------------------------------------------------------------------

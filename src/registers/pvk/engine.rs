@@ -46,7 +46,8 @@ use super::quality::{self, KnownCodes, QualityTally};
 use super::rules::{Anchor, CodeSetKind, Combine, CountMode, FteCount, Indicator, IndicatorKind, RuleSet, Scope, Variant, ATC};
 use super::{DrugList, Listing, Prescription, PvkEngine, SmallCellMode, UnitKind, NOT_COMPUTABLE};
 use crate::model::{normalise_icd, HsaId, PatientId, Record};
-use crate::store::{add_months, PvkQualityRow, PvkResultRow};
+use crate::model::add_months;
+use crate::outbox::{PvkQualityRow, PvkResultRow};
 use chrono::{Datelike, Months, NaiveDate};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -533,7 +534,7 @@ impl<'a> Computation<'a> {
                                 notes.push(format!("partial month: data up to {}", self.today));
                             }
                             row.note = (!notes.is_empty()).then(|| notes.join("; "));
-                            row.patient_list = Some(crate::store::PatientList::new(&self.patient_list(rs, ind, cell)));
+                            row.patient_list = Some(crate::outbox::PatientList::new(&self.patient_list(rs, ind, cell)));
                         }
                         results.push(row);
                     }

@@ -29,17 +29,8 @@ pub struct RunInfo {
     pub generated_at: DateTime<Utc>,
 }
 
-/// What the files say about an indicator besides its code (from the rule set).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IndicatorLabel {
-    /// "Ar12 – Andel patienter med artros som deltagit i artrosskola".
-    pub name: String,
-    /// Per-FTE measures: the region's requirement per full-time equivalent and year.
-    pub per_fte_requirement: Option<u32>,
-}
-
-/// Labels by (rule year, register code).
-pub type Labels = std::collections::BTreeMap<(i32, String), IndicatorLabel>;
+/// Names of the indicators (from the rule set), defined by the PVK engine that knows them.
+pub use crate::registers::pvk::{IndicatorLabel, Labels};
 
 /// How a cell is reported in a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
