@@ -47,7 +47,8 @@ fn demo_runs_end_to_end_and_prints_its_summary() {
         let header = wl[1].split_whitespace().collect::<Vec<_>>();
         assert_eq!(header[..3], ["unit", "form", "items"], "{}", wl.join("\n"));
         assert!(wl[2].trim_start().starts_with("----"), "{}", wl.join("\n"));
-        let sum: usize = wl[3..].iter().filter_map(|l| l.split_whitespace().nth(2)?.parse::<usize>().ok()).sum();
+        // Columns are separated by at least two spaces; a unit is "name (HSA id)" and may hold single spaces.
+        let sum: usize = wl[3..].iter().filter_map(|l| l.trim().split("  ").map(str::trim).filter(|c| !c.is_empty()).nth(2)?.parse::<usize>().ok()).sum();
         assert_eq!(sum, items, "the rows add up to the count:\n{}", wl.join("\n"));
     }
 }

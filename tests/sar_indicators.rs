@@ -138,7 +138,7 @@ async fn indicators_match_the_register(backend: Backend) {
     let cov = c.get_html("/tackningsgrad").await;
     assert_eq!(cov.status, 200);
     let section = &cov.body[cov.body.find("Datakvalitet").expect("a data-quality section")..];
-    assert!(section.contains(&format!("<td>{unit}</td>")), "{section}");
+    assert!(section.contains(&format!("({unit})</td>")), "{section}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
