@@ -29,3 +29,41 @@ fn keyword_tables(loaded: &config::Loaded) -> Vec<Problem> {
     }
     p
 }
+
+/// What `mapping scaffold` did: wrote a new folder, or compared an existing one.
+#[derive(Debug)]
+pub struct ScaffoldOutcome {
+    pub dir: std::path::PathBuf,
+    /// A new folder was written (false: one existed and was only compared).
+    pub written: bool,
+    /// Against an existing mapping: columns added, removed or changed in the register's
+    /// metadata since the mapping was written.
+    pub changes: Vec<crate::registers::scaffold::ColumnChange>,
+}
+
+/// `mapping scaffold --register NAME [--out DIR]`: fetch the register's metadata from Stratum
+/// and write a connector folder (`registers::scaffold`) into `out` (default: the connectors
+/// folder, `<connectors_dir>/<NAME>`); if the folder already has a mapping, compare instead
+/// and write nothing.
+pub async fn mapping_scaffold(loaded: &config::Loaded, register: &str, out: Option<&std::path::Path>) -> anyhow::Result<ScaffoldOutcome> {
+    use anyhow::Context;
+    let r = loaded.settings.registers.get(register).with_context(|| format!("no register '{register}' in [registers]"))?;
+    anyhow::ensure!(r.kind == config::RegisterKind::Stratum, "register '{register}' is not a Stratum register");
+    let client = crate::sinks::stratum::StratumClient::new(register, r, None).with_context(|| format!("register '{register}'"))?;
+    let meta = client.load_metadata().await.with_context(|| format!("register '{register}': metadata not reachable"))?;
+    let dir = out.map(std::path::Path::to_path_buf).unwrap_or_else(|| loaded.settings.service.connectors_dir.join(register));
+    let mapping = dir.join("mapping.toml");
+    if mapping.exists() {
+        let text = std::fs::read_to_string(&mapping).with_context(|| format!("cannot read {}", mapping.display()))?;
+        return Ok(ScaffoldOutcome { changes: crate::registers::scaffold::compare(&text, &meta), dir, written: false });
+    }
+    let units: Vec<String> = r.units.iter().map(|u| u.hsa_id.clone()).collect();
+    let s = crate::registers::scaffold::scaffold(register, &meta, &units);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, text) in [("connector.toml", &s.connector_toml), ("mapping.toml", &s.mapping_toml), ("metadata.json", &s.metadata_json)] {
+        let f = dir.join(name);
+        anyhow::ensure!(!f.exists(), "{} exists; not overwritten", f.display());
+        std::fs::write(&f, text).with_context(|| format!("cannot write {}", f.display()))?;
+    }
+    Ok(ScaffoldOutcome { dir, written: true, changes: vec![] })
+}

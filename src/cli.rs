@@ -46,6 +46,9 @@ pub enum Command {
     /// Primärvårdskvalitet tools.
     #[command(subcommand)]
     Pvk(PvkCmd),
+    /// Register mapping tools.
+    #[command(subcommand)]
+    Mapping(MappingCmd),
     /// Show what the daemon makes of a RIV-TA response document, as canonical records.
     Inspect(InspectArgs),
     /// Re-read a period from the journal (with --dry-run: report what would be sent).
@@ -144,6 +147,22 @@ pub enum ConfigCmd {
         reason: String,
         #[arg(long)]
         actor: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MappingCmd {
+    /// Write a connector folder (connector.toml, mapping.toml, metadata.json) for a Stratum
+    /// register from its metadata: every column with its question, type, domain values and
+    /// mandatory flag, the sources left empty. If the folder has a mapping already, report the
+    /// columns added, removed and changed in the register's metadata instead (nothing written).
+    Scaffold {
+        /// The register's name in [registers].
+        #[arg(long)]
+        register: String,
+        /// The folder to write (default: <connectors_dir>/<register>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -389,6 +408,21 @@ pub async fn main(cli: Cli) -> Result<i32> {
                 }
             }
             Ok(if problems.iter().any(|p| !p.warning) { 1 } else { 0 })
+        }
+        Command::Mapping(MappingCmd::Scaffold { register, out }) => {
+            let loaded = config::load(&g.load_options())?;
+            let r = crate::checks::mapping_scaffold(&loaded, &register, out.as_deref()).await?;
+            if r.written {
+                println!("wrote {} (connector.toml, mapping.toml, metadata.json): fill in the sources, then `config check --online`", r.dir.display());
+            } else if r.changes.is_empty() {
+                println!("{}: the register's metadata has not changed since the mapping was written", r.dir.display());
+            } else {
+                println!("{}: the register's metadata changed since the mapping was written (nothing overwritten):", r.dir.display());
+                for c in &r.changes {
+                    println!("  {c}");
+                }
+            }
+            Ok(if r.changes.is_empty() { 0 } else { 3 })
         }
         Command::Pvk(PvkCmd::Import { connector, year, files }) => {
             let loaded = config::load(&g.load_options())?;

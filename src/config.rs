@@ -580,10 +580,20 @@ pub struct Settings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectorKind {
-    /// Svenska Artrosregistret registrations.
-    Sar,
+    /// A Stratum register's registrations, built by the register engine from the connector's
+    /// mapping folder (`registers::engine`). `sar` is the earlier name (Svenska Artrosregistret
+    /// was the first such connector) and still reads.
+    #[serde(alias = "sar")]
+    StratumRegister,
     /// Primärvårdskvalitet indicators.
     Pvk,
+}
+
+impl ConnectorKind {
+    /// The earlier name of [`ConnectorKind::StratumRegister`], kept so code written against it
+    /// reads on (SAR is one register connector among others now).
+    #[allow(non_upper_case_globals)]
+    pub const Sar: ConnectorKind = ConnectorKind::StratumRegister;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,8 +6,7 @@ use crate::app::App;
 use crate::cli::{BackfillArgs, RunArgs};
 use crate::config::{ConnectorKind, RegisterKind};
 use crate::delivery::{DeliveryEngine, Lane};
-use crate::pipeline::{run_connector, ConnectorRuntime, MapInput, MapOutput, PatientMapper, RunKind};
-use crate::registers::sar::{PatientInput, SarMapper};
+use crate::pipeline::{run_connector, ConnectorRuntime, PatientMapper, RunKind};
 use crate::sinks::stratum::metadata::RegisterMetadata;
 use crate::sinks::stratum::StratumClient;
 use crate::sources::Source;
@@ -22,31 +21,10 @@ pub struct Runtime {
     pub connectors: Arc<Vec<ConnectorRuntime>>,
     /// Warnings for the admin pages (e.g. unverified PVK code lists).
     pub warnings: Vec<crate::admin::Warning>,
+    /// Per connector: code lists, rule sets, indicators (the admin status panel).
+    pub status: Vec<crate::admin::status::ConnectorStatus>,
     pub clients: BTreeMap<String, Arc<StratumClient>>,
     pub engine: Arc<DeliveryEngine>,
-}
-
-/// The SAR episode engine as the pipeline's per-patient mapper.
-struct SarAdapter(SarMapper);
-
-impl PatientMapper for SarAdapter {
-    fn map_patient(&self, i: &MapInput<'_>) -> MapOutput {
-        let out = self.0.map_patient(&PatientInput {
-            connector: i.connector,
-            register: i.register,
-            patient: i.patient,
-            patient_key: i.patient_key,
-            records: i.records,
-            today: i.today,
-        });
-        MapOutput {
-            intents: out.intents,
-            incomplete: out.incomplete,
-            episodes: out.episodes,
-            opted_out: out.opted_out,
-            notes: out.notes.iter().map(|n| serde_json::to_string(n).unwrap_or_default()).collect(),
-        }
-    }
 }
 
 /// Build the source named in a connector.
@@ -85,21 +63,25 @@ pub async fn build_runtime(app: &App) -> Result<Runtime> {
     }
     let mut connectors = vec![];
     let mut warnings = vec![];
+    let mut status = vec![];
     for def in &app.loaded.connectors {
         if !def.enabled {
             continue;
         }
         let source = build_source(app, &def.source)?;
         let (mapper, after): (Option<Arc<dyn PatientMapper>>, Option<Arc<dyn crate::pipeline::AfterPull>>) = match def.kind {
-            ConnectorKind::Sar => {
+            // Any Stratum register: the engine is the connector folder's data.
+            ConnectorKind::StratumRegister => {
                 let meta = metadata_for(app, clients.get(&def.register), def).await?;
-                let m = SarMapper::load(def, &meta).map_err(|ps| anyhow!("connector '{}': {}", def.name, ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
-                (Some(Arc::new(SarAdapter(m))), None)
+                let (mapper, remarks) = crate::pipeline::register::register_mapper(def, &meta)?;
+                status.push(crate::admin::status::ConnectorStatus::remarks_only(&def.name, &def.register, remarks));
+                (Some(mapper), None)
             }
             ConnectorKind::Pvk => {
                 let engine = crate::registers::pvk::PvkEngine::load(def).map_err(|ps| anyhow!("connector '{}': {}", def.name, ps.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; ")))?;
                 // One short summary, not one banner per code list (details: `config check`).
                 warnings.push(crate::admin::Warning { area: "pvk".into(), text: engine.summary() });
+                status.push(crate::admin::status::ConnectorStatus::from_pvk(&engine, &def.register));
                 let reg = settings.registers.get(&def.register).with_context(|| format!("connector '{}': no register '{}'", def.name, def.register))?;
                 let metadata = if reg.kind == RegisterKind::Stratum {
                     let client = clients.get(&def.register);
@@ -137,7 +119,7 @@ pub async fn build_runtime(app: &App) -> Result<Runtime> {
         connectors.push(ConnectorRuntime { def: def.clone(), source, mapper, after });
     }
     let engine = Arc::new(DeliveryEngine::new(app.store.clone(), lanes, settings.delivery.clone(), &app.instance_id));
-    Ok(Runtime { connectors: Arc::new(connectors), clients, engine, warnings })
+    Ok(Runtime { connectors: Arc::new(connectors), clients, engine, warnings, status })
 }
 
 /// The process's stop and reload signals, taken over once when `run` starts and kept for the
@@ -415,17 +397,14 @@ pub async fn export_head(app: &App) -> Result<Option<crate::store::SignedHead>> 
     Ok(Some(h))
 }
 
-/// Start the admin listener (if enabled) with the daemon's providers: next runs, readiness of
-/// the registers' metadata, warnings (unverified PVK code lists).
-pub async fn spawn_admin(app: &App, rt: &Runtime, shutdown: watch::Receiver<bool>) -> Result<Option<tokio::task::JoinHandle<()>>> {
-    if !app.settings().admin.enabled {
-        return Ok(None);
-    }
-    let listener = tokio::net::TcpListener::bind(&app.settings().admin.listen).await.with_context(|| format!("admin.listen {}", app.settings().admin.listen))?;
+/// The admin state with the daemon's providers: next runs, readiness of the registers' metadata,
+/// warnings and the configuration's status (used by [`spawn_admin`] and by the page tests).
+pub fn admin_state(app: &App, rt: &Runtime) -> crate::admin::AdminState {
     let connectors = rt.connectors.clone();
     let clients: Vec<Arc<StratumClient>> = rt.clients.values().cloned().collect();
     let warnings = rt.warnings.clone();
-    let state = crate::admin::AdminState::new(app.clone())
+    let status = rt.status.clone();
+    crate::admin::AdminState::new(app.clone())
         .with_next_runs(move || crate::scheduler::runner::next_runs(&connectors, chrono::Utc::now()))
         .with_readiness(move || {
             clients
@@ -437,7 +416,18 @@ pub async fn spawn_admin(app: &App, rt: &Runtime, shutdown: watch::Receiver<bool
                 })
                 .collect()
         })
-        .with_warnings(move || warnings.clone());
+        .with_warnings(move || warnings.clone())
+        .with_status(move || status.clone())
+}
+
+/// Start the admin listener (if enabled) with the daemon's providers: next runs, readiness of
+/// the registers' metadata, warnings (unverified PVK code lists).
+pub async fn spawn_admin(app: &App, rt: &Runtime, shutdown: watch::Receiver<bool>) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if !app.settings().admin.enabled {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&app.settings().admin.listen).await.with_context(|| format!("admin.listen {}", app.settings().admin.listen))?;
+    let state = admin_state(app, rt);
     let mut sd = shutdown;
     let stop = async move {
         while !*sd.borrow() {

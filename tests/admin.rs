@@ -564,3 +564,141 @@ async fn api_tokens_are_managed_by_admins_and_stored_hashed() {
     assert_eq!(del.status(), 200);
     assert_eq!(t.get("/api/v1/me").await.status, 401);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Every text Swedish (issue 19, item 6)
+
+/// The visible text of a page: tags, the style sheet and the SVG's markup removed, the common
+/// entities decoded, whitespace collapsed.
+fn visible_text(html: &str) -> String {
+    let html = regex::Regex::new(r"(?s)<style.*?</style>|<!--.*?-->").unwrap().replace_all(html, " ");
+    let text = regex::Regex::new(r"(?s)<[^>]*>").unwrap().replace_all(&html, " ");
+    let text = text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&#x27;", "'");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An admin opens every page of a demo-like run (sandbox region, every shipped connector
+/// backfilled and delivered, bad journal items in quarantine); no page shows one of the code's
+/// English messages (tests/admin_support/english_messages.txt, generated from the code by
+/// scripts/english-messages) nor the words the issue named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_of_a_demo_like_run_is_swedish() {
+    let d = demo_like(Backend::Sqlite, 40).await;
+    let list = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/admin_support/english_messages.txt")).unwrap();
+    let mut english: Vec<String> = list.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).map(|l| l.to_lowercase()).collect();
+    assert!(english.len() > 100, "the list of English messages is read");
+    for extra in ["partial month", "unverified", "code list", "small-cell", "suppressed", "not computable", "data up to"] {
+        english.push(extra.into());
+    }
+    let c = Client::login(&d.srv.base, "boss", PASSWORD).await;
+    let pages = every_page(&d.e.app.store).await;
+    assert!(pages.iter().any(|p| p.starts_with("/pvk/patientlista")), "the run produced PVK results with a patient list: {pages:?}");
+    let mut found = vec![];
+    let mut csv_tables = 0;
+    for path in &pages {
+        let r = c.get_html(path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        // Every table has its CSV download: the link, text/csv, a header row, the page's texts.
+        let tables = r.body.matches("<table").count();
+        assert_eq!(r.body.matches("Ladda ner tabellen som CSV").count(), tables, "{path}: one CSV link per table");
+        for n in 1..=tables {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let csv = c.get(&format!("{path}{sep}format=csv&tabell={n}")).await;
+            assert_eq!(csv.status, 200, "{path} table {n}");
+            assert_eq!(csv.headers.get("content-type").unwrap(), "text/csv; charset=utf-8", "{path} table {n}");
+            assert!(csv.headers.get("content-disposition").unwrap().to_str().unwrap().starts_with("attachment"), "{path} table {n}");
+            let header = csv.body.trim_start_matches('\u{feff}').lines().next().unwrap_or("").to_string();
+            assert!(!header.is_empty() && !header.contains('<'), "{path} table {n}: header row {header:?}");
+            csv_tables += 1;
+        }
+        let text = visible_text(&r.body).to_lowercase();
+        for e in &english {
+            if text.contains(e.as_str()) {
+                let at = text.find(e.as_str()).unwrap();
+                let from = text[..at].char_indices().rev().nth(60).map(|x| x.0).unwrap_or(0);
+                let ctx: String = text[from..].chars().take(160).collect();
+                found.push(format!("{path}: {e:?} in …{ctx}…"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "English on the pages:\n{}", found.join("\n"));
+    assert!(csv_tables >= 10, "tables downloaded as CSV: {csv_tables}");
+    // One status panel on the overview; the details per connector on Inställningar.
+    let overview = c.get_html("/").await.body;
+    assert_eq!(overview.matches("class=\"status\"").count(), 1, "one status panel");
+    assert!(!overview.contains("class=\"warn\""), "no banners on the overview");
+    let panel = visible_text(&overview);
+    assert!(regex::Regex::new(r"\d+ av \d+ kodlistor verifierade").unwrap().is_match(&panel) && panel.contains("visa"), "{panel}");
+    let settings = visible_text(&c.get_html("/installningar").await.body);
+    assert!(settings.contains("Koppling primarvardskvalitet") && settings.contains("ej verifierad") && settings.contains("Indikatorer:"), "details grouped by connector");
+    assert!(settings.contains("Koppling artrosregistret"), "every connector has its section");
+    assert!(!visible_text(&c.get_html("/pvk").await.body).contains("kodlistor"), "the PVK page repeats no status");
+    // The PVK page compares: the region's share and the spread across units beside the unit's.
+    let pvk = c.get_html("/pvk").await.body;
+    assert!(pvk.contains("Regionen") && pvk.contains("Spridning mellan enheter") && pvk.contains("enheter)"), "PVK compares with the region and the units");
+    assert!(pvk.contains("romber för regionen"), "the chart names its shapes for readers without colour");
+    let csv = c.get("/pvk?format=csv&tabell=1").await.body;
+    assert!(csv.lines().next().unwrap().contains("Månad;Täljare;Nämnare;Andel;Regionen;Spridning"), "{}", csv.lines().next().unwrap());
+    let sar = c.get_html("/artrosregistret/indikatorer").await.body;
+    assert!(sar.contains("Spridning mellan mottagningar") && sar.contains("mottagningar)"), "SAR indicators compare with the region");
+    assert!(sar.contains("utveckling per år") && sar.contains("romber för regionen"), "each unit's trend is drawn, region marked by shape");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worklist: handled outside the system (issue 19, item 5)
+
+both_backends!(a_worklist_item_marked_handled_leaves_the_list_until_its_data_changes, |ts: TestStore| async move {
+    use registerbrygga::model::PatientId;
+    use registerbrygga::store::{ChangeSet, WorklistChange};
+    let (srv, seeded) = setup(&ts).await;
+    let app = &srv.state.app;
+    let key = format!("sar|{UNIT}|{}|knee|M3Pat", seeded.patient_key);
+    let put = |missing: Vec<&str>| ChangeSet {
+        worklist: vec![WorklistChange::Put {
+            idem_key: key.clone(),
+            connector: "sar-fysio".into(),
+            unit: UNIT.into(),
+            form: "M3Pat".into(),
+            patient_key: seeded.patient_key.clone(),
+            patient: PatientId::parse_national(PNR, chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()).unwrap(),
+            missing: missing.into_iter().map(String::from).collect(),
+            event_date: Some("2026-06-02".into()),
+        }],
+        ..Default::default()
+    };
+    // The same data as the seed's item (what the next run writes while nothing changed).
+    app.store.apply(put(vec!["U3_PainNRS", "U3_Satisfaction"])).await.unwrap();
+
+    let oper = Client::login(&srv.base, "oper", PASSWORD).await;
+    let page = oper.get_html("/att-komplettera").await.body;
+    assert!(page.contains("Markera som hanterad utanför systemet") && page.contains("uppföljning efter 3 månader"), "the open item offers the action and names the occasion");
+    // A reason is required; a läsare may not.
+    assert_eq!(oper.post_form_csrf("/att-komplettera/hanterad", &[("idem_key", key.as_str()), ("reason", "")]).await.status, 400);
+    let lasa = Client::login(&srv.base, "lasa", PASSWORD).await;
+    assert_eq!(lasa.post_form_csrf("/att-komplettera/hanterad", &[("idem_key", key.as_str()), ("reason", "Patienten avböjde uppföljning")]).await.status, 403);
+    let why = "Patienten avböjde uppföljning per telefon";
+    let r = oper.post_form_csrf("/att-komplettera/hanterad", &[("idem_key", key.as_str()), ("reason", why)]).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+
+    // Off the open list, findable under Hanterade with who and why; audited as its own kind.
+    assert!(app.store.worklist(None, None).await.unwrap().iter().all(|i| i.idem_key != key));
+    assert!(!oper.get_html("/att-komplettera").await.body.contains("uppföljning efter 3 månader"));
+    let handled = oper.get_html("/att-komplettera?visa=hanterade").await.body;
+    assert!(handled.contains(why) && handled.contains("oper"), "the handled filter shows the item with who and why");
+    let ev = ts.store.audit_search(&AuditQuery { kind: Some("worklist.handled".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].actor.as_str(), ev[0].subject.as_str(), ev[0].detail["reason"].as_str()), ("oper", key.as_str(), Some(why)));
+    assert!(!oper.get_html("/granskningslogg").await.body.is_empty());
+
+    // The next run with unchanged data keeps the mark; changed data brings the item back.
+    app.store.apply(put(vec!["U3_PainNRS", "U3_Satisfaction"])).await.unwrap();
+    assert!(app.store.worklist(None, None).await.unwrap().iter().all(|i| i.idem_key != key), "unchanged data: stays handled");
+    assert_eq!(app.store.worklist_items(None, None, true).await.unwrap().len(), 1);
+    app.store.apply(put(vec!["U3_PainNRS"])).await.unwrap();
+    let open = app.store.worklist(None, None).await.unwrap();
+    assert!(open.iter().any(|i| i.idem_key == key && i.handled.is_none()), "changed data: back on the open list");
+    // Marking an item that is not open says so.
+    let again = oper.post_form_csrf("/att-komplettera/hanterad", &[("idem_key", "sar|nothing"), ("reason", why)]).await;
+    assert_eq!(again.status, 303);
+    assert!(again.headers.get("location").unwrap().to_str().unwrap().contains("ej-hanterad"));
+});

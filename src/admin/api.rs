@@ -547,11 +547,19 @@ pub struct WorklistEntry {
     /// The occasion's date (the visit the answers belong to).
     pub event_date: Option<String>,
     pub since: DateTime<Utc>,
+    /// Set when a clinic marked the item as handled outside the system.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handled: Option<crate::store::WorklistHandled>,
 }
 
-/// The worklist; identities only when `reason` is given (the view is recorded first).
+/// The open worklist; identities only when `reason` is given (the view is recorded first).
 pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Option<String>, unit: Option<String>, why: Option<String>) -> Result<Vec<WorklistEntry>, Fail> {
-    let items = state.app.store.worklist(connector.as_deref(), unit.as_deref()).await?;
+    worklist_entries_of(state, p, connector, unit, why, false).await
+}
+
+/// The open worklist, or (`handled`) the items marked as handled outside the system.
+pub async fn worklist_entries_of(state: &AdminState, p: &Principal, connector: Option<String>, unit: Option<String>, why: Option<String>, handled: bool) -> Result<Vec<WorklistEntry>, Fail> {
+    let items = state.app.store.worklist_items(connector.as_deref(), unit.as_deref(), handled).await?;
     let show = why.is_some();
     if let Some(why) = &why {
         let subject = format!("worklist:{}:{}", connector.as_deref().unwrap_or("*"), unit.as_deref().unwrap_or("*"));
@@ -559,7 +567,7 @@ pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Opti
         record_patient_view(state, p, "worklist", &subject, why, items.len(), &shown).await?;
     }
     let mut hints: BTreeMap<String, BTreeMap<(String, String), crate::registers::sar::mapping::DocumentHint>> = BTreeMap::new();
-    for c in state.app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+    for c in state.app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::StratumRegister) {
         hints.insert(c.name.clone(), crate::registers::sar::mapping::document_hints(c));
     }
     Ok(items
@@ -587,6 +595,7 @@ pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Opti
             missing: i.missing,
             event_date: i.event_date,
             since: i.since,
+            handled: i.handled,
         })
         .collect())
 }
@@ -605,7 +614,7 @@ pub async fn worklists(State(state): State<AdminState>, Extension(p): Extension<
 }
 
 // ---------------------------------------------------------------------------------------------
-// SAR coverage
+// Täckningsgrad: every register connector (SAR and any other Stratum register)
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct CoverageRow {
@@ -620,14 +629,15 @@ pub struct CoverageRow {
     pub present: i64,
 }
 
-/// Täckningsgrad: per unit × month × form, episodes due vs registrations present — computed by
-/// the SAR module's own rule (`registers::sar::coverage`), so the page and the mapper agree.
+/// Täckningsgrad: per register connector, unit × month × form, courses due vs registrations
+/// present — computed by the register engine's own rule (`registers::engine::coverage`), so the
+/// page and the mapper agree, for every connector of kind `stratum_register`.
 pub async fn coverage(store: &Store) -> Result<Vec<CoverageRow>, Fail> {
     let mut out = vec![];
     for connector in db::distinct_connectors(store, "sar_episodes").await? {
         let episodes = store.episodes(&connector).await?;
         let present = store.registrations_present(&connector).await?;
-        out.extend(crate::registers::sar::coverage(&episodes, &present).into_iter().map(|r| CoverageRow {
+        out.extend(crate::registers::engine::coverage(&episodes, &present).into_iter().map(|r| CoverageRow {
             connector: connector.clone(),
             unit: r.unit,
             month: r.month,
@@ -686,7 +696,7 @@ pub async fn sar_indicators_of(app: &crate::app::App, q: &SarIndicatorQuery) -> 
     use crate::registers::sar::{indicators, mapping};
     let filter = indicators::Filter { sex: nz(&q.sex), age_group: nz(&q.age_group), joint: nz(&q.joint) };
     let mut out = vec![];
-    for c in app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::Sar) {
+    for c in app.loaded.connectors.iter().filter(|c| c.kind == crate::config::ConnectorKind::StratumRegister) {
         if nz(&q.connector).is_some_and(|n| n != c.name) {
             continue;
         }
@@ -694,7 +704,11 @@ pub async fn sar_indicators_of(app: &crate::app::App, q: &SarIndicatorQuery) -> 
         // same file `config check` uses), as the page must work while the register is down.
         let Ok(meta) = mapping::offline_metadata(c) else { continue };
         let (Some(m), _) = mapping::load(c, &meta) else { continue };
-        let Some(fv) = m.forms.iter().find(|f| f.occasion == mapping::Occasion::FirstVisit) else { continue };
+        // SAR's own indicators: only a mapping that names their columns (`[indicators]`).
+        if m.indicator_columns.is_empty() {
+            continue;
+        }
+        let Some(fv) = m.forms.iter().find(|f| f.occasion.is_first_visit()) else { continue };
         let held: Vec<indicators::Held> =
             app.store.registrations_delivered(&c.name).await?.into_iter().map(|(unit, form, payload)| indicators::Held { unit, form, payload }).collect();
         let rows = indicators::compute(&held, &m.indicator_columns, &fv.subject_column, &fv.event_date_column, &filter);

@@ -13,6 +13,7 @@ pub mod guard;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod status;
 pub mod store;
 
 use crate::app::App;
@@ -38,6 +39,7 @@ pub type NextRuns = Arc<dyn Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send 
 pub type Readiness = Arc<dyn Fn() -> Vec<ReadinessCheck> + Send + Sync>;
 /// Warnings to show on the pages, e.g. PVK code lists not yet verified against their source.
 pub type Warnings = Arc<dyn Fn() -> Vec<Warning> + Send + Sync>;
+pub type Statuses = Arc<dyn Fn() -> Vec<status::ConnectorStatus> + Send + Sync>;
 
 #[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
 pub struct ReadinessCheck {
@@ -62,6 +64,9 @@ pub struct AdminState {
     pub next_runs: NextRuns,
     pub readiness: Readiness,
     pub warnings: Warnings,
+    /// The configuration's status per connector (code lists, rule sets, indicators): one panel
+    /// on the overview, details on the settings page.
+    pub status: Statuses,
     /// Sign-in delays, the password-check and request limits, batched failure auditing.
     pub guard: Arc<guard::Guard>,
 }
@@ -69,7 +74,7 @@ pub struct AdminState {
 impl AdminState {
     pub fn new(app: App) -> AdminState {
         let guard = Arc::new(guard::Guard::new(&app.settings().admin));
-        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new), guard }
+        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new), status: Arc::new(Vec::new), guard }
     }
     pub fn with_next_runs(mut self, f: impl Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync + 'static) -> Self {
         self.next_runs = Arc::new(f);
@@ -81,6 +86,10 @@ impl AdminState {
     }
     pub fn with_warnings(mut self, f: impl Fn() -> Vec<Warning> + Send + Sync + 'static) -> Self {
         self.warnings = Arc::new(f);
+        self
+    }
+    pub fn with_status(mut self, f: impl Fn() -> Vec<status::ConnectorStatus> + Send + Sync + 'static) -> Self {
+        self.status = Arc::new(f);
         self
     }
     pub fn settings(&self) -> &crate::config::AdminSettings {
@@ -112,6 +121,7 @@ fn table() -> Vec<Entry> {
         ("POST", "/misslyckade/forsok-igen", post(pages::replay)),
         ("GET", "/att-komplettera", get(pages::worklist)),
         ("POST", "/att-komplettera", post(pages::worklist_identities)),
+        ("POST", "/att-komplettera/hanterad", post(pages::worklist_handled)),
         ("GET", "/tackningsgrad", get(pages::coverage)),
         ("GET", "/artrosregistret/indikatorer", get(pages::sar_indicators)),
         ("GET", "/pvk", get(pages::pvk)),
@@ -170,6 +180,8 @@ pub fn router(state: AdminState) -> Router {
         r = r.route(path, mr);
     }
     r.fallback(not_found)
+        // Inside authentication: every page table as CSV (`?format=csv&tabell=N`) and its link.
+        .layer(axum::middleware::from_fn(pages::csv::tables))
         // Added after the routes and the fallback, so it wraps both: unknown paths are
         // authenticated too and reveal nothing to a client without credentials.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::middleware))

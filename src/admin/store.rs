@@ -435,6 +435,7 @@ pub async fn gauges(store: &Store) -> Result<StoreGauges> {
     let queue_depth = count(tx.row("SELECT COUNT(*) FROM records WHERE state IN ('pending', 'sending')", &[]).await?)?;
     let lease_rescues = count(tx.row("SELECT COUNT(*) FROM audit_events WHERE kind = $1", args![crate::audit::kind::LEASE_RESCUED]).await?)?;
     let quarantine_open = count(tx.row("SELECT COUNT(*) FROM quarantine WHERE resolved_us IS NULL", &[]).await?)?;
-    let worklist = count(tx.row("SELECT COUNT(*) FROM worklist", &[]).await?)?;
+    // Open items: those marked as handled outside the system wait for nobody.
+    let worklist = count(tx.row("SELECT COUNT(*) FROM worklist WHERE handled_us IS NULL", &[]).await?)?;
     Ok(StoreGauges { records, attempts, runs, queue_depth, lease_rescues, quarantine_open, worklist })
 }

@@ -38,6 +38,8 @@ pub mod kind {
     pub const NULLIFIED: &str = "document.nullified";
     pub const WORKLIST_ADDED: &str = "worklist.added";
     pub const WORKLIST_RESOLVED: &str = "worklist.resolved";
+    /// A clinic marked a worklist item as handled outside the system (with a reason).
+    pub const WORKLIST_HANDLED: &str = "worklist.handled";
     pub const CONFIG_LOADED: &str = "config.loaded";
     pub const CONFIG_RELOAD: &str = "config.reload";
     pub const LOGIN: &str = "login";

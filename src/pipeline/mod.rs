@@ -7,6 +7,8 @@
 //! pull was complete and the after-pull step (PVK) succeeded, in the run's last transaction. A run killed at any point is simply run
 //! again: unchanged documents are recognised and change nothing.
 
+pub mod register;
+
 use crate::app::App;
 use crate::audit::{kind, NewAuditEvent};
 use crate::config::ConnectorDef;

@@ -1,7 +1,12 @@
 //! Register mappers: pure functions from canonical records to register records.
-//! `sar/` builds Svenska Artrosregistret registrations; `pvk/` computes Primärvårdskvalitet
-//! indicators. No I/O here except reading the connectors' own definition files.
+//! `engine/` builds the registrations of any Stratum register from its connector folder
+//! (Svenska Artrosregistret is one such connector; `sar/` keeps SAR's rules and indicators);
+//! `scaffold.rs` writes and compares a connector folder against a register's metadata;
+//! `pvk/` computes Primärvårdskvalitet indicators. No I/O here except reading the connectors'
+//! own definition files.
 
+pub mod engine;
+pub mod scaffold;
 pub mod pvk;
 pub mod sar;
 
@@ -43,7 +48,7 @@ pub async fn check(loaded: &Loaded, online: bool) -> Vec<Problem> {
     for c in &loaded.connectors {
         let one = Loaded { connectors: vec![c.clone()], ..loaded.clone() };
         match c.kind {
-            ConnectorKind::Sar => problems.extend(sar::check(&one, fetched.get(&c.register))),
+            ConnectorKind::StratumRegister => problems.extend(engine::check(&one, fetched.get(&c.register))),
             ConnectorKind::Pvk => {
                 problems.extend(pvk::check(&one));
                 if let (Some(meta), Ok(engine)) = (fetched.get(&c.register), pvk::PvkEngine::load(c)) {

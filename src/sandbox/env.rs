@@ -95,6 +95,8 @@ impl SandboxEnv {
         let journal = JournalServer::start(population.clone(), &certs, spec.journal_addr).await?;
         let mut eo = EmulatorOptions::new(certs.clone());
         eo.bind = spec.stratum_addr;
+        // The sandbox's own registers (data files) next to the contract's.
+        eo.registers.extend(emulator::sandbox_registers());
         let emulator = emulator::start(eo).await?;
         std::fs::create_dir_all(dir.join("keys"))?;
         random_key_file(&dir.join("keys/encryption.key"))?;

@@ -429,7 +429,12 @@ impl Store {
                     tx.exec(
                         "INSERT INTO worklist (idem_key, connector, unit, form, patient_key, patient_ref, missing, event_date, since_us, updated_us)
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-                         ON CONFLICT (idem_key) DO UPDATE SET missing = excluded.missing, event_date = excluded.event_date,
+                         ON CONFLICT (idem_key) DO UPDATE SET
+                           -- A mark handled-outside-the-system holds while the data is unchanged.
+                           handled_us = CASE WHEN worklist.missing = excluded.missing AND COALESCE(worklist.event_date, '') = COALESCE(excluded.event_date, '') THEN worklist.handled_us END,
+                           handled_by = CASE WHEN worklist.missing = excluded.missing AND COALESCE(worklist.event_date, '') = COALESCE(excluded.event_date, '') THEN worklist.handled_by END,
+                           handled_reason = CASE WHEN worklist.missing = excluded.missing AND COALESCE(worklist.event_date, '') = COALESCE(excluded.event_date, '') THEN worklist.handled_reason END,
+                           missing = excluded.missing, event_date = excluded.event_date,
                            unit = excluded.unit, patient_ref = excluded.patient_ref, updated_us = excluded.updated_us",
                         args![idem_key, connector, unit, form, patient_key, self.cipher.encrypt_json(&sealed::worklist_patient(idem_key), patient), serde_json::to_string(missing)?, event_date.clone(), now],
                     )

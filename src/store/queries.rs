@@ -82,6 +82,15 @@ pub struct WorklistItem {
     pub missing: Vec<String>,
     pub event_date: Option<String>,
     pub since: DateTime<Utc>,
+    /// Marked as handled outside the system: when, by whom, why (absent on open items).
+    pub handled: Option<WorklistHandled>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WorklistHandled {
+    pub at: DateTime<Utc>,
+    pub by: String,
+    pub reason: String,
 }
 
 impl Store {
@@ -416,8 +425,17 @@ impl Store {
 
     // ------------------------------------------------------------------ worklist
 
+    /// The open worklist (items marked as handled outside the system are left out).
     pub async fn worklist(&self, connector: Option<&str>, unit: Option<&str>) -> Result<Vec<WorklistItem>> {
-        let mut sql = String::from("SELECT idem_key, connector, unit, form, patient_key, patient_ref, missing, event_date, since_us FROM worklist WHERE 1 = 1");
+        self.worklist_items(connector, unit, false).await
+    }
+
+    /// The open worklist, or (`handled`) the items marked as handled outside the system.
+    pub async fn worklist_items(&self, connector: Option<&str>, unit: Option<&str>, handled: bool) -> Result<Vec<WorklistItem>> {
+        let mut sql = String::from(
+            "SELECT idem_key, connector, unit, form, patient_key, patient_ref, missing, event_date, since_us, handled_us, handled_by, handled_reason FROM worklist WHERE 1 = 1",
+        );
+        sql.push_str(if handled { " AND handled_us IS NOT NULL" } else { " AND handled_us IS NULL" });
         let mut a = vec![];
         if let Some(c) = connector {
             a.push(Val::Text(c.into()));
@@ -442,9 +460,33 @@ impl Store {
                     missing: serde_json::from_str(&r.text(6)?).unwrap_or_default(),
                     event_date: r.text_opt(7)?,
                     since: from_us(r.i64(8)?),
+                    handled: match r.i64_opt(9)? {
+                        Some(at) => Some(WorklistHandled { at: from_us(at), by: r.text_opt(10)?.unwrap_or_default(), reason: r.text_opt(11)?.unwrap_or_default() }),
+                        None => None,
+                    },
                 })
             })
             .collect()
+    }
+
+    /// Mark an open worklist item as handled outside the system (a clinic decided not to
+    /// complete it), audited as `worklist.handled` with the reason. `false` when there is no
+    /// such open item. The mark holds until the item's data changes (see `apply`).
+    pub async fn worklist_mark_handled(&self, idem_key: &str, actor: &str, reason: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let n = tx
+            .exec("UPDATE worklist SET handled_us = $1, handled_by = $2, handled_reason = $3 WHERE idem_key = $4 AND handled_us IS NULL", args![now_us(), actor, reason, idem_key])
+            .await?;
+        if n == 1 {
+            super::audit_chain::append(
+                &mut *tx,
+                self.audit_mac.as_ref(),
+                &[NewAuditEvent::by(actor, kind::WORKLIST_HANDLED, &crate::audit::correlation_id(), idem_key, serde_json::json!({"reason": reason}))],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n == 1)
     }
 
     /// Worklist keys of one subject (patient pseudonym) under a connector.

@@ -370,3 +370,55 @@ pub fn query_for(path: &str) -> &'static str {
         _ => "",
     }
 }
+
+/// A demo-like region: the sandbox journal and registers, every shipped connector backfilled over
+/// 960 days (as `registerbrygga demo` does, a few bad journal items included), delivered, and
+/// the admin pages served with the daemon's own providers (warnings, configuration status).
+/// Users: `boss` (admin with the patient-data right).
+pub struct DemoLike {
+    pub e: crate::common::e2e::E2e,
+    pub srv: Running,
+}
+
+pub async fn demo_like(backend: registerbrygga::config::Backend, patients: usize) -> DemoLike {
+    use registerbrygga::pipeline::{run_connector, RunKind};
+    let today = registerbrygga::pipeline::today_stockholm();
+    let mut spec = registerbrygga::sandbox::env::SandboxSpec::new(7, patients, today);
+    spec.bad_item_share = 0.02;
+    let e = crate::common::e2e::start_with(backend, spec, "demolike").await;
+    registerbrygga::sandbox::pvk::apply_scenario(&e.env.population).unwrap();
+    for c in e.rt.connectors.iter() {
+        run_connector(&e.app, c, RunKind::Backfill { from: today - chrono::Duration::days(960), to: today }, false, today, None).await.unwrap();
+    }
+    e.deliver().await;
+    let mut loaded = (*e.app.loaded).clone();
+    loaded.settings.admin.cookie_secure = false;
+    let app = App { loaded: Arc::new(loaded), ..e.app.clone() };
+    add_user(&app, "boss", Role::Admin, true).await;
+    let srv = serve(registerbrygga::daemon::admin_state(&app, &e.rt)).await;
+    DemoLike { e, srv }
+}
+
+/// Every page an admin can open, with real ids and filters from the data (a transfer, a PVK
+/// patient list form), so each template renders with content.
+pub async fn every_page(store: &registerbrygga::store::Store) -> Vec<String> {
+    let mut pages: Vec<String> = [
+        "/", "/overforingar", "/misslyckade", "/att-komplettera", "/tackningsgrad", "/artrosregistret/indikatorer", "/pvk", "/granskningslogg",
+        "/karantan", "/anvandare", "/installningar",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let recs = store.records(&RecordFilter { limit: Some(1), ..Default::default() }).await.unwrap();
+    if let Some(r) = recs.first() {
+        pages.push(format!("/overforingar/{}", r.id));
+    }
+    let pvk = store.pvk_results("primarvardskvalitet", None).await.unwrap_or_default();
+    if let Some(r) = pvk.iter().find(|r| r.numerator.unwrap_or(0) > 0) {
+        pages.push(format!(
+            "/pvk/patientlista?connector={}&rule_year={}&unit={}&year={}&month={}&indicator={}",
+            r.connector, r.rule_year, r.unit, r.year, r.month, r.indicator
+        ));
+    }
+    pages
+}

@@ -1,5 +1,6 @@
 //! The Stratum emulator: the contract in `conformance/stratum/README.md`, served over HTTPS on
-//! loopback from the contract's metadata files (registers 104 and 218 at once), with
+//! loopback from the contract's metadata files (registers 104 and 218 at once; the sandbox adds
+//! its own registers from `registers/*.json`, see [`sandbox_registers`]), with
 //! registrations in memory, every validation rule, per-cookie sessions with unit contexts,
 //! runtime fault injection, counts of accepted writes so tests can prove exactly-once, and a
 //! mode without the 409 rule so a duplicate create is accepted (and seen) instead of refused.
@@ -23,6 +24,18 @@ pub fn contract_registers() -> Vec<RegisterMetadata> {
     [include_bytes!("../../../conformance/stratum/sar-104.json").as_slice(), include_bytes!("../../../conformance/stratum/pvk-aggregate.json").as_slice()]
         .iter()
         .map(|b| RegisterMetadata::from_json(b).expect("the contract's metadata files parse"))
+        .collect()
+}
+
+include!(concat!(env!("OUT_DIR"), "/sandbox_registers.rs"));
+
+/// The sandbox's own registers (`src/sandbox/stratum/registers/*.json`, built in by
+/// `build.rs`): inventions of the sandbox, served next to the contract's registers by
+/// [`super::env::SandboxEnv`], so a second register is proved end to end by adding data only.
+pub fn sandbox_registers() -> Vec<RegisterMetadata> {
+    SANDBOX_REGISTER_FILES
+        .iter()
+        .map(|(name, b)| RegisterMetadata::from_json(b).unwrap_or_else(|e| panic!("sandbox register file {name} is not register metadata: {e}")))
         .collect()
 }
 

@@ -13,7 +13,7 @@ pub const CSV_COLUMNS: [&str; 10] = ["rule_year", "unit_hsa_id", "year", "month"
 pub const REGIONAL_CSV_COLUMNS: [&str; 12] =
     ["rule_year", "unit_hsa_id", "year", "month", "measure", "measure_name", "status", "numerator", "denominator", "value", "requirement", "note"];
 
-fn field(s: &str) -> String {
+pub fn field(s: &str) -> String {
     if s.contains([';', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -9,7 +9,7 @@
 //! not-computable cells are written with their status and reason but without numbers, so the
 //! receiving tool can tell "nothing to report" from "zero".
 
-mod csv;
+pub(crate) mod csv;
 mod xml;
 
 use crate::store::PvkResultRow;

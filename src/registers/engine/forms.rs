@@ -1,11 +1,11 @@
-//! Where a SAR registration is built: one form (FVPat, FVPT, M3Pat, M3PT or Y1Pat) of one
-//! episode on its occasion day, column by column as the mapping says, each value checked against
+//! Where a registration is built: one form (SAR: FVPat, FVPT, M3Pat, M3PT or Y1Pat) of one
+//! course on its occasion day, column by column as the mapping says, each value checked against
 //! the column's domain. Values that do not fit are left out and reported; what stays missing of
 //! the mandatory columns is returned so the caller can decide intent vs. worklist.
 
 use super::episode::{answer, count_activities, first_visit_answer, Episode, Journal};
 use super::mapping::{convert_number, fit, ColumnSpec, Conversion, FormSpec, Mapping, Occasion, Source};
-use super::{NoteKind, SarNote};
+use super::{Note, NoteKind};
 use crate::model::ObservationValue;
 use crate::outbox::Payload;
 use chrono::NaiveDate;
@@ -33,7 +33,7 @@ pub fn build_form(
     event_date: NaiveDate,
     subject_12: &str,
     idem_key: &str,
-    notes: &mut Vec<SarNote>,
+    notes: &mut Vec<Note>,
 ) -> BuiltForm {
     let mut payload = Payload::new();
     payload.insert(form.subject_column.clone(), Value::from(subject_12));
@@ -44,7 +44,7 @@ pub fn build_form(
     documents.extend(ep.diagnosis_documents.iter().cloned());
     let mut left_out = vec![];
     for col in &form.columns {
-        let note = |kind: NoteKind, document: Option<String>, reason: String| SarNote {
+        let note = |kind: NoteKind, document: Option<String>, reason: String| Note {
             kind,
             unit: Some(ep.unit.clone()),
             idem_key: Some(idem_key.to_string()),
@@ -123,7 +123,7 @@ fn column_value(
                 .map_err(|m| (NoteKind::ValueOutsideDomain, None, m.reason()))
         }
         Source::Observation(term) => {
-            let found = if occasion == Occasion::FirstVisit { first_visit_answer(mapping, j, ep, term) } else { answer(j, &ep.unit, event_date, term) };
+            let found = if occasion.is_first_visit() { first_visit_answer(mapping, j, ep, term) } else { answer(j, &ep.unit, event_date, term) };
             let Some((obs, conflict)) = found else { return Ok(None) };
             let doc = obs.provenance.document_id.clone();
             documents.insert(doc.clone());

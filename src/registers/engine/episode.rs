@@ -1,18 +1,18 @@
-//! Treatment courses and occasions: which artros courses (grundbehandling) a patient's journal
-//! holds, when their first visit, 3-month and 1-year occasions took place, and which answers
-//! belong to an occasion.
+//! Courses and occasions: which courses a patient's journal holds (SAR: artros grundbehandling),
+//! when their first visit and follow-up occasions (the connector's windows; SAR: 3 months and
+//! 1 year) took place, and which answers belong to an occasion.
 //!
 //! Rules (the full list is in the module doc of `registers::sar`; mapping.toml repeats them
 //! for the region):
 //! - Only this patient's records, never nullified ones, never dated after `today` (planned
 //!   visits are not occasions).
 //! - A course is patient × unit. It opens at a care contact at one of the connector's units
-//!   that meets the inclusion (`[course] inclusion`: a joint's diagnosis as the contact's main
-//!   diagnosis, or the region's inclusion term); its first-visit date is that contact's date.
+//!   that meets the inclusion (`[course] inclusion`: a joint's or a `[course] diagnoses` code as
+//!   the contact's main diagnosis, or the region's inclusion term); its first-visit date is that contact's date.
 //!   A diagnosis belongs to the contact it names, or, naming none, to the contact at its unit on
 //!   its day.
-//! - The joints diagnosed (main or secondary) at the unit within the first-visit window are the
-//!   course's joint classification, each with one or both sides (a "bilateral" code).
+//! - (Optional, SAR) The joints diagnosed (main or secondary) at the unit within the
+//!   first-visit window are the course's joint classification, each with one or both sides (a "bilateral" code).
 //! - A later including contact at the unit opens a new course only when it is more than
 //!   `gap_days` after the current course's last occasion; otherwise it belongs to that course.
 //! - An observation or activity belongs to the care contact it names (that contact's unit and
@@ -155,12 +155,12 @@ fn includes<'a>(mapping: &Mapping, j: &Journal<'a>, c: &'a CareContact, here: &[
     for rule in &mapping.inclusion {
         match rule {
             Inclusion::MainDiagnosis => {
-                if let Some(d) = here.iter().find(|d| d.kind == crate::model::DiagnosisKind::Main && mapping.joint_of(&d.code.code).is_some()) {
+                if let Some(d) = here.iter().find(|d| d.kind == crate::model::DiagnosisKind::Main && mapping.opens(&d.code.code)) {
                     return Some(Some(d));
                 }
             }
             Inclusion::AnyDiagnosis => {
-                if let Some(d) = here.iter().find(|d| mapping.joint_of(&d.code.code).is_some()) {
+                if let Some(d) = here.iter().find(|d| mapping.opens(&d.code.code)) {
                     return Some(Some(d));
                 }
             }
@@ -249,7 +249,7 @@ fn classify<'a>(mapping: &Mapping, j: &Journal<'a>, ep: &mut Episode<'a>) {
 /// The course's last occasion before `before` (its first visit if no follow-up took place).
 fn last_occasion(mapping: &Mapping, j: &Journal, ep: &Episode, before: NaiveDate, today: NaiveDate) -> NaiveDate {
     let mut last = ep.first_visit;
-    for o in [Occasion::ThreeMonths, Occasion::OneYear] {
+    for o in mapping.all_occasions().skip(1) {
         if mapping.forms.iter().all(|f| f.occasion != o) {
             continue;
         }
@@ -273,7 +273,7 @@ pub enum OccasionAt {
 
 /// Has the window of `occasion` opened by `today`?
 pub fn window_open(mapping: &Mapping, ep: &Episode, occasion: Occasion, today: NaiveDate) -> bool {
-    if occasion == Occasion::FirstVisit {
+    if occasion.is_first_visit() {
         return ep.first_visit <= today;
     }
     ep.first_visit + Duration::days(mapping.window(occasion).from_day) <= today
@@ -283,7 +283,7 @@ pub fn window_open(mapping: &Mapping, ep: &Episode, occasion: Occasion, today: N
 /// the next course) on which the follow-up mark, else one of `terms`, is documented at the
 /// course's unit (any contact there if `terms` is empty and no mark is configured).
 pub fn find_occasion(mapping: &Mapping, j: &Journal, ep: &Episode, occasion: Occasion, terms: &[Code], today: NaiveDate) -> OccasionAt {
-    if occasion == Occasion::FirstVisit {
+    if occasion.is_first_visit() {
         return OccasionAt::On(ep.first_visit);
     }
     if !window_open(mapping, ep, occasion, today) {

@@ -1,7 +1,7 @@
-//! The SAR mapping: `connectors/<name>/mapping.toml` (which journal term fills which register
-//! column, code tables, episode-opening diagnoses, the opt-out term) plus the connector's
-//! `[options]` (mapping file, occasion windows, offline metadata file), loaded and validated
-//! against the register's metadata. The file format is documented at the top of the shipped
+//! A register connector's mapping: `connectors/<name>/mapping.toml` (which journal term fills
+//! which register column, code tables, what opens a course, the opt-out term) plus the
+//! connector's `[options]` (mapping file, occasion windows = the follow-up occasions, offline
+//! metadata file), loaded and validated against the register's metadata. The file format is documented at the top of the shipped
 //! `connectors/artrosregistret/mapping.toml`.
 //!
 //! Loading resolves everything the mapper needs (domains, mandatory columns, envelope columns)
@@ -17,30 +17,28 @@ use std::path::{Path, PathBuf};
 
 // ------------------------------------------------------------------------------ resolved form
 
-/// The three SAR measurement occasions.
+/// A measurement occasion of a course: an index into [`Mapping::occasions`]. Occasion 0 is the
+/// first visit (day 0, answers from `[course] first_visit_window`); the follow-ups are the
+/// connector's `[options.windows]`, ordered by their first day. Which occasions exist is data
+/// (SAR: first_visit, three_months, one_year; another register declares its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Occasion {
-    FirstVisit,
-    ThreeMonths,
-    OneYear,
-}
+pub struct Occasion(pub usize);
 
 impl Occasion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Occasion::FirstVisit => "first_visit",
-            Occasion::ThreeMonths => "three_months",
-            Occasion::OneYear => "one_year",
-        }
+    /// The first visit: every course has it, it opens the course.
+    pub const FIRST_VISIT: Occasion = Occasion(0);
+    pub const FIRST_VISIT_NAME: &'static str = "first_visit";
+    pub fn is_first_visit(self) -> bool {
+        self == Occasion::FIRST_VISIT
     }
-    pub fn parse(s: &str) -> Option<Occasion> {
-        match s {
-            "first_visit" => Some(Occasion::FirstVisit),
-            "three_months" => Some(Occasion::ThreeMonths),
-            "one_year" => Some(Occasion::OneYear),
-            _ => None,
-        }
-    }
+}
+
+/// One occasion as declared: its name (what `forms.<Form>.occasion` and the metadata's
+/// occasion hint say) and its window in days after the first visit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OccasionSpec {
+    pub name: String,
+    pub window: Window,
 }
 
 /// Days after the first visit, both ends inclusive.
@@ -161,8 +159,14 @@ pub struct Mapping {
     /// ICD-10-SE prefixes of artros codes that, matching no joint, are reported (not guessed).
     pub report_unmatched: Vec<String>,
     pub opt_out: OptOutRule,
-    pub three_months: Window,
-    pub one_year: Window,
+    /// Diagnosis code patterns that open a course without classifying a joint (`[course]
+    /// diagnoses`): registers without a joint classification.
+    pub diagnoses: Vec<String>,
+    /// The course token of keys (`[course] key`, default `course`): what identifies a
+    /// registration is `register|unit|patient_key|<key>[@first visit]|form`.
+    pub key_token: String,
+    /// The first visit, then the follow-ups by window start (see [`Occasion`]).
+    pub occasions: Vec<OccasionSpec>,
     /// By occasion, then in the metadata's form order.
     pub forms: Vec<FormSpec>,
 }
@@ -170,11 +174,24 @@ pub struct Mapping {
 impl Mapping {
     /// The window of an occasion; the first visit is day 0.
     pub fn window(&self, occasion: Occasion) -> Window {
-        match occasion {
-            Occasion::FirstVisit => self.first_visit_window,
-            Occasion::ThreeMonths => self.three_months,
-            Occasion::OneYear => self.one_year,
-        }
+        self.occasions[occasion.0].window
+    }
+    /// The occasion's name (`first_visit`, `three_months`…).
+    pub fn occasion_name(&self, occasion: Occasion) -> &str {
+        &self.occasions[occasion.0].name
+    }
+    /// The occasion of this name, if declared.
+    pub fn occasion(&self, name: &str) -> Option<Occasion> {
+        self.occasions.iter().position(|o| o.name == name).map(Occasion)
+    }
+    /// Every occasion, the first visit first.
+    pub fn all_occasions(&self) -> impl Iterator<Item = Occasion> {
+        (0..self.occasions.len()).map(Occasion)
+    }
+    /// Does this diagnosis code open a course (a joint's code, or one of `[course] diagnoses`)?
+    pub fn opens(&self, icd: &str) -> bool {
+        let code = normalise_icd(icd);
+        self.joint_rule(&code).is_some() || self.diagnoses.iter().any(|p| code_matches(&code, p))
     }
     /// Which joint (if any) an ICD-10-SE code classifies.
     pub fn joint_of(&self, icd: &str) -> Option<&str> {
@@ -260,7 +277,15 @@ struct CourseFile {
     follow_up_mark: Option<String>,
     #[serde(default)]
     report_unmatched: Vec<String>,
+    /// The joint classification (SAR): optional, a register without one leaves it out.
+    #[serde(default)]
     joints: BTreeMap<String, JointFile>,
+    /// Diagnosis code patterns that open a course without a joint classification.
+    #[serde(default)]
+    diagnoses: Vec<String>,
+    /// The course token of registration keys.
+    #[serde(default)]
+    key: Option<String>,
 }
 
 fn default_inclusion() -> Vec<String> {
@@ -516,26 +541,30 @@ pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, 
     };
     let err = |p: &mut Vec<Problem>, key: String, reason: String| p.push(Problem::error(&file, key, reason));
 
-    // Windows (connector.toml).
-    let mut windows: BTreeMap<Occasion, Window> = BTreeMap::new();
+    // Windows (connector.toml): each names a follow-up occasion. A window no form uses is an
+    // error (a misspelt occasion would otherwise silently produce nothing).
+    let used_occasions: BTreeSet<&str> = raw.forms.values().map(|f| f.occasion.as_str()).collect();
+    let name_ok = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let mut windows: BTreeMap<String, Window> = BTreeMap::new();
     for (name, w) in &opts.windows {
         let key = format!("options.windows.{name}");
-        match Occasion::parse(name) {
-            Some(Occasion::FirstVisit) | None => {
-                problems.push(Problem::error(&cfile, key, "unknown occasion window (three_months or one_year)"));
-            }
-            Some(o) => {
-                if w.from_day < 1 || w.to_day < w.from_day {
-                    problems.push(Problem::error(&cfile, key, format!("invalid window {}–{} days: needs 1 ≤ from_day ≤ to_day", w.from_day, w.to_day)));
-                } else {
-                    windows.insert(o, Window { from_day: w.from_day, to_day: w.to_day });
-                }
-            }
+        if name == Occasion::FIRST_VISIT_NAME || !name_ok(name) || !used_occasions.contains(name.as_str()) {
+            problems.push(Problem::error(
+                &cfile,
+                key,
+                format!("unknown occasion window: no form of {} has occasion = \"{name}\" (a follow-up occasion is a lower-case name that forms use; first_visit has no window here)", opts.mapping_path.display()),
+            ));
+        } else if w.from_day < 1 || w.to_day < w.from_day {
+            problems.push(Problem::error(&cfile, key, format!("invalid window {}–{} days: needs 1 ≤ from_day ≤ to_day", w.from_day, w.to_day)));
+        } else {
+            windows.insert(name.clone(), Window { from_day: w.from_day, to_day: w.to_day });
         }
     }
-    if let (Some(a), Some(b)) = (windows.get(&Occasion::ThreeMonths), windows.get(&Occasion::OneYear)) {
-        if a.to_day >= b.from_day {
-            problems.push(Problem::error(&cfile, "options.windows", "the three_months and one_year windows overlap (one visit would count for both)"));
+    let mut follow_ups: Vec<OccasionSpec> = windows.iter().map(|(n, w)| OccasionSpec { name: n.clone(), window: *w }).collect();
+    follow_ups.sort_by_key(|o| (o.window.from_day, o.name.clone()));
+    for pair in follow_ups.windows(2) {
+        if pair[0].window.to_day >= pair[1].window.from_day {
+            problems.push(Problem::error(&cfile, "options.windows", format!("the {} and {} windows overlap (one visit would count for both)", pair[0].name, pair[1].name)));
         }
     }
 
@@ -547,8 +576,9 @@ pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, 
     }
     let mut joints = vec![];
     let mut seen_prefixes: Vec<(String, String)> = vec![];
-    if raw.course.joints.is_empty() {
-        err(&mut problems, "course.joints".into(), "no joint configured: no course can open".into());
+    let by_diagnosis = raw.course.inclusion.iter().any(|i| i == "main_diagnosis" || i == "any_diagnosis");
+    if by_diagnosis && raw.course.joints.is_empty() && raw.course.diagnoses.is_empty() {
+        err(&mut problems, "course.joints".into(), "no joint (or [course] diagnoses) configured: no course can open by diagnosis".into());
     }
     let pattern_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'?');
     for (name, jf) in &raw.course.joints {
@@ -618,11 +648,26 @@ pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, 
             None
         }
     };
-    if let Some(w) = windows.get(&Occasion::ThreeMonths) {
-        if w.from_day <= first_visit_window.to_day {
-            problems.push(Problem::error(&cfile, "options.windows.three_months", "the window starts inside the first-visit window (one visit would count for both)"));
+    if let Some(o) = follow_ups.first() {
+        if o.window.from_day <= first_visit_window.to_day {
+            problems.push(Problem::error(&cfile, format!("options.windows.{}", o.name), "the window starts inside the first-visit window (one visit would count for both)"));
         }
     }
+    let mut diagnoses = vec![];
+    for (i, p) in raw.course.diagnoses.iter().enumerate() {
+        let n = normalise_icd(p);
+        if !pattern_ok(&n) {
+            err(&mut problems, format!("course.diagnoses[{i}]"), format!("`{p}` is not a code pattern (letters, digits, ? for any)"));
+        } else {
+            diagnoses.push(n);
+        }
+    }
+    let key_token = raw.course.key.clone().unwrap_or_else(|| "course".to_string());
+    if key_token.is_empty() || !key_token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        err(&mut problems, "course.key".into(), "the key token is ASCII letters, digits, _ and - (it is part of every registration key)".into());
+    }
+    let mut occasions = vec![OccasionSpec { name: Occasion::FIRST_VISIT_NAME.to_string(), window: first_visit_window }];
+    occasions.extend(follow_ups);
     let report_unmatched: Vec<String> = raw.course.report_unmatched.iter().map(|p| normalise_icd(p)).collect();
     if raw.opt_out.term.trim().is_empty() {
         err(&mut problems, "opt_out.term".into(), "empty term: opt-outs would never be seen".into());
@@ -660,18 +705,22 @@ pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, 
             err(&mut problems, fkey, format!("unknown form (register {} has {known})", metadata.register.register_id));
             continue;
         };
-        let Some(occasion) = Occasion::parse(&f.occasion) else {
-            err(&mut problems, format!("{fkey}.occasion"), format!("unknown occasion `{}` (first_visit, three_months or one_year)", f.occasion));
-            continue;
-        };
         if let Some(hint) = &meta.occasion {
-            if hint != occasion.as_str() {
+            if hint != &f.occasion {
                 err(&mut problems, format!("{fkey}.occasion"), format!("the register metadata gives this form the occasion {hint}"));
             }
         }
-        if occasion != Occasion::FirstVisit && !windows.contains_key(&occasion) {
-            problems.push(Problem::error(&cfile, format!("options.windows.{}", occasion.as_str()), format!("form {fname} needs this window")));
-        }
+        let occasion = match occasions.iter().position(|o| o.name == f.occasion) {
+            Some(i) => Occasion(i),
+            None if f.occasion != Occasion::FIRST_VISIT_NAME && name_ok(&f.occasion) => {
+                problems.push(Problem::error(&cfile, format!("options.windows.{}", f.occasion), format!("form {fname} needs this window")));
+                continue;
+            }
+            None => {
+                err(&mut problems, format!("{fkey}.occasion"), format!("unknown occasion `{}` (first_visit or a window of [options.windows])", f.occasion));
+                continue;
+            }
+        };
         let subject = metadata.subject_column(meta).map(str::to_string);
         let event_date = metadata.event_date_column(meta).map(str::to_string);
         if subject.is_none() || event_date.is_none() {
@@ -768,8 +817,9 @@ pub fn load(c: &ConnectorDef, metadata: &RegisterMetadata) -> (Option<Mapping>, 
         indicator_columns: raw.indicators.clone(),
         report_unmatched,
         opt_out,
-        three_months: windows.get(&Occasion::ThreeMonths).copied().unwrap_or(Window { from_day: 91, to_day: 152 }),
-        one_year: windows.get(&Occasion::OneYear).copied().unwrap_or(Window { from_day: 365, to_day: 540 }),
+        diagnoses,
+        key_token,
+        occasions,
         forms,
     };
     (Some(mapping), problems)
@@ -1028,8 +1078,10 @@ mod tests {
                 assert!(f.columns.iter().any(|c| &c.column == m), "{}: {m} mapped", f.name);
             }
         }
-        assert_eq!(mapping.three_months, Window { from_day: 91, to_day: 152 });
-        assert_eq!(mapping.one_year, Window { from_day: 365, to_day: 540 });
+        let names: Vec<_> = mapping.occasions.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["first_visit", "three_months", "one_year"]);
+        assert_eq!(mapping.window(mapping.occasion("three_months").unwrap()), Window { from_day: 91, to_day: 152 });
+        assert_eq!(mapping.window(mapping.occasion("one_year").unwrap()), Window { from_day: 365, to_day: 540 });
         assert_eq!(mapping.first_visit_window, Window { from_day: -14, to_day: 14 });
         assert_eq!(mapping.joint_of("M19.0E"), Some("hand"));
         assert_eq!(mapping.joint_of("M19.0G"), None);

@@ -1,15 +1,15 @@
-//! `config check` for SAR connectors: every mapping problem (file, key, reason).
+//! `config check` for register connectors: every mapping problem (file, key, reason).
 
 use super::mapping;
 use crate::config::{ConnectorDef, ConnectorKind, Loaded, Problem};
 use crate::sinks::stratum::metadata::RegisterMetadata;
 
-/// Check every enabled or disabled connector of kind `sar`. `online` is the metadata fetched from
+/// Check every enabled or disabled connector of kind `stratum_register`. `online` is the metadata fetched from
 /// the register, when the caller has it; otherwise each connector is checked against its offline
 /// metadata file (`options.metadata_file`, default `conformance/stratum/sar-104.json`).
 pub fn check(loaded: &Loaded, online: Option<&RegisterMetadata>) -> Vec<Problem> {
     let mut problems = vec![];
-    for c in loaded.connectors.iter().filter(|c| c.kind == ConnectorKind::Sar) {
+    for c in loaded.connectors.iter().filter(|c| c.kind == ConnectorKind::StratumRegister) {
         match online {
             Some(m) => problems.extend(check_connector(c, m)),
             None => match mapping::offline_metadata(c) {

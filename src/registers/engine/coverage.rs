@@ -1,5 +1,6 @@
-//! Täckningsgrad for the admin page: per clinic, month of first visit and form, how many
-//! registrations the journal's episodes call for and how many the register holds.
+//! Täckningsgrad for the admin page, for any register connector: per clinic, month of first
+//! visit and form, how many registrations the journal's courses call for and how many the
+//! register holds.
 
 use crate::store::{EpisodeRow, Registration};
 use serde::Serialize;
@@ -19,7 +20,7 @@ pub struct CoverageRow {
 }
 
 /// Count expected and delivered registrations. A registration counts for an episode's form when
-/// its idempotency key is that episode's key plus `|form` (how `SarMapper` builds keys), so two
+/// its idempotency key is that episode's key plus `|form` (how the engine builds keys), so two
 /// episodes of one patient never share a delivery. Rows are sorted by unit, month and form.
 pub fn coverage(episodes: &[EpisodeRow], delivered: &[Registration]) -> Vec<CoverageRow> {
     let present: BTreeSet<&str> = delivered.iter().filter(|r| r.state == "present").map(|r| r.idem_key.as_str()).collect();
