@@ -1,14 +1,65 @@
 //! `config check`: every problem at once — file, key, reason.
 
-use crate::config::{self, LoadOptions, Problem};
+use crate::config::{self, LoadOptions, Loaded, Problem, RegisterKind};
+use crate::registers::metadata::RegisterMetadata;
+use std::collections::BTreeMap;
 
 /// Load, validate statically, then ask each register module about its own files.
 pub async fn check_all(opts: &LoadOptions, online: bool) -> Vec<Problem> {
     let (loaded, mut problems) = config::load_collect(opts);
     let Some(loaded) = loaded else { return problems };
-    problems.extend(config::check_static(&loaded));
-    problems.extend(crate::registers::check(&loaded, online).await);
+    problems.extend(check_static(&loaded));
+    problems.extend(check_registers(&loaded, online).await);
     problems.extend(keyword_tables(&loaded));
+    problems
+}
+
+/// Everything that can be checked without the network: the settings and connectors
+/// (`config::check_static`) and every connector's schedule. Used by `config check` and by a
+/// running daemon before it applies a reload. (The schedule is checked here, not in `config`,
+/// so that `config` does not depend on the scheduler: the scheduler reads the configuration.)
+pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
+    let mut p = config::check_static(loaded);
+    for c in &loaded.connectors {
+        if let Err(e) = crate::scheduler::parse_cron(&c.schedule) {
+            p.push(Problem::error(&c.dir.join("connector.toml").display().to_string(), "schedule", format!("invalid cron expression: {e}")));
+        }
+    }
+    p
+}
+
+/// Register-specific checks (`registers::check`). With `online`, each Stratum register's
+/// metadata is fetched from the register itself first (the check then proves the mapping
+/// against what the register really has, and the unit bindings against its units); otherwise
+/// the connectors' offline metadata files are used.
+pub async fn check_registers(loaded: &Loaded, online: bool) -> Vec<Problem> {
+    let mut problems = vec![];
+    let mut fetched: BTreeMap<String, RegisterMetadata> = BTreeMap::new();
+    if online {
+        for (name, r) in &loaded.settings.registers {
+            if r.kind != RegisterKind::Stratum {
+                continue;
+            }
+            let key = format!("registers.{name}");
+            let client = match crate::sinks::stratum::StratumClient::new(name, r, None) {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(Problem::error("config", &key, format!("cannot build the register client: {e:#}")));
+                    continue;
+                }
+            };
+            match client.load_metadata().await {
+                Ok(m) => {
+                    for b in client.binding_problems() {
+                        problems.push(Problem::error("config", format!("{key}.units"), b));
+                    }
+                    fetched.insert(name.clone(), (*m).clone());
+                }
+                Err(e) => problems.push(Problem::error("config", &key, format!("register metadata not reachable: {e:#}"))),
+            }
+        }
+    }
+    problems.extend(crate::registers::check(loaded, &fetched));
     problems
 }
 

@@ -50,6 +50,10 @@ pub enum Command {
     #[command(subcommand)]
     Mapping(MappingCmd),
     /// Show what the daemon makes of a RIV-TA response document, as canonical records.
+    ///
+    /// Patients are shown as keyed pseudonyms (the form of the logs, the audit log and the admin
+    /// pages; under the configured security.pseudonym_key when it can be read, else under a key
+    /// made for this run). --show-identities prints personnummer instead.
     Inspect(InspectArgs),
     /// Re-read a period from the journal (with --dry-run: report what would be sent).
     Backfill(BackfillArgs),
@@ -67,7 +71,9 @@ pub enum Command {
     /// Encryption keys of payloads at rest.
     #[command(subcommand)]
     Keys(KeysCmd),
-    /// Serve the sandbox journal, Stratum emulator and PVK receiver on loopback until Ctrl-C.
+    /// Serve the sandbox journal, Stratum emulator and PVK receiver on loopback until Ctrl-C,
+    /// on the ports config/local.toml names; creates the keys, certificates and API key that
+    /// configuration reads (under var/sandbox/), so `config check` and `run` work with it.
     Sandbox(SandboxArgs),
     /// After restoring the store from a backup: make every send of a record the register may
     /// already hold look it up first, so nothing is created twice.
@@ -126,8 +132,6 @@ pub struct DemoArgs {
     /// Working folder for the demo database and certificates (default: var/demo).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,6 +197,10 @@ pub struct InspectArgs {
     /// Keyword table for GetCareDocumentation notes (a connector's keywords.toml).
     #[arg(long)]
     pub keywords: Option<PathBuf>,
+    /// Print each patient's personnummer (samordningsnummer, reserve number) instead of the
+    /// pseudonym. Personal data: for an operator's own terminal, never for a ticket or a log.
+    #[arg(long)]
+    pub show_identities: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -320,6 +328,11 @@ pub enum UsersCmd {
         /// May see patient-level lists (every view is recorded with a reason).
         #[arg(long)]
         patient_data: bool,
+        /// Limit the user to these care units (HSA ids, comma-separated): it then sees only
+        /// their data, lands on its clinic page and is refused the region-wide pages.
+        /// `--units ""` gives the whole region back; left out, the current list is kept.
+        #[arg(long)]
+        units: Option<String>,
     },
     /// List users.
     List {
@@ -356,12 +369,14 @@ pub struct SandboxArgs {
     pub patients: u32,
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
-    /// Folder for the generated certificates.
+    /// Folder for the generated keys, certificates, API key and configuration.
     #[arg(long, default_value = "var/sandbox")]
     pub dir: PathBuf,
-    #[arg(long, default_value_t = 0)]
+    /// The journal's port (config/local.toml names 7443; 0: any free port).
+    #[arg(long, default_value_t = 7443)]
     pub journal_port: u16,
-    #[arg(long, default_value_t = 0)]
+    /// The Stratum emulator's port (config/local.toml names 7444; 0: any free port).
+    #[arg(long, default_value_t = 7444)]
     pub stratum_port: u16,
 }
 
@@ -452,7 +467,18 @@ pub async fn main(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Inspect(a) => crate::sources::riv::inspect::run_with(&a.file, a.json, a.keywords.as_deref()),
+        Command::Inspect(a) => {
+            use crate::sources::riv::inspect::PatientView;
+            // The configured pseudonym key when this machine has one; inspect itself needs none.
+            let configured = config::load_collect(&g.load_options())
+                .0
+                .and_then(|l| l.settings.security.pseudonym_key.clone())
+                .and_then(|k| k.read_bytes().ok())
+                .and_then(|b| crate::crypto::decode_key(&b).ok());
+            let view = configured.map(|k| PatientView::configured(crate::crypto::Pseudonymizer::new(k))).unwrap_or_else(PatientView::one_off);
+            let view = if a.show_identities { view.with_identities() } else { view };
+            crate::sources::riv::inspect::run_as(&a.file, a.json, a.keywords.as_deref(), &view)
+        }
         Command::Audit(AuditCmd::Verify { json, head }) => {
             let app = open_app(&g).await?;
             let exported = head.as_deref().map(read_signed_head).transpose()?;
@@ -584,11 +610,11 @@ pub async fn main(cli: Cli) -> Result<i32> {
         }
         Command::Users(cmd) => {
             let app = open_app(&g).await?;
-            crate::admin::users_cli(&app, cmd).await
+            users_cli(&app, cmd).await
         }
         Command::Run(a) => {
             let app = open_app(&g).await?;
-            crate::daemon::run(app, a, g.load_options()).await
+            crate::daemon::run(app, crate::daemon::RunOptions { once: a.once, connector: a.connector }, g.load_options()).await
         }
         Command::Config(ConfigCmd::Reload { reason, actor }) => {
             let app = open_app(&g).await?;
@@ -604,9 +630,10 @@ pub async fn main(cli: Cli) -> Result<i32> {
         }
         Command::Backfill(a) => {
             let app = open_app(&g).await?;
-            crate::daemon::backfill(app, a).await
+            let opts = crate::daemon::BackfillOptions { from: a.from, to: a.to, connector: a.connector, dry_run: a.dry_run, json: a.json, deliver: a.deliver };
+            crate::daemon::backfill(app, opts).await
         }
-        Command::Demo(a) => crate::demo::run(g, a).await,
+        Command::Demo(a) => crate::demo::run(crate::demo::DemoOptions { patients: a.patients, seed: a.seed, no_serve: a.no_serve, listen: a.listen, dir: a.dir }).await,
         Command::Recover { after_restore, lookup_days, actor } => {
             if !after_restore {
                 bail!("say --after-restore: this marks every undelivered registration's outcome as unknown");
@@ -638,7 +665,52 @@ pub async fn main(cli: Cli) -> Result<i32> {
         }
         Command::Sandbox(a) => {
             crate::telemetry::init(&Default::default());
-            crate::sandbox::serve_cli(a).await
+            crate::demo::sandbox(crate::demo::SandboxOptions { patients: a.patients, seed: a.seed, dir: a.dir, journal_port: a.journal_port, stratum_port: a.stratum_port }).await
+        }
+    }
+}
+
+/// `registerbrygga users set|list|token`.
+pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
+    let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    match cmd {
+        UsersCmd::Set { username, role, patient_data, units } => {
+            if patient_data && crate::admin::Role::parse(&role) == Some(crate::admin::Role::Reader) {
+                eprintln!("note: --patient-data has no effect for a läsare (läsare never see patient identities)");
+            }
+            let pw = match std::env::var("RB_NEW_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    eprintln!("password for {username} (one line on stdin):");
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let units = units.as_deref().map(crate::admin::store::parse_units);
+            let limited = units.as_ref().filter(|l| !l.is_empty()).map(|l| format!(", units {}", l.join(","))).unwrap_or_default();
+            let (created, role) = crate::admin::set_user_from_cli(app, &username, &role, patient_data, units, pw, &actor).await?;
+            println!("{} user {username} ({}{}{limited})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
+            Ok(0)
+        }
+        UsersCmd::Token { username, name, days } => {
+            let (id, token, days) = crate::admin::mint_token_from_cli(app, &username, &name, days, &actor).await?;
+            eprintln!("token {id} for {username}, valid {days} days (shown once):");
+            println!("{token}");
+            Ok(0)
+        }
+        UsersCmd::List { json } => {
+            let users = crate::admin::store::users(&app.store).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!("{:<24} {:<10} {:<13} {:<9} {:<17} units", "username", "role", "patient_data", "disabled", "created");
+                for u in users {
+                    let units = if u.units.is_empty() { "(hela regionen)".to_string() } else { u.units.join(",") };
+                    println!("{:<24} {:<10} {:<13} {:<9} {:<17} {units}", u.username, u.role.as_str(), u.patient_data, u.disabled, u.created.format("%Y-%m-%d %H:%M"));
+                }
+            }
+            Ok(0)
         }
     }
 }

@@ -339,6 +339,18 @@ pub struct UnitBinding {
     pub hsa_id: String,
     /// The register's UnitCode for it.
     pub unit_code: String,
+    /// The unit's name as people know it; pages, exports and summaries show "name (HSA id)"
+    /// (`crate::units`). Left out: the register's unit metadata names it, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A unit's name where the register has no code for it (`[registers.X].unit_names`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnitName {
+    pub hsa_id: String,
+    pub name: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,6 +372,10 @@ pub struct RegisterSettings {
     pub api_key: Option<Secret>,
     pub tls: TlsClientSettings,
     pub units: Vec<UnitBinding>,
+    /// Names of units the register has no code for, e.g. vårdcentraler whose PVK aggregates go
+    /// to export files only; bound units are named in `units`. A list, not a table keyed by HSA
+    /// id: the configuration loader lower-cases table keys.
+    pub unit_names: Vec<UnitName>,
     pub timeout_seconds: u64,
     pub rate_limit_per_second: u32,
     pub metadata_refresh_hours: u64,
@@ -380,6 +396,7 @@ impl Default for RegisterSettings {
             api_key: None,
             tls: TlsClientSettings::default(),
             units: vec![],
+            unit_names: Default::default(),
             timeout_seconds: 30,
             rate_limit_per_second: 200,
             metadata_refresh_hours: 24,
@@ -914,8 +931,8 @@ fn line_of(text: &str, offset: usize) -> String {
 }
 
 /// Validation of the loaded configuration that needs no I/O beyond reading local files.
-/// Register-specific checks (mapping columns against metadata, PVK code lists) are added by
-/// `crate::app::check_all`, which calls into the register modules.
+/// Schedules and register-specific checks (mapping columns against metadata, PVK code lists)
+/// are added by `crate::checks`, which calls into the scheduler and the register modules.
 pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
     let s = &loaded.settings;
     let mut p = vec![];
@@ -939,7 +956,7 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
                     p.push(Problem::error(&main_file, &key, e.to_string()));
                 }
             }
-            Err(e) => p.push(Problem::error(&main_file, &key, e.to_string())),
+            Err(e) => p.push(Problem::error(&main_file, &key, format!("{e}{}", missing_secret_hint(&key, k)))),
         }
     }
     match &s.security.pseudonym_key {
@@ -991,6 +1008,11 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         for (i, u) in r.units.iter().enumerate() {
             if let Err(e) = crate::model::HsaId::parse(&u.hsa_id) {
                 p.push(Problem::error(&main_file, format!("{k}.units[{i}].hsa_id"), e.to_string()));
+            }
+        }
+        for (i, u) in r.unit_names.iter().enumerate() {
+            if let Err(e) = crate::model::HsaId::parse(&u.hsa_id) {
+                p.push(Problem::error(&main_file, format!("{k}.unit_names[{i}].hsa_id"), e.to_string()));
             }
         }
         if r.retry.multiplier < 1.0 {
@@ -1053,9 +1075,6 @@ pub fn check_static(loaded: &Loaded) -> Vec<Problem> {
         }
         if !s.registers.contains_key(&c.register) {
             p.push(Problem::error(&f, "register", format!("no register named '{}' in [registers]", c.register)));
-        }
-        if let Err(e) = crate::scheduler::parse_cron(&c.schedule) {
-            p.push(Problem::error(&f, "schedule", format!("invalid cron expression: {e}")));
         }
         if c.units.is_empty() {
             p.push(Problem::error(&f, "units", "no care units listed"));
@@ -1129,7 +1148,20 @@ fn check_secret(p: &mut Vec<Problem>, file: &str, key: &str, secret: &Secret) {
     if secret.file.is_none() && secret.env.is_none() {
         p.push(Problem::error(file, key, "a secret needs `file` or `env`"));
     } else if let Err(e) = secret.read_bytes() {
-        p.push(Problem::error(file, key, e.to_string()));
+        p.push(Problem::error(file, key, format!("{e}{}", missing_secret_hint(key, secret))));
+    }
+}
+
+/// How to create a missing secret file: the sandbox's own files come from `registerbrygga
+/// sandbox` (which the shipped `config/local.toml` points at); a key is 32 random bytes.
+fn missing_secret_hint(key: &str, secret: &Secret) -> String {
+    let Some(f) = secret.file.as_ref().filter(|f| !f.exists()) else { return String::new() };
+    if f.components().any(|c| c.as_os_str() == "sandbox") {
+        format!(" — `registerbrygga sandbox` creates it (the sandbox's keys, certificates and API key under {}; README, \"First run\")", f.parent().map(|d| d.display().to_string()).unwrap_or_default())
+    } else if key.starts_with("security.") {
+        format!(" — a key is 32 random bytes: `openssl rand -base64 32 > {}` (docs/runbook.md, \"Configure a region\")", f.display())
+    } else {
+        String::new()
     }
 }
 

@@ -3,7 +3,6 @@
 //! and the admin listener, with graceful shutdown on SIGTERM.
 
 use crate::app::App;
-use crate::cli::{BackfillArgs, RunArgs};
 use crate::config::{ConnectorKind, RegisterKind};
 use crate::delivery::{DeliveryEngine, Lane};
 use crate::pipeline::{run_connector, ConnectorRuntime, PatientMapper, RunKind};
@@ -202,7 +201,7 @@ async fn stop_or_reload(app: &App, opts: &crate::config::LoadOptions, signals: &
         };
         let (loaded, mut problems) = crate::config::load_collect(opts);
         if let Some(l) = &loaded {
-            problems.extend(crate::config::check_static(l));
+            problems.extend(crate::checks::check_static(l));
         }
         let errors: Vec<String> = problems.iter().filter(|p| !p.warning).map(|p| p.to_string()).collect();
         match loaded {
@@ -224,9 +223,18 @@ async fn stop_or_reload(app: &App, opts: &crate::config::LoadOptions, signals: &
     }
 }
 
+/// How `run` runs (the command line fills it from `run`'s flags).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Run every connector once now, deliver, and exit (instead of following the schedules).
+    pub once: bool,
+    /// Only this connector (with `once`).
+    pub connector: Option<String>,
+}
+
 /// `registerbrygga run`: serve until stopped; a configuration reload (SIGHUP or
 /// `registerbrygga config reload`) drains, re-reads everything and serves again.
-pub async fn run(app: App, args: RunArgs, opts: crate::config::LoadOptions) -> Result<i32> {
+pub async fn run(app: App, args: RunOptions, opts: crate::config::LoadOptions) -> Result<i32> {
     // Signals and the reload generation are taken before anything else, so a request made
     // while the daemon starts or reloads is answered by the next serving period.
     let mut signals = Signals::take_over()?;
@@ -404,7 +412,11 @@ pub fn admin_state(app: &App, rt: &Runtime) -> crate::admin::AdminState {
     let clients: Vec<Arc<StratumClient>> = rt.clients.values().cloned().collect();
     let warnings = rt.warnings.clone();
     let status = rt.status.clone();
+    let metadata_clients = clients.clone();
     crate::admin::AdminState::new(app.clone())
+        .with_unit_metadata_names(move || {
+            metadata_clients.iter().filter_map(|c| c.metadata()).flat_map(|m| m.units.iter().filter_map(|u| Some((u.hsa_id.clone()?, u.unit_name.clone()))).collect::<Vec<_>>()).collect()
+        })
         .with_next_runs(move || crate::scheduler::runner::next_runs(&connectors, chrono::Utc::now()))
         .with_readiness(move || {
             clients
@@ -443,8 +455,24 @@ pub async fn spawn_admin(app: &App, rt: &Runtime, shutdown: watch::Receiver<bool
     })))
 }
 
+/// What `backfill` reads and does (the command line fills it from `backfill`'s flags).
+#[derive(Clone, Debug)]
+pub struct BackfillOptions {
+    /// First and last day, inclusive.
+    pub from: chrono::NaiveDate,
+    pub to: chrono::NaiveDate,
+    /// Only this connector.
+    pub connector: Option<String>,
+    /// Validate and map without storing or sending; report what would be sent.
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    pub json: bool,
+    /// Also deliver what the backfill queued before returning.
+    pub deliver: bool,
+}
+
 /// `registerbrygga backfill`.
-pub async fn backfill(app: App, args: BackfillArgs) -> Result<i32> {
+pub async fn backfill(app: App, args: BackfillOptions) -> Result<i32> {
     if args.from > args.to {
         bail!("--from must not be after --to");
     }
@@ -472,7 +500,7 @@ pub async fn backfill(app: App, args: BackfillArgs) -> Result<i32> {
     }
     let mut delivered = 0;
     if args.deliver && !args.dry_run {
-        delivered = crate::demo::deliver_with_progress(&rt.engine, &app.store).await?;
+        delivered = crate::delivery::progress::drain_with_progress(&rt.engine).await?;
     }
     let _ = stop_tx.send(true);
     if let Some(b) = background {
@@ -628,6 +656,7 @@ impl crate::pipeline::AfterPull for PvkAfter {
                     dir,
                     &crate::sinks::export::RunInfo { connector: self.def.name.clone(), run_id: run.run_id.to_string(), generated_at: chrono::Utc::now() },
                     &self.engine.labels(),
+                    &crate::units::UnitNames::from_loaded(&app.loaded),
                 )?;
                 cs.audit.push(crate::audit::NewAuditEvent::system(
                     crate::audit::kind::EXPORT_WRITTEN,

@@ -4,19 +4,42 @@
 
 use crate::admin::store::{put_user, Role};
 use crate::app::App;
-use crate::cli::{DemoArgs, Global};
 use crate::daemon::build_runtime;
-use crate::delivery::DeliveryEngine;
 use crate::pipeline::{run_connector, RunKind};
 use crate::sandbox::env::{SandboxEnv, SandboxSpec};
-use crate::store::{RecordFilter, RecordState, Store};
+use crate::store::{RecordFilter, RecordState};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-pub async fn run(_g: Global, a: DemoArgs) -> Result<i32> {
+/// What `demo` runs (the command line fills it from `demo`'s flags).
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Size of the synthetic population.
+    pub patients: u32,
+    pub seed: u64,
+    /// Print the summary and return instead of leaving the admin pages running.
+    pub no_serve: bool,
+    /// Admin listen address.
+    pub listen: String,
+    /// Working folder for the demo database and certificates (default: var/demo).
+    pub dir: Option<PathBuf>,
+}
+
+/// What `sandbox` serves (the command line fills it from `sandbox`'s flags).
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    pub patients: u32,
+    pub seed: u64,
+    /// Folder for the generated certificates and keys.
+    pub dir: PathBuf,
+    /// The peers' ports (the command's defaults are config/local.toml's 7443 and 7444); 0: any free port.
+    pub journal_port: u16,
+    pub stratum_port: u16,
+}
+
+pub async fn run(a: DemoOptions) -> Result<i32> {
     let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from("var/demo"));
     // Each demo starts from an empty database (certificates and keys are kept).
     for f in ["registerbrygga.db", "registerbrygga.db-wal", "registerbrygga.db-shm"] {
@@ -55,11 +78,14 @@ pub async fn run(_g: Global, a: DemoArgs) -> Result<i32> {
         bar.finish();
         reports.push(r);
     }
-    deliver_with_progress(&rt.engine, &app.store).await?;
+    crate::delivery::progress::drain_with_progress(&rt.engine).await?;
 
     let password = demo_password();
     let hash = crate::admin::auth::hash_password(password.clone()).await?;
     put_user(&app.store, "demo", Some(&hash), Role::Admin, true, false).await?;
+    // A clinic's user: limited to one unit, it lands on that clinic's page.
+    put_user(&app.store, "mottagning", Some(&hash), Role::Operator, true, false).await?;
+    crate::admin::store::set_user_units(&app.store, "mottagning", &[crate::sandbox::vocabulary::REHAB_UNITS[0].to_string()]).await?;
 
     print_summary(&app, &env, &reports).await?;
     println!();
@@ -70,6 +96,7 @@ pub async fn run(_g: Global, a: DemoArgs) -> Result<i32> {
     }
     println!("Admin pages:  http://{}/", a.listen);
     println!("Demo login:   demo / {password}   (role admin, with the patient-data right)");
+    println!("              mottagning / {password}   (operatör limited to {}: its clinic's page)", crate::units::UnitNames::from_loaded(&app.loaded).label(crate::sandbox::vocabulary::REHAB_UNITS[0]));
     println!("The daemon keeps running (schedules, delivery). Stop with Ctrl-C.");
     crate::daemon::serve(app, rt, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -106,8 +133,9 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
     println!();
     // The register's own indicators for the demo population (the admin page
     // "Artrosregistrets indikatorer" shows the same, with filters).
+    let units = crate::units::UnitNames::from_loaded(&app.loaded);
     println!("Artrosregistrets indikatorer (from what was sent), per unit and year of first visit:");
-    for c in crate::admin::api::sar_indicators_of(app, &Default::default()).await? {
+    for c in crate::admin::api::sar_indicators_of(app, &crate::admin::store::UnitScope::region(), &Default::default()).await? {
         for r in &c.rows {
             let parts: Vec<String> = r
                 .indicators
@@ -119,7 +147,7 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
                     (None, _) => format!("{} –", i.id),
                 })
                 .collect();
-            println!("  {} {} ({} förlopp): {}", r.unit, r.year, r.courses, parts.join(", "));
+            println!("  {} {} ({} förlopp): {}", units.label(&r.unit), r.year, r.courses, parts.join(", "));
         }
     }
     println!();
@@ -158,11 +186,24 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
     println!("  export files written: {exports} (in {})", env.dir.join("export/pvk").display());
     println!();
     let worklist = app.store.worklist(None, None).await?;
-    let mut by_unit: BTreeMap<String, usize> = BTreeMap::new();
+    // Per unit and form: how many registrations wait for answers, and the answer most often missing.
+    let mut cells: BTreeMap<(String, String), (usize, BTreeMap<String, usize>)> = BTreeMap::new();
     for w in &worklist {
-        *by_unit.entry(w.unit.clone()).or_default() += 1;
+        let cell = cells.entry((units.label(&w.unit), w.form.clone())).or_default();
+        cell.0 += 1;
+        for m in &w.missing {
+            *cell.1.entry(m.clone()).or_default() += 1;
+        }
     }
-    println!("Worklist “att komplettera”: {} item(s) {:?}", worklist.len(), by_unit);
+    println!("Worklist “att komplettera”: {} item(s)", worklist.len());
+    if !cells.is_empty() {
+        let mut table = crate::table::Table::new(&["unit", "form", ">items", "most often missing"]);
+        for ((unit, form), (n, missing)) in &cells {
+            let top = missing.iter().max_by_key(|(name, k)| (**k, std::cmp::Reverse((*name).clone()))).map(|(m, k)| format!("{m} ({k})")).unwrap_or_default();
+            table.row([unit.clone(), form.clone(), n.to_string(), top]);
+        }
+        println!("{}", table.render(2));
+    }
     let rejected = app.store.records(&RecordFilter { state: Some(RecordState::Rejected), limit: Some(100_000), ..Default::default() }).await?.len();
     let dead = app.store.records(&RecordFilter { state: Some(RecordState::Dead), limit: Some(100_000), ..Default::default() }).await?.len();
     let waiting = app.store.queue_depth().await?;
@@ -173,36 +214,9 @@ async fn print_summary(app: &App, env: &SandboxEnv, reports: &[crate::pipeline::
     Ok(())
 }
 
-/// Deliver everything due, with a progress bar over the queue.
-pub async fn deliver_with_progress(engine: &DeliveryEngine, store: &Store) -> Result<usize> {
-    let total = store.queue_depth().await?.max(0) as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>22} {bar:40} {pos}/{len} records ({per_sec}, eta {eta})").expect("template"));
-    bar.set_prefix("delivery");
-    let mut sent = 0;
-    loop {
-        let n = engine.drain(Duration::from_secs(2)).await?;
-        sent += n;
-        let left = store.queue_depth().await?.max(0) as u64;
-        bar.set_position(total.saturating_sub(left));
-        if left == 0 || (n == 0 && !has_due(store).await?) {
-            break;
-        }
-    }
-    bar.finish();
-    Ok(sent)
-}
-
-/// Anything pending that is due now (not waiting for a later retry)?
-async fn has_due(store: &Store) -> Result<bool> {
-    let mut tx = store.read().await?;
-    let r = tx.row("SELECT COUNT(*) FROM records WHERE state = 'pending' AND next_attempt_us <= $1", crate::args![crate::store::now_us()]).await?;
-    Ok(r.map(|r| r.i64(0)).transpose()?.unwrap_or(0) > 0)
-}
-
 /// `registerbrygga sandbox`: the peers alone, until Ctrl-C (acceptance testing of a region's
 /// own configuration against known data).
-pub async fn sandbox(a: crate::cli::SandboxArgs) -> Result<i32> {
+pub async fn sandbox(a: SandboxOptions) -> Result<i32> {
     let today = crate::pipeline::today_stockholm();
     let mut spec = SandboxSpec::new(a.seed, a.patients as usize, today);
     spec.journal_addr = std::net::SocketAddr::from(([127, 0, 0, 1], a.journal_port));

@@ -158,15 +158,28 @@ async fn bootstrap_admin_and_users_cli() {
 
     // `users set` with the password from the environment, then `users list`.
     std::env::set_var("RB_NEW_PASSWORD", "cli-lösenordet-12");
-    let code = admin::users_cli(&app, registerbrygga::cli::UsersCmd::Set { username: "kalle".into(), role: "operatör".into(), patient_data: true }).await.unwrap();
+    let code = registerbrygga::cli::users_cli(&app, registerbrygga::cli::UsersCmd::Set { username: "kalle".into(), role: "operatör".into(), patient_data: true, units: None }).await.unwrap();
     assert_eq!(code, 0);
     let u = admin::store::user(&app.store, "kalle").await.unwrap().unwrap();
     assert_eq!((u.role, u.patient_data), (Role::Operator, true));
     assert!(u.password_hash.starts_with("$argon2id$"));
     Client::login(&srv.base, "kalle", "cli-lösenordet-12").await;
-    assert_eq!(admin::users_cli(&app, registerbrygga::cli::UsersCmd::List { json: true }).await.unwrap(), 0);
+    assert_eq!(registerbrygga::cli::users_cli(&app, registerbrygga::cli::UsersCmd::List { json: true }).await.unwrap(), 0);
     let changed = app.store.audit_search(&AuditQuery { kind: Some("user.changed".into()), ..Default::default() }).await.unwrap();
     assert!(changed.iter().any(|e| e.subject == "user:kalle") && changed.iter().any(|e| e.subject == "user:admin"));
+    // `--units` limits the user to its care units (kept as given, sorted, without duplicates);
+    // something that is no HSA id is refused and changes nothing.
+    let set = |units: &str| registerbrygga::cli::UsersCmd::Set { username: "kalle".into(), role: "operatör".into(), patient_data: true, units: Some(units.into()) };
+    assert_eq!(registerbrygga::cli::users_cli(&app, set("SE2321000156-FT02, SE2321000156-FT01,SE2321000156-FT02")).await.unwrap(), 0);
+    let u = admin::store::user(&app.store, "kalle").await.unwrap().unwrap();
+    assert_eq!(u.units, vec!["SE2321000156-FT01".to_string(), "SE2321000156-FT02".to_string()]);
+    assert!(registerbrygga::cli::users_cli(&app, set("191212121212")).await.is_err());
+    assert_eq!(admin::store::user(&app.store, "kalle").await.unwrap().unwrap().units.len(), 2);
+    let changed = app.store.audit_search(&AuditQuery { kind: Some("user.changed".into()), subject: Some("user:kalle".into()), ..Default::default() }).await.unwrap();
+    assert!(changed.iter().any(|e| e.detail["units"] == json!(["SE2321000156-FT01", "SE2321000156-FT02"])));
+    // Several units: the sign-in lands on the chooser.
+    let r = Client::anonymous(&srv.base).post_login(&[("username", "kalle"), ("password", "cli-lösenordet-12")]).await;
+    assert_eq!(r.headers.get("location").unwrap(), "/mottagning");
     // A second start does not create another admin or reset the password.
     admin::bootstrap_admin(&app).await.unwrap();
     assert_eq!(admin::store::users(&app.store).await.unwrap().len(), 2);
@@ -566,6 +579,250 @@ async fn api_tokens_are_managed_by_admins_and_stored_hashed() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Users limited to their own units (issue 17 item 9, issue 19 items 1–2)
+
+const OTHER_UNIT: &str = "SE2321000156-FT02";
+const OTHER_NAME: &str = "Rehab Fryken";
+const OWN_NAME: &str = "Fysioterapin Klarälven";
+/// The other unit's patient (a valid test personnummer), in the forms a page could show.
+const OTHER_PNR: &str = "195011182044";
+const OTHER_PNR_DASH: &str = "19501118-2044";
+
+struct OtherUnit {
+    dead_id: i64,
+    dead_key: String,
+    delivered_id: i64,
+    patient_key: String,
+}
+
+/// The second unit's data: a dead letter, a delivered record, a worklist entry, an episode and
+/// a PVK result with a patient list — everything a unit-limited user of the first must not see.
+async fn seed_other_unit(app: &registerbrygga::app::App) -> OtherUnit {
+    use registerbrygga::store::*;
+    let s = &app.store;
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let patient = registerbrygga::model::PatientId::parse_national(OTHER_PNR, today).unwrap();
+    let pk = app.pseudo.patient_key(&patient);
+    let upsert = |key: &str| {
+        let payload = json!({"SubjectKey": OTHER_PNR, "EventDate": "2026-04-01", "FV_PainNRS": 4}).as_object().unwrap().clone();
+        OutboxChange::Upsert {
+            key: RecordKey { idem_key: key.into(), register: "sar".into(), connector: "sar-fysio".into(), unit: OTHER_UNIT.into(), form: "FVPat".into(), subject: Some(pk.clone()) },
+            payload,
+            lookup: json!({"SubjectKey": OTHER_PNR}).as_object().unwrap().clone(),
+            correlation_id: "seed-other".into(),
+            detail: json!({}),
+        }
+    };
+    let dead_key = format!("sar|{OTHER_UNIT}|{pk}|hip|FVPat");
+    s.apply(ChangeSet { outbox: vec![upsert(&dead_key)], ..Default::default() }).await.unwrap();
+    let c = s.claim("w1", &[], 1, 60).await.unwrap().pop().expect("claimed");
+    s.finish(&c, "w1", Outcome::Rejected { operation: "POST".into(), http_status: Some(400), reason: "400 FV_PainNRS saknas".into() }).await.unwrap();
+    let dead_id = c.record.id;
+    s.apply(ChangeSet { outbox: vec![upsert(&format!("sar|{OTHER_UNIT}|{pk}|course|FVPat"))], ..Default::default() }).await.unwrap();
+    let c = s.claim("w1", &[], 1, 60).await.unwrap().pop().expect("claimed");
+    s.finish(&c, "w1", Outcome::Delivered { operation: "POST".into(), http_status: Some(200), event_id: Some("E-2002".into()), detail: None }).await.unwrap();
+    let delivered_id = c.record.id;
+    s.apply(ChangeSet {
+        worklist: vec![WorklistChange::Put {
+            idem_key: format!("sar|{OTHER_UNIT}|{pk}|course|M3Pat"),
+            connector: "sar-fysio".into(),
+            unit: OTHER_UNIT.into(),
+            form: "Uppf3m".into(),
+            patient_key: pk.clone(),
+            patient: patient.clone(),
+            missing: vec!["U3_PainNRS".into()],
+            event_date: Some("2026-07-01".into()),
+        }],
+        episodes: vec![(
+            "sar-fysio".into(),
+            pk.clone(),
+            vec![EpisodeRow { episode_key: format!("sar|{OTHER_UNIT}|{pk}|course"), connector: "sar-fysio".into(), unit: OTHER_UNIT.into(), patient_key: pk.clone(), joint: "hip".into(), first_visit_date: "2026-04-01".into(), forms_due: vec!["FVPat".into()] }],
+        )],
+        pvk_results: vec![PvkResultRow {
+            connector: "pvk-vc".into(),
+            rule_year: 2026,
+            unit: OTHER_UNIT.into(),
+            year: 2026,
+            month: 3,
+            indicator: "KOL_spirometri".into(),
+            numerator: Some(3),
+            denominator: Some(7),
+            computable: true,
+            suppressed: false,
+            note: None,
+            patient_list: Some(PatientList::new(&json!([{"personnummer": OTHER_PNR_DASH, "uppfyllt": true}]))),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    OtherUnit { dead_id, dead_key, delivered_id, patient_key: pk }
+}
+
+/// Both units named beside their bindings, as a region configures them.
+fn named_units(s: &mut registerbrygga::config::Settings) {
+    use registerbrygga::config::{RegisterSettings, UnitBinding};
+    let units = vec![
+        UnitBinding { hsa_id: UNIT.into(), unit_code: "1701".into(), name: Some(OWN_NAME.into()) },
+        UnitBinding { hsa_id: OTHER_UNIT.into(), unit_code: "1702".into(), name: Some(OTHER_NAME.into()) },
+    ];
+    s.registers.insert("sar".into(), RegisterSettings { units, ..Default::default() });
+}
+
+/// Sign in as a unit-limited user: it lands on its clinic's page (the CSRF token is taken there).
+async fn login_unit(base: &str, user: &str) -> Client {
+    let mut c = Client::anonymous(base);
+    let r = c.post_login(&[("username", user), ("password", PASSWORD)]).await;
+    assert_eq!(r.status, 303, "login of {user}: {}", r.body);
+    assert_eq!(r.headers.get("location").unwrap(), &format!("/mottagning/{UNIT}"), "a one-unit user lands on its clinic's page");
+    c.cookie = Some(r.headers.get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_string());
+    let page = c.get(&format!("/mottagning/{UNIT}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    c.csrf = Some(csrf_from(&page.body).expect("a CSRF token on the clinic page"));
+    c
+}
+
+fn assert_nothing_of_the_other_unit(where_: &str, body: &str, other: &OtherUnit) {
+    for needle in [OTHER_UNIT, OTHER_NAME, OTHER_PNR, OTHER_PNR_DASH, "1118-2044", other.patient_key.as_str(), other.dead_key.as_str(), "E-2002", "FV_PainNRS saknas"] {
+        assert!(!body.contains(needle), "{where_}: shows {needle:?} of the other unit");
+    }
+}
+
+fn json_of(r: &Resp) -> Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body))
+}
+
+both_backends!(a_unit_user_sees_only_its_units_everywhere, |ts: TestStore| async move {
+    let app = app_for(&ts, named_units);
+    add_standard_users(&app).await;
+    let seeded = seed(&app).await;
+    let other = seed_other_unit(&app).await;
+    add_user(&app, "ft1", Role::Operator, true).await;
+    admin::store::set_user_units(&app.store, "ft1", &[UNIT.to_string()]).await.unwrap();
+    // An admin limited to a unit is still kept from the region-wide pages.
+    add_user(&app, "ft1-admin", Role::Admin, false).await;
+    admin::store::set_user_units(&app.store, "ft1-admin", &[UNIT.to_string()]).await.unwrap();
+    let srv = serve(AdminState::new(app)).await;
+    let region = Client::login(&srv.base, "pat", PASSWORD).await;
+    let c = login_unit(&srv.base, "ft1").await;
+
+    // Every GET route, pages and API: nothing of the other unit, whatever the status.
+    let mut paths: BTreeSet<String> = admin::routes().into_iter().filter(|(m, p)| *m == "GET" && !is_public(p)).map(|(_, p)| format!("{}{}", fill(p, &seeded), query_for(p))).collect();
+    paths.extend([
+        format!("/overforingar/{}", seeded.delivered_id),
+        format!("/overforingar?unit={OTHER_UNIT}"),
+        "/overforingar?all_versions=true".into(),
+        "/karantan?alla=1".into(),
+        format!("/att-komplettera?unit={OTHER_UNIT}"),
+        format!("/pvk?unit={OTHER_UNIT}"),
+        "/api/v1/worklists?reason=uppf%C3%B6ljning%20av%20mottagningen".into(),
+        format!("/api/v1/records?unit={OTHER_UNIT}"),
+        format!("/api/v1/worklists?unit={OTHER_UNIT}"),
+        format!("/api/v1/pvk/results?unit={OTHER_UNIT}"),
+    ]);
+    for p in &paths {
+        let r = c.get(p).await;
+        assert!(matches!(r.status, 200 | 303 | 400 | 403 | 404), "GET {p} as ft1: {} {}", r.status, r.body);
+        assert_nothing_of_the_other_unit(&format!("GET {p} (ft1)"), &r.body, &other);
+    }
+    // The region user does see the other unit (the seed is really there).
+    let all: Value = json_of(&region.get("/api/v1/records").await);
+    assert_eq!(all["total"], json!(4));
+    assert!(region.get(&format!("/mottagning/{OTHER_UNIT}")).await.body.contains(&format!("{OTHER_NAME} ({OTHER_UNIT})")));
+
+    // Lists: only the unit's rows.
+    let own = json_of(&c.get("/api/v1/records").await);
+    assert_eq!(own["total"], json!(2));
+    assert!(own["items"].as_array().unwrap().iter().all(|i| i["unit"] == json!(UNIT)));
+    assert_eq!(json_of(&c.get(&format!("/api/v1/records?unit={OTHER_UNIT}")).await)["total"], json!(0));
+    let dl = json_of(&c.get("/api/v1/dead-letters").await);
+    assert_eq!((dl["total"].as_i64(), dl["items"][0]["id"].as_i64()), (Some(1), Some(seeded.dead_id)));
+    let wl = json_of(&c.get("/api/v1/worklists").await);
+    assert_eq!(wl.as_array().unwrap().len(), 1);
+    assert_eq!(wl[0]["unit"], json!(UNIT));
+    let cov = json_of(&c.get("/api/v1/coverage/sar").await);
+    assert!(!cov.as_array().unwrap().is_empty() && cov.as_array().unwrap().iter().all(|r| r["unit"] == json!(UNIT)));
+    let pvk = json_of(&c.get("/api/v1/pvk/results").await);
+    assert_eq!(pvk["results"].as_array().unwrap().len(), 2);
+    assert!(pvk["results"].as_array().unwrap().iter().all(|r| r["unit"] == json!(UNIT)));
+    // Quarantined documents carry no unit: only a caller who may see every unit of the
+    // connector sees them (here the connector is not configured, so only the region).
+    assert_eq!(json_of(&c.get("/api/v1/quarantine").await), json!([]));
+    assert_eq!(json_of(&region.get("/api/v1/quarantine").await).as_array().unwrap().len(), 1);
+    assert_eq!(json_of(&c.get("/api/v1/me").await)["units"], json!([UNIT]));
+
+    // Another unit's rows do not exist for it, by id either.
+    for p in [format!("/api/v1/records/{}", other.dead_id), format!("/api/v1/records/{}/attempts", other.dead_id), format!("/overforingar/{}", other.delivered_id), format!("/mottagning/{OTHER_UNIT}")] {
+        assert_eq!(c.get(&p).await.status, 404, "GET {p}");
+    }
+    let list_q = format!("?connector=pvk-vc&rule_year=2026&unit={OTHER_UNIT}&year=2026&month=3&indicator=KOL_spirometri");
+    assert_eq!(c.get(&format!("/api/v1/pvk/patient-list{list_q}&reason=kontroll")).await.status, 404);
+    assert_eq!(c.get(&format!("/pvk/patientlista{list_q}")).await.status, 404);
+    // Region-wide pages and endpoints are refused.
+    for who in [&c, &login_unit(&srv.base, "ft1-admin").await] {
+        for p in ["/granskningslogg", "/anvandare", "/installningar", "/api/v1/audit", "/api/v1/audit/verify", "/api/v1/overview", "/api/v1/runs", "/api/v1/users", "/api/v1/tokens", "/api/v1/config", "/metrics"] {
+            assert_eq!(who.get(p).await.status, 403, "GET {p}");
+        }
+    }
+    // The overview sends it to its clinic; the menu has no region-wide pages.
+    let home = c.get("/").await;
+    assert_eq!((home.status, home.headers.get("location").unwrap().to_str().unwrap()), (303, format!("/mottagning/{UNIT}").as_str()));
+    let clinic = c.get(&format!("/mottagning/{UNIT}")).await.body;
+    assert!(clinic.contains(&format!("{OWN_NAME} ({UNIT})")), "the unit by name");
+    assert!(clinic.contains("Min mottagning") && !clinic.contains("href=\"/granskningslogg\"") && !clinic.contains("href=\"/installningar\""));
+    assert!(clinic.contains(&seeded.patient_key[..12]) && clinic.contains(&format!("/overforingar/{}", seeded.dead_id)) && clinic.contains("Täckningsgrad"));
+    assert!(clinic.contains("KOL_spirometri") && clinic.contains("12 av 21"), "the latest PVK month");
+    assert_no_identity("clinic page", &clinic);
+    assert!(c.get("/overforingar").await.body.contains(&format!("{OWN_NAME} ({UNIT})")));
+
+    // Actions on the other unit's rows: refused or skipped, and nothing changes.
+    let replay = c.post_json("/api/v1/replay", json!({"ids": [other.dead_id, seeded.dead_id], "reason": "rättat"}), true).await;
+    assert_eq!(json_of(&replay)["requeued"], json!([seeded.dead_id]));
+    assert_eq!(ts.store.record(other.dead_id).await.unwrap().unwrap().state, RecordState::Rejected);
+    let page_replay = c.post_form_csrf("/misslyckade/forsok-igen", &[("id", &other.dead_id.to_string()), ("reason", "rättat")]).await;
+    assert_eq!(page_replay.headers.get("location").unwrap(), "/misslyckade?meddelande=ej-koad");
+    assert_eq!(c.post_json(&format!("/api/v1/records/{}/retract", other.delivered_id), json!({"reason": "avböjer"}), true).await.status, 404);
+    assert_eq!(c.post_json(&format!("/api/v1/records/{}/lift-hold", other.delivered_id), json!({"reason": "häv"}), true).await.status, 404);
+    assert_eq!(c.post_form_csrf(&format!("/overforingar/{}/aterkalla", other.delivered_id), &[("reason", "avböjer")]).await.status, 404);
+    assert_eq!(c.post_form_csrf(&format!("/overforingar/{}/personuppgifter", other.delivered_id), &[("reason", "kontroll")]).await.status, 404);
+    assert_eq!(c.post_json(&format!("/api/v1/quarantine/{}/resolve", seeded.quarantine_id), json!({"note": "klart"}), true).await.status, 404);
+    assert_eq!(ts.store.record(other.delivered_id).await.unwrap().unwrap().state, RecordState::Delivered);
+    assert_eq!(ts.store.quarantine(None, true, 10).await.unwrap().len(), 1);
+    let other_item = format!("sar|{OTHER_UNIT}|{}|course|M3Pat", other.patient_key);
+    assert_eq!(c.post_form_csrf("/att-komplettera/hanterad", &[("idem_key", other_item.as_str()), ("reason", "hanteras på annat sätt")]).await.status, 404);
+    assert_eq!(json_of(&region.get("/api/v1/worklists").await).as_array().unwrap().len(), 2, "the other unit's item is still open");
+
+    // The PDL view log records exactly the patients it was shown: its unit's, never the other's.
+    let shown = c.post_form_csrf("/att-komplettera", &[("reason", "uppföljning på mottagningen")]).await;
+    assert_eq!(shown.status, 200);
+    assert!(shown.body.contains(PNR_DASH) || shown.body.contains(PNR));
+    assert_nothing_of_the_other_unit("worklist identities (ft1)", &shown.body, &other);
+    let list = c.get(&format!("/api/v1/pvk/patient-list{}&reason=kontroll", query_for("/api/v1/pvk/patient-list"))).await;
+    assert_eq!(list.status, 200);
+    let views_own = ts.store.audit_views_of_patient(&seeded.patient_key, 100).await.unwrap();
+    assert!(views_own.iter().filter(|e| e.actor == "ft1").count() >= 3, "worklist (API and page) and the patient list: {views_own:?}");
+    assert!(ts.store.audit_views_of_patient(&other.patient_key, 100).await.unwrap().is_empty(), "the other unit's patient was never shown to anyone");
+
+    // An admin limits a user on the users page: set, kept when left empty, refused when not an
+    // HSA id, and given the whole region back with "alla".
+    let boss = Client::login(&srv.base, "boss", PASSWORD).await;
+    let save = |fields: Vec<(&'static str, &'static str)>| {
+        let boss = &boss;
+        async move { boss.post_form_csrf("/anvandare", &fields).await }
+    };
+    assert_eq!(save(vec![("username", "ft2"), ("role", "läsare"), ("password", PASSWORD), ("units", OTHER_UNIT)]).await.status, 303);
+    let units = |ts: &TestStore| {
+        let store = ts.store.clone();
+        async move { admin::store::user(&store, "ft2").await.unwrap().unwrap().units }
+    };
+    assert_eq!(units(&ts).await, vec![OTHER_UNIT.to_string()]);
+    assert!(boss.get("/anvandare").await.body.contains(&format!("{OTHER_NAME} ({OTHER_UNIT})")));
+    assert_eq!(save(vec![("username", "ft2"), ("role", "operatör"), ("units", "")]).await.status, 303);
+    assert_eq!(units(&ts).await, vec![OTHER_UNIT.to_string()], "an empty field keeps the list");
+    assert_eq!(save(vec![("username", "ft2"), ("role", "operatör"), ("units", "FT02")]).await.status, 400);
+    assert_eq!(save(vec![("username", "ft2"), ("role", "operatör"), ("units", "alla")]).await.status, 303);
+    assert!(units(&ts).await.is_empty());
+});
 // Every text Swedish (issue 19, item 6)
 
 /// The visible text of a page: tags, the style sheet and the SVG's markup removed, the common

@@ -137,7 +137,7 @@ async fn deliver(srv: &Running) -> Option<&'static str> {
         register_id: 104,
         api_key: Some(Secret::from_file(key)),
         tls: sandbox_client_settings(&certs),
-        units: vec![UnitBinding { hsa_id: UNIT.into(), unit_code: "1701".into() }],
+        units: vec![UnitBinding { hsa_id: UNIT.into(), unit_code: "1701".into(), name: None }],
         ..Default::default()
     };
     let store = srv.state.app.store.clone();
@@ -381,5 +381,94 @@ async fn every_admin_page_passes_axe_and_works_by_keyboard() {
         }
     }
     assert!(reached, "Tab from the content reaches the filter form's fields");
+    b.close().await.unwrap();
+}
+
+/// A clinic's user: limited to one unit (`users set … --units`), it signs in on a demo-like
+/// region, lands on its clinic's page, and opens every page its menu offers (and a transfer, its
+/// worklist with identities, a patient list form). A screenshot of each goes to
+/// test-artifacts/unit-*.png, and no page shows another unit's HSA id or name; the region-wide
+/// pages are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_user_sees_only_its_clinic_in_the_browser() {
+    const OWN: &str = "SE2321000156-FT01";
+    const OWN_NAME: &str = "Fysioterapin Klarälven";
+    // The sandbox's other units and the names config/local.toml gives them.
+    const OTHERS: &[&str] = &[
+        "SE2321000156-FT02", "SE2321000156-FT03", "SE2321000156-FT04", "SE2321000156-VC01", "SE2321000156-VC02",
+        "Rehab Fryken", "Fysio Vänerstrand", "Primärvårdsrehab Älvdalen", "Vårdcentralen Norrstrand", "Vårdcentralen Skåre",
+    ];
+    let d = demo_like(Backend::Sqlite, 40).await;
+    // The sandbox configuration (config/local.toml) names every sandbox unit, bound or not.
+    let names = d.srv.state.unit_names();
+    assert_eq!(names.label("SE2321000156-FT02"), "Rehab Fryken (SE2321000156-FT02)");
+    assert_eq!(names.label("SE2321000156-VC01"), "Vårdcentralen Norrstrand (SE2321000156-VC01)");
+    let app = d.srv.state.app.clone();
+    add_user(&app, "ft1", Role::Operator, true).await;
+    registerbrygga::admin::store::set_user_units(&app.store, "ft1", &[OWN.to_string()]).await.unwrap();
+    // The region holds the other units' data (so "none shown" means filtered, not absent).
+    let all = app.store.records(&registerbrygga::store::RecordFilter { limit: Some(100_000), ..Default::default() }).await.unwrap();
+    assert!(all.iter().any(|r| r.unit != OWN) && all.iter().any(|r| r.unit == OWN), "the demo-like region has several units");
+
+    let driver = start_driver().await;
+    let profile = tempfile::tempdir().unwrap();
+    let b = browser(&driver, profile.path()).await;
+    b.goto(&format!("{}/login", d.srv.base)).await.unwrap();
+    b.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("input[name=username]")).await.unwrap();
+    b.find(Locator::Css("input[name=username]")).await.unwrap().send_keys("ft1").await.unwrap();
+    b.find(Locator::Css("input[name=password]")).await.unwrap().send_keys(PASSWORD).await.unwrap();
+    b.find(Locator::Css("button[type=submit]")).await.unwrap().click().await.unwrap();
+    b.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("nav.menu")).await.unwrap();
+    assert_eq!(path_of(&b).await, format!("/mottagning/{OWN}"), "a unit user lands on its clinic's page");
+    assert_eq!(text_of(&b, "h1").await, format!("{OWN_NAME} ({OWN})"));
+
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let mut leaks = vec![];
+    let mut visit = |path: String, name: String, source: String| {
+        for o in OTHERS {
+            if source.contains(o) {
+                leaks.push(format!("{path}: shows {o:?}"));
+            }
+        }
+        name
+    };
+    // Every page of its menu, then pages reached from them.
+    let mut pages: Vec<String> = vec![];
+    for a in b.find_all(Locator::Css("nav.menu a")).await.unwrap() {
+        pages.push(a.attr("href").await.unwrap().expect("menu links have a target"));
+    }
+    assert!(pages.contains(&"/mottagning".to_string()) && !pages.iter().any(|p| p == "/" || p == "/granskningslogg" || p == "/installningar" || p == "/anvandare"), "menu: {pages:?}");
+    if let Some(r) = all.iter().find(|r| r.unit == OWN) {
+        pages.push(format!("/overforingar/{}", r.id));
+    }
+    if let Some(r) = app.store.pvk_results("primarvardskvalitet", None).await.unwrap_or_default().iter().find(|r| r.unit == OWN && r.numerator.unwrap_or(0) > 0) {
+        pages.push(format!("/pvk/patientlista?connector={}&rule_year={}&unit={}&year={}&month={}&indicator={}", r.connector, r.rule_year, r.unit, r.year, r.month, r.indicator));
+    }
+    for path in &pages {
+        b.goto(&format!("{}{path}", d.srv.base)).await.unwrap();
+        b.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("h1")).await.unwrap();
+        assert_ne!(text_of(&b, "h1").await, "Åtkomst nekad", "{path}");
+        let slug: String = path.trim_start_matches('/').split('?').next().unwrap().replace('/', "-");
+        let name = visit(path.clone(), format!("unit-{slug}"), b.source().await.unwrap());
+        std::fs::write(artifacts.join(format!("{name}.png")), b.screenshot().await.unwrap()).unwrap();
+    }
+    // Its worklist with identities, after a stated reason.
+    b.goto(&format!("{}/att-komplettera", d.srv.base)).await.unwrap();
+    if let Ok(reason) = b.find(Locator::Css("main form textarea[name=reason], main form input[name=reason]")).await {
+        reason.send_keys("Planering av uppföljningar").await.unwrap();
+        reason.find(Locator::XPath("./ancestor::form//button")).await.unwrap().click().await.unwrap();
+        b.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("h1")).await.unwrap();
+        let name = visit("/att-komplettera (identiteter)".into(), "unit-att-komplettera-identiteter".into(), b.source().await.unwrap());
+        std::fs::write(artifacts.join(format!("{name}.png")), b.screenshot().await.unwrap()).unwrap();
+    }
+    assert!(leaks.is_empty(), "another unit on a unit user's page:\n{}", leaks.join("\n"));
+    // The region-wide pages are refused; so is another unit's clinic page.
+    for path in ["/granskningslogg", "/installningar", "/anvandare"] {
+        b.goto(&format!("{}{path}", d.srv.base)).await.unwrap();
+        assert_eq!(text_of(&b, "h1").await, "Åtkomst nekad", "{path}");
+    }
+    b.goto(&format!("{}/mottagning/SE2321000156-FT02", d.srv.base)).await.unwrap();
+    assert_eq!(text_of(&b, "h1").await, "Hittades inte");
     b.close().await.unwrap();
 }

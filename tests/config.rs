@@ -122,3 +122,72 @@ fn unknown_connector_references_and_units_are_reported_together() {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
     }
 }
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// The newcomer's path: on a fresh clone `config check` says which command creates the missing
+/// sandbox files, and after that one command (`registerbrygga sandbox`, as the README says) the
+/// shipped local configuration checks without errors.
+#[test]
+fn a_fresh_clone_is_told_how_to_make_the_local_config_work_and_it_does_after_that() {
+    let d = common::test_dir();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in ["config", "connectors", "conformance"] {
+        copy_tree(&root.join(dir), &d.path().join(dir));
+    }
+    let fresh = |cmd: &mut Command| {
+        cmd.current_dir(d.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("RB_") {
+                cmd.env_remove(k);
+            }
+        }
+    };
+    let mut c = Command::new(env!("CARGO_BIN_EXE_registerbrygga"));
+    c.args(["config", "check"]);
+    fresh(&mut c);
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error:")).collect();
+    assert!(!errors.is_empty(), "{text}");
+    for e in &errors {
+        assert!(e.contains("`registerbrygga sandbox` creates it"), "an error does not say how to fix it: {e}");
+    }
+    assert!(errors.iter().any(|e| e.contains("security.encryption_keys")) && errors.iter().any(|e| e.contains("registers.sar.api_key")), "{text}");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("## First run") && readme.contains("registerbrygga sandbox"), "the README documents the command");
+
+    // The one command (free ports here, so parallel tests do not collide).
+    let mut c = Command::new(env!("CARGO_BIN_EXE_registerbrygga"));
+    c.args(["sandbox", "--patients", "10", "--journal-port", "0", "--stratum-port", "0"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    fresh(&mut c);
+    let mut sandbox = c.spawn().unwrap();
+    let ready = d.path().join("var/sandbox/sandbox.toml");
+    for _ in 0..600 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let mut c = Command::new(env!("CARGO_BIN_EXE_registerbrygga"));
+    c.args(["config", "check"]);
+    fresh(&mut c);
+    let out = c.output().unwrap();
+    let _ = sandbox.kill();
+    let _ = sandbox.wait();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(ready.exists(), "the sandbox did not start");
+    assert_eq!(out.status.code(), Some(0), "the shipped local config does not check clean after `registerbrygga sandbox`:\n{text}");
+    assert!(text.lines().any(|l| l.starts_with("0 error(s)")) || text.contains("configuration OK"), "{text}");
+}

@@ -73,7 +73,7 @@ async fn start(ts: &TestStore) -> Env {
         register_id: 104,
         api_key: Some(Secret::from_file(key_file)),
         tls: sandbox_client_settings(&certs),
-        units: UNITS.iter().map(|(h, c)| UnitBinding { hsa_id: h.to_string(), unit_code: c.to_string() }).collect(),
+        units: UNITS.iter().map(|(h, c)| UnitBinding { hsa_id: h.to_string(), unit_code: c.to_string(), name: None }).collect(),
         timeout_seconds: 2,
         rate_limit_per_second: 10_000,
         retry: RetrySettings { initial_delay_ms: 20, multiplier: 2.0, max_delay_ms: 400, max_attempts: 60, max_elapsed_seconds: 600, jitter: true },

@@ -570,7 +570,7 @@ async fn config_check_online_names_unmapped_mandatory_and_unknown_columns() {
     assert_ne!(edited, text);
     std::fs::write(&path, edited).unwrap();
     let loaded = e.env.load_config(vec![]).unwrap();
-    let problems = registerbrygga::registers::check(&loaded, true).await;
+    let problems = registerbrygga::checks::check_registers(&loaded, true).await;
     let texts: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     assert!(problems.iter().any(|p| p.key == "forms.FVPat.columns" && p.reason.contains("mandatory column FV_EQVAS is not mapped")), "{texts:#?}");
     assert!(problems.iter().any(|p| p.key == "forms.FVPat.columns.FV_EQVAS_Old" && p.reason.contains("no column FV_EQVAS_Old in form FVPat")), "{texts:#?}");

@@ -39,6 +39,17 @@ fn demo_runs_end_to_end_and_prints_its_summary() {
     }
     let fv: usize = text.lines().find(|l| l.trim_start().starts_with("FVPat")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(fv > 0, "registrations were delivered:\n{text}");
+    // The worklist is a table (unit, form, items, most often missing), not a debug map.
+    let wl: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("Worklist")).take_while(|l| !l.starts_with("Failures")).collect();
+    assert!(!wl.is_empty() && !wl.concat().contains('{') && !wl.concat().contains("\":"), "the worklist is printed as a map:\n{}", wl.join("\n"));
+    let items: usize = wl[0].split_whitespace().find_map(|w| w.parse().ok()).expect("item count");
+    if items > 0 {
+        let header = wl[1].split_whitespace().collect::<Vec<_>>();
+        assert_eq!(header[..3], ["unit", "form", "items"], "{}", wl.join("\n"));
+        assert!(wl[2].trim_start().starts_with("----"), "{}", wl.join("\n"));
+        let sum: usize = wl[3..].iter().filter_map(|l| l.split_whitespace().nth(2)?.parse::<usize>().ok()).sum();
+        assert_eq!(sum, items, "the rows add up to the count:\n{}", wl.join("\n"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +128,31 @@ fn inspect_prints_records_and_refusals_apart() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!v["records"].as_array().unwrap().is_empty());
     assert!(v["refused"].is_array());
+    // Human output: a table whose patient column holds the patient's pseudonym (no `null`, no
+    // personnummer); identities only with --show-identities.
+    let pnr = pop.patient_id(0).raw().to_string();
+    let out = cmd(None).arg("inspect").arg(&file).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    let rows: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("records")).skip(1).take_while(|l| !l.trim().is_empty()).collect();
+    assert!(rows.len() >= 3, "header, rule and records:\n{text}");
+    assert_eq!(rows[0].split_whitespace().take(3).collect::<Vec<_>>(), ["kind", "patient", "document"], "{text}");
+    let is_pseudonym = |w: &str| w.len() == 24 && w.bytes().all(|b| b.is_ascii_hexdigit());
+    for r in &rows[2..] {
+        let cells: Vec<&str> = r.split_whitespace().collect();
+        assert_eq!(cells[0], "care_contact", "the kind column names the record kind:\n{text}");
+        assert!(is_pseudonym(cells[1]), "the patient column holds a pseudonym: {r}");
+    }
+    assert!(!text.contains("null"), "{text}");
+    assert!(!text.contains(&pnr) && !text.contains(&pnr[2..]), "inspect printed a personnummer without being asked:\n{text}");
+    assert!(text.contains("patients: pseudonyms"), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(&cmd(None).args(["inspect", "--json"]).arg(&file).output().unwrap().stdout).unwrap();
+    assert!(v["records"].as_array().unwrap().iter().all(|r| r["patient"]["id"] == "<redacted>" && is_pseudonym(r["patient"]["pseudonym"].as_str().unwrap())));
+    let shown = String::from_utf8_lossy(&cmd(None).args(["inspect", "--show-identities"]).arg(&file).output().unwrap().stdout).to_string();
+    assert!(shown.contains(&pnr) && shown.contains("identities shown"), "--show-identities prints the identity:\n{shown}");
+    let help = String::from_utf8_lossy(&cmd(None).args(["inspect", "--help"]).output().unwrap().stdout).to_string();
+    assert!(help.contains("--show-identities") && help.contains("pseudonym"), "{help}");
+
     // A broken document is refused as a whole: non-zero exit, the reason names the document.
     std::fs::write(&file, b"<not-xml").unwrap();
     let out = cmd(None).args(["inspect"]).arg(&file).output().unwrap();

@@ -46,7 +46,7 @@ fn metadata() -> RegisterMetadata {
 }
 
 fn bindings() -> Vec<UnitBinding> {
-    (1..=4).map(|i| UnitBinding { hsa_id: format!("SE2321000156-FT0{i}"), unit_code: format!("170{i}") }).collect()
+    (1..=4).map(|i| UnitBinding { hsa_id: format!("SE2321000156-FT0{i}"), unit_code: format!("170{i}"), name: None }).collect()
 }
 
 /// A valid personnummer born on `birth` (YYYYMMDD) with the given serial.
@@ -877,7 +877,9 @@ fn xml_export_validates_against_the_shipped_xsd_and_csv_has_its_columns() {
     let out = compute(&engine, &pats, None, None, &[FT01, VC01], &[(2026, 2), MAR, (2026, 5)]);
     let dir = tempfile::tempdir().unwrap();
     let run = RunInfo { connector: "pvk".into(), run_id: "run-42".into(), generated_at: chrono::DateTime::parse_from_rfc3339("2026-04-15T01:00:00Z").unwrap().to_utc() };
-    let files = write_exports(&out.results, &dir.path().join("out"), &run, &engine.labels()).unwrap();
+    // Units by name in the CSV files (one named, one not: the bare id then).
+    let names = registerbrygga::units::UnitNames::default().with(FT01, "Fysioterapin Klarälven");
+    let files = write_exports(&out.results, &dir.path().join("out"), &run, &engine.labels(), &names).unwrap();
     assert_eq!(files.len(), 3, "PVK XML and CSV, and the regional measures' own file");
     let pvk_rows = out.results.iter().filter(|r| !r.indicator.starts_with("REG")).count();
     let regional_rows = out.results.len() - pvk_rows;
@@ -898,7 +900,8 @@ fn xml_export_validates_against_the_shipped_xsd_and_csv_has_its_columns() {
     assert_eq!(lines.next().unwrap().split(';').collect::<Vec<_>>(), CSV_COLUMNS.to_vec());
     assert_eq!(csv.lines().count(), pvk_rows + 1);
     assert!(!csv.contains("REGFAR01"));
-    assert!(csv.contains(";Ar11 – Förekomst av diagnos höft- eller knäartros (rehabenhet)\r\n"), "the indicator's name is the last column");
+    assert!(csv.contains(";Ar11 – Förekomst av diagnos höft- eller knäartros (rehabenhet);Fysioterapin Klarälven (SE2321000156-FT01)\r\n"), "the indicator's name, then the unit by name");
+    assert!(csv.contains(&format!(";{VC01}\r\n")), "a unit without a name: its HSA id");
     for line in csv.lines().skip(1) {
         let f: Vec<&str> = line.split(';').collect();
         assert!(f.len() >= 10, "{line}");

@@ -285,7 +285,7 @@ async fn second_register_end_to_end(backend: Backend) {
     assert!(e.app.store.audit_verify().await.unwrap().ok);
 
     // Täckningsgrad for this register: per unit, month of first visit and form.
-    let rows = registerbrygga::admin::api::coverage(&e.app.store).await.unwrap();
+    let rows = registerbrygga::admin::api::coverage(&e.app.store, &registerbrygga::admin::store::UnitScope::region()).await.unwrap();
     let mut got: BTreeMap<(String, String, String), (i64, i64)> = BTreeMap::new();
     for r in rows.into_iter().filter(|r| r.connector == REGISTER) {
         got.insert((r.unit, r.month, r.form), (r.due, r.present));

@@ -801,6 +801,23 @@ fn batch_of<'a>(items: &'a [SourceItem], p: &str) -> Option<&'a PatientBatch> {
     })
 }
 
+/// Every batch of a patient merged into one (a streaming source may send several).
+fn merged_of(items: &[SourceItem], p: &str) -> Option<PatientBatch> {
+    let id = pid(p);
+    let mut out: Option<PatientBatch> = None;
+    for i in items {
+        if let SourceItem::Patient(b) = i {
+            if b.patient == id {
+                match &mut out {
+                    None => out = Some(b.clone()),
+                    Some(o) => o.records.extend(b.records.iter().cloned()),
+                }
+            }
+        }
+    }
+    out
+}
+
 fn refused_for<'a>(items: &'a [SourceItem], p: &str) -> Vec<(&'a Refusal, bool)> {
     let id = pid(p);
     items
@@ -1588,7 +1605,8 @@ async fn fhir_source_pages_filters_by_last_updated_and_maps_to_canonical_records
             "code": { "coding": [{ "system": "urn:oid:1.2.752.116.1.1.1.1.3", "code": "M17.0" }] }, "subject": { "reference": "Patient/77" } }),
         serde_json::json!({ "resourceType": "Observation", "id": "odd-code", "meta": { "lastUpdated": "2026-04-02T00:00:00Z" }, "status": "final",
             "code": { "coding": [{ "system": "http://loinc.org", "code": "72514-3" }] },
-            "subject": { "identifier": { "system": "urn:oid:1.2.752.129.2.1.3.1", "value": p1.clone() } }, "effectiveDateTime": "2026-03-01" }),
+            "subject": { "identifier": { "system": "urn:oid:1.2.752.129.2.1.3.1", "value": p1.clone() } }, "effectiveDateTime": "2026-03-01",
+            "performer": [{ "type": "Organization", "identifier": { "system": "urn:oid:1.2.752.129.2.1.4.1", "value": FT01 } }] }),
     ];
     let requests = sb.requests.clone();
     let url = spawn(sb, std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Some(certs.server_config_mtls().unwrap())).unwrap();
@@ -1615,7 +1633,8 @@ async fn fhir_source_pages_filters_by_last_updated_and_maps_to_canonical_records
     assert!(summary.complete);
     assert_eq!(summary.patients, 3);
 
-    let b1 = batch_of(&items, &p1).unwrap();
+    // Pages stream, so a patient's records may come in several batches: merge them.
+    let b1 = &merged_of(&items, &p1).unwrap();
     let c1 = contacts(b1)[0];
     assert_eq!(c1.provenance.document_id, "Encounter/KK-1");
     assert_eq!(c1.provenance.source_system, SS);
@@ -1639,12 +1658,12 @@ async fn fhir_source_pages_filters_by_last_updated_and_maps_to_canonical_records
 
     // Patient 3: only what changed since the watermark, yet the secondary diagnosis is still
     // ranked (its encounter looked up by _id).
-    let b3 = batch_of(&items, &p3).unwrap();
+    let b3 = &merged_of(&items, &p3).unwrap();
     assert!(contacts(b3).is_empty());
     assert_eq!(observations(b3).len(), 1);
     assert_eq!(diagnoses(b3).iter().find(|d| d.code.code == "M199").unwrap().kind, DiagnosisKind::Secondary);
     // Patient 2's visit at another unit is left out.
-    assert_eq!(contacts(batch_of(&items, &p2).unwrap()).len(), 1);
+    assert_eq!(contacts(&merged_of(&items, &p2).unwrap()).len(), 1);
 
     let refused: Vec<&Refusal> =
         items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
@@ -1671,6 +1690,116 @@ async fn fhir_source_pages_filters_by_last_updated_and_maps_to_canonical_records
         items.iter().filter_map(|i| if let SourceItem::Refused { refusal, .. } = i { Some(refusal) } else { None }).collect();
     assert_eq!(refused.len(), 4);
     assert!(refused.iter().all(|r| r.reason.starts_with("HTTP 401") && r.reason.contains("bearer_token")), "{refused:?}");
+}
+
+/// Patient `i`'s journal (as [`journal`]) with ids of its own, at `unit`.
+fn journal_of(i: usize, unit: &str) -> (String, Vec<Record>) {
+    let p = pnr(&format!("1950{:02}{:02}", 1 + i / 28, 1 + i % 28), "123");
+    let unit = HsaId::parse(unit).unwrap();
+    let mut recs = journal(&p, (i % 28) as u32 + 1);
+    for r in &mut recs {
+        let (prov, cc, u) = match r {
+            Record::CareContact(c) => (&mut c.provenance, &mut c.care_contact_id, &mut c.unit),
+            Record::Diagnosis(d) => (&mut d.provenance, &mut d.care_contact_id, &mut d.unit),
+            Record::Activity(a) => (&mut a.provenance, &mut a.care_contact_id, &mut a.unit),
+            Record::Observation(o) => (&mut o.provenance, &mut o.care_contact_id, &mut o.unit),
+        };
+        prov.document_id = format!("P{i}-{}", prov.document_id);
+        *cc = Some(format!("KK-P{i}"));
+        if u.is_some() {
+            *u = Some(unit.clone());
+        }
+    }
+    (p, recs)
+}
+
+/// The FHIR source asks the server for the connector's units (the emulator honours it as a
+/// FHIR server does), and hands each page to the pipeline before it fetches the next: over a
+/// pull of many pages it never holds more than a page of records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_source_asks_for_its_units_and_streams_page_by_page() {
+    use registerbrygga::sandbox::fhir::{spawn, FhirSandbox};
+    use registerbrygga::sources::fhir::FhirSource;
+    let (dir, certs) = certs();
+    let at = Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0).unwrap();
+    let mut feed = vec![];
+    let mut ours = vec![];
+    for i in 0..40 {
+        let (p, recs) = journal_of(i, if i % 2 == 0 { FT01 } else { FT02 });
+        ours.push(p);
+        feed.extend(recs.into_iter().map(|r| (r, at)));
+    }
+    let mut theirs = vec![];
+    for i in 40..80 {
+        let (p, recs) = journal_of(i, ELSEWHERE);
+        theirs.push(p);
+        feed.extend(recs.into_iter().map(|r| (r, at)));
+    }
+    let feed = Arc::new(feed);
+    let sb = FhirSandbox::new(Arc::new(move || feed.as_ref().clone()));
+    let requests = sb.requests.clone();
+    let url = spawn(sb, std::net::TcpListener::bind("127.0.0.1:0").unwrap(), Some(certs.server_config_mtls().unwrap())).unwrap();
+    let mut known = SourceSettings::default().known_code_systems;
+    known.push(LOCAL_TERMS.into());
+    let page = 5;
+    let settings = SourceSettings { kind: SourceKind::Fhir, base_url: url, tls: sandbox_client_settings(&certs), page_size: page, known_code_systems: known, ..SourceSettings::default() };
+    let src = FhirSource::new(&settings).unwrap();
+    let req = pull_request(PatientDiscovery::All, dir.path());
+
+    // A pipeline that takes one item at a time and notes how many requests the server had seen
+    // when the first batch arrived.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let seen_by = requests.clone();
+    let collect = tokio::spawn(async move {
+        let (mut items, mut first) = (vec![], None);
+        while let Some(i) = rx.recv().await {
+            if first.is_none() && matches!(i, SourceItem::Patient(_)) {
+                first = Some(seen_by.lock().unwrap().len());
+            }
+            items.push(i);
+        }
+        (items, first.unwrap_or(usize::MAX))
+    });
+    let summary = src.pull(&req, tx).await.unwrap();
+    let (items, requests_before_first_batch) = collect.await.unwrap();
+    assert!(summary.complete);
+    assert_eq!(summary.patients, 40);
+
+    // The unit filter went over the wire, with the parameter each resource type defines.
+    let reqs = requests.lock().unwrap().clone();
+    let tokens = format!("urn:oid:1.2.752.129.2.1.4.1|{FT01},urn:oid:1.2.752.129.2.1.4.1|{FT02}");
+    for (ty, param) in [("Encounter", Some("service-provider:identifier")), ("Condition", None), ("Procedure", Some("performer:identifier")), ("Observation", Some("performer:identifier"))] {
+        let searches: Vec<Vec<(String, String)>> = reqs
+            .iter()
+            .filter(|r| r.starts_with(&format!("/{ty}?")) && !r.contains("_id="))
+            .map(|r| form_urlencoded::parse(r.split_once('?').unwrap().1.as_bytes()).into_owned().collect())
+            .collect();
+        assert!(!searches.is_empty(), "{ty} searched");
+        for q in &searches {
+            let got = q.iter().find(|(k, _)| k.ends_with(":identifier")).map(|(k, v)| (k.as_str(), v.as_str()));
+            assert_eq!(got, param.map(|p| (p, tokens.as_str())), "{ty}: {q:?}");
+        }
+    }
+    // … and the server honoured it: no other unit's resource was even sent (40 encounters of
+    // ours a search at 5 a page is 8 pages for encounters, procedures and observations each; the
+    // conditions, unfiltered by R4, bring the other unit's encounters to look up by _id).
+    let pages = |ty: &str| reqs.iter().filter(|r| r.starts_with(&format!("/{ty}?")) && !r.contains("_id=")).count();
+    assert_eq!((pages("Encounter"), pages("Procedure"), pages("Observation")), (8, 8, 16));
+    for p in &theirs {
+        assert!(merged_of(&items, p).is_none(), "another unit's patient reached the pipeline");
+    }
+    for p in &ours {
+        let b = merged_of(&items, p).unwrap();
+        assert_eq!((contacts(&b).len(), diagnoses(&b).len(), activities(&b).len(), observations(&b).len()), (1, 2, 1, 2));
+    }
+
+    // Streaming: the first batch arrived after the first page or two, not after the whole pull,
+    // and the source never held more than one page of records.
+    assert!(reqs.len() > 40, "{}", reqs.len());
+    assert!(requests_before_first_batch <= 3, "the first batch waited for {requests_before_first_batch} of {} requests", reqs.len());
+    let received: usize = items.iter().map(|i| if let SourceItem::Patient(b) = i { b.records.len() } else { 0 }).sum();
+    assert_eq!(received, 40 * 6);
+    assert!(src.peak_buffered_records() <= page as usize, "held {} records at once (page size {page})", src.peak_buffered_records());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ impl Env {
             register_id,
             api_key: Some(Secret::from_file(key_file)),
             tls: sandbox_client_settings(&self.certs),
-            units: UNITS.iter().map(|(h, c)| UnitBinding { hsa_id: h.to_string(), unit_code: c.to_string() }).collect(),
+            units: UNITS.iter().map(|(h, c)| UnitBinding { hsa_id: h.to_string(), unit_code: c.to_string(), name: None }).collect(),
             // Generous: the test machine is shared; the timeout tests use `quick_client`.
             timeout_seconds: 5,
             ..Default::default()

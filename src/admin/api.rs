@@ -7,7 +7,7 @@
 //! redactor before it is shown, in case a register echoes a personnummer.
 
 use super::auth::{self, Principal};
-use super::store::{self as db, Role, TransferQuery, TransferRow};
+use super::store::{self as db, Role, TransferQuery, TransferRow, UnitScope};
 use super::{AdminState, ApiError, Fail, ReadinessCheck};
 use crate::audit::{correlation_id, kind, AuditEvent, NewAuditEvent};
 use crate::store::{Attempt, AuditQuery, ChangeSet, OutboxChange, OutboxRecord, RecordState, Registration, Store};
@@ -223,7 +223,7 @@ pub async fn health(State(state): State<AdminState>, Extension(_p): Extension<Pr
 }
 
 pub async fn me(Extension(p): Extension<Principal>) -> Json<Value> {
-    Json(json!({"username": p.username, "role": p.role.as_str(), "patient_data": p.patient_data, "via": match p.via { auth::Via::Session => "session", auth::Via::Token => "token" }}))
+    Json(json!({"username": p.username, "role": p.role.as_str(), "patient_data": p.patient_data, "units": p.scope.units(), "via": match p.via { auth::Via::Session => "session", auth::Via::Token => "token" }}))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,7 +282,9 @@ pub async fn overview_data(state: &AdminState) -> Result<Overview, Fail> {
     Ok(Overview { connectors, days, queue_depth: g.queue_depth, dead_letters, quarantine_open: g.quarantine_open, worklist: g.worklist })
 }
 
-pub async fn overview(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> ApiResult<Overview> {
+pub async fn overview(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> ApiResult<Overview> {
+    // Region-wide counts per connector: a unit-limited caller has its clinic page instead.
+    p.require_region()?;
     Ok(Json(overview_data(&state).await?))
 }
 
@@ -295,7 +297,8 @@ pub struct RunsQuery {
     pub limit: Option<i64>,
 }
 
-pub async fn runs(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<RunsQuery>) -> ApiResult<Vec<crate::store::Run>> {
+pub async fn runs(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<RunsQuery>) -> ApiResult<Vec<crate::store::Run>> {
+    p.require_region()?;
     let mut runs = state.app.store.runs(nz(&q.connector).as_deref(), q.limit.unwrap_or(50).clamp(1, 1000)).await?;
     for r in &mut runs {
         r.error = scrub_opt(&r.error);
@@ -325,7 +328,8 @@ pub struct RecordsQuery {
 }
 
 impl RecordsQuery {
-    pub fn to_query(&self, default_limit: i64) -> Result<TransferQuery, Fail> {
+    /// The store query for this caller: its unit scope goes into the query itself.
+    pub fn to_query(&self, scope: &UnitScope, default_limit: i64) -> Result<TransferQuery, Fail> {
         let limit = self.limit.unwrap_or(default_limit).clamp(1, 1000);
         let offset = match (self.offset, self.page) {
             (Some(o), _) => o.max(0),
@@ -344,6 +348,7 @@ impl RecordsQuery {
             latest_only: !matches!(nz(&self.all_versions).as_deref(), Some("true" | "1" | "on" | "ja")),
             limit,
             offset,
+            scope: scope.clone(),
         })
     }
 }
@@ -356,14 +361,14 @@ pub struct Page<T> {
     pub items: Vec<T>,
 }
 
-pub async fn records(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<RecordsQuery>) -> ApiResult<Page<TransferRow>> {
-    let tq = q.to_query(100)?;
+pub async fn records(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<RecordsQuery>) -> ApiResult<Page<TransferRow>> {
+    let tq = q.to_query(&p.scope, 100)?;
     let (items, total) = db::transfers(&state.app.store, &tq).await?;
     Ok(Json(Page { total, limit: tq.limit, offset: tq.offset, items: items.into_iter().map(scrub_row).collect() }))
 }
 
-pub async fn dead_letters(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<RecordsQuery>) -> ApiResult<Page<TransferRow>> {
-    let mut tq = q.to_query(100)?;
+pub async fn dead_letters(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<RecordsQuery>) -> ApiResult<Page<TransferRow>> {
+    let mut tq = q.to_query(&p.scope, 100)?;
     tq.states = vec![RecordState::Rejected, RecordState::Dead];
     tq.latest_only = true;
     let (items, total) = db::transfers(&state.app.store, &tq).await?;
@@ -384,8 +389,9 @@ pub struct History {
 }
 
 /// The history with payloads removed, plus the raw payloads for the patient-data view.
-pub async fn history(store: &Store, id: i64) -> Result<(History, Option<serde_json::Map<String, Value>>, Option<serde_json::Map<String, Value>>), Fail> {
-    let record = store.record(id).await?.ok_or(Fail::NotFound)?;
+/// Another unit's record is "not found" to a unit-limited caller.
+pub async fn history(store: &Store, scope: &UnitScope, id: i64) -> Result<(History, Option<serde_json::Map<String, Value>>, Option<serde_json::Map<String, Value>>), Fail> {
+    let record = store.record(id).await?.filter(|r| scope.allows(&r.unit)).ok_or(Fail::NotFound)?;
     let payload = record.payload.clone();
     let versions = store.record_versions(&record.idem_key).await?;
     let attempts = store.attempts(&record.idem_key).await?;
@@ -407,12 +413,12 @@ pub async fn history(store: &Store, id: i64) -> Result<(History, Option<serde_js
     ))
 }
 
-pub async fn record(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Path(id): Path<i64>) -> ApiResult<History> {
-    Ok(Json(history(&state.app.store, id).await?.0))
+pub async fn record(State(state): State<AdminState>, Extension(p): Extension<Principal>, Path(id): Path<i64>) -> ApiResult<History> {
+    Ok(Json(history(&state.app.store, &p.scope, id).await?.0))
 }
 
-pub async fn record_attempts(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Path(id): Path<i64>) -> ApiResult<Vec<Attempt>> {
-    let r = state.app.store.record(id).await?.ok_or(Fail::NotFound)?;
+pub async fn record_attempts(State(state): State<AdminState>, Extension(p): Extension<Principal>, Path(id): Path<i64>) -> ApiResult<Vec<Attempt>> {
+    let r = state.app.store.record(id).await?.filter(|r| p.scope.allows(&r.unit)).ok_or(Fail::NotFound)?;
     Ok(Json(state.app.store.attempts(&r.idem_key).await?.into_iter().map(scrub_attempt).collect()))
 }
 
@@ -424,7 +430,7 @@ pub struct ReasonBody {
 /// Retract a record's key on an operator's word: the register should no longer hold it.
 pub async fn do_retract(state: &AdminState, p: &Principal, id: i64, why: &str) -> Result<String, Fail> {
     p.require(Role::Operator)?;
-    let rec = state.app.store.record(id).await?.ok_or(Fail::NotFound)?;
+    let rec = state.app.store.record(id).await?.filter(|r| p.scope.allows(&r.unit)).ok_or(Fail::NotFound)?;
     let corr = correlation_id();
     state
         .app
@@ -452,11 +458,26 @@ pub async fn lift_hold(State(state): State<AdminState>, Extension(p): Extension<
     p.require(Role::Operator)?;
     p.check_csrf(csrf_header(&headers))?;
     let why = reason(&b.reason)?;
-    let rec = state.app.store.record(id).await?.ok_or(Fail::NotFound)?;
+    let rec = state.app.store.record(id).await?.filter(|r| p.scope.allows(&r.unit)).ok_or(Fail::NotFound)?;
     match state.app.store.lift_hold(&rec.idem_key, &p.username, &why).await? {
         Some(l) => Ok(Json(json!({"lifted": l.idem_key, "requeued": l.requeued}))),
         None => Err(Fail::BadRequest("Nyckeln är inte spärrad av en återkallelse.".into()).into()),
     }
+}
+
+/// Replay failed records on an operator's word; a unit-limited caller's ids of other units are
+/// skipped as if they did not exist.
+pub async fn replay_ids(state: &AdminState, p: &Principal, ids: &[i64], why: &str) -> Result<Vec<i64>, Fail> {
+    p.require(Role::Operator)?;
+    let ids: Vec<i64> = if p.scope.is_region() {
+        ids.to_vec()
+    } else {
+        db::record_units(&state.app.store, ids).await?.into_iter().filter(|(_, u)| p.scope.allows(u)).map(|(id, _)| id).collect()
+    };
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(state.app.store.replay(&ids, &p.actor(), why).await?)
 }
 
 fn csrf_header(h: &HeaderMap) -> Option<&str> {
@@ -476,7 +497,7 @@ pub async fn replay(State(state): State<AdminState>, Extension(p): Extension<Pri
     if b.ids.is_empty() || b.ids.len() > 10_000 {
         return Err(Fail::BadRequest("Ange 1–10 000 id.".into()).into());
     }
-    let done = state.app.store.replay(&b.ids, &p.actor(), &why).await?;
+    let done = replay_ids(&state, &p, &b.ids, &why).await?;
     let skipped: Vec<i64> = b.ids.iter().filter(|i| !done.contains(i)).copied().collect();
     Ok(Json(json!({"requeued": done, "skipped": skipped})))
 }
@@ -492,13 +513,39 @@ pub struct QuarantineQuery {
     pub limit: Option<i64>,
 }
 
-pub async fn quarantine(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<QuarantineQuery>) -> ApiResult<Vec<crate::store::QuarantineItem>> {
-    let mut items = state.app.store.quarantine(nz(&q.connector).as_deref(), q.open_only.unwrap_or(true), q.limit.unwrap_or(200).clamp(1, 5000)).await?;
+/// A quarantined document could not be read, so its unit is unknown: a unit-limited caller
+/// sees the items of a connector only when it may see every unit that connector reads.
+pub fn quarantine_visible(state: &AdminState, scope: &UnitScope, connector: &str) -> bool {
+    scope.is_region() || state.app.loaded.connectors.iter().find(|c| c.name == connector).is_some_and(|c| scope.allows_all(&c.units))
+}
+
+pub async fn quarantine_items(state: &AdminState, scope: &UnitScope, connector: Option<&str>, open_only: bool, limit: i64) -> Result<Vec<crate::store::QuarantineItem>, Fail> {
+    let mut items = state.app.store.quarantine(connector, open_only, limit).await?;
+    items.retain(|i| quarantine_visible(state, scope, &i.connector));
     for i in &mut items {
         i.reason = scrub(&i.reason);
         i.document = scrub(&i.document);
     }
-    Ok(Json(items))
+    Ok(items)
+}
+
+pub async fn quarantine(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<QuarantineQuery>) -> ApiResult<Vec<crate::store::QuarantineItem>> {
+    Ok(Json(quarantine_items(&state, &p.scope, nz(&q.connector).as_deref(), q.open_only.unwrap_or(true), q.limit.unwrap_or(200).clamp(1, 5000)).await?))
+}
+
+/// Resolve a quarantined item; one the caller may not see is "not found".
+pub async fn do_resolve_quarantine(state: &AdminState, p: &Principal, id: i64, note: &str) -> Result<(), Fail> {
+    p.require(Role::Operator)?;
+    if !p.scope.is_region() {
+        let connector = db::quarantine_connector(&state.app.store, id).await?.ok_or(Fail::NotFound)?;
+        if !quarantine_visible(state, &p.scope, &connector) {
+            return Err(Fail::NotFound);
+        }
+    }
+    if !state.app.store.resolve_quarantine(id, &p.actor(), note).await? {
+        return Err(Fail::NotFound);
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -510,10 +557,7 @@ pub async fn resolve_quarantine(State(state): State<AdminState>, Extension(p): E
     p.require(Role::Operator)?;
     p.check_csrf(csrf_header(&headers))?;
     let note = reason(&b.note)?;
-    let done = state.app.store.resolve_quarantine(id, &p.actor(), &note).await?;
-    if !done {
-        return Err(Fail::NotFound.into());
-    }
+    do_resolve_quarantine(&state, &p, id, &note).await?;
     Ok(Json(json!({"resolved": id})))
 }
 
@@ -552,14 +596,16 @@ pub struct WorklistEntry {
     pub handled: Option<crate::store::WorklistHandled>,
 }
 
-/// The open worklist; identities only when `reason` is given (the view is recorded first).
+/// The open worklist of the caller's units; identities only when `reason` is given (the view
+/// is recorded first, naming exactly the patients shown).
 pub async fn worklist_entries(state: &AdminState, p: &Principal, connector: Option<String>, unit: Option<String>, why: Option<String>) -> Result<Vec<WorklistEntry>, Fail> {
     worklist_entries_of(state, p, connector, unit, why, false).await
 }
 
 /// The open worklist, or (`handled`) the items marked as handled outside the system.
 pub async fn worklist_entries_of(state: &AdminState, p: &Principal, connector: Option<String>, unit: Option<String>, why: Option<String>, handled: bool) -> Result<Vec<WorklistEntry>, Fail> {
-    let items = state.app.store.worklist_items(connector.as_deref(), unit.as_deref(), handled).await?;
+    let mut items = state.app.store.worklist_items(connector.as_deref(), unit.as_deref(), handled).await?;
+    items.retain(|i| p.scope.allows(&i.unit));
     let show = why.is_some();
     if let Some(why) = &why {
         let subject = format!("worklist:{}:{}", connector.as_deref().unwrap_or("*"), unit.as_deref().unwrap_or("*"));
@@ -632,7 +678,7 @@ pub struct CoverageRow {
 /// Täckningsgrad: per register connector, unit × month × form, courses due vs registrations
 /// present — computed by the register engine's own rule (`registers::engine::coverage`), so the
 /// page and the mapper agree, for every connector of kind `stratum_register`.
-pub async fn coverage(store: &Store) -> Result<Vec<CoverageRow>, Fail> {
+pub async fn coverage(store: &Store, scope: &UnitScope) -> Result<Vec<CoverageRow>, Fail> {
     let mut out = vec![];
     for connector in db::distinct_connectors(store, "sar_episodes").await? {
         let episodes = store.episodes(&connector).await?;
@@ -646,13 +692,14 @@ pub async fn coverage(store: &Store) -> Result<Vec<CoverageRow>, Fail> {
             present: r.delivered as i64,
         }));
     }
+    out.retain(|r| scope.allows(&r.unit));
     Ok(out)
 }
 
 /// SAR data quality: artros diagnoses that classify no joint of the mapping (M19 at another
 /// site, M15.0 …), per connector and unit, counted as distinct journal documents — from the
 /// mapper's notes in the audit log (`mapping.note`, `unmatched_diagnosis`).
-pub async fn sar_unmatched_diagnoses(store: &Store) -> Result<BTreeMap<(String, String), usize>, Fail> {
+pub async fn sar_unmatched_diagnoses(store: &Store, scope: &UnitScope) -> Result<BTreeMap<(String, String), usize>, Fail> {
     let events = store.audit_search(&AuditQuery { kind: Some("mapping.note".into()), limit: Some(100_000), ..Default::default() }).await?;
     let mut docs: BTreeMap<(String, String), std::collections::BTreeSet<String>> = BTreeMap::new();
     for e in events {
@@ -661,13 +708,16 @@ pub async fn sar_unmatched_diagnoses(store: &Store) -> Result<BTreeMap<(String, 
             continue;
         }
         let (Some(unit), Some(doc)) = (note["unit"].as_str(), note["document"].as_str()) else { continue };
+        if !scope.allows(unit) {
+            continue;
+        }
         docs.entry((e.subject.clone(), unit.to_string())).or_default().insert(doc.to_string());
     }
     Ok(docs.into_iter().map(|(k, v)| (k, v.len())).collect())
 }
 
-pub async fn sar_coverage(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> ApiResult<Vec<CoverageRow>> {
-    Ok(Json(coverage(&state.app.store).await?))
+pub async fn sar_coverage(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> ApiResult<Vec<CoverageRow>> {
+    Ok(Json(coverage(&state.app.store, &p.scope).await?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -692,7 +742,8 @@ pub struct SarIndicators {
 
 /// Artrosregistrets indikatorer per SAR connector, unit and year of first visit, from what the
 /// register holds (the delivered payloads), by the rules in `registers::sar::indicators`.
-pub async fn sar_indicators_of(app: &crate::app::App, q: &SarIndicatorQuery) -> anyhow::Result<Vec<SarIndicators>> {
+/// Only the scope's units: a unit-limited caller's figures are computed from its units alone.
+pub async fn sar_indicators_of(app: &crate::app::App, scope: &UnitScope, q: &SarIndicatorQuery) -> anyhow::Result<Vec<SarIndicators>> {
     use crate::registers::sar::{indicators, mapping};
     let filter = indicators::Filter { sex: nz(&q.sex), age_group: nz(&q.age_group), joint: nz(&q.joint) };
     let mut out = vec![];
@@ -710,15 +761,15 @@ pub async fn sar_indicators_of(app: &crate::app::App, q: &SarIndicatorQuery) -> 
         }
         let Some(fv) = m.forms.iter().find(|f| f.occasion.is_first_visit()) else { continue };
         let held: Vec<indicators::Held> =
-            app.store.registrations_delivered(&c.name).await?.into_iter().map(|(unit, form, payload)| indicators::Held { unit, form, payload }).collect();
+            app.store.registrations_delivered(&c.name).await?.into_iter().filter(|(unit, _, _)| scope.allows(unit)).map(|(unit, form, payload)| indicators::Held { unit, form, payload }).collect();
         let rows = indicators::compute(&held, &m.indicator_columns, &fv.subject_column, &fv.event_date_column, &filter);
         out.push(SarIndicators { connector: c.name.clone(), rows });
     }
     Ok(out)
 }
 
-pub async fn sar_indicators(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<SarIndicatorQuery>) -> ApiResult<Vec<SarIndicators>> {
-    Ok(Json(sar_indicators_of(&state.app, &q).await.map_err(Fail::from)?))
+pub async fn sar_indicators(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<SarIndicatorQuery>) -> ApiResult<Vec<SarIndicators>> {
+    Ok(Json(sar_indicators_of(&state.app, &p.scope, &q).await.map_err(Fail::from)?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -783,7 +834,7 @@ pub fn pvk_indicators(state: &AdminState) -> Vec<PvkIndicatorInfo> {
     out
 }
 
-pub async fn pvk_data(state: &AdminState, connector: Option<String>, rule_year: Option<i32>, unit: Option<String>) -> Result<PvkResults, Fail> {
+pub async fn pvk_data(state: &AdminState, scope: &UnitScope, connector: Option<String>, rule_year: Option<i32>, unit: Option<String>) -> Result<PvkResults, Fail> {
     let store = &state.app.store;
     let connectors = match connector {
         Some(c) => vec![c],
@@ -792,8 +843,8 @@ pub async fn pvk_data(state: &AdminState, connector: Option<String>, rule_year: 
     let mut results = vec![];
     let mut quality = vec![];
     for c in &connectors {
-        results.extend(store.pvk_results(c, rule_year).await?.into_iter().filter(|r| unit.as_ref().map_or(true, |u| &r.unit == u)));
-        quality.extend(store.pvk_quality(c).await?.into_iter().filter(|r| unit.as_ref().map_or(true, |u| &r.unit == u)));
+        results.extend(store.pvk_results(c, rule_year).await?.into_iter().filter(|r| scope.allows(&r.unit) && unit.as_ref().map_or(true, |u| &r.unit == u)));
+        quality.extend(store.pvk_quality(c).await?.into_iter().filter(|r| scope.allows(&r.unit) && unit.as_ref().map_or(true, |u| &r.unit == u)));
     }
     for r in &mut results {
         r.note = scrub_opt(&r.note);
@@ -804,8 +855,8 @@ pub async fn pvk_data(state: &AdminState, connector: Option<String>, rule_year: 
     Ok(PvkResults { results, quality, warnings, indicators })
 }
 
-pub async fn pvk_results(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<PvkQuery>) -> ApiResult<PvkResults> {
-    Ok(Json(pvk_data(&state, nz(&q.connector), q.rule_year, nz(&q.unit)).await?))
+pub async fn pvk_results(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<PvkQuery>) -> ApiResult<PvkResults> {
+    Ok(Json(pvk_data(&state, &p.scope, nz(&q.connector), q.rule_year, nz(&q.unit)).await?))
 }
 
 #[derive(Deserialize, Serialize, Clone, Default)]
@@ -847,6 +898,7 @@ pub async fn patient_list(state: &AdminState, p: &Principal, k: &ListKey, why: &
     if !p.patient_data {
         return Err(Fail::Forbidden);
     }
+    p.require_unit(&k.unit)?;
     let list = state.app.store.pvk_patient_list(&k.connector, k.rule_year, &k.unit, k.year, k.month, &k.indicator).await?.ok_or(Fail::NotFound)?;
     let rows = list.as_array().map(|a| a.len()).unwrap_or(1);
     let subject = format!("pvk:{}:{}:{}:{:04}-{:02}:{}", k.connector, k.rule_year, k.unit, k.year, k.month, k.indicator);
@@ -895,11 +947,14 @@ pub async fn audit_events(store: &Store, q: &AuditQuery) -> Result<Vec<AuditEven
     Ok(store.audit_search(q).await?.into_iter().map(scrub_event).collect())
 }
 
-pub async fn audit(State(state): State<AdminState>, Extension(_p): Extension<Principal>, Query(q): Query<AuditParams>) -> ApiResult<Vec<AuditEvent>> {
+pub async fn audit(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<AuditParams>) -> ApiResult<Vec<AuditEvent>> {
+    // The region's whole log (every unit's keys, every user's views): not for a unit user.
+    p.require_region()?;
     Ok(Json(audit_events(&state.app.store, &q.to_query()?).await?))
 }
 
-pub async fn audit_verify(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> ApiResult<crate::store::VerifyReport> {
+pub async fn audit_verify(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> ApiResult<crate::store::VerifyReport> {
+    p.require_region()?;
     Ok(Json(state.app.store.audit_verify().await?))
 }
 
@@ -908,11 +963,13 @@ pub async fn audit_verify(State(state): State<AdminState>, Extension(_p): Extens
 
 pub async fn users(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> ApiResult<Vec<db::User>> {
     p.require(Role::Admin)?;
+    p.require_region()?;
     Ok(Json(db::users(&state.app.store).await?))
 }
 
 pub async fn tokens(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> ApiResult<Vec<db::ApiToken>> {
     p.require(Role::Admin)?;
+    p.require_region()?;
     Ok(Json(db::tokens(&state.app.store).await?))
 }
 
@@ -929,6 +986,7 @@ pub struct TokenBody {
 
 pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Json(b): Json<TokenBody>) -> Result<Response, ApiError> {
     p.require(Role::Admin)?;
+    p.require_region()?;
     p.check_csrf(csrf_header(&headers))?;
     let (id, token) = auth::create_api_token(&state, &p, &b.name, b.username.as_deref(), b.days).await?;
     Ok((StatusCode::CREATED, Json(json!({"id": id, "token": token}))).into_response())
@@ -936,6 +994,7 @@ pub async fn token_create(State(state): State<AdminState>, Extension(p): Extensi
 
 pub async fn token_revoke(State(state): State<AdminState>, Extension(p): Extension<Principal>, headers: HeaderMap, Path(id): Path<i64>) -> ApiResult<Value> {
     p.require(Role::Admin)?;
+    p.require_region()?;
     p.check_csrf(csrf_header(&headers))?;
     if !auth::revoke_api_token(&state, &p, id).await? {
         return Err(Fail::NotFound.into());
@@ -955,5 +1014,6 @@ pub fn config_view(state: &AdminState) -> Value {
 
 pub async fn config(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> ApiResult<Value> {
     p.require(Role::Admin)?;
+    p.require_region()?;
     Ok(Json(config_view(&state)))
 }

@@ -15,7 +15,7 @@
 //! - A failed sign-in gets one answer whatever the cause (unknown user, wrong password, disabled)
 //!   and takes the same time: an unknown user is checked against a dummy hash.
 
-use super::store::{self as db, Role, User};
+use super::store::{self as db, Role, UnitScope, User};
 use super::{AdminState, Fail, PUBLIC_PATHS};
 use crate::audit::{correlation_id, kind, NewAuditEvent};
 use anyhow::{anyhow, bail, Result};
@@ -66,6 +66,8 @@ pub struct Principal {
     pub role: Role,
     /// May see patient identities (each view recorded with a reason).
     pub patient_data: bool,
+    /// The care units the caller is limited to (the whole region for most users).
+    pub scope: UnitScope,
     pub via: Via,
     /// The API token used (token callers only).
     pub token_id: Option<i64>,
@@ -91,6 +93,24 @@ impl Principal {
             Ok(())
         } else {
             Err(Fail::Forbidden)
+        }
+    }
+    /// Region-wide pages and endpoints (settings, users, tokens, audit search, runs, metrics):
+    /// refused to a unit-limited caller, whatever the role.
+    pub fn require_region(&self) -> Result<(), Fail> {
+        if self.scope.is_region() {
+            Ok(())
+        } else {
+            Err(Fail::Forbidden)
+        }
+    }
+    /// A row of this unit may be shown or acted on; other units' rows are "not found" (their
+    /// existence is not revealed).
+    pub fn require_unit(&self, unit: &str) -> Result<(), Fail> {
+        if self.scope.allows(unit) {
+            Ok(())
+        } else {
+            Err(Fail::NotFound)
         }
     }
     /// Check a submitted CSRF token. Bearer-token callers need none.
@@ -252,7 +272,7 @@ async fn resolve(state: &AdminState, headers: &HeaderMap) -> Result<Option<Princ
         return Ok(match db::token_user(store, &token_hash(&t)).await? {
             Some((id, u)) => {
                 db::touch_token(store, id).await.ok();
-                Some(Principal { patient_data: effective_patient_data(&u), username: u.username, role: u.role, via: Via::Token, token_id: Some(id), csrf: None, session_hash: None })
+                Some(Principal { patient_data: effective_patient_data(&u), scope: UnitScope::only(&u.units), username: u.username, role: u.role, via: Via::Token, token_id: Some(id), csrf: None, session_hash: None })
             }
             None => None,
         });
@@ -267,6 +287,7 @@ async fn resolve(state: &AdminState, headers: &HeaderMap) -> Result<Option<Princ
             }
             return Ok(Some(Principal {
                 patient_data: effective_patient_data(&s.user),
+                scope: UnitScope::only(&s.user.units),
                 username: s.user.username,
                 role: s.user.role,
                 via: Via::Session,
@@ -310,6 +331,16 @@ pub fn unauthorized(headers: &HeaderMap, path: &str) -> Response {
     };
     res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"registerbrygga\""));
     res
+}
+
+/// Where a user starts: the overview for the region; a unit-limited user its clinic's page
+/// (with several units, the chooser).
+pub fn landing(scope: &UnitScope) -> String {
+    match scope.units() {
+        [] => "/".to_string(),
+        [one] => format!("/mottagning/{}", urlencoding::encode(one)),
+        _ => "/mottagning".to_string(),
+    }
 }
 
 /// Only same-site relative paths may be a post-login target (no open redirect).
@@ -411,7 +442,7 @@ pub async fn login_submit(State(state): State<AdminState>, connect: Option<Exten
         return Fail::Internal(e).page();
     }
     let secure = state.settings().cookie_secure;
-    let mut res = Redirect::to(&next.unwrap_or_else(|| "/".into())).into_response();
+    let mut res = Redirect::to(&next.unwrap_or_else(|| landing(&UnitScope::only(&u.units)))).into_response();
     *res.status_mut() = StatusCode::SEE_OTHER;
     set_cookie(&mut res, &hardened_cookie(SESSION_COOKIE, &token, minutes * 60, secure));
     // The form token is spent.

@@ -160,7 +160,9 @@ fn fallback_text(g: &db::StoreGauges) -> String {
     s
 }
 
-pub async fn handler(State(state): State<AdminState>, Extension(_p): Extension<Principal>) -> Result<Response, ApiError> {
+pub async fn handler(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> Result<Response, ApiError> {
+    // Region-wide counts: a unit-limited caller is refused (metrics are not split by unit).
+    p.require_region()?;
     let text = render(&state).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }

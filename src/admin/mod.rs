@@ -18,7 +18,6 @@ pub mod store;
 
 use crate::app::App;
 use crate::audit::{correlation_id, kind, NewAuditEvent};
-use crate::cli::UsersCmd;
 use anyhow::{bail, Context, Result};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -37,6 +36,8 @@ pub use store::Role;
 pub type NextRuns = Arc<dyn Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync>;
 /// Readiness of the daemon's own parts (e.g. each register's metadata loaded).
 pub type Readiness = Arc<dyn Fn() -> Vec<ReadinessCheck> + Send + Sync>;
+/// Unit names from the registers' live metadata (HSA id, name), for "name (HSA id)".
+pub type UnitMetadataNames = Arc<dyn Fn() -> Vec<(String, String)> + Send + Sync>;
 /// Warnings to show on the pages, e.g. PVK code lists not yet verified against their source.
 pub type Warnings = Arc<dyn Fn() -> Vec<Warning> + Send + Sync>;
 pub type Statuses = Arc<dyn Fn() -> Vec<status::ConnectorStatus> + Send + Sync>;
@@ -67,6 +68,8 @@ pub struct AdminState {
     /// The configuration's status per connector (code lists, rule sets, indicators): one panel
     /// on the overview, details on the settings page.
     pub status: Statuses,
+    /// Unit names the registers' live metadata gives (the daemon fills it; empty by default).
+    pub unit_metadata_names: UnitMetadataNames,
     /// Sign-in delays, the password-check and request limits, batched failure auditing.
     pub guard: Arc<guard::Guard>,
 }
@@ -74,7 +77,7 @@ pub struct AdminState {
 impl AdminState {
     pub fn new(app: App) -> AdminState {
         let guard = Arc::new(guard::Guard::new(&app.settings().admin));
-        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new), status: Arc::new(Vec::new), guard }
+        AdminState { app, next_runs: Arc::new(Vec::new), readiness: Arc::new(Vec::new), warnings: Arc::new(Vec::new), status: Arc::new(Vec::new), unit_metadata_names: Arc::new(Vec::new), guard }
     }
     pub fn with_next_runs(mut self, f: impl Fn() -> Vec<(String, Option<DateTime<Utc>>)> + Send + Sync + 'static) -> Self {
         self.next_runs = Arc::new(f);
@@ -91,6 +94,14 @@ impl AdminState {
     pub fn with_status(mut self, f: impl Fn() -> Vec<status::ConnectorStatus> + Send + Sync + 'static) -> Self {
         self.status = Arc::new(f);
         self
+    }
+    pub fn with_unit_metadata_names(mut self, f: impl Fn() -> Vec<(String, String)> + Send + Sync + 'static) -> Self {
+        self.unit_metadata_names = Arc::new(f);
+        self
+    }
+    /// Unit names for the pages: configuration, the registers' live metadata, metadata files.
+    pub fn unit_names(&self) -> crate::units::UnitNames {
+        crate::units::UnitNames::from_loaded_with(&self.app.loaded, (self.unit_metadata_names)())
     }
     pub fn settings(&self) -> &crate::config::AdminSettings {
         &self.app.settings().admin
@@ -113,6 +124,8 @@ fn table() -> Vec<Entry> {
         ("POST", "/logout", post(auth::logout)),
         // Pages
         ("GET", "/", get(pages::overview)),
+        ("GET", "/mottagning", get(pages::clinic_choose)),
+        ("GET", "/mottagning/{hsa}", get(pages::clinic)),
         ("GET", "/overforingar", get(pages::transfers)),
         ("GET", "/overforingar/{id}", get(pages::transfer)),
         ("POST", "/overforingar/{id}/personuppgifter", post(pages::transfer_with_payload)),
@@ -288,65 +301,46 @@ pub async fn bootstrap_admin(app: &App) -> Result<()> {
     Ok(())
 }
 
-/// `registerbrygga users set|list`.
-pub async fn users_cli(app: &App, cmd: UsersCmd) -> Result<i32> {
-    match cmd {
-        UsersCmd::Set { username, role, patient_data } => {
-            let role = Role::parse(&role).with_context(|| format!("unknown role {role:?}: use läsare, operatör or admin"))?;
-            auth::check_username(&username)?;
-            if patient_data && role == Role::Reader {
-                eprintln!("note: --patient-data has no effect for a läsare (läsare never see patient identities)");
-            }
-            let pw = match std::env::var("RB_NEW_PASSWORD") {
-                Ok(p) => p,
-                Err(_) => {
-                    eprintln!("password for {username} (one line on stdin):");
-                    let mut line = String::new();
-                    std::io::stdin().read_line(&mut line)?;
-                    line.trim_end_matches(['\r', '\n']).to_string()
-                }
-            };
-            auth::check_password_strength(&pw)?;
-            let hash = auth::hash_password(pw).await?;
-            let created = store::put_user(&app.store, &username, Some(&hash), role, patient_data, false).await?;
-            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-            app.store
-                .audit(vec![NewAuditEvent::by(
-                    &actor,
-                    kind::USER_CHANGED,
-                    &correlation_id(),
-                    format!("user:{username}"),
-                    serde_json::json!({"action": if created { "created" } else { "updated" }, "role": role.as_str(), "patient_data": patient_data, "password_set": true, "via": "cli"}),
-                )])
-                .await?;
-            println!("{} user {username} ({}{})", if created { "created" } else { "updated" }, role.as_str(), if patient_data { ", patient_data" } else { "" });
-            Ok(0)
-        }
-        UsersCmd::Token { username, name, days } => {
-            let max = app.settings().admin.token_days.max(1);
-            let days = days.unwrap_or(max);
-            if days == 0 || days > max {
-                bail!("--days must be 1–{max} (admin.token_days)");
-            }
-            let actor = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-            let (id, token) = auth::mint_token(&app.store, name.trim(), &username, &format!("{actor} (cli)"), days).await?;
-            eprintln!("token {id} for {username}, valid {days} days (shown once):");
-            println!("{token}");
-            Ok(0)
-        }
-        UsersCmd::List { json } => {
-            let users = store::users(&app.store).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&users)?);
-            } else {
-                println!("{:<24} {:<10} {:<13} {:<9} created", "username", "role", "patient_data", "disabled");
-                for u in users {
-                    println!("{:<24} {:<10} {:<13} {:<9} {}", u.username, u.role.as_str(), u.patient_data, u.disabled, u.created.format("%Y-%m-%d %H:%M"));
-                }
-            }
-            Ok(0)
+/// `users set` (command line): create or update `username` with `role` (läsare, operatör or
+/// admin) and `password` (checked for strength), audited as done by `actor` via the CLI.
+/// `units`: `Some(list)` limits the user to those care units (HSA ids; empty = the whole
+/// region), `None` keeps the current list. Returns whether the user was created, and the role.
+pub async fn set_user_from_cli(app: &App, username: &str, role: &str, patient_data: bool, units: Option<Vec<String>>, password: String, actor: &str) -> Result<(bool, Role)> {
+    let role = Role::parse(role).with_context(|| format!("unknown role {role:?}: use läsare, operatör or admin"))?;
+    auth::check_username(username)?;
+    if let Some(list) = &units {
+        for u in list {
+            crate::model::HsaId::parse(u).map_err(|e| anyhow::anyhow!("--units: {u:?}: {e}"))?;
         }
     }
+    auth::check_password_strength(&password)?;
+    let hash = auth::hash_password(password).await?;
+    let created = store::put_user(&app.store, username, Some(&hash), role, patient_data, false).await?;
+    if let Some(list) = &units {
+        store::set_user_units(&app.store, username, list).await?;
+    }
+    app.store
+        .audit(vec![NewAuditEvent::by(
+            actor,
+            kind::USER_CHANGED,
+            &correlation_id(),
+            format!("user:{username}"),
+            serde_json::json!({"action": if created { "created" } else { "updated" }, "role": role.as_str(), "patient_data": patient_data, "units": units, "password_set": true, "via": "cli"}),
+        )])
+        .await?;
+    Ok((created, role))
+}
+
+/// `users token` (command line): an API token acting as `username`, valid `days` (at most, and by
+/// default, `admin.token_days`). Returns the token's id, the token (shown once) and its days.
+pub async fn mint_token_from_cli(app: &App, username: &str, name: &str, days: Option<u32>, actor: &str) -> Result<(i64, String, u32)> {
+    let max = app.settings().admin.token_days.max(1);
+    let days = days.unwrap_or(max);
+    if days == 0 || days > max {
+        bail!("--days must be 1–{max} (admin.token_days)");
+    }
+    let (id, token) = auth::mint_token(&app.store, name.trim(), username, &format!("{actor} (cli)"), days).await?;
+    Ok((id, token, days))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -50,6 +50,64 @@ pub struct User {
     pub patient_data: bool,
     pub disabled: bool,
     pub created: DateTime<Utc>,
+    /// The care units (HSA ids) the user is limited to; empty = the whole region.
+    pub units: Vec<String>,
+}
+
+/// Which care units a caller may see: the whole region, or only a list of HSA ids. Every data
+/// path of the admin side takes one (the list queries, the detail lookups, the actions), so a
+/// unit-limited user sees only its units' rows everywhere, pages and API alike.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UnitScope {
+    /// Empty: the whole region.
+    units: Vec<String>,
+}
+
+impl UnitScope {
+    pub fn region() -> UnitScope {
+        UnitScope { units: vec![] }
+    }
+    pub fn only(units: &[String]) -> UnitScope {
+        let mut units: Vec<String> = units.iter().map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+        units.sort();
+        units.dedup();
+        UnitScope { units }
+    }
+    pub fn is_region(&self) -> bool {
+        self.units.is_empty()
+    }
+    /// The units a limited caller may see (empty for the region).
+    pub fn units(&self) -> &[String] {
+        &self.units
+    }
+    pub fn allows(&self, unit: &str) -> bool {
+        self.is_region() || self.units.iter().any(|u| u == unit)
+    }
+    /// A connector's data whose rows carry no unit (quarantined documents): only a caller who
+    /// may see every unit the connector reads.
+    pub fn allows_all(&self, units: &[String]) -> bool {
+        self.is_region() || units.iter().all(|u| self.allows(u))
+    }
+    /// ` AND <col> IN ($n, …)` for a limited caller, nothing for the region.
+    pub fn sql(&self, col: &str, a: &mut Vec<Val>) -> String {
+        if self.is_region() {
+            return String::new();
+        }
+        let list: Vec<String> = self
+            .units
+            .iter()
+            .map(|u| {
+                a.push(Val::Text(u.clone()));
+                format!("${}", a.len())
+            })
+            .collect();
+        format!(" AND {col} IN ({})", list.join(", "))
+    }
+}
+
+/// A unit list as given on the command line or the users page (`HSA1,HSA2`, spaces allowed).
+pub fn parse_units(s: &str) -> Vec<String> {
+    UnitScope::only(&s.split([',', ' ', '\n']).map(str::to_string).collect::<Vec<_>>()).units
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -82,10 +140,11 @@ fn user_from(r: &dyn crate::store::sql::Row, off: usize) -> Result<User> {
         patient_data: r.bool(off + 3)?,
         disabled: r.bool(off + 4)?,
         created: from_us(r.i64(off + 5)?),
+        units: parse_units(&r.text(off + 6)?),
     })
 }
 
-const USER_COLS: &str = "u.username, u.password_hash, u.role, u.can_view_patients, u.disabled, u.created_us";
+const USER_COLS: &str = "u.username, u.password_hash, u.role, u.can_view_patients, u.disabled, u.created_us, u.units";
 
 pub async fn user_count(store: &Store) -> Result<i64> {
     let mut tx = store.read().await?;
@@ -134,6 +193,17 @@ pub async fn put_user(store: &Store, username: &str, password_hash: Option<&str>
     Ok(!exists)
 }
 
+/// Limit a user to these care units (HSA ids); an empty list gives the whole region back.
+pub async fn set_user_units(store: &Store, username: &str, units: &[String]) -> Result<()> {
+    let units = UnitScope::only(units).units.join(",");
+    let mut tx = store.begin().await?;
+    let n = tx.exec("UPDATE users SET units = $1 WHERE username = $2", args![units, username]).await?;
+    if n != 1 {
+        anyhow::bail!("no user {username}");
+    }
+    tx.commit().await
+}
+
 pub async fn create_session(store: &Store, token_hash: &str, username: &str, csrf: &str, expires_us: i64) -> Result<()> {
     let now = now_us();
     let mut tx = store.begin().await?;
@@ -160,7 +230,7 @@ pub async fn session(store: &Store, token_hash: &str, idle_us: i64) -> Result<Op
             args![token_hash, now, now - idle_us],
         )
         .await?;
-    r.map(|r| Ok(SessionRow { user: user_from(&*r, 0)?, csrf: r.text(6)?, expires: from_us(r.i64(7)?), last_seen_us: r.i64(8)? })).transpose()
+    r.map(|r| Ok(SessionRow { user: user_from(&*r, 0)?, csrf: r.text(7)?, expires: from_us(r.i64(8)?), last_seen_us: r.i64(9)? })).transpose()
 }
 
 /// Mark a session as used now (its idle time starts again).
@@ -256,6 +326,8 @@ pub struct TransferQuery {
     pub latest_only: bool,
     pub limit: i64,
     pub offset: i64,
+    /// The caller's units: rows of other units are never returned.
+    pub scope: UnitScope,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -310,6 +382,7 @@ pub async fn transfers(store: &Store, q: &TransferQuery) -> Result<(Vec<Transfer
         let p = ph(&mut a, Val::I64(v));
         cond.push_str(&format!(" AND r.updated_us < {p}"));
     }
+    cond.push_str(&q.scope.sql("r.unit", &mut a));
     if q.latest_only {
         cond.push_str(" AND r.version = (SELECT MAX(x.version) FROM records x WHERE x.idem_key = r.idem_key)");
     }
@@ -357,17 +430,52 @@ pub async fn transfers(store: &Store, q: &TransferQuery) -> Result<(Vec<Transfer
 }
 
 /// Distinct values for the filter drop-downs: (connectors, registers, units, forms).
-pub async fn transfer_facets(store: &Store) -> Result<(Vec<String>, Vec<String>, Vec<String>, Vec<String>)> {
+pub async fn transfer_facets(store: &Store, scope: &UnitScope) -> Result<(Vec<String>, Vec<String>, Vec<String>, Vec<String>)> {
+    let mut a = vec![];
+    let cond = scope.sql("unit", &mut a);
     let mut tx = store.read().await?;
-    let c = texts(&mut *tx, "SELECT DISTINCT connector FROM records ORDER BY connector").await?;
-    let g = texts(&mut *tx, "SELECT DISTINCT register FROM records ORDER BY register").await?;
-    let u = texts(&mut *tx, "SELECT DISTINCT unit FROM records ORDER BY unit").await?;
-    let f = texts(&mut *tx, "SELECT DISTINCT form FROM records ORDER BY form").await?;
+    let col = |c: &str| format!("SELECT DISTINCT {c} FROM records WHERE 1 = 1{cond} ORDER BY {c}");
+    let (qc, qg, qu, qf) = (col("connector"), col("register"), col("unit"), col("form"));
+    let c = texts_with(&mut *tx, &qc, &a).await?;
+    let g = texts_with(&mut *tx, &qg, &a).await?;
+    let u = texts_with(&mut *tx, &qu, &a).await?;
+    let f = texts_with(&mut *tx, &qf, &a).await?;
     Ok((c, g, u, f))
 }
 
 async fn texts(tx: &mut dyn crate::store::sql::Tx, sql: &str) -> Result<Vec<String>> {
-    tx.rows(sql, &[]).await?.iter().map(|r| r.text(0)).collect()
+    texts_with(tx, sql, &[]).await
+}
+
+async fn texts_with(tx: &mut dyn crate::store::sql::Tx, sql: &str, a: &[Val]) -> Result<Vec<String>> {
+    tx.rows(sql, a).await?.iter().map(|r| r.text(0)).collect()
+}
+
+/// The connector of a quarantined item.
+pub async fn quarantine_connector(store: &Store, id: i64) -> Result<Option<String>> {
+    let mut tx = store.read().await?;
+    tx.row("SELECT connector FROM quarantine WHERE id = $1", args![id]).await?.map(|r| r.text(0)).transpose()
+}
+
+/// The unit of a worklist item.
+pub async fn worklist_unit(store: &Store, idem_key: &str) -> Result<Option<String>> {
+    let mut tx = store.read().await?;
+    tx.row("SELECT unit FROM worklist WHERE idem_key = $1", args![idem_key]).await?.map(|r| r.text(0)).transpose()
+}
+
+/// The unit of each of these records (for actions on ids: replay takes only the caller's).
+pub async fn record_units(store: &Store, ids: &[i64]) -> Result<Vec<(i64, String)>> {
+    let mut out = vec![];
+    let mut tx = store.read().await?;
+    for chunk in ids.chunks(500) {
+        let a: Vec<Val> = chunk.iter().map(|i| Val::I64(*i)).collect();
+        let list: Vec<String> = (1..=a.len()).map(|n| format!("${n}")).collect();
+        let rows = tx.rows(&format!("SELECT id, unit FROM records WHERE id IN ({})", list.join(", ")), &a).await?;
+        for r in rows.iter() {
+            out.push((r.i64(0)?, r.text(1)?));
+        }
+    }
+    Ok(out)
 }
 
 /// Per (connector, register): records delivered and failed since `since_us`.

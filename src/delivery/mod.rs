@@ -4,6 +4,7 @@
 //! rescuer returns expired leases to `pending`. Replicas share the work through the store only.
 
 pub mod policy;
+pub mod progress;
 
 use crate::audit::{kind, NewAuditEvent};
 use crate::config::{DeliverySettings, RegisterSettings};

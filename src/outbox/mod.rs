@@ -5,11 +5,14 @@
 //! [`reconcile`] compares that with what the store already intends for the subject and yields
 //! the [`ChangeSet`] parts: upserts for new or changed records, retractions for records no longer
 //! wanted (opt-out, nullified documents), worklist entries for incomplete ones. The state machine
-//! itself lives in `store::outbox`.
+//! itself lives in `store::outbox`; the shapes handed to the store are in [`changes`].
+
+pub mod changes;
+
+pub use changes::*;
 
 use crate::audit::{kind, NewAuditEvent, SYSTEM};
 use crate::model::PatientId;
-use crate::store::{ChangeSet, OutboxChange, RecordKey, WorklistChange};
 use chrono::NaiveDate;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};

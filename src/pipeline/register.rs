@@ -6,7 +6,7 @@
 use super::{MapInput, MapOutput, PatientMapper};
 use crate::config::ConnectorDef;
 use crate::registers::engine::{PatientInput, RegisterEngine};
-use crate::sinks::stratum::metadata::RegisterMetadata;
+use crate::registers::metadata::RegisterMetadata;
 use anyhow::{anyhow, Result};
 use std::sync::Arc;
 

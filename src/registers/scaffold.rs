@@ -17,7 +17,7 @@
 //!   these records against the register's metadata now: columns added, removed or changed
 //!   (question, type, domain, domain values, mandatory flag) — the file is never overwritten.
 
-use crate::sinks::stratum::metadata::{Domain, Form, Question, RegisterMetadata};
+use crate::registers::metadata::{Domain, Form, Question, RegisterMetadata};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 

@@ -1,7 +1,9 @@
 //! A small FHIR R4 server for the demo and the tests: serves Encounter, Condition, Procedure and
 //! Observation resources built from canonical records, with `meta.lastUpdated`, searches by
-//! `_lastUpdated` (ge/gt/le/lt/eq), `_id` and `_count`, and paging through `link[relation=next]`
-//! (`_offset`). An optional bearer token is required when configured.
+//! `_lastUpdated` (ge/gt/le/lt/eq), `_id` and `_count`, by organisation as R4 defines it
+//! (Encounter `service-provider`, Procedure and Observation `performer`, each with the
+//! `:identifier` modifier: `system|value` tokens, comma-separated = any of them), and paging
+//! through `link[relation=next]` (`_offset`). An optional bearer token is required when configured.
 
 use crate::model::{Code, DiagnosisKind, LocalTime, ObservationValue, PatientId, Record, OID_HSA};
 use anyhow::Result;
@@ -95,6 +97,8 @@ async fn search(
     let pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes()).into_owned().collect();
     let mut filters = vec![];
     let mut ids: Option<Vec<String>> = None;
+    // (system, value) tokens of an organisation filter; a resource matches any of them.
+    let mut organisations: Option<Vec<(Option<String>, String)>> = None;
     let mut count = sb.default_count;
     let mut offset = 0usize;
     for (k, v) in &pairs {
@@ -106,6 +110,21 @@ async fn search(
             "_count" => count = v.parse().unwrap_or(sb.default_count).clamp(1, sb.max_count),
             "_offset" => offset = v.parse().unwrap_or(0),
             "_id" => ids = Some(v.split(',').map(str::to_string).collect()),
+            "service-provider:identifier" | "performer:identifier" => {
+                let param = if ty == "Encounter" { "service-provider:identifier" } else { "performer:identifier" };
+                if k != param || ty == "Condition" {
+                    // As a strict server does: a parameter the resource type does not define.
+                    return outcome(StatusCode::BAD_REQUEST, &format!("unknown search parameter {k} for {ty}"));
+                }
+                organisations = Some(
+                    v.split(',')
+                        .map(|tok| match tok.split_once('|') {
+                            Some((s, val)) => (Some(s.to_string()), val.to_string()),
+                            None => (None, tok.to_string()),
+                        })
+                        .collect(),
+                );
+            }
             _ => {}
         }
     }
@@ -122,7 +141,9 @@ async fn search(
             all.push((lu, id, v.clone()));
         }
     }
-    all.retain(|(lu, id, _)| filters.iter().all(|f| f(*lu)) && ids.as_ref().map_or(true, |ids| ids.contains(id)));
+    all.retain(|(lu, id, r)| {
+        filters.iter().all(|f| f(*lu)) && ids.as_ref().map_or(true, |ids| ids.contains(id)) && organisations.as_ref().map_or(true, |orgs| organisation_matches(&ty, r, orgs))
+    });
     all.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let total = all.len();
     let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
@@ -148,6 +169,20 @@ async fn search(
         .collect();
     let bundle = json!({ "resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries });
     (StatusCode::OK, [("content-type", "application/fhir+json")], bundle.to_string()).into_response()
+}
+
+/// Whether a resource's organisation reference (Encounter.serviceProvider, Procedure.performer.actor,
+/// Observation.performer) carries one of the identifier tokens. A resource without one does not match.
+fn organisation_matches(ty: &str, r: &Value, tokens: &[(Option<String>, String)]) -> bool {
+    let refs: Vec<&Value> = match ty {
+        "Encounter" => r.get("serviceProvider").into_iter().collect(),
+        "Procedure" => r["performer"].as_array().map(|a| a.iter().filter_map(|p| p.get("actor")).collect()).unwrap_or_default(),
+        _ => r["performer"].as_array().map(|a| a.iter().collect()).unwrap_or_default(),
+    };
+    refs.iter().any(|x| {
+        let (sys, val) = (x.pointer("/identifier/system").and_then(|s| s.as_str()), x.pointer("/identifier/value").and_then(|s| s.as_str()));
+        tokens.iter().any(|(ts, tv)| val == Some(tv.as_str()) && ts.as_deref().map_or(true, |ts| sys == Some(ts)))
+    })
 }
 
 type DateFilter = Box<dyn Fn(DateTime<Utc>) -> bool + Send>;

@@ -8,11 +8,3 @@ pub mod pvk;
 pub mod stratum;
 pub mod tls;
 pub mod vocabulary;
-
-use crate::cli::SandboxArgs;
-use anyhow::Result;
-
-/// `registerbrygga sandbox`.
-pub async fn serve_cli(args: SandboxArgs) -> Result<i32> {
-    crate::demo::sandbox(args).await
-}

@@ -19,15 +19,18 @@ pub mod sealed;
 pub use audit_chain::{chain_hash, chain_hash_keyed, AuditMac, AuditQuery, SignedHead, VerifyReport, GENESIS_HASH};
 pub use outbox::*;
 pub use queries::*;
+// The rows the pure side builds (defined beside the outbox so registers/outbox need no store).
+pub use crate::model::add_months;
+pub use crate::outbox::changes::*;
 
 use crate::audit::NewAuditEvent;
 use crate::config::{Backend as BackendKind, StoreSettings};
 use crate::crypto::Cipher;
-use crate::model::{PatientId, Record};
+use crate::model::Record;
 use crate::args;
 use anyhow::{Context, Result};
 use chrono::{DateTime, TimeZone, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sql::{Backend, Dialect, Tx};
 use std::sync::Arc;
 
@@ -64,137 +67,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// A clinical document as stored (the canonical record, encrypted at rest).
-#[derive(Clone, Debug)]
-pub struct DocumentUpsert {
-    pub connector: String,
-    pub patient_key: String,
-    pub record: Record,
-    /// `record.content_hash()` when the caller already computed it (it is not cheap).
-    pub content_hash: Option<String>,
-}
-
-#[derive(Clone, Debug)]
-pub struct NewQuarantine {
-    pub connector: String,
-    pub run_id: Option<i64>,
-    pub document: String,
-    pub field: String,
-    pub reason: String,
-    pub patient_key: Option<String>,
-    /// The offending raw bytes (encrypted at rest), when there are any worth keeping.
-    pub raw: Option<Vec<u8>>,
-}
-
-#[derive(Clone, Debug)]
-pub enum WorklistChange {
-    /// A registration that cannot be sent yet because mandatory answers are missing.
-    Put { idem_key: String, connector: String, unit: String, form: String, patient_key: String, patient: PatientId, missing: Vec<String>, event_date: Option<String> },
-    Remove { idem_key: String },
-}
-
-/// A SAR episode found in the journal (for täckningsgrad): which forms are due by now.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct EpisodeRow {
-    pub episode_key: String,
-    pub connector: String,
-    pub unit: String,
-    pub patient_key: String,
-    pub joint: String,
-    pub first_visit_date: String,
-    /// Form names due (their window has opened) for this episode.
-    pub forms_due: Vec<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct PvkResultRow {
-    pub connector: String,
-    pub rule_year: i32,
-    pub unit: String,
-    pub year: i32,
-    pub month: u32,
-    pub indicator: String,
-    pub numerator: Option<i64>,
-    pub denominator: Option<i64>,
-    pub computable: bool,
-    pub suppressed: bool,
-    pub note: Option<String>,
-    /// Patient-level list behind the numbers (personal data: encrypted, shown only with the right).
-    #[serde(skip)]
-    pub patient_list: Option<PatientList>,
-}
-
 /// Renders the patient list of a PVK result row as it is written (`Store::apply_with_lists`).
 pub type PvkListSource<'a> = &'a mut (dyn FnMut(&PvkResultRow) -> Result<Option<PatientList>> + Send);
-
-/// A cell's patient list as compact JSON text: a region-year holds many large lists at once,
-/// and as text they take a fraction of the memory of `serde_json::Value` trees. Its `Debug`
-/// never shows the identities inside.
-#[derive(Clone, PartialEq)]
-pub struct PatientList(String);
-
-impl PatientList {
-    pub fn new(list: &serde_json::Value) -> PatientList {
-        PatientList(list.to_string())
-    }
-    /// From JSON text written by the PVK engine's list renderer (one object, compact).
-    pub fn from_json_text(text: String) -> PatientList {
-        PatientList(text)
-    }
-    pub fn json(&self) -> &str {
-        &self.0
-    }
-    /// The list as a JSON value (for reading it, e.g. in tests and the admin side).
-    pub fn value(&self) -> serde_json::Value {
-        serde_json::from_str(&self.0).expect("a PatientList holds valid JSON")
-    }
-}
-
-impl std::fmt::Debug for PatientList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PatientList({} bytes)", self.0.len())
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct PvkQualityRow {
-    pub connector: String,
-    pub unit: String,
-    pub year: i32,
-    pub month: u32,
-    pub measure: String,
-    pub count: i64,
-}
-
-/// Everything one logical step writes, applied in one transaction.
-#[derive(Clone, Debug, Default)]
-pub struct ChangeSet {
-    pub documents: Vec<DocumentUpsert>,
-    pub outbox: Vec<OutboxChange>,
-    pub quarantine: Vec<NewQuarantine>,
-    pub audit: Vec<NewAuditEvent>,
-    /// (connector, unit, value)
-    pub watermarks: Vec<(String, String, DateTime<Utc>)>,
-    pub worklist: Vec<WorklistChange>,
-    /// Replace the stored episodes of (connector, patient_key) with these.
-    pub episodes: Vec<(String, String, Vec<EpisodeRow>)>,
-    pub pvk_results: Vec<PvkResultRow>,
-    pub pvk_quality: Vec<PvkQualityRow>,
-}
-
-impl ChangeSet {
-    pub fn is_empty(&self) -> bool {
-        self.documents.is_empty()
-            && self.outbox.is_empty()
-            && self.quarantine.is_empty()
-            && self.audit.is_empty()
-            && self.watermarks.is_empty()
-            && self.worklist.is_empty()
-            && self.episodes.is_empty()
-            && self.pvk_results.is_empty()
-            && self.pvk_quality.is_empty()
-    }
-}
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct ApplyOutcome {
@@ -679,11 +553,6 @@ impl Store {
         }
         tx.commit().await
     }
-}
-
-pub fn add_months(y: i32, m: u32, delta: i32) -> (i32, u32) {
-    let idx = y * 12 + (m as i32 - 1) + delta;
-    (idx.div_euclid(12), (idx.rem_euclid(12) + 1) as u32)
 }
 
 /// Helper for tests and tools: a string column list as SQL placeholders `$start..`.

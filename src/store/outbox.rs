@@ -20,6 +20,7 @@ use super::sql::{Dialect, Tx, Val};
 use super::{from_us, now_us, ApplyOutcome, Store};
 use crate::args;
 use crate::audit::{kind, NewAuditEvent};
+use crate::outbox::changes::{OutboxChange, RecordKey, Registration};
 use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -114,37 +115,6 @@ impl Op {
     }
 }
 
-/// Identity of a register record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordKey {
-    /// Idempotency key: register, unit, patient-episode or aggregate key, form.
-    pub idem_key: String,
-    pub register: String,
-    pub connector: String,
-    /// Journal unit HSA id.
-    pub unit: String,
-    /// Register form name (e.g. `FVPat`, `Indikatorvarde`).
-    pub form: String,
-    /// Patient pseudonym, or the aggregate's description; never a personnummer.
-    pub subject: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum OutboxChange {
-    /// The register should hold this payload (`ColumnName → value`) under this key.
-    Upsert {
-        key: RecordKey,
-        payload: serde_json::Map<String, serde_json::Value>,
-        /// Columns that find an existing registration if an earlier send had an unknown outcome.
-        lookup: serde_json::Map<String, serde_json::Value>,
-        correlation_id: String,
-        /// Why (audit detail, no personal data).
-        detail: serde_json::Value,
-    },
-    /// The register should no longer hold anything under this key (opt-out, nullified…).
-    Retract { idem_key: String, reason: String, correlation_id: String, actor: String },
-}
-
 pub fn payload_hash(payload: &serde_json::Map<String, serde_json::Value>) -> String {
     // serde_json's Map is ordered by key, so the serialisation is canonical.
     hex::encode(&Sha256::digest(serde_json::to_vec(payload).expect("json"))[..16])
@@ -182,24 +152,6 @@ pub struct OutboxRecord {
     pub created: DateTime<Utc>,
     pub updated: DateTime<Utc>,
     pub delivered: Option<DateTime<Utc>>,
-}
-
-/// What the register holds under a key, as far as we know.
-#[derive(Clone, Debug, Serialize)]
-pub struct Registration {
-    pub idem_key: String,
-    pub register: String,
-    pub connector: String,
-    pub unit: String,
-    pub form: String,
-    pub subject: Option<String>,
-    /// The register's reference (Stratum EventID).
-    pub event_id: Option<String>,
-    pub delivered_hash: Option<String>,
-    #[serde(skip)]
-    pub delivered_payload: Option<serde_json::Map<String, serde_json::Value>>,
-    /// `absent`, `present` or `retracted`.
-    pub state: String,
 }
 
 /// A claimed record, ready to send.

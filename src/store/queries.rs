@@ -356,6 +356,13 @@ impl Store {
         Ok(r.map(|r| r.i64(0)).transpose()?.unwrap_or(0))
     }
 
+    /// Pending records due now (not waiting for a later retry).
+    pub async fn due_now_count(&self) -> Result<i64> {
+        let mut tx = self.read().await?;
+        let r = tx.row("SELECT COUNT(*) FROM records WHERE state = 'pending' AND next_attempt_us <= $1", args![now_us()]).await?;
+        Ok(r.map(|r| r.i64(0)).transpose()?.unwrap_or(0))
+    }
+
     /// Per day (UTC date) and register: delivered and failed records, for the overview chart.
     pub async fn daily_outcomes(&self, since_us: i64) -> Result<Vec<(String, String, i64, i64)>> {
         let mut tx = self.read().await?;

@@ -360,7 +360,7 @@ pub fn assert_no_identity(where_: &str, body: &str) {
 /// A route's path with its parameters filled from the seed.
 pub fn fill(path: &str, seeded: &Seeded) -> String {
     let id = if path.starts_with("/karantan") || path.starts_with("/api/v1/quarantine") { seeded.quarantine_id } else { seeded.dead_id };
-    path.replace("{id}", &id.to_string())
+    path.replace("{id}", &id.to_string()).replace("{hsa}", UNIT)
 }
 
 /// Query strings that make parameterised GET routes meaningful.
@@ -404,7 +404,7 @@ pub async fn demo_like(backend: registerbrygga::config::Backend, patients: usize
 pub async fn every_page(store: &registerbrygga::store::Store) -> Vec<String> {
     let mut pages: Vec<String> = [
         "/", "/overforingar", "/misslyckade", "/att-komplettera", "/tackningsgrad", "/artrosregistret/indikatorer", "/pvk", "/granskningslogg",
-        "/karantan", "/anvandare", "/installningar",
+        "/karantan", "/anvandare", "/installningar", "/mottagning", "/mottagning/SE2321000156-FT01",
     ]
     .iter()
     .map(|s| s.to_string())

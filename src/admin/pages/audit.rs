@@ -38,6 +38,8 @@ struct AuditTpl {
 }
 
 pub async fn audit(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<AuditPageQuery>) -> PageResult {
+    // The region's whole log: not for a unit-limited user.
+    p.require_region()?;
     let params = api::AuditParams {
         kind: q.kind.clone(),
         subject: q.subject.clone(),

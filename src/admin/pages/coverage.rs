@@ -32,11 +32,12 @@ struct CoverageTpl {
 }
 
 pub async fn coverage(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> PageResult {
-    let rows = api::coverage(&state.app.store).await?;
+    let rows = api::coverage(&state.app.store, &p.scope).await?;
+    let names = unit_names(&state);
     let several = rows.iter().map(|r| &r.connector).collect::<std::collections::BTreeSet<_>>().len() > 1;
     let mut units: BTreeMap<String, CovUnit> = BTreeMap::new();
     for r in rows {
-        let name = if several { format!("{} ({})", r.unit, r.connector) } else { r.unit.clone() };
+        let name = if several { format!("{} – {}", names.label(&r.unit), r.connector) } else { names.label(&r.unit) };
         let u = units.entry(name.clone()).or_insert_with(|| CovUnit { unit: name, due: 0, present: 0, percent: String::new(), rows: vec![] });
         u.due += r.due;
         u.present += r.present;
@@ -50,10 +51,10 @@ pub async fn coverage(State(state): State<AdminState>, Extension(p): Extension<P
             u
         })
         .collect();
-    let unmatched = api::sar_unmatched_diagnoses(&state.app.store)
+    let unmatched = api::sar_unmatched_diagnoses(&state.app.store, &p.scope)
         .await?
         .into_iter()
-        .map(|((connector, unit), n)| (if several { format!("{unit} ({connector})") } else { unit }, n))
+        .map(|((connector, unit), n)| (if several { format!("{} – {connector}", names.label(&unit)) } else { names.label(&unit) }, n))
         .collect();
     render(CoverageTpl { l: layout(&p, "/tackningsgrad", "Täckningsgrad per mottagning", None), units, unmatched })
 }

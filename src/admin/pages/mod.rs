@@ -27,6 +27,7 @@ mod pvk;
 mod audit;
 mod quarantine;
 mod settings;
+mod clinic;
 pub mod sv;
 pub mod csv;
 pub use overview::*;
@@ -38,6 +39,7 @@ pub use pvk::*;
 pub use audit::*;
 pub use quarantine::*;
 pub use settings::*;
+pub use clinic::*;
 
 type PageResult = Result<Response, PageError>;
 
@@ -62,18 +64,21 @@ pub struct Layout {
     pub version: &'static str,
 }
 
-const MENU: &[(&str, &str, Role)] = &[
-    ("/", "Översikt", Role::Reader),
-    ("/overforingar", "Överföringar", Role::Reader),
-    ("/misslyckade", "Misslyckade", Role::Reader),
-    ("/att-komplettera", "Att komplettera", Role::Reader),
-    ("/tackningsgrad", "Täckningsgrad", Role::Reader),
-    ("/artrosregistret/indikatorer", "Artrosregistrets indikatorer", Role::Reader),
-    ("/pvk", "PVK-indikatorer", Role::Reader),
-    ("/karantan", "Karantän", Role::Reader),
-    ("/granskningslogg", "Granskningslogg", Role::Reader),
-    ("/anvandare", "Användare", Role::Admin),
-    ("/installningar", "Inställningar", Role::Reader),
+/// (href, label, least role, region-wide): region-wide pages are left out of a unit-limited
+/// user's menu (and refused to it), which gets its clinic's page instead.
+const MENU: &[(&str, &str, Role, bool)] = &[
+    ("/", "Översikt", Role::Reader, true),
+    ("/mottagning", "Min mottagning", Role::Reader, false),
+    ("/overforingar", "Överföringar", Role::Reader, false),
+    ("/misslyckade", "Misslyckade", Role::Reader, false),
+    ("/att-komplettera", "Att komplettera", Role::Reader, false),
+    ("/tackningsgrad", "Täckningsgrad", Role::Reader, false),
+    ("/artrosregistret/indikatorer", "Artrosregistrets indikatorer", Role::Reader, false),
+    ("/pvk", "PVK-indikatorer", Role::Reader, false),
+    ("/karantan", "Karantän", Role::Reader, false),
+    ("/granskningslogg", "Granskningslogg", Role::Reader, true),
+    ("/anvandare", "Användare", Role::Admin, true),
+    ("/installningar", "Inställningar", Role::Reader, true),
 ];
 
 fn layout(p: &Principal, active: &str, title: &str, flash: Option<String>) -> Layout {
@@ -83,10 +88,34 @@ fn layout(p: &Principal, active: &str, title: &str, flash: Option<String>) -> La
         role: p.role.as_str(),
         patient_data: p.patient_data,
         csrf: p.csrf_value(),
-        nav: MENU.iter().filter(|(_, _, r)| p.can(*r)).map(|(href, label, _)| Nav { href, label, active: *href == active }).collect(),
+        nav: MENU
+            .iter()
+            .filter(|(_, _, r, region)| p.can(*r) && (p.scope.is_region() || !region))
+            // A region user opens any clinic's page from the chooser.
+            .map(|(href, label, _, _)| Nav { href, label: if *href == "/mottagning" && p.scope.is_region() { "Mottagningar" } else { label }, active: *href == active })
+            .collect(),
         flash,
         warnings: vec![],
         version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
+/// Unit names for this request's pages ("name (HSA id)", `crate::units`).
+fn unit_names(state: &AdminState) -> crate::units::UnitNames {
+    state.unit_names()
+}
+
+/// Drop-down options (value = HSA id, text = "name (HSA id)") for the units a caller may see.
+fn unit_options(names: &crate::units::UnitNames, p: &Principal, units: Vec<String>) -> Vec<(String, String)> {
+    units.into_iter().filter(|u| p.scope.allows(u)).map(|u| (names.label(&u), u)).map(|(l, u)| (u, l)).collect()
+}
+
+/// A unit filter naming a unit the caller may not see: the page does not exist for it (the
+/// id is not echoed back into a form or a link).
+fn check_unit_filter(p: &Principal, unit: &Option<String>) -> Result<(), Fail> {
+    match nz(unit) {
+        Some(u) => p.require_unit(&u),
+        None => Ok(()),
     }
 }
 

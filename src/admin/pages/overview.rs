@@ -65,6 +65,10 @@ pub fn day_chart(days: &[(String, i64, i64)]) -> String {
 }
 
 pub async fn overview(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(m): Query<MsgQuery>) -> PageResult {
+    // The region's overview is not a unit user's: it lands on its clinic's page.
+    if !p.scope.is_region() {
+        return Ok(see_other(&auth::landing(&p.scope)));
+    }
     let o = api::overview_data(&state).await?;
     let rows = o
         .connectors

@@ -43,7 +43,7 @@ struct PvkTpl {
     l: Layout,
     blocks: Vec<PvkBlock>,
     quality: Vec<(String, String, String, i64)>,
-    all_units: Vec<String>,
+    all_units: Vec<(String, String)>,
     rule_years: Vec<String>,
     unit: String,
     rule_year: String,
@@ -108,12 +108,15 @@ fn askama_escape(s: &str) -> String {
 pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<PvkPageQuery>) -> PageResult {
     let rule_year: Option<i32> = nz(&q.rule_year).and_then(|y| y.parse().ok());
     let unit = nz(&q.unit);
-    let data = api::pvk_data(&state, nz(&q.connector), None, None).await?;
+    check_unit_filter(&p, &unit)?;
+    let data = api::pvk_data(&state, &p.scope, nz(&q.connector), None, None).await?;
+    let names = unit_names(&state);
     let infos: BTreeMap<(String, i32, String), &api::PvkIndicatorInfo> =
         data.indicators.iter().map(|i| ((i.connector.clone(), i.rule_year, i.indicator.clone()), i)).collect();
     let mut all_units: Vec<String> = data.results.iter().map(|r| r.unit.clone()).collect();
     all_units.sort();
     all_units.dedup();
+    let all_units = unit_options(&names, &p, all_units);
     let mut rule_years: Vec<String> = data.results.iter().map(|r| r.rule_year.to_string()).collect();
     rule_years.sort();
     rule_years.dedup();
@@ -227,14 +230,14 @@ pub async fn pvk(State(state): State<AdminState>, Extension(p): Extension<Princi
                         indicators.push(view);
                     }
             }
-            PvkBlock { connector, rule_year, unit, indicators, regional }
+            PvkBlock { connector, rule_year, unit: names.label(&unit), indicators, regional }
         })
         .collect();
     let quality = data
         .quality
         .iter()
         .filter(|r| unit.as_ref().map_or(true, |u| &r.unit == u))
-        .map(|r| (r.unit.clone(), format!("{:04}-{:02}", r.year, r.month), r.measure.clone(), r.count))
+        .map(|r| (names.label(&r.unit), format!("{:04}-{:02}", r.year, r.month), r.measure.clone(), r.count))
         .collect();
     let l = layout(&p, "/pvk", "PVK-indikatorer per enhet", None);
     render(PvkTpl { l, blocks, quality, all_units, rule_years, unit: unit.unwrap_or_default(), rule_year: rule_year.map(|y| y.to_string()).unwrap_or_default() })
@@ -247,6 +250,8 @@ struct PvkListTpl {
     connector: String,
     rule_year: i32,
     unit: String,
+    /// "name (HSA id)" for the heading; `unit` (the id) goes back in the form.
+    unit_label: String,
     year: i32,
     month_num: u32,
     month: String,
@@ -274,8 +279,9 @@ pub fn json_table(v: &Value) -> (Vec<String>, Vec<Vec<String>>) {
     }
 }
 
-fn pvk_list_tpl(p: &Principal, k: &api::ListKey, table: Option<(Vec<String>, Vec<Vec<String>>)>) -> PvkListTpl {
+fn pvk_list_tpl(state: &AdminState, p: &Principal, k: &api::ListKey, table: Option<(Vec<String>, Vec<Vec<String>>)>) -> PvkListTpl {
     PvkListTpl {
+        unit_label: unit_names(state).label(&k.unit),
         l: layout(p, "/pvk", "Patientlista", None),
         connector: k.connector.clone(),
         rule_year: k.rule_year,
@@ -288,12 +294,13 @@ fn pvk_list_tpl(p: &Principal, k: &api::ListKey, table: Option<(Vec<String>, Vec
     }
 }
 
-pub async fn pvk_list_form(Extension(p): Extension<Principal>, Query(q): Query<PatientListQuery>) -> PageResult {
+pub async fn pvk_list_form(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<PatientListQuery>) -> PageResult {
     if !p.patient_data {
         return Err(Fail::Forbidden.into());
     }
     let k = q.key()?;
-    render(pvk_list_tpl(&p, &k, None))
+    p.require_unit(&k.unit)?;
+    render(pvk_list_tpl(&state, &p, &k, None))
 }
 
 #[derive(Deserialize)]
@@ -319,11 +326,12 @@ pub async fn pvk_list(State(state): State<AdminState>, Extension(p): Extension<P
         reason: get("reason"),
     };
     let k = q.key()?;
+    p.require_unit(&k.unit)?;
     let why = match api::reason(&q.reason) {
         Ok(w) => w,
         // No reason: the list stays hidden; show the form again with the message.
         Err(Fail::BadRequest(m)) => {
-            let mut t = pvk_list_tpl(&p, &k, None);
+            let mut t = pvk_list_tpl(&state, &p, &k, None);
             t.l.warnings.push(m);
             let mut res = render(t)?;
             *res.status_mut() = StatusCode::BAD_REQUEST;
@@ -332,5 +340,5 @@ pub async fn pvk_list(State(state): State<AdminState>, Extension(p): Extension<P
         Err(e) => return Err(e.into()),
     };
     let list = api::patient_list(&state, &p, &k, &why).await?;
-    render(pvk_list_tpl(&p, &k, Some(json_table(&list))))
+    render(pvk_list_tpl(&state, &p, &k, Some(json_table(&list))))
 }

@@ -34,16 +34,16 @@ pub struct QuarantineQuery {
 
 pub async fn quarantine(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<QuarantineQuery>) -> PageResult {
     let show_all = nz(&q.alla).is_some();
-    let items = state.app.store.quarantine(None, !show_all, 500).await?;
+    let items = api::quarantine_items(&state, &p.scope, None, !show_all, 500).await?;
     let rows = items
         .into_iter()
         .map(|i| QView {
             id: i.id,
             at: t(i.at),
             connector: i.connector,
-            document: scrub(&i.document),
+            document: i.document,
             field: i.field,
-            reason: sv::sv(&scrub(&i.reason)),
+            reason: sv::sv(&i.reason),
             patient_key: s_opt(i.patient_key),
             resolved: match (&i.resolved, &i.resolved_by) {
                 (Some(at), Some(by)) => format!("{} av {by}", t(*at)),
@@ -66,8 +66,6 @@ pub async fn resolve_quarantine(State(state): State<AdminState>, Extension(p): E
     p.require(Role::Operator)?;
     p.check_csrf(f.csrf.as_deref())?;
     let note = api::reason(&f.note)?;
-    if !state.app.store.resolve_quarantine(id, &p.username, &note).await? {
-        return Err(Fail::NotFound.into());
-    }
+    api::do_resolve_quarantine(&state, &p, id, &note).await?;
     Ok(see_other("/karantan?meddelande=lost"))
 }

@@ -75,7 +75,8 @@ struct SarIndicatorsTpl {
 }
 
 pub async fn sar_indicators(State(state): State<AdminState>, Extension(p): Extension<Principal>, Query(q): Query<api::SarIndicatorQuery>) -> PageResult {
-    let all = api::sar_indicators_of(&state.app, &q).await.map_err(Fail::from)?;
+    let all = api::sar_indicators_of(&state.app, &p.scope, &q).await.map_err(Fail::from)?;
+    let names = unit_names(&state);
     let several = all.len() > 1;
     // Region and spread per (connector, year, indicator): counts summed over the units, the
     // units' own values for the spread.
@@ -105,7 +106,8 @@ pub async fn sar_indicators(State(state): State<AdminState>, Extension(p): Exten
     let mut groups = vec![];
     for c in &all {
         for r in &c.rows {
-            let title = if several { format!("{} – {} ({}; {} förlopp)", r.unit, r.year, c.connector, r.courses) } else { format!("{} – {} ({} förlopp)", r.unit, r.year, r.courses) };
+            let unit = names.label(&r.unit);
+            let title = if several { format!("{unit} – {} ({}; {} förlopp)", r.year, c.connector, r.courses) } else { format!("{unit} – {} ({} förlopp)", r.year, r.courses) };
             let rows = r
                 .indicators
                 .iter()

@@ -11,6 +11,8 @@ struct UserView {
     patient_data: bool,
     disabled: bool,
     created: String,
+    /// "hela regionen", or the units by name.
+    units: String,
 }
 
 struct TokenView {
@@ -35,10 +37,19 @@ struct UsersTpl {
 
 async fn users_page(state: &AdminState, p: &Principal, msg: Option<String>, new_token: Option<String>) -> PageResult {
     p.require(Role::Admin)?;
+    p.require_region()?;
+    let names = unit_names(state);
     let users = db::users(&state.app.store)
         .await?
         .into_iter()
-        .map(|u| UserView { username: u.username, role: u.role.as_str(), patient_data: u.patient_data, disabled: u.disabled, created: t(u.created) })
+        .map(|u| UserView {
+            units: if u.units.is_empty() { "hela regionen".into() } else { u.units.iter().map(|h| names.label(h)).collect::<Vec<_>>().join(", ") },
+            username: u.username,
+            role: u.role.as_str(),
+            patient_data: u.patient_data,
+            disabled: u.disabled,
+            created: t(u.created),
+        })
         .collect();
     let tokens = db::tokens(&state.app.store)
         .await?
@@ -69,10 +80,14 @@ pub struct UserForm {
     pub patient_data: Option<String>,
     pub disabled: Option<String>,
     pub password: Option<String>,
+    /// HSA ids, comma-separated; empty keeps the current list, "alla" = the whole region.
+    #[serde(default)]
+    pub units: Option<String>,
 }
 
 pub async fn user_save(State(state): State<AdminState>, Extension(p): Extension<Principal>, Form(f): Form<UserForm>) -> PageResult {
     p.require(Role::Admin)?;
+    p.require_region()?;
     p.check_csrf(f.csrf.as_deref())?;
     let username = f.username.trim().to_string();
     auth::check_username(&username).map_err(|_| Fail::BadRequest("Ogiltigt användarnamn: 1–64 bokstäver, siffror eller . - _ @.".into()))?;
@@ -90,11 +105,29 @@ pub async fn user_save(State(state): State<AdminState>, Extension(p): Extension<
         }
         None => None,
     };
+    // Units: left empty, an existing user keeps its list; "alla" gives the whole region back.
+    let units = match nz(&f.units) {
+        None => None,
+        Some(s) if s.eq_ignore_ascii_case("alla") => Some(vec![]),
+        Some(s) => {
+            let list = db::parse_units(&s);
+            if let Some(bad) = list.iter().find(|u| crate::model::HsaId::parse(u).is_err()) {
+                return Err(Fail::BadRequest(format!("{bad:?} är inget HSA-id.")).into());
+            }
+            Some(list)
+        }
+    };
+    if username == p.username && units.as_ref().is_some_and(|l| !l.is_empty()) {
+        return Err(Fail::BadRequest("Du kan inte begränsa dig själv till enheter.".into()).into());
+    }
     let exists = db::user(&state.app.store, &username).await?.is_some();
     if !exists && hash.is_none() {
         return Err(Fail::BadRequest("En ny användare behöver ett lösenord.".into()).into());
     }
     db::put_user(&state.app.store, &username, hash.as_deref(), role, patient_data, disabled).await?;
+    if let Some(list) = &units {
+        db::set_user_units(&state.app.store, &username, list).await?;
+    }
     state
         .app
         .store
@@ -103,7 +136,7 @@ pub async fn user_save(State(state): State<AdminState>, Extension(p): Extension<
             kind::USER_CHANGED,
             &correlation_id(),
             format!("user:{username}"),
-            serde_json::json!({"action": if exists { "updated" } else { "created" }, "role": role.as_str(), "patient_data": patient_data, "disabled": disabled, "password_set": password.is_some(), "via": "page"}),
+            serde_json::json!({"action": if exists { "updated" } else { "created" }, "role": role.as_str(), "patient_data": patient_data, "disabled": disabled, "password_set": password.is_some(), "units": units, "via": "page"}),
         )])
         .await?;
     Ok(see_other("/anvandare?meddelande=sparad"))
@@ -122,6 +155,7 @@ pub struct TokenForm {
 
 pub async fn token_create(State(state): State<AdminState>, Extension(p): Extension<Principal>, Form(f): Form<TokenForm>) -> PageResult {
     p.require(Role::Admin)?;
+    p.require_region()?;
     p.check_csrf(f.csrf.as_deref())?;
     let (_, token) = auth::create_api_token(&state, &p, &f.name, f.username.as_deref(), f.days).await?;
     // Rendered directly (not redirected) so the token is shown once and never lands in a URL.
@@ -130,6 +164,7 @@ pub async fn token_create(State(state): State<AdminState>, Extension(p): Extensi
 
 pub async fn token_revoke(State(state): State<AdminState>, Extension(p): Extension<Principal>, Path(id): Path<i64>, Form(f): Form<auth::CsrfForm>) -> PageResult {
     p.require(Role::Admin)?;
+    p.require_region()?;
     p.check_csrf(f.csrf.as_deref())?;
     if !auth::revoke_api_token(&state, &p, id).await? {
         return Err(Fail::NotFound.into());
@@ -160,6 +195,8 @@ fn area_sv(area: &str) -> String {
 /// The configuration's status (every role: the overview's status panel links here) and, for
 /// admins, the running configuration.
 pub async fn settings(State(state): State<AdminState>, Extension(p): Extension<Principal>) -> PageResult {
+    // Every connector of the region: not for a unit-limited user.
+    p.require_region()?;
     let json = if p.can(Role::Admin) { Some(serde_json::to_string_pretty(&api::config_view(&state)).map_err(|e| Fail::Internal(e.into()))?) } else { None };
     let messages = (state.warnings)().into_iter().map(|w| (area_sv(&w.area), w.text)).collect();
     render(SettingsTpl { l: layout(&p, "/installningar", "Inställningar", None), json, status: (state.status)(), messages })

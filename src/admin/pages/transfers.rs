@@ -20,7 +20,7 @@ struct RowView {
     updated: String,
 }
 
-fn row_view(r: db::TransferRow) -> RowView {
+fn row_view(r: db::TransferRow, names: &crate::units::UnitNames) -> RowView {
     let reason = match r.state {
         RecordState::Rejected => r.reason.clone().or(r.last_error.clone()),
         _ => r.last_error.clone().or(r.reason.clone()),
@@ -30,7 +30,7 @@ fn row_view(r: db::TransferRow) -> RowView {
         key: r.idem_key,
         register: r.register,
         connector: r.connector,
-        unit: r.unit,
+        unit: names.label(&r.unit),
         form: r.form,
         version: r.version,
         state: r.state.as_str(),
@@ -60,7 +60,7 @@ struct TransfersTpl {
     f: FilterView,
     connectors: Vec<String>,
     registers: Vec<String>,
-    units: Vec<String>,
+    units: Vec<(String, String)>,
     forms: Vec<String>,
     states: Vec<(String, String)>,
     rows: Vec<RowView>,
@@ -76,9 +76,12 @@ pub async fn transfers(State(state): State<AdminState>, Extension(p): Extension<
     let mut q = q;
     q.limit = Some(PER_PAGE);
     q.offset = None;
-    let tq = q.to_query(PER_PAGE)?;
+    check_unit_filter(&p, &q.unit)?;
+    let tq = q.to_query(&p.scope, PER_PAGE)?;
     let (rows, total) = db::transfers(&state.app.store, &tq).await?;
-    let (connectors, registers, units, forms) = db::transfer_facets(&state.app.store).await?;
+    let (connectors, registers, units, forms) = db::transfer_facets(&state.app.store, &p.scope).await?;
+    let names = unit_names(&state);
+    let units = unit_options(&names, &p, units);
     let f = FilterView {
         q: nz(&q.q).unwrap_or_default(),
         connector: nz(&q.connector).unwrap_or_default(),
@@ -122,7 +125,7 @@ pub async fn transfers(State(state): State<AdminState>, Extension(p): Extension<
         units,
         forms,
         states,
-        rows: rows.into_iter().map(row_view).collect(),
+        rows: rows.into_iter().map(|r| row_view(r, &names)).collect(),
         total,
         first: if n == 0 { 0 } else { tq.offset + 1 },
         last: tq.offset + n,
@@ -153,7 +156,7 @@ struct RecView {
     delivered: String,
 }
 
-fn rec_view(r: &OutboxRecord) -> RecView {
+fn rec_view(r: &OutboxRecord, names: &crate::units::UnitNames) -> RecView {
     let reason = match r.state {
         RecordState::Rejected => r.reason.clone().or(r.last_error.clone()),
         _ => r.last_error.clone().or(r.reason.clone()),
@@ -165,7 +168,7 @@ fn rec_view(r: &OutboxRecord) -> RecView {
         state_label: state_label(r.state),
         register: r.register.clone(),
         connector: r.connector.clone(),
-        unit: r.unit.clone(),
+        unit: names.label(&r.unit),
         form: r.form.clone(),
         subject: s_opt(r.subject.clone()),
         version: r.version,
@@ -231,7 +234,8 @@ fn outcome_sv(o: &str) -> String {
 }
 
 async fn transfer_page(state: &AdminState, p: &Principal, id: i64, msg: Option<String>, reveal: Option<String>) -> PageResult {
-    let (h, payload, held) = api::history(&state.app.store, id).await?;
+    let (h, payload, held) = api::history(&state.app.store, &p.scope, id).await?;
+    let names = unit_names(state);
     let payload_rows = match reveal {
         Some(why) => {
             api::record_patient_view(state, p, "record_payload", &h.record.idem_key, &why, 1, &h.record.subject.clone().into_iter().collect::<Vec<_>>()).await?;
@@ -251,8 +255,8 @@ async fn transfer_page(state: &AdminState, p: &Principal, id: i64, msg: Option<S
     let can_retract = latest && h.record.op == crate::store::Op::Upsert && !matches!(h.record.state, RecordState::Superseded);
     render(TransferTpl {
         l: layout(p, "/overforingar", &format!("Överföring {}", h.record.id), flash(&msg)),
-        rec: rec_view(&h.record),
-        versions: h.versions.iter().map(rec_view).collect(),
+        rec: rec_view(&h.record, &names),
+        versions: h.versions.iter().map(|v| rec_view(v, &names)).collect(),
         attempts: h
             .attempts
             .iter()
@@ -346,14 +350,16 @@ pub async fn failed(State(state): State<AdminState>, Extension(p): Extension<Pri
         states: vec![RecordState::Rejected, RecordState::Dead],
         latest_only: true,
         limit: 500,
+        scope: p.scope.clone(),
         ..Default::default()
     };
     let (rows, total) = db::transfers(&state.app.store, &tq).await?;
-    let (connectors, registers, _, _) = db::transfer_facets(&state.app.store).await?;
+    let (connectors, registers, _, _) = db::transfer_facets(&state.app.store, &p.scope).await?;
+    let names = unit_names(&state);
     render(FailedTpl {
         l: layout(&p, "/misslyckade", "Misslyckade överföringar", flash(&q.meddelande)),
         shown: rows.len() as i64,
-        rows: rows.into_iter().map(row_view).collect(),
+        rows: rows.into_iter().map(|r| row_view(r, &names)).collect(),
         total,
         can_operate: p.can(Role::Operator),
         connectors,
@@ -374,7 +380,7 @@ pub async fn replay(State(state): State<AdminState>, Extension(p): Extension<Pri
     p.require(Role::Operator)?;
     p.check_csrf(f.csrf.as_deref())?;
     let why = api::reason(&f.reason)?;
-    let done = state.app.store.replay(&[f.id], &p.username, &why).await?;
+    let done = api::replay_ids(&state, &p, &[f.id], &why).await?;
     if done.contains(&f.id) {
         Ok(see_other(&format!("/overforingar/{}?meddelande=koad", f.id)))
     } else {

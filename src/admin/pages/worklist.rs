@@ -34,7 +34,7 @@ struct WorkGroup {
 struct WorklistTpl {
     l: Layout,
     groups: Vec<WorkGroup>,
-    units: Vec<String>,
+    units: Vec<(String, String)>,
     unit: String,
     showing_identities: bool,
     /// Showing the items marked as handled outside the system instead of the open ones.
@@ -63,12 +63,14 @@ fn occasion_sv(form: &str) -> &'static str {
 }
 
 async fn worklist_page(state: &AdminState, p: &Principal, unit: Option<String>, why: Option<String>, handled: bool, msg: Option<String>) -> PageResult {
-    let all_units = db::distinct_units(&state.app.store, "worklist").await?;
+    check_unit_filter(p, &unit)?;
+    let names = unit_names(state);
+    let all_units = unit_options(&names, p, db::distinct_units(&state.app.store, "worklist").await?);
     let showing = why.is_some();
     let entries = api::worklist_entries_of(state, p, None, unit.clone(), why, handled).await?;
     let mut groups: BTreeMap<String, BTreeMap<String, Vec<WorkItemView>>> = BTreeMap::new();
     for e in entries {
-        groups.entry(e.unit.clone()).or_default().entry(e.patient.clone().unwrap_or_else(|| e.patient_key.clone())).or_default().push(WorkItemView {
+        groups.entry(names.label(&e.unit)).or_default().entry(e.patient.clone().unwrap_or_else(|| e.patient_key.clone())).or_default().push(WorkItemView {
             idem_key: e.idem_key.clone(),
             occasion: occasion_sv(&e.form).to_string(),
             form: e.form,
@@ -151,6 +153,11 @@ pub async fn worklist_handled(State(state): State<AdminState>, Extension(p): Ext
     p.check_csrf(f.csrf.as_deref())?;
     p.require(Role::Operator)?;
     let why = api::reason(&f.reason)?;
+    // Another unit's item does not exist for a unit-limited user.
+    if !p.scope.is_region() {
+        let unit = db::worklist_unit(&state.app.store, &f.idem_key).await?.ok_or(Fail::NotFound)?;
+        p.require_unit(&unit)?;
+    }
     let done = state.app.store.worklist_mark_handled(&f.idem_key, &p.username, &why).await.map_err(Fail::Internal)?;
     let mut q = vec![("meddelande", if done { "hanterad" } else { "ej-hanterad" }.to_string())];
     if let Some(u) = nz(&f.unit) {

@@ -2,7 +2,7 @@
 
 use super::mapping;
 use crate::config::{ConnectorDef, ConnectorKind, Loaded, Problem};
-use crate::sinks::stratum::metadata::RegisterMetadata;
+use crate::registers::metadata::RegisterMetadata;
 
 /// Check every enabled or disabled connector of kind `stratum_register`. `online` is the metadata fetched from
 /// the register, when the caller has it; otherwise each connector is checked against its offline

@@ -2,7 +2,7 @@
 //! visit and form, how many registrations the journal's courses call for and how many the
 //! register holds.
 
-use crate::store::{EpisodeRow, Registration};
+use crate::outbox::{EpisodeRow, Registration};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 

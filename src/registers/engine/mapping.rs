@@ -9,7 +9,7 @@
 
 use crate::config::{ConnectorDef, Problem};
 use crate::model::{normalise_icd, Code, OID_ICD10SE};
-use crate::sinks::stratum::metadata::{Domain, RegisterMetadata};
+use crate::registers::metadata::{Domain, RegisterMetadata};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -1042,7 +1042,7 @@ pub fn offline_metadata(c: &ConnectorDef) -> Result<RegisterMetadata, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::stratum::metadata::DomainValue;
+    use crate::registers::metadata::DomainValue;
 
     fn shipped() -> (ConnectorDef, RegisterMetadata) {
         let (connectors, problems) = crate::config::load_connectors(Path::new("connectors"));

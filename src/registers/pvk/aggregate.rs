@@ -16,8 +16,8 @@
 
 use crate::config::UnitBinding;
 use crate::outbox::{Payload, RegisterIntent};
-use crate::sinks::stratum::metadata::RegisterMetadata;
-use crate::store::{PvkResultRow, RecordKey};
+use crate::registers::metadata::RegisterMetadata;
+use crate::outbox::{PvkResultRow, RecordKey};
 use chrono::NaiveDate;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};

@@ -48,7 +48,8 @@ use super::quality::{self, KnownCodes, QualityTally};
 use super::rules::{Anchor, CodeSetKind, Combine, CountMode, FteCount, Indicator, IndicatorKind, RuleSet, Scope, Variant, ATC};
 use super::{DrugList, Listing, Prescription, PvkEngine, SmallCellMode, UnitKind, NOT_COMPUTABLE};
 use crate::model::{normalise_icd, HsaId, PatientId, Record};
-use crate::store::{add_months, PatientList, PvkQualityRow, PvkResultRow};
+use crate::model::add_months;
+use crate::outbox::{PatientList, PvkQualityRow, PvkResultRow};
 use chrono::{Datelike, Months, NaiveDate};
 use std::collections::{BTreeMap, HashMap};
 

@@ -35,11 +35,23 @@ pub use rules::{CodeSet, Indicator, IndicatorKind, RuleSet, Variant};
 use crate::config::{ConnectorDef, ConnectorKind, Loaded, Problem, Secret};
 use crate::crypto::Pseudonymizer;
 use crate::model::{HsaId, PatientId};
-use crate::sinks::stratum::metadata::RegisterMetadata;
+use crate::registers::metadata::RegisterMetadata;
 use chrono::NaiveDate;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+
+/// What the export files say about an indicator besides its code (from the rule set).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndicatorLabel {
+    /// "Ar12 – Andel patienter med artros som deltagit i artrosskola".
+    pub name: String,
+    /// Per-FTE measures: the region's requirement per full-time equivalent and year.
+    pub per_fte_requirement: Option<u32>,
+}
+
+/// Labels by (rule year, register code).
+pub type Labels = std::collections::BTreeMap<(i32, String), IndicatorLabel>;
 
 // ------------------------------------------------------------------------------- options
 
@@ -370,13 +382,13 @@ impl PvkEngine {
     }
 
     /// Names (and per-FTE requirements) of every indicator, for export files.
-    pub fn labels(&self) -> crate::sinks::export::Labels {
-        let mut out = crate::sinks::export::Labels::new();
+    pub fn labels(&self) -> Labels {
+        let mut out = Labels::new();
         for rs in &self.rule_sets {
             for ind in &rs.indicators {
                 out.insert(
                     (rs.year, ind.register_code.clone()),
-                    crate::sinks::export::IndicatorLabel { name: ind.display_name(), per_fte_requirement: ind.per_fte.as_ref().map(|f| f.requirement) },
+                    IndicatorLabel { name: ind.display_name(), per_fte_requirement: ind.per_fte.as_ref().map(|f| f.requirement) },
                 );
             }
         }

@@ -16,7 +16,7 @@
 use super::rules::{valid_icd_code, valid_kva, CodeSet, CodeSetKind, RuleSet};
 use super::UnitKind;
 use crate::model::{normalise_icd, HsaId, Record, OID_ICD10SE, OID_KVA};
-use crate::store::PvkQualityRow;
+use crate::outbox::PvkQualityRow;
 use chrono::NaiveDate;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 

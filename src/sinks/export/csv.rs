@@ -2,16 +2,18 @@
 //! UTF-8, header line first. Numbers are empty unless the status is `reported*`.
 
 use super::{CellStatus, Labels};
+use crate::units::UnitNames;
 use crate::store::PvkResultRow;
 
-pub const CSV_COLUMNS: [&str; 10] = ["rule_year", "unit_hsa_id", "year", "month", "indicator", "status", "numerator", "denominator", "note", "indicator_name"];
+/// `unit` is the unit as people read it, "name (HSA id)" (`crate::units`); `unit_hsa_id` the id.
+pub const CSV_COLUMNS: [&str; 11] = ["rule_year", "unit_hsa_id", "year", "month", "indicator", "status", "numerator", "denominator", "note", "indicator_name", "unit"];
 
 /// The regional measures' file (FaR, vårdval per FTE): never sent to PVK, for the region's own
 /// follow-up. `value` is the share in percent, or for per-FTE measures the count per full-time
 /// equivalent (denominator in hundredths of an FTE); `requirement` is the region's per-FTE
 /// requirement.
-pub const REGIONAL_CSV_COLUMNS: [&str; 12] =
-    ["rule_year", "unit_hsa_id", "year", "month", "measure", "measure_name", "status", "numerator", "denominator", "value", "requirement", "note"];
+pub const REGIONAL_CSV_COLUMNS: [&str; 13] =
+    ["rule_year", "unit_hsa_id", "year", "month", "measure", "measure_name", "status", "numerator", "denominator", "value", "requirement", "note", "unit"];
 
 pub fn field(s: &str) -> String {
     if s.contains([';', '"', '\n', '\r']) {
@@ -30,7 +32,7 @@ fn shown_counts(r: &PvkResultRow) -> (CellStatus, bool, String, String) {
     (status, reported, shown(r.numerator), shown(r.denominator))
 }
 
-pub fn render_csv(rows: &[&PvkResultRow], labels: &Labels) -> String {
+pub fn render_csv(rows: &[&PvkResultRow], labels: &Labels, units: &UnitNames) -> String {
     let mut out = CSV_COLUMNS.join(";");
     out.push_str("\r\n");
     for r in rows {
@@ -46,6 +48,7 @@ pub fn render_csv(rows: &[&PvkResultRow], labels: &Labels) -> String {
             den,
             field(r.note.as_deref().unwrap_or("")),
             field(labels.get(&(r.rule_year, r.indicator.clone())).map(|l| l.name.as_str()).unwrap_or("")),
+            field(&units.label(&r.unit)),
         ];
         out.push_str(&cols.join(";"));
         out.push_str("\r\n");
@@ -53,7 +56,7 @@ pub fn render_csv(rows: &[&PvkResultRow], labels: &Labels) -> String {
     out
 }
 
-pub fn render_regional_csv(rows: &[&PvkResultRow], labels: &Labels) -> String {
+pub fn render_regional_csv(rows: &[&PvkResultRow], labels: &Labels, units: &UnitNames) -> String {
     let mut out = REGIONAL_CSV_COLUMNS.join(";");
     out.push_str("\r\n");
     for r in rows {
@@ -78,6 +81,7 @@ pub fn render_regional_csv(rows: &[&PvkResultRow], labels: &Labels) -> String {
             value,
             requirement.map(|q| q.to_string()).unwrap_or_default(),
             field(r.note.as_deref().unwrap_or("")),
+            field(&units.label(&r.unit)),
         ];
         out.push_str(&cols.join(";"));
         out.push_str("\r\n");

@@ -29,17 +29,8 @@ pub struct RunInfo {
     pub generated_at: DateTime<Utc>,
 }
 
-/// What the files say about an indicator besides its code (from the rule set).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IndicatorLabel {
-    /// "Ar12 – Andel patienter med artros som deltagit i artrosskola".
-    pub name: String,
-    /// Per-FTE measures: the region's requirement per full-time equivalent and year.
-    pub per_fte_requirement: Option<u32>,
-}
-
-/// Labels by (rule year, register code).
-pub type Labels = std::collections::BTreeMap<(i32, String), IndicatorLabel>;
+/// Names of the indicators (from the rule set), defined by the PVK engine that knows them.
+pub use crate::registers::pvk::{IndicatorLabel, Labels};
 
 /// How a cell is reported in a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +73,8 @@ fn sorted(results: &[PvkResultRow]) -> Vec<&PvkResultRow> {
 
 /// Write `<stem>.xml` and `<stem>.csv` (PVK indicators) and, when there are regional
 /// measures, `regional-measures-….csv` into `dir` (created if missing); returns their paths.
-pub fn write_exports(results: &[PvkResultRow], dir: &Path, run: &RunInfo, labels: &Labels) -> Result<Vec<PathBuf>> {
+/// The CSV files name each unit ("name (HSA id)", `crate::units`).
+pub fn write_exports(results: &[PvkResultRow], dir: &Path, run: &RunInfo, labels: &Labels, units: &crate::units::UnitNames) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create export folder {}", dir.display()))?;
     let safe: String = run.connector.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     let at = run.generated_at.format("%Y%m%dT%H%M%SZ");
@@ -91,11 +83,11 @@ pub fn write_exports(results: &[PvkResultRow], dir: &Path, run: &RunInfo, labels
     let xml_path = dir.join(format!("{stem}.xml"));
     let csv_path = dir.join(format!("{stem}.csv"));
     write_atomic(&xml_path, &render_xml(&rows, run, labels)?)?;
-    write_atomic(&csv_path, render_csv(&rows, labels).as_bytes())?;
+    write_atomic(&csv_path, render_csv(&rows, labels, units).as_bytes())?;
     let mut out = vec![xml_path, csv_path];
     if !regional.is_empty() {
         let p = dir.join(format!("regional-measures-{safe}-{at}.csv"));
-        write_atomic(&p, render_regional_csv(&regional, labels).as_bytes())?;
+        write_atomic(&p, render_regional_csv(&regional, labels, units).as_bytes())?;
         out.push(p);
     }
     Ok(out)

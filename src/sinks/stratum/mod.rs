@@ -2,7 +2,9 @@
 //! validation, one session per unit context, POST/PUT/DELETE, EventID kept per registration.
 
 pub mod client;
-pub mod metadata;
+/// The register's metadata is the registers' contract description (the mappers read it too);
+/// it lives in `registers/metadata.rs` and is re-exported here for the client and validation.
+pub use crate::registers::metadata;
 mod session;
 pub mod validate;
 
