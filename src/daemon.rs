@@ -610,15 +610,19 @@ impl crate::pipeline::AfterPull for PvkAfter {
         let inputs = pvk_inputs(&self.engine, today, &app.pseudo).await?;
         let (listing, drugs) = (inputs.listing, inputs.drugs);
         let units: Vec<crate::model::HsaId> = self.def.units.iter().filter_map(|u| crate::model::HsaId::parse(u).ok()).collect();
-        let out = {
-            let mut c = self.engine.begin(listing.as_ref(), drugs.as_ref(), &units, &months, today);
+        // Patients stream from the store; their list entries go to an encrypted temporary file
+        // and each list is rendered only as the store writes it, so memory does not grow with
+        // the region.
+        let (out, lists) = {
+            let spill = FileSpill::new().context("PVK patient lists: temporary file")?;
+            let mut c = self.engine.begin_spilled(listing.as_ref(), drugs.as_ref(), &units, &months, today, Box::new(spill));
             app.store
                 .for_each_patient(&self.def.name, |pk, recs| {
                     c.add_records(pk, &recs);
                     Ok(())
                 })
                 .await?;
-            c.finish()
+            c.finish_lists().context("PVK patient lists: temporary file")?
         };
         let mut cs = crate::store::ChangeSet::default();
         let intents = match &self.metadata {
@@ -663,13 +667,17 @@ impl crate::pipeline::AfterPull for PvkAfter {
                 files.extend(written);
             }
         }
-        // Moved, not cloned: the patient lists of a region-year are the largest thing in memory.
         cs.pvk_results = out.results;
         for r in &mut cs.pvk_results {
             r.connector = self.def.name.clone();
         }
         cs.pvk_quality = out.quality;
-        let applied = if dry_run { app.store.preview(cs).await? } else { app.store.apply(cs).await? };
+        let mut render = |r: &crate::store::PvkResultRow| lists.render(r).context("PVK patient lists: temporary file");
+        let applied = if dry_run {
+            app.store.preview_with_lists(cs, Some(&mut render)).await?
+        } else {
+            app.store.apply_with_lists(cs, Some(&mut render)).await?
+        };
         Ok(serde_json::json!({
             "cells": cells,
             "computable": computable,
@@ -681,5 +689,49 @@ impl crate::pipeline::AfterPull for PvkAfter {
             "aggregates_retracted": applied.outbox_retracted,
             "export_files": files.len(),
         }))
+    }
+}
+
+/// The PVK after-pull step's spill: list blocks in an unlinked temporary file (`TMPDIR`), each
+/// encrypted with a key that lives only in this process and bound to its place, so patient
+/// identities never rest on disk in the clear, and nothing is left behind after a crash.
+struct FileSpill {
+    file: std::fs::File,
+    cipher: crate::crypto::Cipher,
+    /// (offset, length) of each block's ciphertext.
+    blocks: Vec<(u64, u32)>,
+    len: u64,
+}
+
+impl FileSpill {
+    fn new() -> Result<FileSpill> {
+        use rand::RngCore;
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        Ok(FileSpill { file: tempfile::tempfile()?, cipher: crate::crypto::Cipher::new(&[key])?, blocks: vec![], len: 0 })
+    }
+
+    fn aad(handle: u64) -> crate::crypto::Aad {
+        crate::crypto::Aad::new("pvk_list_spill", &[&handle.to_string()])
+    }
+}
+
+impl crate::registers::pvk::ListSpill for FileSpill {
+    fn put(&mut self, block: &[u8]) -> std::io::Result<u64> {
+        use std::io::Write;
+        let handle = self.blocks.len() as u64;
+        let ct = self.cipher.encrypt(&Self::aad(handle), block);
+        self.file.write_all(&ct)?;
+        self.blocks.push((self.len, ct.len() as u32));
+        self.len += ct.len() as u64;
+        Ok(handle)
+    }
+
+    fn get(&self, handle: u64) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let &(at, n) = self.blocks.get(handle as usize).ok_or_else(|| std::io::Error::other("no such spill block"))?;
+        let mut ct = vec![0u8; n as usize];
+        self.file.read_exact_at(&mut ct, at)?;
+        self.cipher.decrypt(&Self::aad(handle), &ct).map_err(|e| std::io::Error::other(format!("{e:#}")))
     }
 }

@@ -130,6 +130,10 @@ impl PatientList {
     pub fn new(list: &serde_json::Value) -> PatientList {
         PatientList(list.to_string())
     }
+    /// From JSON text written by the PVK engine's list renderer (one object, compact).
+    pub fn from_json_text(text: String) -> PatientList {
+        PatientList(text)
+    }
     pub fn json(&self) -> &str {
         &self.0
     }

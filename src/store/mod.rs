@@ -40,6 +40,8 @@ const DOCUMENT_CHUNK: usize = 400;
 /// Outbox upserts per set-based chunk (twelve parameters a row) and PVK result rows per
 /// multi-row upsert (thirteen).
 const OUTBOX_CHUNK: usize = 200;
+/// Patient-list bytes after which a PVK result upsert is sent (see `apply_in`).
+const PVK_LIST_BYTES: usize = 4 << 20;
 
 pub fn now_us() -> i64 {
     Utc::now().timestamp_micros()
@@ -64,6 +66,9 @@ impl std::fmt::Debug for Store {
         write!(f, "Store({:?})", self.backend.dialect())
     }
 }
+
+/// Renders the patient list of a PVK result row as it is written (`Store::apply_with_lists`).
+pub type PvkListSource<'a> = &'a mut (dyn FnMut(&PvkResultRow) -> Result<Option<PatientList>> + Send);
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct ApplyOutcome {
@@ -140,28 +145,40 @@ impl Store {
 
     /// Apply one change set in one transaction.
     pub async fn apply(&self, cs: ChangeSet) -> Result<ApplyOutcome> {
-        if cs.is_empty() {
-            return Ok(ApplyOutcome::default());
-        }
-        let mut tx = self.backend.begin().await?;
-        let out = self.apply_in(&mut *tx, cs).await?;
-        tx.commit().await?;
-        Ok(out)
+        self.apply_with_lists(cs, None).await
     }
 
     /// What `apply` would do, without doing it: the change set is applied inside a transaction
     /// that is then rolled back (backfill --dry-run).
     pub async fn preview(&self, cs: ChangeSet) -> Result<ApplyOutcome> {
+        self.preview_with_lists(cs, None).await
+    }
+
+    /// As `apply`, with the patient list of each PVK result row that has none in the change
+    /// set asked from `lists` as the row is written (the PVK after-pull step renders a region's
+    /// lists one at a time from its spill instead of holding them all).
+    pub async fn apply_with_lists(&self, cs: ChangeSet, lists: Option<PvkListSource<'_>>) -> Result<ApplyOutcome> {
         if cs.is_empty() {
             return Ok(ApplyOutcome::default());
         }
         let mut tx = self.backend.begin().await?;
-        let out = self.apply_in(&mut *tx, cs).await?;
+        let out = self.apply_in(&mut *tx, cs, lists).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// `preview` with lists, as `apply_with_lists`.
+    pub async fn preview_with_lists(&self, cs: ChangeSet, lists: Option<PvkListSource<'_>>) -> Result<ApplyOutcome> {
+        if cs.is_empty() {
+            return Ok(ApplyOutcome::default());
+        }
+        let mut tx = self.backend.begin().await?;
+        let out = self.apply_in(&mut *tx, cs, lists).await?;
         drop(tx); // rollback
         Ok(out)
     }
 
-    pub(crate) async fn apply_in(&self, tx: &mut dyn Tx, cs: ChangeSet) -> Result<ApplyOutcome> {
+    pub(crate) async fn apply_in(&self, tx: &mut dyn Tx, cs: ChangeSet, mut lists: Option<PvkListSource<'_>>) -> Result<ApplyOutcome> {
         let mut out = ApplyOutcome::default();
         let now = now_us();
         // Documents in chunks: the stored hashes of a chunk are read with one query and its new
@@ -315,11 +332,22 @@ impl Store {
                 .await?;
             }
         }
-        // Result cells in multi-row upserts; each patient list is encrypted once, as it is bound.
-        for chunk in cs.pvk_results.chunks(OUTBOX_CHUNK) {
+        // Result cells in multi-row upserts; each patient list is encrypted once, as it is bound,
+        // and a statement ends after PVK_LIST_BYTES of lists, so a region's lists never sit in
+        // memory at once.
+        let mut next = 0;
+        while next < cs.pvk_results.len() {
             let mut a: Vec<sql::Val> = vec![sql::Val::I64(now)];
-            let mut rows = Vec::with_capacity(chunk.len());
-            for r in chunk {
+            let mut rows = vec![];
+            let mut bytes = 0;
+            while next < cs.pvk_results.len() && rows.len() < OUTBOX_CHUNK && bytes < PVK_LIST_BYTES {
+                let r = &cs.pvk_results[next];
+                next += 1;
+                let rendered = match (&r.patient_list, lists.as_mut()) {
+                    (None, Some(source)) => source(r)?,
+                    _ => None,
+                };
+                let list = r.patient_list.as_ref().or(rendered.as_ref());
                 let b = a.len();
                 rows.push(format!(
                     "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1)",
@@ -337,10 +365,11 @@ impl Store {
                     sql::Val::from(r.computable),
                     sql::Val::from(r.suppressed),
                     sql::Val::from(r.note.clone()),
-                    r.patient_list
-                        .as_ref()
-                        .map(|l| sql::Val::Bytes(self.cipher.encrypt(&sealed::pvk_patient_list(&r.connector, r.rule_year, &r.unit, r.year, r.month, &r.indicator), l.json().as_bytes())))
-                        .unwrap_or(sql::Val::Null(sql::NullKind::Bytes)),
+                    list.map(|l| {
+                        bytes += l.json().len();
+                        sql::Val::Bytes(self.cipher.encrypt(&sealed::pvk_patient_list(&r.connector, r.rule_year, &r.unit, r.year, r.month, &r.indicator), l.json().as_bytes()))
+                    })
+                    .unwrap_or(sql::Val::Null(sql::NullKind::Bytes)),
                 ]);
             }
             tx.exec(

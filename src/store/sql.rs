@@ -14,6 +14,16 @@ pub enum Dialect {
     Postgres,
 }
 
+/// Whether a statement is prepared once and kept in its connection's statement cache.
+/// Statements built with many parameters (multi-row inserts, IN lists) change text with every
+/// batch size: caching each would churn the cache, on PostgreSQL cost a planning round trip per
+/// batch, and on SQLite keep up to a hundred compiled multi-row statements per connection (a
+/// heap profile of a region's backfill showed them as the largest SQLite allocation, growing
+/// with the number of batch sizes seen). Short, fixed statements are prepared once.
+pub(crate) fn persistent(args: &[Val]) -> bool {
+    args.len() <= 16
+}
+
 /// A bound parameter.
 #[derive(Clone, Debug)]
 pub enum Val {

@@ -1,8 +1,10 @@
 //! The PVK engine: canonical records → unit-by-month numerators, denominators and patient lists.
 //!
-//! Patients are processed one at a time ([`Computation::add`]) and only counters and compact
-//! list entries are kept, so a region's ~100k patients can be streamed from the store without
-//! holding their records. Month windows are calendar-aligned: a 12-month window for March 2026
+//! Patients are processed one at a time ([`Computation::add`]) and only counters are kept in
+//! memory: each cell's patient-list entries are encoded as they are computed and handed in
+//! blocks to a [`ListSpill`] (in memory, or the daemon's encrypted temporary file), and a cell's
+//! list is rendered only when it is written ([`PatientLists::render`]). So a region's patients
+//! are streamed from the store and neither their records nor their lists are held at once. Month windows are calendar-aligned: a 12-month window for March 2026
 //! is 2025-04-01 … 2026-03-31 (or up to `today` while the month is running).
 //!
 //! Semantics (the exact SKR definitions are not public; research/pvk.md):
@@ -47,9 +49,9 @@ use super::rules::{Anchor, CodeSetKind, Combine, CountMode, FteCount, Indicator,
 use super::{DrugList, Listing, Prescription, PvkEngine, SmallCellMode, UnitKind, NOT_COMPUTABLE};
 use crate::model::{normalise_icd, HsaId, PatientId, Record};
 use crate::model::add_months;
-use crate::outbox::{PvkQualityRow, PvkResultRow};
+use crate::outbox::{PatientList, PvkQualityRow, PvkResultRow};
 use chrono::{Datelike, Months, NaiveDate};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// One patient's canonical records, as the pipeline (or the sandbox's ground truth) has them.
 #[derive(Clone, Debug)]
@@ -92,7 +94,8 @@ impl PvkEngine {
         c.finish()
     }
 
-    /// Start a streaming computation: `add` each patient once, then `finish`.
+    /// Start a streaming computation: `add` each patient once, then `finish`. Patient lists
+    /// are kept in memory until `finish`; a region's computation uses [`PvkEngine::begin_spilled`].
     pub fn begin<'a>(
         &'a self,
         listing: Option<&'a Listing>,
@@ -101,7 +104,21 @@ impl PvkEngine {
         months: &[(i32, u32)],
         today: NaiveDate,
     ) -> Computation<'a> {
-        Computation::new(self, listing, drugs, units, months, today)
+        Computation::new(self, listing, drugs, units, months, today, Box::new(MemorySpill::default()))
+    }
+
+    /// As `begin`, with the patient-list entries kept in `spill` until
+    /// [`Computation::finish_lists`] renders them one cell at a time.
+    pub fn begin_spilled<'a>(
+        &'a self,
+        listing: Option<&'a Listing>,
+        drugs: Option<&'a DrugList>,
+        units: &[HsaId],
+        months: &[(i32, u32)],
+        today: NaiveDate,
+        spill: Box<dyn ListSpill + 'a>,
+    ) -> Computation<'a> {
+        Computation::new(self, listing, drugs, units, months, today, spill)
     }
 }
 
@@ -170,18 +187,48 @@ struct Visit {
 
 #[derive(Clone, Debug, Default)]
 struct Entry {
-    patient: u32,
     numerator: bool,
     index: Option<NaiveDate>,
     profs: Vec<u16>,
     visits: Option<u32>,
 }
 
+/// Where a computation keeps the encoded patient-list entries of its cells until the lists are
+/// rendered: whole blocks, each put once and read back once or twice. In memory
+/// ([`MemorySpill`]) for tests and small computations; the daemon's after-pull step gives a
+/// temporary file, so a region's lists do not have to fit in memory.
+pub trait ListSpill: Send + Sync {
+    /// Keep a block; the handle reads it back.
+    fn put(&mut self, block: &[u8]) -> std::io::Result<u64>;
+    fn get(&self, handle: u64) -> std::io::Result<Vec<u8>>;
+}
+
+/// Blocks kept in memory.
+#[derive(Debug, Default)]
+pub struct MemorySpill(Vec<Vec<u8>>);
+
+impl ListSpill for MemorySpill {
+    fn put(&mut self, block: &[u8]) -> std::io::Result<u64> {
+        self.0.push(block.to_vec());
+        Ok(self.0.len() as u64 - 1)
+    }
+    fn get(&self, handle: u64) -> std::io::Result<Vec<u8>> {
+        self.0.get(handle as usize).cloned().ok_or_else(|| std::io::Error::other("no such spill block"))
+    }
+}
+
+/// A cell's entries are buffered up to this many bytes, then put to the spill as one block:
+/// memory is this times the number of cells (units × months × indicators), whatever the region.
+const SPILL_BLOCK: usize = 4096;
+
 #[derive(Clone, Debug, Default)]
 struct Cell {
     num: i64,
     den: i64,
-    entries: Vec<Entry>,
+    /// Encoded entries not yet spilled (`encode_entry`).
+    tail: Vec<u8>,
+    /// Spilled blocks, in order.
+    blocks: Vec<u64>,
 }
 
 /// Per rule set and indicator: which units it applies to and why it cannot be computed.
@@ -203,17 +250,84 @@ pub struct Computation<'a> {
     plans: Vec<Vec<Plan>>,
     offsets: Vec<usize>,
     cells: Vec<Cell>,
-    patients: Vec<(String, PatientId)>,
+    spill: Box<dyn ListSpill + 'a>,
+    /// The first spill failure; `finish` reports it.
+    spill_error: Option<std::io::Error>,
     profs: Vec<String>,
     prof_index: HashMap<String, u16>,
-    seen: HashSet<String>,
+    /// Listing periods whose patient has been added (indices into `Listing::entries`).
+    seen: Vec<bool>,
     known: KnownCodes,
     quality: QualityTally,
 }
 
 impl std::fmt::Debug for Computation<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Computation({} units, {} months, {} patients listed)", self.units.len(), self.months.len(), self.patients.len())
+        write!(f, "Computation({} units, {} months, {} cells)", self.units.len(), self.months.len(), self.cells.len())
+    }
+}
+
+/// One patient's entry in one cell's list, as spilled: the patient's pseudonym, identity and
+/// identity kind, then the entry. Lengths are little-endian prefixes.
+fn encode_entry(out: &mut Vec<u8>, key: &str, raw: &str, kind: &str, e: &Entry) {
+    for s in [key, raw, kind] {
+        out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.push(e.numerator as u8 | (e.index.is_some() as u8) << 1 | (e.visits.is_some() as u8) << 2);
+    if let Some(d) = e.index {
+        out.extend_from_slice(&d.num_days_from_ce().to_le_bytes());
+    }
+    if let Some(v) = e.visits {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&(e.profs.len() as u16).to_le_bytes());
+    for p in &e.profs {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
+}
+
+/// A decoded entry, borrowing the cell's bytes.
+struct Listed<'b> {
+    key: &'b str,
+    raw: &'b str,
+    kind: &'b str,
+    entry: Entry,
+}
+
+struct Decoder<'b> {
+    bytes: &'b [u8],
+    at: usize,
+}
+
+impl<'b> Decoder<'b> {
+    fn take(&mut self, n: usize) -> std::io::Result<&'b [u8]> {
+        let s = self.bytes.get(self.at..self.at + n).ok_or_else(|| std::io::Error::other("truncated patient-list spill"))?;
+        self.at += n;
+        Ok(s)
+    }
+    fn u16(&mut self) -> std::io::Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("two bytes")))
+    }
+    fn u32(&mut self) -> std::io::Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("four bytes")))
+    }
+    fn str(&mut self) -> std::io::Result<&'b str> {
+        let n = self.u16()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(std::io::Error::other)
+    }
+    fn entry(&mut self) -> std::io::Result<Listed<'b>> {
+        let (key, raw, kind) = (self.str()?, self.str()?, self.str()?);
+        let flags = self.take(1)?[0];
+        let index = if flags & 2 != 0 {
+            Some(NaiveDate::from_num_days_from_ce_opt(self.u32()? as i32).ok_or_else(|| std::io::Error::other("bad date in patient-list spill"))?)
+        } else {
+            None
+        };
+        let visits = if flags & 4 != 0 { Some(self.u32()?) } else { None };
+        let n = self.u16()? as usize;
+        let profs = (0..n).map(|_| self.u16()).collect::<std::io::Result<_>>()?;
+        Ok(Listed { key, raw, kind, entry: Entry { numerator: flags & 1 != 0, index, profs, visits } })
     }
 }
 
@@ -252,7 +366,15 @@ fn age_at(birth: NaiveDate, at: NaiveDate) -> i32 {
 }
 
 impl<'a> Computation<'a> {
-    fn new(engine: &'a PvkEngine, listing: Option<&'a Listing>, drugs: Option<&'a DrugList>, units: &[HsaId], months: &[(i32, u32)], today: NaiveDate) -> Self {
+    fn new(
+        engine: &'a PvkEngine,
+        listing: Option<&'a Listing>,
+        drugs: Option<&'a DrugList>,
+        units: &[HsaId],
+        months: &[(i32, u32)],
+        today: NaiveDate,
+        spill: Box<dyn ListSpill + 'a>,
+    ) -> Self {
         let mut uniq_units: Vec<HsaId> = vec![];
         for u in units {
             if !uniq_units.contains(u) {
@@ -291,17 +413,16 @@ impl<'a> Computation<'a> {
             plans,
             offsets,
             cells: vec![Cell::default(); total],
-            patients: vec![],
+            spill,
+            spill_error: None,
             profs: vec![],
             prof_index: HashMap::new(),
-            seen: HashSet::new(),
+            seen: vec![false; listing.map_or(0, |l| l.len())],
         }
     }
 
-    fn cell(&mut self, rs: usize, ind: usize, u: usize, m: usize) -> &mut Cell {
-        let nu = self.units.len();
-        let nm = self.months.len();
-        &mut self.cells[self.offsets[rs] + (ind * nu + u) * nm + m]
+    fn cell_index(&self, rs: usize, ind: usize, u: usize, m: usize) -> usize {
+        self.offsets[rs] + (ind * self.units.len() + u) * self.months.len() + m
     }
 
     fn prof_id(profs: &mut Vec<String>, index: &mut HashMap<String, u16>, code: Option<&crate::model::Code>) -> Option<u16> {
@@ -328,8 +449,10 @@ impl<'a> Computation<'a> {
 
     /// Add one patient (each patient once per computation).
     pub fn add(&mut self, patient_key: &str, patient: &PatientId, records: &[Record]) {
-        if self.listing.is_some() {
-            self.seen.insert(patient.raw().to_string());
+        if let Some(l) = self.listing {
+            for &i in l.periods_of(patient) {
+                self.seen[i] = true;
+            }
         }
         let unit_index = &self.unit_index;
         let unit_of = |h: Option<&HsaId>| h.and_then(|h| unit_index.get(h.as_str()).copied());
@@ -389,7 +512,8 @@ impl<'a> Computation<'a> {
         }
         let birth = patient.birth_date();
         let drug_rows: &[Prescription] = self.drugs.map(|d| d.of(patient)).unwrap_or(&[]);
-        let mut patient_no: Option<u32> = None;
+        // The identity kind as the list shows it, rendered once per patient that is listed.
+        let mut id_kind: Option<String> = None;
 
         let engine = self.engine;
         for (ri, rs) in engine.rule_sets.iter().enumerate() {
@@ -447,18 +571,22 @@ impl<'a> Computation<'a> {
                             profs: &self.profs,
                         };
                         let Some((den, num, entry)) = ctx.evaluate() else { continue };
-                        let entry = entry.map(|mut e| {
-                            e.patient = *patient_no.get_or_insert_with(|| {
-                                self.patients.push((patient_key.to_string(), patient.clone()));
-                                (self.patients.len() - 1) as u32
-                            });
-                            e
-                        });
-                        let cell = self.cell(ri, ii, u, mi);
+                        let ci = self.cell_index(ri, ii, u, mi);
+                        let cell = &mut self.cells[ci];
                         cell.den += den;
                         cell.num += num;
                         if let Some(e) = entry {
-                            cell.entries.push(e);
+                            let kind = id_kind.get_or_insert_with(|| format!("{:?}", patient.kind()).to_lowercase());
+                            encode_entry(&mut cell.tail, patient_key, patient.raw(), kind, &e);
+                            if cell.tail.len() >= SPILL_BLOCK {
+                                match self.spill.put(&cell.tail) {
+                                    Ok(h) => cell.blocks.push(h),
+                                    Err(e) => {
+                                        self.spill_error.get_or_insert(e);
+                                    }
+                                }
+                                cell.tail.clear();
+                            }
                         }
                     }
                 }
@@ -467,19 +595,34 @@ impl<'a> Computation<'a> {
     }
 
     /// Listed patients with no records still count in their vårdcentral's base population;
-    /// then build the rows.
-    pub fn finish(mut self) -> PvkOutput {
+    /// then build the rows with their patient lists.
+    pub fn finish(self) -> PvkOutput {
+        let (mut out, lists) = self.finish_lists().expect("an in-memory spill does not fail");
+        for r in &mut out.results {
+            r.patient_list = lists.render(r).expect("an in-memory spill does not fail");
+        }
+        out
+    }
+
+    /// As `finish`, but the rows come without patient lists: each list is rendered from the
+    /// spill when it is asked for ([`PatientLists::render`]), so only one list at a time is in
+    /// memory while they are written.
+    pub fn finish_lists(mut self) -> std::io::Result<(PvkOutput, PatientLists<'a>)> {
         if let Some(listing) = self.listing {
-            for e in listing.entries() {
-                if !self.seen.contains(e.patient.raw()) && self.unit_index.contains_key(e.unit.as_str()) {
+            for (i, e) in listing.entries().iter().enumerate() {
+                if !self.seen[i] && self.unit_index.contains_key(e.unit.as_str()) {
                     self.add(&e.patient_key, &e.patient, &[]);
                 }
             }
+        }
+        if let Some(e) = self.spill_error.take() {
+            return Err(e);
         }
         let policy = self.engine.options.small_cells;
         let t = policy.threshold as i64;
         let small = |n: i64| n > 0 && n < t;
         let mut results = vec![];
+        let mut listed: HashMap<ListKey, (usize, usize, usize)> = HashMap::new();
         for (ri, rs) in self.engine.rule_sets.iter().enumerate() {
             for (u, (unit, _)) in self.units.iter().enumerate() {
                 for (ii, ind) in rs.indicators.iter().enumerate() {
@@ -511,9 +654,8 @@ impl<'a> Computation<'a> {
                         } else if fte == Some(None) {
                             row.note = Some(format!("{NOT_COMPUTABLE} årsarbetskrafter saknas för enheten {} (options.fte)", m.year));
                         } else {
-                            let nu = self.units.len();
-                            let nm = self.months.len();
-                            let cell = &self.cells[self.offsets[ri] + (ii * nu + u) * nm + mi];
+                            let ci = self.cell_index(ri, ii, u, mi);
+                            let cell = &self.cells[ci];
                             let mut notes = vec![];
                             row.computable = true;
                             row.numerator = Some(cell.num);
@@ -534,7 +676,7 @@ impl<'a> Computation<'a> {
                                 notes.push(format!("partial month: data up to {}", self.today));
                             }
                             row.note = (!notes.is_empty()).then(|| notes.join("; "));
-                            row.patient_list = Some(crate::outbox::PatientList::new(&self.patient_list(rs, ind, cell)));
+                            listed.insert(ListKey::of(&row), (ri, ii, ci));
                         }
                         results.push(row);
                     }
@@ -542,49 +684,66 @@ impl<'a> Computation<'a> {
             }
         }
         let quality = quality::rows(&self.quality, &self.engine.connector, &self.units, &self.months.iter().map(|m| (m.year, m.month)).collect::<Vec<_>>());
-        PvkOutput { results, quality }
+        let lists = PatientLists { engine: self.engine, cells: self.cells, spill: self.spill, profs: self.profs, listed };
+        Ok((PvkOutput { results, quality }, lists))
     }
+}
 
-    /// The local patient list behind a cell. Personal data by design: it carries the
-    /// pseudonym and the identity so authorised staff can follow up patients; the store keeps
-    /// it encrypted and nothing that leaves the region reads it.
-    fn patient_list(&self, rs: &RuleSet, ind: &Indicator, cell: &Cell) -> serde_json::Value {
-        let mut entries: Vec<&Entry> = cell.entries.iter().collect();
-        entries.sort_by(|a, b| self.patients[a.patient as usize].0.cmp(&self.patients[b.patient as usize].0));
+/// A result row's identity: rule year, unit, year, month, indicator.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ListKey(i32, String, i32, u32, String);
+
+impl ListKey {
+    fn of(r: &PvkResultRow) -> ListKey {
+        ListKey(r.rule_year, r.unit.clone(), r.year, r.month, r.indicator.clone())
+    }
+}
+
+/// The patient lists of a finished computation, rendered one at a time from the spill.
+pub struct PatientLists<'a> {
+    engine: &'a PvkEngine,
+    cells: Vec<Cell>,
+    spill: Box<dyn ListSpill + 'a>,
+    profs: Vec<String>,
+    /// Computable rows → (rule set, indicator, cell).
+    listed: HashMap<ListKey, (usize, usize, usize)>,
+}
+
+impl std::fmt::Debug for PatientLists<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PatientLists({} lists)", self.listed.len())
+    }
+}
+
+impl PatientLists<'_> {
+    /// The local patient list behind a computable row (`None` for any other row). Personal
+    /// data by design: it carries the pseudonym and the identity so authorised staff can follow
+    /// up patients; the store keeps it encrypted and nothing that leaves the region reads it.
+    pub fn render(&self, row: &PvkResultRow) -> std::io::Result<Option<PatientList>> {
+        let Some(&(ri, ii, ci)) = self.listed.get(&ListKey::of(row)) else { return Ok(None) };
+        let rs = &self.engine.rule_sets[ri];
+        let ind = &rs.indicators[ii];
+        let cell = &self.cells[ci];
+        let mut bytes = vec![];
+        for h in &cell.blocks {
+            bytes.extend_from_slice(&self.spill.get(*h)?);
+        }
+        bytes.extend_from_slice(&cell.tail);
+        let mut d = Decoder { bytes: &bytes, at: 0 };
+        let mut entries = vec![];
+        while d.at < bytes.len() {
+            entries.push(d.entry()?);
+        }
+        entries.sort_by(|a, b| a.key.cmp(b.key));
         let mut by_prof: BTreeMap<&str, i64> = BTreeMap::new();
-        let patients: Vec<serde_json::Value> = entries
-            .iter()
-            .map(|e| {
-                let (key, id) = &self.patients[e.patient as usize];
-                // Every listed patient is in the denominator; prevalence and mångsökare lists
-                // hold only numerator patients (listing a whole base population helps nobody).
-                let mut roles = vec!["denominator"];
-                if e.numerator {
-                    roles.push("numerator");
-                }
-                let profs: Vec<&str> = e.profs.iter().map(|p| self.profs[*p as usize].as_str()).collect();
-                for p in &profs {
-                    *by_prof.entry(p).or_default() += 1;
-                }
-                let mut o = serde_json::json!({
-                    "patient_key": key,
-                    "id": id.raw(),
-                    "id_kind": format!("{:?}", id.kind()).to_lowercase(),
-                    "roles": roles,
-                });
-                if let Some(d) = e.index {
-                    o["index_date"] = serde_json::json!(d.to_string());
-                }
-                if !profs.is_empty() {
-                    o["professions"] = serde_json::json!(profs);
-                }
-                if let Some(v) = e.visits {
-                    o["visits"] = serde_json::json!(v);
-                }
-                o
-            })
-            .collect();
-        serde_json::json!({
+        for e in &entries {
+            for p in &e.entry.profs {
+                *by_prof.entry(self.profs[*p as usize].as_str()).or_default() += 1;
+            }
+        }
+        // The list's fields in the order `serde_json` writes an object (sorted keys), with the
+        // patients written one at a time instead of as one value tree.
+        let head = serde_json::json!({
             "list_format": 1,
             "rule_year": rs.year,
             "indicator": ind.register_code,
@@ -595,8 +754,53 @@ impl<'a> Computation<'a> {
             "numerator": cell.num,
             "denominator": cell.den,
             "by_profession": by_prof,
-            "patients": patients,
-        })
+            "patients": null,
+        });
+        let serde_json::Value::Object(head) = head else { unreachable!("an object") };
+        let mut text = String::with_capacity(bytes.len() * 2 + 512);
+        text.push('{');
+        for (i, (k, v)) in head.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&serde_json::Value::from(k.as_str()).to_string());
+            text.push(':');
+            if k != "patients" {
+                text.push_str(&v.to_string());
+                continue;
+            }
+            text.push('[');
+            for (j, e) in entries.iter().enumerate() {
+                if j > 0 {
+                    text.push(',');
+                }
+                // Every listed patient is in the denominator; prevalence and mångsökare lists
+                // hold only numerator patients (listing a whole base population helps nobody).
+                let mut roles = vec!["denominator"];
+                if e.entry.numerator {
+                    roles.push("numerator");
+                }
+                let mut o = serde_json::json!({
+                    "patient_key": e.key,
+                    "id": e.raw,
+                    "id_kind": e.kind,
+                    "roles": roles,
+                });
+                if let Some(d) = e.entry.index {
+                    o["index_date"] = serde_json::json!(d.to_string());
+                }
+                if !e.entry.profs.is_empty() {
+                    o["professions"] = serde_json::json!(e.entry.profs.iter().map(|p| self.profs[*p as usize].as_str()).collect::<Vec<_>>());
+                }
+                if let Some(v) = e.entry.visits {
+                    o["visits"] = serde_json::json!(v);
+                }
+                text.push_str(&o.to_string());
+            }
+            text.push(']');
+        }
+        text.push('}');
+        Ok(Some(PatientList::from_json_text(text)))
     }
 }
 

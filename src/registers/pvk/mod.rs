@@ -29,7 +29,7 @@ pub mod quality;
 pub mod rules;
 
 pub use aggregate::{aggregate_intents, aggregate_plan, AggregatePlan, Skipped, FORM_NAME};
-pub use engine::{Computation, ComputeInput, PatientRecords, PvkOutput};
+pub use engine::{Computation, ComputeInput, ListSpill, MemorySpill, PatientLists, PatientRecords, PvkOutput};
 pub use rules::{CodeSet, Indicator, IndicatorKind, RuleSet, Variant};
 
 use crate::config::{ConnectorDef, ConnectorKind, Loaded, Problem, Secret};
@@ -588,6 +588,11 @@ impl Listing {
 
     pub fn entries(&self) -> &[ListedPatient] {
         &self.entries
+    }
+
+    /// Indices into `entries` of a patient's listing periods.
+    pub fn periods_of(&self, patient: &PatientId) -> &[usize] {
+        self.by_id.get(patient.raw()).map_or(&[], |v| v.as_slice())
     }
 
     /// Listing periods (a patient who moved has more than one).

@@ -57,13 +57,6 @@ impl Row for PRow {
     }
 }
 
-/// Statements built with many parameters (multi-row inserts, IN lists) change text with every
-/// batch size: preparing and caching each would churn the statement cache and cost a planning
-/// round trip per batch. Short, fixed statements are prepared once per connection.
-fn persistent(args: &[Val]) -> bool {
-    args.len() <= 16
-}
-
 fn bind<'q>(mut q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>, args: &'q [Val]) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
     for a in args {
         q = match a {
@@ -86,14 +79,14 @@ impl Tx for PgTx {
         Dialect::Postgres
     }
     async fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
-        let r = bind(sqlx::query(sql).persistent(persistent(args)), args)
+        let r = bind(sqlx::query(sql).persistent(crate::store::sql::persistent(args)), args)
             .execute(&mut *self.0)
             .await
             .with_context(|| format!("SQL failed: {}", crate::store::sqlite::first_line(sql)))?;
         Ok(r.rows_affected())
     }
     async fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
-        let rows = bind(sqlx::query(sql).persistent(persistent(args)), args)
+        let rows = bind(sqlx::query(sql).persistent(crate::store::sql::persistent(args)), args)
             .fetch_all(&mut *self.0)
             .await
             .with_context(|| format!("SQL failed: {}", crate::store::sqlite::first_line(sql)))?;

@@ -50,12 +50,12 @@ impl Tx for SqliteRead {
     }
     async fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
         let (text, vals) = anonymous(sql, args);
-        let r = bind(sqlx::query(&text), &vals).execute(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
+        let r = bind(sqlx::query(&text).persistent(crate::store::sql::persistent(args)), &vals).execute(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
         Ok(r.rows_affected())
     }
     async fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
         let (text, vals) = anonymous(sql, args);
-        let rows = bind(sqlx::query(&text), &vals).fetch_all(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
+        let rows = bind(sqlx::query(&text).persistent(crate::store::sql::persistent(args)), &vals).fetch_all(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
         Ok(rows.into_iter().map(|r| Box::new(SRow(r)) as Box<dyn Row>).collect())
     }
     async fn commit(self: Box<Self>) -> Result<()> {
@@ -159,12 +159,12 @@ impl Tx for SqliteTx {
     }
     async fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
         let (text, vals) = anonymous(sql, args);
-        let r = bind(sqlx::query(&text), &vals).execute(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
+        let r = bind(sqlx::query(&text).persistent(crate::store::sql::persistent(args)), &vals).execute(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
         Ok(r.rows_affected())
     }
     async fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
         let (text, vals) = anonymous(sql, args);
-        let rows = bind(sqlx::query(&text), &vals).fetch_all(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
+        let rows = bind(sqlx::query(&text).persistent(crate::store::sql::persistent(args)), &vals).fetch_all(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
         Ok(rows.into_iter().map(|r| Box::new(SRow(r)) as Box<dyn Row>).collect())
     }
     async fn commit(self: Box<Self>) -> Result<()> {
