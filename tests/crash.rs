@@ -420,20 +420,20 @@ async fn replica_clock_skew_postgres() {
     let st = b.wait().unwrap();
     assert!(st.success(), "replica B did not shut down cleanly: {st:?}; logs in {}", h.dir.display());
 
-    // B really ran and claims: every record without a lease was claimed by B and delivered.
     let by_b: Vec<(i64, String, i64)> =
         sqlx::query_as("SELECT record_id, outcome, started_us FROM attempts WHERE owner LIKE 'skewB%' ORDER BY id").fetch_all(&pool).await.unwrap();
-    let delivered: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE state = 'delivered'").fetch_one(&pool).await.unwrap();
-    assert_eq!(delivered, pending - 1, "B delivered every record that had no lease; logs in {}", h.dir.display());
-    assert!(by_b.len() as i64 >= pending - 1, "B's attempts: {by_b:?}");
-    assert!(h.env.emulator.counts().by_form_unit.values().map(|c| c.post).sum::<u64>() > 0, "the register received B's sends");
-    // Faketime was in effect in B: it stamped its attempts two hours ahead of the true time.
-    let skew_us = by_b.iter().map(|(_, _, s)| s - started).min().unwrap();
-    assert!((6_600_000_000..7_800_000_000).contains(&skew_us), "B's clock runs about two hours ahead (by {skew_us} µs)");
     // A's record is untouched: still sending, A's lease, one attempt (A's), never sent by B.
-    assert!(by_b.iter().all(|(id, _, _)| *id != held_id), "B claimed the record A holds a lease on: {by_b:?}");
+    assert!(by_b.iter().all(|(id, _, _)| *id != held_id), "B claimed record {held_id}, on which A holds a lease");
     let after = record_state(pool.clone()).await;
     assert_eq!(after, before, "A's record is still A's, with its lease and attempt count unchanged");
     let rescued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE record_id = $1 AND owner <> 'skewA'").bind(held_id).fetch_one(&pool).await.unwrap();
     assert_eq!(rescued, 0, "no attempt on A's record but A's");
+    // B really ran and claims: every record without a lease was claimed by B and delivered.
+    let delivered: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE state = 'delivered'").fetch_one(&pool).await.unwrap();
+    assert_eq!(delivered, pending - 1, "B delivered every record that had no lease; logs in {}", h.dir.display());
+    assert!(by_b.len() as i64 >= pending - 1, "B made an attempt per record without a lease: {}", by_b.len());
+    assert!(h.env.emulator.counts().by_form_unit.values().map(|c| c.post).sum::<u64>() > 0, "the register received B's sends");
+    // Faketime was in effect in B: it stamped its attempts two hours ahead of the true time.
+    let skew_us = by_b.iter().map(|(_, _, s)| s - started).min().unwrap();
+    assert!((6_600_000_000..7_800_000_000).contains(&skew_us), "B's clock runs about two hours ahead (by {skew_us} µs)");
 }
