@@ -346,3 +346,94 @@ async fn three_replicas_one_killed_postgres() {
     }
     assert!(h.audit_ok());
 }
+
+/// Lease times come from the database's clock, not each replica's (issue 17 item 4). Replica A
+/// (this process, true clock) claims a record with a one-hour lease; replica B, the real binary
+/// run under libfaketime two hours ahead, delivers against the same store. Judged by B's own
+/// clock A's lease would have expired an hour ago and B would rescue and resend the record; judged
+/// by the server's clock (`clock_timestamp()`, see `db_clock`) it is still A's. PostgreSQL only:
+/// replicas share a server there, while SQLite runs inside the one process, whose clock is the
+/// store's clock by design — there is no second clock to disagree with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_clock_skew_postgres() {
+    const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(Path::new(FAKETIME).exists(), "{FAKETIME} is missing: install the Debian package faketime (scripts/test does)");
+    let mut h = Harness::start(Backend::Postgres, 20, "skew").await;
+    // Fill the outbox (true clock, no delivery).
+    let from = (h.env.today - chrono::Duration::days(900)).to_string();
+    let to = h.env.today.to_string();
+    let st = h.command(&["backfill", "--from", &from, "--to", &to], "filler").status().unwrap();
+    assert!(st.success(), "backfill failed; see the logs in {}", h.dir.display());
+    let url = h.extra_env.iter().find(|(k, _)| k == "RB_CRASH_PG_URL").unwrap().1.clone();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE state = 'pending'").fetch_one(&pool).await.unwrap();
+    assert!(pending >= 3, "the backfill queued records to deliver: {pending}");
+
+    // Replica A claims one record, through the store, with a one-hour lease.
+    use base64::Engine;
+    let key_text = std::fs::read_to_string(h.dir.join("sandbox/keys/encryption.key")).unwrap();
+    let key: [u8; 32] = base64::engine::general_purpose::STANDARD.decode(key_text.trim()).unwrap().try_into().unwrap();
+    let var = format!("RB_SKEW_URL_{}", uuid::Uuid::new_v4().simple());
+    std::env::set_var(&var, &url);
+    let settings = registerbrygga::config::StoreSettings {
+        backend: Backend::Postgres,
+        sqlite_path: PathBuf::new(),
+        postgres_url: Some(registerbrygga::config::Secret::from_env(&var)),
+        max_connections: 2,
+    };
+    let store = registerbrygga::store::Store::open(&settings, registerbrygga::crypto::Cipher::new(&[key]).unwrap()).await.unwrap();
+    let claimed = store.claim("skewA", &[], 1, 3600).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let held_id = claimed[0].record.id;
+    let record_state = |pool: sqlx::PgPool| async move {
+        sqlx::query_as::<_, (String, Option<String>, i64, i64)>("SELECT state, lease_owner, attempts, lease_expires_us FROM records WHERE id = $1")
+            .bind(held_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let before = record_state(pool.clone()).await;
+    assert_eq!((before.0.as_str(), before.1.as_deref(), before.2), ("sending", Some("skewA"), 1));
+
+    // Replica B: the daemon two hours ahead, rescuing expired leases every second, no schedules
+    // (delivery only).
+    h.extra_env.push(("RB__SCHEDULER__ENABLED".into(), "false".into()));
+    let started = chrono::Utc::now().timestamp_micros();
+    let mut b = h.command(&["run"], "skewB");
+    b.env("LD_PRELOAD", FAKETIME).env("FAKETIME", "+2h").env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let mut b = b.spawn().unwrap();
+    // Until B has delivered every other record, then a few more rescue rounds.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE state IN ('pending', 'sending') AND id <> $1")
+            .bind(held_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if open == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    sigterm(&b);
+    let st = b.wait().unwrap();
+    assert!(st.success(), "replica B did not shut down cleanly: {st:?}; logs in {}", h.dir.display());
+
+    let by_b: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT record_id, outcome, started_us FROM attempts WHERE owner LIKE 'skewB%' ORDER BY id").fetch_all(&pool).await.unwrap();
+    // A's record is untouched: still sending, A's lease, one attempt (A's), never sent by B.
+    assert!(by_b.iter().all(|(id, _, _)| *id != held_id), "B claimed record {held_id}, on which A holds a lease");
+    let after = record_state(pool.clone()).await;
+    assert_eq!(after, before, "A's record is still A's, with its lease and attempt count unchanged");
+    let rescued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE record_id = $1 AND owner <> 'skewA'").bind(held_id).fetch_one(&pool).await.unwrap();
+    assert_eq!(rescued, 0, "no attempt on A's record but A's");
+    // B really ran and claims: every record without a lease was claimed by B and delivered.
+    let delivered: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records WHERE state = 'delivered'").fetch_one(&pool).await.unwrap();
+    assert_eq!(delivered, pending - 1, "B delivered every record that had no lease; logs in {}", h.dir.display());
+    assert!(by_b.len() as i64 >= pending - 1, "B made an attempt per record without a lease: {}", by_b.len());
+    assert!(h.env.emulator.counts().by_form_unit.values().map(|c| c.post).sum::<u64>() > 0, "the register received B's sends");
+    // Faketime was in effect in B: it stamped its attempts two hours ahead of the true time.
+    let skew_us = by_b.iter().map(|(_, _, s)| s - started).min().unwrap();
+    assert!((6_600_000_000..7_800_000_000).contains(&skew_us), "B's clock runs about two hours ahead (by {skew_us} µs)");
+}
