@@ -84,7 +84,7 @@ pub async fn run(backend: &str, records: usize, workers: usize, batch_size: u32,
         register_id: 104,
         api_key: Some(Secret::from_file(&key_file)),
         tls: sandbox_client_settings(&certs),
-        units: UNITS.iter().map(|(h, c)| UnitBinding { hsa_id: h.to_string(), unit_code: c.to_string() }).collect(),
+        units: UNITS.iter().map(|(h, c)| UnitBinding { hsa_id: h.to_string(), unit_code: c.to_string(), name: None }).collect(),
         timeout_seconds: 30,
         // The shipped default (200/s) is a politeness limit for the real register; the benchmark
         // measures what the engine can do, so the limiter is opened wide.
