@@ -483,3 +483,48 @@ both_backends!(a_connector_lease_is_not_granted_twice_to_the_same_owner, |ts: Te
     s.release_connector_lease("conn", "replica-1").await.unwrap();
     assert!(s.acquire_connector_lease("conn", "replica-1", 60).await.unwrap());
 });
+
+// The delivery engine's steady state: one transaction settles a sent batch and claims the next.
+// The settled batch ends as `finish_many` would leave it (records, registrations, the in-flight
+// attempt rows completed in place, audit), and the next batch is claimed with its own leases.
+both_backends!(finish_and_claim_settles_one_batch_and_claims_the_next, |ts: TestStore| async move {
+    let s = &ts.store;
+    s.apply(ChangeSet { outbox: vec![upsert("f1", 1), upsert("f2", 2), upsert("f3", 3)], ..Default::default() }).await.unwrap();
+    let first = s.claim("w1", &[], 2, 60).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let events_before = s.audit_search(&AuditQuery { kind: Some("record.delivered".into()), ..Default::default() }).await.unwrap().len();
+    let done = vec![
+        (&first[0], delivered("E1")),
+        (&first[1], Outcome::Rejected { operation: "POST".into(), http_status: Some(400), reason: "FV_PainNRS: outside 0-10".into() }),
+    ];
+    let (kept, next) = s.finish_and_claim("w1", done, &[], 2, 60).await.unwrap();
+    assert_eq!(kept, vec![true, true]);
+    // Only f3 was left to claim.
+    assert_eq!(next.iter().map(|c| c.record.idem_key.as_str()).collect::<Vec<_>>(), vec!["f3"]);
+    assert_eq!(next[0].record.payload.as_ref().unwrap()["FV_PainNRS"], json!(3));
+    assert_eq!(s.record(next[0].record.id).await.unwrap().unwrap().state, RecordState::Sending);
+    // The first batch is settled.
+    assert_eq!(s.record(first[0].record.id).await.unwrap().unwrap().state, RecordState::Delivered);
+    assert_eq!(s.registration(&first[0].record.idem_key).await.unwrap().unwrap().event_id.as_deref(), Some("E1"));
+    let r = s.record(first[1].record.id).await.unwrap().unwrap();
+    assert_eq!((r.state, r.reason.as_deref()), (RecordState::Rejected, Some("FV_PainNRS: outside 0-10")));
+    // One attempt row per send, completed in place (no in-flight row left behind).
+    for (c, outcome) in [(&first[0], "ok"), (&first[1], "rejected")] {
+        let a = s.attempts(&c.record.idem_key).await.unwrap();
+        assert_eq!(a.len(), 1, "{}", c.record.idem_key);
+        assert_eq!((a[0].id, a[0].outcome.as_str()), (c.attempt_id, outcome));
+        assert!(a[0].ended.is_some());
+    }
+    let after = s.audit_search(&AuditQuery { kind: Some("record.delivered".into()), ..Default::default() }).await.unwrap().len();
+    assert_eq!(after, events_before + 1);
+    assert!(s.audit_verify().await.unwrap().ok);
+    // A lease lost meanwhile is not settled by the combined call either.
+    s.apply(ChangeSet { outbox: vec![upsert("f4", 4)], ..Default::default() }).await.unwrap();
+    let stolen = s.claim("gone", &[], 1, 0).await.unwrap().remove(0);
+    assert_eq!(s.rescue_expired().await.unwrap(), 1);
+    let (kept, next2) = s.finish_and_claim("gone", vec![(&stolen, delivered("E4")), (&next[0], delivered("E3"))], &[], 10, 60).await.unwrap();
+    // `next[0]` belongs to w1, not to "gone": neither is settled; f4 is claimed again.
+    assert_eq!(kept, vec![false, false]);
+    assert_eq!(next2.iter().map(|c| c.record.idem_key.as_str()).collect::<Vec<_>>(), vec!["f4"]);
+    assert_eq!(s.record(next[0].record.id).await.unwrap().unwrap().state, RecordState::Sending);
+});

@@ -9,7 +9,7 @@ pub mod progress;
 use crate::audit::{kind, NewAuditEvent};
 use crate::config::{DeliverySettings, RegisterSettings};
 use crate::sinks::{SendResult, Sink};
-use crate::store::{Claimed, Store};
+use crate::store::{Claimed, Outcome, Store};
 use anyhow::Result;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use policy::{Admission, Breaker, BreakerEvent};
@@ -19,6 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
+
+/// A sent batch: each record's outcome, and the breaker changes the sends caused.
+struct SentBatch<'a> {
+    done: Vec<(&'a Claimed, Outcome)>,
+    circuit_events: Vec<(String, BreakerEvent)>,
+}
 
 /// One register as the engine sees it.
 pub struct Lane {
@@ -150,45 +156,72 @@ impl DeliveryEngine {
         self.lanes.values().map(|l| (l.name.clone(), l.breaker.allow())).filter(|(_, a)| a.allowed()).collect()
     }
 
-    /// One batch for the admitted registers. A trial that claimed nothing for its register is
-    /// handed back (its records may all be in backoff longer than the open period, or the batch
-    /// went to another register), so the breaker never waits for an outcome that cannot come.
-    async fn deliver_admitted(&self, admitted: &[(String, Admission)]) -> Result<usize> {
+    /// Claim one batch for the admitted registers. A trial that claimed nothing for its register
+    /// is handed back (its records may all be in backoff longer than the open period, or the
+    /// batch went to another register), so the breaker never waits for an outcome that cannot
+    /// come.
+    async fn claim_admitted(&self, admitted: &[(String, Admission)], settle: Option<Vec<(&Claimed, Outcome)>>) -> Result<(Vec<bool>, Vec<Claimed>)> {
         let lanes: Vec<String> = admitted.iter().map(|(n, _)| n.clone()).collect();
-        let release_unused = |claimed: &[String]| {
-            for (name, a) in admitted {
-                if *a == Admission::Trial && !claimed.contains(name) {
-                    self.lanes[name].breaker.release_trial();
-                }
-            }
+        let (limit, lease) = (self.settings.batch_size, self.settings.lease_seconds);
+        let result = match settle {
+            Some(done) if !done.is_empty() => self.store.finish_and_claim(&self.owner, done, &lanes, limit, lease).await,
+            _ => self.store.claim(&self.owner, &lanes, limit, lease).await.map(|c| (vec![], c)),
         };
-        match self.deliver_batch_with(&lanes, &release_unused).await {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                // The claim failed: nothing was sent, no trial outcome will come.
-                release_unused(&[]);
-                Err(e)
+        let claimed_registers: Vec<&str> = match &result {
+            Ok((_, c)) => c.iter().map(|c| c.record.register.as_str()).collect(),
+            // The claim failed: nothing was sent, no trial outcome will come.
+            Err(_) => vec![],
+        };
+        for (name, a) in admitted {
+            if *a == Admission::Trial && !claimed_registers.contains(&name.as_str()) {
+                self.lanes[name].breaker.release_trial();
             }
         }
+        result
     }
 
+    /// A worker: claim, send, then settle the batch and claim the next one in one store
+    /// transaction, so the steady state costs one commit per batch. A batch in hand is always
+    /// sent and settled, even after `shutdown` (within the grace period): it is never claimed
+    /// and then left behind.
     async fn worker(&self, _n: usize, shutdown: watch::Receiver<bool>) {
         let idle = Duration::from_millis(self.settings.poll_interval_ms.max(10));
-        while !*shutdown.borrow() {
-            let lanes = self.open_lanes();
-            if lanes.is_empty() {
-                tokio::time::sleep(idle).await;
-                continue;
-            }
-            match self.deliver_admitted(&lanes).await {
-                Ok(0) => {
-                    let notified = self.wake.notified();
-                    tokio::select! {
-                        _ = notified => {},
-                        _ = tokio::time::sleep(idle) => {},
+        let mut batch: Vec<Claimed> = vec![];
+        loop {
+            let stopping = *shutdown.borrow();
+            if batch.is_empty() {
+                if stopping {
+                    return;
+                }
+                let lanes = self.open_lanes();
+                if lanes.is_empty() {
+                    tokio::time::sleep(idle).await;
+                    continue;
+                }
+                match self.claim_admitted(&lanes, None).await {
+                    Ok((_, b)) if b.is_empty() => {
+                        let notified = self.wake.notified();
+                        tokio::select! {
+                            _ = notified => {},
+                            _ = tokio::time::sleep(idle) => {},
+                        }
+                        continue;
+                    }
+                    Ok((_, b)) => batch = b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delivery batch failed; retrying");
+                        tokio::time::sleep(idle).await;
+                        continue;
                     }
                 }
-                Ok(_) => {}
+            }
+            let claimed = std::mem::take(&mut batch);
+            let sent = self.send_batch(&claimed).await;
+            // The next batch's registers are chosen after this batch's outcomes reached the
+            // breakers; none once shutting down.
+            let next = if *shutdown.borrow() { vec![] } else { self.open_lanes() };
+            match self.settle(&claimed, sent, &next).await {
+                Ok(b) => batch = b,
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery batch failed; retrying");
                     tokio::time::sleep(idle).await;
@@ -199,21 +232,28 @@ impl DeliveryEngine {
 
     /// Claim and send one batch of these registers. Returns how many records were handled.
     pub async fn deliver_batch(&self, lanes: &[String]) -> Result<usize> {
-        self.deliver_batch_with(lanes, &|_| {}).await
+        let claimed = self.store.claim(&self.owner, lanes, self.settings.batch_size, self.settings.lease_seconds).await?;
+        self.deliver_claimed(claimed).await
     }
 
-    /// `after_claim` learns which registers got records, before anything is sent.
-    async fn deliver_batch_with(&self, lanes: &[String], after_claim: &(dyn Fn(&[String]) + Sync)) -> Result<usize> {
-        let claimed = self.store.claim(&self.owner, lanes, self.settings.batch_size, self.settings.lease_seconds).await?;
-        let mut got: Vec<String> = claimed.iter().map(|c| c.record.register.clone()).collect();
-        got.sort();
-        got.dedup();
-        after_claim(&got);
+    /// One batch for the admitted registers, settled on its own (for `drain`).
+    async fn deliver_admitted(&self, admitted: &[(String, Admission)]) -> Result<usize> {
+        let (_, claimed) = self.claim_admitted(admitted, None).await?;
+        self.deliver_claimed(claimed).await
+    }
+
+    async fn deliver_claimed(&self, claimed: Vec<Claimed>) -> Result<usize> {
         if claimed.is_empty() {
             return Ok(0);
         }
-        let n = claimed.len();
-        // Heartbeat the whole batch while it is being sent.
+        let sent = self.send_batch(&claimed).await;
+        self.settle(&claimed, sent, &[]).await?;
+        Ok(claimed.len())
+    }
+
+    /// Send a claimed batch (concurrently; one register's records stay rate-limited), keeping
+    /// its leases alive meanwhile. Returns each record's outcome; the breakers have seen them.
+    async fn send_batch<'a>(&self, claimed: &'a [Claimed]) -> SentBatch<'a> {
         let ids: Vec<i64> = claimed.iter().map(|c| c.record.id).collect();
         let hb_store = self.store.clone();
         let hb_owner = self.owner.clone();
@@ -233,13 +273,11 @@ impl DeliveryEngine {
                 }
             }
         });
-        // Send concurrently within the batch; one register's records stay rate-limited.
-        let sends = claimed.iter().map(|c| self.send_one(c));
-        let results = futures::future::join_all(sends).await;
+        let results = futures::future::join_all(claimed.iter().map(|c| self.send_one(c))).await;
         let _ = stop_tx.send(());
         let _ = heartbeat.await;
         let now = chrono::Utc::now();
-        let mut done = Vec::with_capacity(n);
+        let mut done = Vec::with_capacity(claimed.len());
         let mut circuit_events = vec![];
         for (c, result) in claimed.iter().zip(results) {
             let lane = &self.lanes[&c.record.register];
@@ -251,33 +289,32 @@ impl DeliveryEngine {
                 circuit_events.push((lane.name.clone(), ev));
             }
             let outcome = policy::outcome_for(c, result, &lane.settings.retry, now);
-            let label = match &outcome {
-                crate::store::Outcome::Delivered { .. } => {
-                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    "delivered"
-                }
-                crate::store::Outcome::Retry { .. } => {
-                    self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                    "retry"
-                }
-                crate::store::Outcome::Rejected { .. } => {
-                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                    "rejected"
-                }
-                crate::store::Outcome::Dead { .. } => {
-                    self.counters.dead.fetch_add(1, Ordering::Relaxed);
-                    "dead"
-                }
+            let counter = match &outcome {
+                Outcome::Delivered { .. } => &self.counters.delivered,
+                Outcome::Retry { .. } => &self.counters.retried,
+                Outcome::Rejected { .. } => &self.counters.rejected,
+                Outcome::Dead { .. } => &self.counters.dead,
             };
-            let _ = label;
+            counter.fetch_add(1, Ordering::Relaxed);
             done.push((c, outcome));
         }
-        let kept = self.store.finish_many(&self.owner, done).await?;
+        SentBatch { done, circuit_events }
+    }
+
+    /// Record a sent batch's outcomes and, if `next` names admitted registers, claim the next
+    /// batch in the same transaction. Returns the next batch.
+    async fn settle(&self, claimed: &[Claimed], sent: SentBatch<'_>, next: &[(String, Admission)]) -> Result<Vec<Claimed>> {
+        let (kept, next_batch) = if next.is_empty() {
+            (self.store.finish_many(&self.owner, sent.done).await?, vec![])
+        } else {
+            self.claim_admitted(next, Some(sent.done)).await?
+        };
+        debug_assert_eq!(kept.len(), claimed.len());
         let lost = kept.iter().filter(|k| !**k).count() as u64;
         if lost > 0 {
             self.counters.lost_leases.fetch_add(lost, Ordering::Relaxed);
         }
-        for (register, ev) in circuit_events {
+        for (register, ev) in sent.circuit_events {
             let (k, state) = match ev {
                 BreakerEvent::Opened => (kind::CIRCUIT_OPEN, "open"),
                 _ => (kind::CIRCUIT_CLOSED, "closed"),
@@ -286,7 +323,7 @@ impl DeliveryEngine {
             tracing::warn!(register = %register, state, "circuit breaker changed");
             let _ = self.store.audit(vec![NewAuditEvent::system(k, &crate::audit::correlation_id(), &register, serde_json::json!({"owner": self.owner}))]).await;
         }
-        Ok(n)
+        Ok(next_batch)
     }
 
     async fn send_one(&self, c: &Claimed) -> SendResult {

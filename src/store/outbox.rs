@@ -167,6 +167,56 @@ pub struct Claimed {
     pub earlier_lookups: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// A record's encrypted columns, opened after the claim's transaction.
+struct SealedRecord {
+    payload: Option<Vec<u8>>,
+    lookup: Option<Vec<u8>>,
+}
+
+/// What a claim read inside its transaction, still encrypted.
+#[derive(Default)]
+struct SealedClaim {
+    records: Vec<(OutboxRecord, SealedRecord)>,
+    /// Registration and its encrypted delivered payload, by key.
+    registrations: std::collections::HashMap<String, (Registration, Option<Vec<u8>>)>,
+    /// Earlier attempts with an unknown outcome: (version, encrypted lookup) by key.
+    earlier: std::collections::HashMap<String, Vec<(i64, Option<Vec<u8>>)>>,
+    attempt_of: std::collections::HashMap<i64, i64>,
+    lookup_window: bool,
+}
+
+/// A batch's outcomes, ready to be written ([`Store::finish_many`]).
+struct PreparedFinish {
+    now: i64,
+    owner: String,
+    items: Vec<FinishItem>,
+}
+
+struct FinishItem {
+    id: i64,
+    idem_key: String,
+    op: Op,
+    payload_hash: Option<String>,
+    /// The record's attempt count as claimed: a row claimed again since is not this attempt's.
+    attempts: i64,
+    /// id, what happened, status, error, register reference, next attempt, attempt count.
+    record_vals: [Val; 7],
+    /// attempt id, ended, operation, outcome, status, detail, register reference.
+    attempt_vals: [Val; 7],
+    sent: NewAuditEvent,
+    /// Earlier unknown outcomes of the key are settled (a delivered version).
+    settles: bool,
+    /// Delivered, rejected or dead: written only if the lease was still ours.
+    settled_event: Option<NewAuditEvent>,
+    delivered: Option<Delivered>,
+}
+
+struct Delivered {
+    event_id: Option<String>,
+    /// The payload as the register now holds it, encrypted (upserts).
+    sealed_payload: Option<Vec<u8>>,
+}
+
 /// A person's withdrawal that holds a key.
 #[derive(Clone, Debug, Serialize)]
 pub struct Hold {
@@ -221,11 +271,15 @@ impl Store {
     }
 
     pub(super) fn record_from_row(&self, r: &dyn super::sql::Row) -> Result<OutboxRecord> {
-        let (idem_key, version) = (r.text(1)?, r.i64(2)?);
-        let dec = |aad: crate::crypto::Aad, b: Option<Vec<u8>>| -> Result<Option<serde_json::Map<String, serde_json::Value>>> {
-            b.map(|b| self.cipher.decrypt_json(&aad, &b)).transpose()
-        };
-        Ok(OutboxRecord {
+        let (mut record, sealed) = self.sealed_record_from_row(r)?;
+        record.payload = sealed.payload.map(|b| self.cipher.decrypt_json(&super::sealed::record_payload(&record.idem_key, record.version), &b)).transpose()?;
+        record.lookup = sealed.lookup.map(|b| self.cipher.decrypt_json(&super::sealed::record_lookup(&record.idem_key, record.version), &b)).transpose()?;
+        Ok(record)
+    }
+
+    /// A `records` row selected with [`RECORD_COLS`], its payload and lookup still encrypted.
+    fn sealed_record_from_row(&self, r: &dyn super::sql::Row) -> Result<(OutboxRecord, SealedRecord)> {
+        let record = OutboxRecord {
             id: r.i64(0)?,
             idem_key: r.text(1)?,
             version: r.i64(2)?,
@@ -235,9 +289,9 @@ impl Store {
             form: r.text(6)?,
             subject: r.text_opt(7)?,
             op: Op::parse(&r.text(8)?),
-            payload: dec(super::sealed::record_payload(&idem_key, version), r.bytes_opt(9)?)?,
+            payload: None,
             payload_hash: r.text_opt(10)?,
-            lookup: dec(super::sealed::record_lookup(&idem_key, version), r.bytes_opt(11)?)?,
+            lookup: None,
             state: RecordState::parse(&r.text(12)?)?,
             reason: r.text_opt(13)?,
             attempts: r.i64(14)?,
@@ -252,7 +306,8 @@ impl Store {
             created: from_us(r.i64(23)?),
             updated: from_us(r.i64(24)?),
             delivered: r.i64_opt(25)?.map(from_us),
-        })
+        };
+        Ok((record, SealedRecord { payload: r.bytes_opt(9)?, lookup: r.bytes_opt(11)? }))
     }
 
     pub(super) async fn registration_in(&self, tx: &mut dyn Tx, idem_key: &str) -> Result<Option<Registration>> {
@@ -276,8 +331,29 @@ impl Store {
     /// a key with a version in flight is skipped, so versions of one registration are sent in
     /// order and an older one never after a newer one.
     pub async fn claim(&self, owner: &str, registers: &[String], limit: u32, lease_seconds: u64) -> Result<Vec<Claimed>> {
-        let now = now_us();
         let mut tx = self.begin().await?;
+        let sealed = self.claim_in(&mut *tx, owner, registers, limit, lease_seconds).await?;
+        tx.commit().await?;
+        self.open_claim(sealed)
+    }
+
+    /// Settle a sent batch and claim the next one in one transaction: the delivery engine's
+    /// steady state, one commit per batch instead of two. The claim goes first, so the audit
+    /// head (appended by the settling) is still the last lock the transaction takes. Returns,
+    /// per attempt, whether the lease was still ours, and the next batch.
+    pub async fn finish_and_claim(&self, owner: &str, done: Vec<(&Claimed, Outcome)>, registers: &[String], limit: u32, lease_seconds: u64) -> Result<(Vec<bool>, Vec<Claimed>)> {
+        let prepared = self.prepare_finish(owner, done);
+        let mut tx = self.begin().await?;
+        let sealed = self.claim_in(&mut *tx, owner, registers, limit, lease_seconds).await?;
+        let kept = self.finish_in(&mut *tx, owner, prepared).await?;
+        tx.commit().await?;
+        Ok((kept, self.open_claim(sealed)?))
+    }
+
+    /// The claim's statements; payloads stay sealed until the transaction has committed, so the
+    /// writer lock is not held while they are decrypted.
+    async fn claim_in(&self, tx: &mut dyn Tx, owner: &str, registers: &[String], limit: u32, lease_seconds: u64) -> Result<SealedClaim> {
+        let now = now_us();
         let mut a: Vec<Val> = vec![];
         let clock = db_clock(tx.dialect(), &mut a);
         let reg_filter = if registers.is_empty() {
@@ -312,21 +388,19 @@ impl Store {
              RETURNING {RECORD_COLS}"
         );
         let rows = tx.rows(&sql, &a).await?;
-        let mut records: Vec<OutboxRecord> = rows.iter().map(|r| self.record_from_row(&**r)).collect::<Result<_>>()?;
+        let mut records: Vec<(OutboxRecord, SealedRecord)> = rows.iter().map(|r| self.sealed_record_from_row(&**r)).collect::<Result<_>>()?;
         drop(rows);
         // RETURNING gives no order: due first, as chosen.
-        records.sort_by_key(|r| (r.next_attempt, r.id));
+        records.sort_by_key(|(r, _)| (r.next_attempt, r.id));
+        let mut out = SealedClaim::default();
         if records.is_empty() {
-            tx.commit().await?;
-            return Ok(vec![]);
+            return Ok(out);
         }
-        let keys: Vec<Val> = records.iter().map(|r| Val::Text(r.idem_key.clone())).collect();
+        let keys: Vec<Val> = records.iter().map(|(r, _)| Val::Text(r.idem_key.clone())).collect();
         // With the registrations: whether a restore's lookup window is open (see
         // `mark_unknown_after_restore`), read in the same statement.
         let mut b = vec![Val::Text(LOOKUP_UNTIL_KEY.into())];
         let ph = in_list(&mut b, keys.clone());
-        let mut lookup_window = false;
-        let mut regs: std::collections::HashMap<String, Registration> = std::collections::HashMap::new();
         for r in tx
             .rows(
                 &format!("SELECT {REGISTRATION_COLS}, (SELECT value FROM kv WHERE key = $1) FROM registrations WHERE idem_key IN ({ph})"),
@@ -334,16 +408,27 @@ impl Store {
             )
             .await?
         {
-            let reg = self.registration_from_row(&*r)?;
+            let reg = Registration {
+                idem_key: r.text(0)?,
+                register: r.text(1)?,
+                connector: r.text(2)?,
+                unit: r.text(3)?,
+                form: r.text(4)?,
+                subject: r.text_opt(5)?,
+                event_id: r.text_opt(6)?,
+                delivered_hash: r.text_opt(7)?,
+                delivered_payload: None,
+                state: r.text(9)?,
+            };
             if let Some(until) = r.text_opt(10)? {
-                lookup_window = until.parse::<i64>().is_ok_and(|u| u > now);
+                out.lookup_window = until.parse::<i64>().is_ok_and(|u| u > now);
             }
-            regs.insert(reg.idem_key.clone(), reg);
+            out.registrations.insert(reg.idem_key.clone(), (reg, r.bytes_opt(8)?));
         }
         // Earlier attempts whose outcome we never learned, and the lookups of their versions.
         let mut b = vec![];
         let ph = in_list(&mut b, keys);
-        let unknown = tx
+        for u in tx
             .rows(
                 &format!(
                     "SELECT DISTINCT a.idem_key, a.record_id, r.lookup, r.version FROM attempts a JOIN records r ON r.id = a.record_id
@@ -351,37 +436,48 @@ impl Store {
                 ),
                 &b,
             )
-            .await?;
-        let mut earlier: std::collections::HashMap<String, Vec<serde_json::Map<String, serde_json::Value>>> = std::collections::HashMap::new();
-        for u in &unknown {
-            let e = earlier.entry(u.text(0)?).or_default();
-            if let Some(l) = u.bytes_opt(2)? {
-                e.push(self.cipher.decrypt_json(&super::sealed::record_lookup(&u.text(0)?, u.i64(3)?), &l)?);
-            }
+            .await?
+        {
+            out.earlier.entry(u.text(0)?).or_default().push((u.i64(3)?, u.bytes_opt(2)?));
         }
         let mut b: Vec<Val> = vec![];
         let mut tuples = vec![];
-        for r in &records {
+        for (r, _) in &records {
             let base = b.len();
             tuples.push(format!("(${}, ${}, ${}, ${}, 'send', 'in_flight')", base + 1, base + 2, base + 3, base + 4));
             b.extend([Val::I64(r.id), Val::Text(r.idem_key.clone()), owner.into(), now.into()]);
         }
-        let mut attempt_of = std::collections::HashMap::new();
         for r in tx.rows(&format!("INSERT INTO attempts (record_id, idem_key, owner, started_us, operation, outcome) VALUES {} RETURNING id, record_id", tuples.join(", ")), &b).await? {
-            attempt_of.insert(r.i64(1)?, r.i64(0)?);
+            out.attempt_of.insert(r.i64(1)?, r.i64(0)?);
         }
-        let mut out = Vec::with_capacity(records.len());
-        for record in records {
-            let Some(registration) = regs.remove(&record.idem_key) else { bail!("record {} has no registration row", record.id) };
-            let earlier_lookups = earlier.remove(&record.idem_key);
+        out.records = records;
+        Ok(out)
+    }
+
+    /// Decrypt what a claim read, after its transaction.
+    fn open_claim(&self, mut c: SealedClaim) -> Result<Vec<Claimed>> {
+        let mut out = Vec::with_capacity(c.records.len());
+        for (mut record, sealed) in c.records {
+            let Some((mut registration, delivered)) = c.registrations.remove(&record.idem_key) else { bail!("record {} has no registration row", record.id) };
+            registration.delivered_payload = delivered.map(|b| self.cipher.decrypt_json(&super::sealed::delivered_payload(&registration.idem_key), &b)).transpose()?;
+            record.payload = sealed.payload.map(|b| self.cipher.decrypt_json(&super::sealed::record_payload(&record.idem_key, record.version), &b)).transpose()?;
+            record.lookup = sealed.lookup.map(|b| self.cipher.decrypt_json(&super::sealed::record_lookup(&record.idem_key, record.version), &b)).transpose()?;
+            let earlier = c.earlier.remove(&record.idem_key);
+            let earlier_lookups = earlier
+                .as_ref()
+                .map(|e| {
+                    e.iter()
+                        .filter_map(|(version, l)| l.as_ref().map(|l| self.cipher.decrypt_json(&super::sealed::record_lookup(&record.idem_key, *version), l)))
+                        .collect::<Result<Vec<_>>>()
+                })
+                .transpose()?;
             // After a restore, a key the store does not know an EventID for may still be in the
             // register (made after the backup was taken): look before creating.
-            let restored_unknown = lookup_window && registration.event_id.is_none();
-            let outcome_unknown_before = earlier_lookups.is_some() || restored_unknown;
-            let attempt_id = *attempt_of.get(&record.id).expect("an attempt row per claimed record");
+            let restored_unknown = c.lookup_window && registration.event_id.is_none();
+            let outcome_unknown_before = earlier.is_some() || restored_unknown;
+            let attempt_id = *c.attempt_of.get(&record.id).expect("an attempt row per claimed record");
             out.push(Claimed { record, registration, attempt_id, outcome_unknown_before, earlier_lookups: earlier_lookups.unwrap_or_default() });
         }
-        tx.commit().await?;
         Ok(out)
     }
 
@@ -416,27 +512,22 @@ impl Store {
         if done.is_empty() {
             return Ok(vec![]);
         }
-        let now = now_us();
+        let prepared = self.prepare_finish(owner, done);
         let mut tx = self.begin().await?;
-        let mut b: Vec<Val> = vec![owner.into()];
-        let ph = in_list(&mut b, done.iter().map(|(c, _)| Val::I64(c.record.id)).collect());
-        // Lock the rows still ours (PostgreSQL) so a rescuer or another replica cannot take one
-        // between this check and the update; the update below is guarded as well.
-        let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE" } else { "" };
-        let ours: std::collections::HashSet<i64> = tx
-            .rows(&format!("SELECT id FROM records WHERE id IN ({ph}) AND state = 'sending' AND lease_owner = $1{lock}"), &b)
-            .await?
-            .iter()
-            .map(|r| r.i64(0))
-            .collect::<Result<_>>()?;
-        // Every state change in one guarded multi-row update: a row this worker no longer owns
-        // is never touched, whatever happened since the claim. Per row: id, what happened,
-        // status, error, register reference, next attempt.
-        let mut vals: Vec<Val> = vec![now.into(), owner.into()];
-        let mut tuples = vec![];
-        for (c, o) in done.iter().filter(|(c, _)| ours.contains(&c.record.id)) {
+        let kept = self.finish_in(&mut *tx, owner, prepared).await?;
+        tx.commit().await?;
+        Ok(kept)
+    }
+
+    /// Everything about a batch's outcomes that does not need the database (the row values,
+    /// the delivered payloads encrypted, the audit events), built before the transaction so the
+    /// writer lock is held for the statements only.
+    fn prepare_finish(&self, owner: &str, done: Vec<(&Claimed, Outcome)>) -> PreparedFinish {
+        let now = now_us();
+        let mut items = Vec::with_capacity(done.len());
+        for (c, o) in done {
             let rec = &c.record;
-            let (what, status, error, reg_ref, next_at): (&str, Option<u16>, Option<String>, Option<String>, Option<i64>) = match o {
+            let (what, status, error, reg_ref, next_at): (&'static str, Option<u16>, Option<String>, Option<String>, Option<i64>) = match &o {
                 Outcome::Delivered { event_id, http_status, .. } => {
                     (if rec.op == Op::Retract { "retracted" } else { "delivered" }, *http_status, None, event_id.clone().or(c.registration.event_id.clone()), None)
                 }
@@ -444,16 +535,101 @@ impl Store {
                 Outcome::Rejected { http_status, reason, .. } => ("rejected", *http_status, Some(reason.clone()), None, None),
                 Outcome::Dead { http_status, error, .. } => ("dead", *http_status, Some(error.clone()), None, None),
             };
+            let record_vals = [Val::I64(rec.id), Val::Text(what.into()), Val::from(status.map(|s| s as i64)), Val::from(error), Val::from(reg_ref), Val::from(next_at), Val::I64(rec.attempts)];
+            let (op_name, att_detail, att_outcome, att_ref) = match &o {
+                Outcome::Delivered { operation, detail, event_id, .. } => (operation.clone(), detail.clone(), "ok", event_id.clone()),
+                Outcome::Retry { operation, error, .. } => (operation.clone(), Some(error.clone()), "transient", None),
+                Outcome::Rejected { operation, reason, .. } => (operation.clone(), Some(reason.clone()), "rejected", None),
+                Outcome::Dead { operation, error, .. } => (operation.clone(), Some(error.clone()), "dead", None),
+            };
+            let sent = NewAuditEvent::system(
+                kind::ATTEMPT_SENT,
+                &rec.correlation_id,
+                &rec.idem_key,
+                serde_json::json!({"record": rec.id, "version": rec.version, "operation": op_name, "status": status, "outcome": att_outcome, "register_ref": att_ref, "attempt": rec.attempts}),
+            );
+            let attempt_vals = [
+                Val::I64(c.attempt_id),
+                now.into(),
+                op_name.into(),
+                att_outcome.into(),
+                status.map(|s| s as i64).into(),
+                att_detail.into(),
+                att_ref.into(),
+            ];
+            // What happens only if the lease was still ours.
+            let (settles, settled_event) = match &o {
+                Outcome::Delivered { event_id, .. } => (
+                    true,
+                    Some(NewAuditEvent::system(
+                        if rec.op == Op::Retract { kind::RECORD_RETRACTED } else { kind::RECORD_DELIVERED },
+                        &rec.correlation_id,
+                        &rec.idem_key,
+                        serde_json::json!({"record": rec.id, "version": rec.version, "register": rec.register, "form": rec.form, "register_ref": event_id.clone().or(c.registration.event_id.clone())}),
+                    )),
+                ),
+                Outcome::Retry { .. } => (false, None),
+                Outcome::Rejected { reason, .. } => {
+                    (false, Some(NewAuditEvent::system(kind::RECORD_REJECTED, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "reason": reason}))))
+                }
+                Outcome::Dead { error, .. } => (
+                    false,
+                    Some(NewAuditEvent::system(kind::RECORD_DEAD, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "error": error, "attempts": rec.attempts}))),
+                ),
+            };
+            // What the register now holds, for a delivered version.
+            let delivered = match &o {
+                Outcome::Delivered { event_id, .. } => Some(Delivered {
+                    event_id: event_id.clone(),
+                    sealed_payload: if rec.op == Op::Upsert { rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p)) } else { None },
+                }),
+                _ => None,
+            };
+            items.push(FinishItem {
+                id: rec.id,
+                attempts: rec.attempts,
+                idem_key: rec.idem_key.clone(),
+                op: rec.op,
+                payload_hash: rec.payload_hash.clone(),
+                record_vals,
+                attempt_vals,
+                sent,
+                settles,
+                settled_event,
+                delivered,
+            });
+        }
+        PreparedFinish { now, owner: owner.to_string(), items }
+    }
+
+    /// The settling statements of [`Store::finish_many`], inside the caller's transaction.
+    async fn finish_in(&self, tx: &mut dyn Tx, owner: &str, p: PreparedFinish) -> Result<Vec<bool>> {
+        if p.items.is_empty() {
+            return Ok(vec![]);
+        }
+        debug_assert_eq!(owner, p.owner);
+        let now = p.now;
+        let mut b: Vec<Val> = vec![owner.into()];
+        let ph = in_list(&mut b, p.items.iter().map(|i| Val::I64(i.id)).collect());
+        // Lock the rows still ours (PostgreSQL) so a rescuer or another replica cannot take one
+        // between this check and the update; the update below is guarded as well. "Ours" is
+        // this attempt's lease: a row rescued and claimed again since (by this owner, too) has
+        // counted another attempt.
+        let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE" } else { "" };
+        let mut ours: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+        for r in tx.rows(&format!("SELECT id, attempts FROM records WHERE id IN ({ph}) AND state = 'sending' AND lease_owner = $1{lock}"), &b).await? {
+            ours.insert(r.i64(0)?, r.i64(1)?);
+        }
+        let ours = |i: &FinishItem| ours.get(&i.id) == Some(&i.attempts);
+        // Every state change in one guarded multi-row update: a row this worker no longer owns
+        // is never touched, whatever happened since the claim. Per row: id, what happened,
+        // status, error, register reference, next attempt.
+        let mut vals: Vec<Val> = vec![now.into(), owner.into()];
+        let mut tuples = vec![];
+        for i in p.items.iter().filter(|i| ours(i)) {
             let base = vals.len();
-            tuples.push(format!("(${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 6));
-            vals.extend([
-                Val::I64(rec.id),
-                Val::Text(what.into()),
-                Val::from(status.map(|s| s as i64)),
-                Val::from(error),
-                Val::from(reg_ref),
-                Val::from(next_at),
-            ]);
+            tuples.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 6, base + 7));
+            vals.extend(i.record_vals.iter().cloned());
         }
         let mut kept: std::collections::HashSet<i64> = std::collections::HashSet::new();
         if !tuples.is_empty() {
@@ -469,7 +645,7 @@ impl Store {
                    delivered_us = CASE WHEN v.column2 IN ('delivered', 'retracted') THEN $1 ELSE records.delivered_us END,
                    updated_us = $1
                  FROM (VALUES {}) AS v
-                 WHERE records.id = v.column1 AND records.state = 'sending' AND records.lease_owner = $2
+                 WHERE records.id = v.column1 AND records.state = 'sending' AND records.lease_owner = $2 AND records.attempts = v.column7
                  RETURNING records.id",
                 tuples.join(", ")
             );
@@ -480,27 +656,24 @@ impl Store {
         // What the register now holds, one statement per kind of change. Within a batch a key
         // appears once (claim takes one version per key); if not, the last one wins, as it
         // would with a statement per record.
-        let mut present: Vec<(String, Option<String>, Option<String>, Option<Vec<u8>>)> = vec![];
-        let mut retracted: Vec<Val> = vec![];
+        let mut present: Vec<(&str, Option<&String>, Option<&String>, Option<&Vec<u8>>)> = vec![];
+        let mut retracted: Vec<&str> = vec![];
         // Too late to settle the record, but what the register told us is a fact worth keeping:
         // a create that succeeded must not be repeated by whoever sends next.
-        let mut late_creates: Vec<(String, String, Option<String>, Option<Vec<u8>>)> = vec![];
-        for (c, o) in done.iter() {
-            let rec = &c.record;
-            if let Outcome::Delivered { event_id, .. } = o {
-                if kept.contains(&rec.id) {
-                    if rec.op == Op::Retract {
-                        present.retain(|p| p.0 != rec.idem_key);
-                        retracted.push(Val::Text(rec.idem_key.clone()));
-                    } else {
-                        retracted.retain(|k| !matches!(k, Val::Text(t) if *t == rec.idem_key));
-                        present.retain(|p| p.0 != rec.idem_key);
-                        present.push((rec.idem_key.clone(), event_id.clone(), rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p))));
-                    }
-                } else if let Some(eid) = event_id {
-                    if rec.op == Op::Upsert {
-                        late_creates.push((rec.idem_key.clone(), eid.clone(), rec.payload_hash.clone(), rec.payload.as_ref().map(|p| self.cipher.encrypt_json(&super::sealed::delivered_payload(&rec.idem_key), p))));
-                    }
+        let mut late_creates: Vec<(&str, &String, Option<&String>, Option<&Vec<u8>>)> = vec![];
+        for i in &p.items {
+            let Some(d) = &i.delivered else { continue };
+            if kept.contains(&i.id) {
+                present.retain(|x| x.0 != i.idem_key);
+                retracted.retain(|k| *k != i.idem_key);
+                if i.op == Op::Retract {
+                    retracted.push(&i.idem_key);
+                } else {
+                    present.push((&i.idem_key, d.event_id.as_ref(), i.payload_hash.as_ref(), d.sealed_payload.as_ref()));
+                }
+            } else if let Some(eid) = &d.event_id {
+                if i.op == Op::Upsert {
+                    late_creates.push((&i.idem_key, eid, i.payload_hash.as_ref(), d.sealed_payload.as_ref()));
                 }
             }
         }
@@ -510,7 +683,7 @@ impl Store {
             for (key, eid, hash, payload) in present {
                 let base = a.len();
                 t.push(format!("(${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4));
-                a.extend([Val::Text(key), Val::from(eid), Val::from(hash), payload.map(Val::Bytes).unwrap_or(Val::Null(super::sql::NullKind::Bytes))]);
+                a.extend([Val::from(key), Val::from(eid.cloned()), Val::from(hash.cloned()), payload.map(|p| Val::Bytes(p.clone())).unwrap_or(Val::Null(super::sql::NullKind::Bytes))]);
             }
             tx.exec(
                 &format!(
@@ -524,7 +697,7 @@ impl Store {
         }
         if !retracted.is_empty() {
             let mut a: Vec<Val> = vec![now.into()];
-            let ph = in_list(&mut a, retracted);
+            let ph = in_list(&mut a, retracted.into_iter().map(Val::from).collect());
             tx.exec(
                 &format!("UPDATE registrations SET event_id = NULL, delivered_hash = NULL, delivered_payload = NULL, state = 'retracted', updated_us = $1 WHERE idem_key IN ({ph})"),
                 &a,
@@ -534,80 +707,42 @@ impl Store {
         for (key, eid, hash, payload) in late_creates {
             tx.exec(
                 "UPDATE registrations SET event_id = $1, delivered_hash = $2, delivered_payload = $3, state = 'present', updated_us = $4 WHERE idem_key = $5 AND event_id IS NULL",
-                args![eid, hash, payload, now, key],
+                args![eid, hash.cloned(), payload.cloned(), now, key],
             )
             .await?;
         }
-        // Attempt rows and audit events, in the order of the batch.
-        let mut out = Vec::with_capacity(done.len());
-        let mut events = vec![];
+        // Audit events in the order of the batch; earlier unknown outcomes of a key are settled
+        // once a version is delivered.
+        let mut out = Vec::with_capacity(p.items.len());
+        let mut events = Vec::with_capacity(p.items.len() * 2);
+        let mut settled: Vec<Val> = vec![];
         let mut attempts: Vec<Val> = vec![];
         let mut attempt_rows = vec![];
-        let mut settled: Vec<Val> = vec![];
-        for (c, o) in done.iter() {
-            let rec = &c.record;
-            let still_ours = kept.contains(&rec.id);
-            let (op_name, status, detail, att_outcome, reg_ref) = match o {
-                Outcome::Delivered { operation, http_status, event_id, detail } => (operation.clone(), *http_status, detail.clone(), "ok", event_id.clone()),
-                Outcome::Retry { operation, http_status, error, .. } => (operation.clone(), *http_status, Some(error.clone()), "transient", None),
-                Outcome::Rejected { operation, http_status, reason } => (operation.clone(), *http_status, Some(reason.clone()), "rejected", None),
-                Outcome::Dead { operation, http_status, error } => (operation.clone(), *http_status, Some(error.clone()), "dead", None),
-            };
-            let base = attempts.len();
-            attempt_rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 6, base + 7, base + 8, base + 9, base + 10));
-            attempts.extend([
-                Val::I64(rec.id),
-                Val::Text(rec.idem_key.clone()),
-                owner.into(),
-                rec.updated.timestamp_micros().into(),
-                now.into(),
-                op_name.clone().into(),
-                att_outcome.into(),
-                status.map(|s| s as i64).into(),
-                detail.into(),
-                reg_ref.clone().into(),
-            ]);
-            events.push(NewAuditEvent::system(
-                kind::ATTEMPT_SENT,
-                &rec.correlation_id,
-                &rec.idem_key,
-                serde_json::json!({"record": rec.id, "version": rec.version, "operation": op_name, "status": status, "outcome": att_outcome, "register_ref": reg_ref, "attempt": rec.attempts}),
-            ));
+        for i in p.items {
+            let still_ours = kept.contains(&i.id);
+            events.push(i.sent);
             if still_ours {
-                match o {
-                    Outcome::Delivered { event_id, .. } => {
-                        settled.push(Val::Text(rec.idem_key.clone()));
-                        events.push(NewAuditEvent::system(
-                            if rec.op == Op::Retract { kind::RECORD_RETRACTED } else { kind::RECORD_DELIVERED },
-                            &rec.correlation_id,
-                            &rec.idem_key,
-                            serde_json::json!({"record": rec.id, "version": rec.version, "register": rec.register, "form": rec.form, "register_ref": event_id.clone().or(c.registration.event_id.clone())}),
-                        ));
-                    }
-                    Outcome::Retry { .. } => {}
-                    Outcome::Rejected { reason, .. } => {
-                        events.push(NewAuditEvent::system(kind::RECORD_REJECTED, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "reason": reason})));
-                    }
-                    Outcome::Dead { error, .. } => {
-                        events.push(NewAuditEvent::system(kind::RECORD_DEAD, &rec.correlation_id, &rec.idem_key, serde_json::json!({"record": rec.id, "status": status, "error": error, "attempts": rec.attempts})));
-                    }
+                if i.settles {
+                    settled.push(Val::Text(i.idem_key));
                 }
+                events.extend(i.settled_event);
             }
+            let base = attempts.len();
+            attempt_rows.push(format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5, base + 6, base + 7));
+            attempts.extend(i.attempt_vals);
             out.push(still_ours);
         }
-        // The in-flight rows written at claim time become the final attempt rows.
-        let mut b = vec![];
-        let ph = in_list(&mut b, done.iter().map(|(c, _)| Val::I64(c.attempt_id)).collect());
-        tx.exec(&format!("DELETE FROM attempts WHERE id IN ({ph})"), &b).await?;
         if !settled.is_empty() {
-            // Earlier unknown outcomes of a key are settled once a version is delivered.
             let mut b = vec![];
             let ph = in_list(&mut b, settled);
             tx.exec(&format!("UPDATE attempts SET outcome = 'settled' WHERE idem_key IN ({ph}) AND outcome IN ('in_flight', 'unknown', 'transient')"), &b).await?;
         }
+        // The in-flight rows written at claim time become the final attempt rows (after the
+        // settling above, which would otherwise catch them), updated in place.
         tx.exec(
             &format!(
-                "INSERT INTO attempts (record_id, idem_key, owner, started_us, ended_us, operation, outcome, http_status, detail, register_ref) VALUES {}",
+                "UPDATE attempts SET ended_us = v.column2, operation = v.column3, outcome = v.column4, http_status = v.column5, detail = v.column6, register_ref = v.column7
+                 FROM (VALUES {}) AS v WHERE attempts.id = v.column1",
                 attempt_rows.join(", ")
             ),
             &attempts,
@@ -615,8 +750,7 @@ impl Store {
         .await?;
         // The audit head is locked last, after every row this transaction touches: taking it
         // early would let two transactions wait on each other (PostgreSQL deadlock).
-        self.append_audit(&mut *tx, &events).await?;
-        tx.commit().await?;
+        self.append_audit(tx, &events).await?;
         Ok(out)
     }
 
