@@ -10,6 +10,7 @@ pub mod model;
 pub mod outbox;
 pub mod pipeline;
 pub mod registers;
+pub mod runtime;
 pub mod sandbox;
 pub mod scheduler;
 pub mod sinks;

@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() {
+    registerbrygga::runtime::limit_malloc_arenas();
     let cli = registerbrygga::cli::Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let code = rt.block_on(async {

@@ -7,6 +7,7 @@ use common::TestStore;
 use registerbrygga::audit::NewAuditEvent;
 use registerbrygga::model::*;
 use registerbrygga::store::*;
+use registerbrygga::store::sql::Dialect;
 use serde_json::json;
 
 fn contact(doc: &str, pnr: &str, unit: &str) -> Record {
@@ -527,4 +528,32 @@ both_backends!(finish_and_claim_settles_one_batch_and_claims_the_next, |ts: Test
     assert_eq!(kept, vec![false, false]);
     assert_eq!(next2.iter().map(|c| c.record.idem_key.as_str()).collect::<Vec<_>>(), vec!["f4"]);
     assert_eq!(s.record(next[0].record.id).await.unwrap().unwrap().state, RecordState::Sending);
+});
+
+// A backfill queues thousands of records in seconds; on PostgreSQL the store refreshes the
+// statistics of `records` itself once 5,000 new versions arrived, so the claim is planned for
+// the outbox as it is (not as autovacuum last saw it: empty). SQLite keeps no statistics.
+both_backends!(a_large_queue_refreshes_the_outbox_statistics, |ts: TestStore| async move {
+    let s = &ts.store;
+    // What the planner believes `records` holds (pg_class.reltuples: -1 or 0 until analysed).
+    let believed = || async {
+        let mut tx = s.read().await.unwrap();
+        let r = tx.row("SELECT reltuples::BIGINT FROM pg_class WHERE relname = 'records'", &[]).await.unwrap().unwrap();
+        r.i64(0).unwrap()
+    };
+    if s.dialect() == Dialect::Postgres {
+        assert!(believed().await <= 0);
+    }
+    for chunk in 0..6 {
+        let changes = (0..1000).map(|i| upsert(&format!("q{chunk}-{i}"), 1)).collect();
+        s.apply(ChangeSet { outbox: changes, ..Default::default() }).await.unwrap();
+        if s.dialect() == Dialect::Postgres && chunk == 3 {
+            assert!(believed().await <= 0, "not yet at 4,000");
+        }
+    }
+    assert_eq!(s.queue_depth().await.unwrap(), 6000);
+    if s.dialect() == Dialect::Postgres {
+        // Refreshed once at 5,000 (and committed: statistics are transactional).
+        assert_eq!(believed().await, 5000);
+    }
 });

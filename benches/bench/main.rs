@@ -42,6 +42,8 @@ fn main() {
 fn real_main(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("child") => {
+            // As the daemon does (src/main.rs), so the figures are the daemon's.
+            registerbrygga::runtime::limit_malloc_arenas();
             let spec = args.get(1).context("child needs a case")?;
             let case: Case = serde_json::from_str(spec).context("bad case JSON")?;
             let mut out = cases::run_case(&case)?;

@@ -59,7 +59,16 @@ pub struct Store {
     cipher: Cipher,
     /// The audit key (`security.audit_key`), when configured: the chain is HMAC'd with it.
     audit_mac: Option<audit_chain::AuditMac>,
+    /// Outbox versions written since the planner's statistics were last refreshed (PostgreSQL).
+    queued_since_analyze: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// After this many new outbox versions, PostgreSQL's statistics of `records` are refreshed at
+/// once instead of at autovacuum's next round (a minute or more). Why: a backfill queues
+/// thousands of records in seconds, and until the statistics know them the planner believes
+/// the outbox empty and claims by sorting every pending record (45–110 ms per claim of 64 at
+/// 10,000 pending, BENCHMARKS.md issue 18) instead of reading the claim index in order.
+const ANALYZE_AFTER_QUEUED: u64 = 5_000;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,7 +108,7 @@ impl Store {
                 Arc::new(postgres::PgBackend::open(&url, settings.max_connections).await?)
             }
         };
-        let mut store = Store { backend, cipher, audit_mac: None };
+        let mut store = Store { backend, cipher, audit_mac: None, queued_since_analyze: Default::default() };
         store.backend.migrate().await?;
         store.ensure_audit_partitions(Utc::now()).await?;
         // Once every payload is bound to its row, an unbound (v1) ciphertext can only be planted.
@@ -164,7 +173,29 @@ impl Store {
         let mut tx = self.backend.begin().await?;
         let out = self.apply_in(&mut *tx, cs, lists).await?;
         tx.commit().await?;
+        self.note_queued(u64::from(out.outbox_created + out.outbox_updated)).await;
         Ok(out)
+    }
+
+    /// Count new outbox versions; refresh the statistics of `records` when enough arrived.
+    async fn note_queued(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        if n == 0 || self.backend.dialect() != Dialect::Postgres {
+            return;
+        }
+        if self.queued_since_analyze.fetch_add(n, Ordering::Relaxed) + n < ANALYZE_AFTER_QUEUED {
+            return;
+        }
+        self.queued_since_analyze.store(0, Ordering::Relaxed);
+        let analyzed = async {
+            // Statistics are transactional: the ANALYZE counts once its transaction commits.
+            let mut tx = self.backend.read().await?;
+            tx.exec("ANALYZE records", &[]).await?;
+            tx.commit().await
+        };
+        if let Err(e) = analyzed.await {
+            tracing::warn!(error = %e, "refreshing the outbox statistics failed; autovacuum will");
+        }
     }
 
     /// `preview` with lists, as `apply_with_lists`.
