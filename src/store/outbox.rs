@@ -167,6 +167,24 @@ pub struct Claimed {
     pub earlier_lookups: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// A `registrations` row selected with [`REGISTRATION_COLS`], its delivered payload still
+/// encrypted (a NULL payload column reads as no payload).
+fn sealed_registration_from_row(r: &dyn super::sql::Row) -> Result<(Registration, Option<Vec<u8>>)> {
+    let reg = Registration {
+        idem_key: r.text(0)?,
+        register: r.text(1)?,
+        connector: r.text(2)?,
+        unit: r.text(3)?,
+        form: r.text(4)?,
+        subject: r.text_opt(5)?,
+        event_id: r.text_opt(6)?,
+        delivered_hash: r.text_opt(7)?,
+        delivered_payload: None,
+        state: r.text(9)?,
+    };
+    Ok((reg, r.bytes_opt(8)?))
+}
+
 /// A record's encrypted columns, opened after the claim's transaction.
 struct SealedRecord {
     payload: Option<Vec<u8>>,
@@ -256,18 +274,9 @@ impl Store {
     /// A `registrations` row selected with [`REGISTRATION_COLS`] (a NULL payload column reads as
     /// no payload, for listings that do not need it decrypted).
     pub(super) fn registration_from_row(&self, r: &dyn super::sql::Row) -> Result<Registration> {
-        Ok(Registration {
-            idem_key: r.text(0)?,
-            register: r.text(1)?,
-            connector: r.text(2)?,
-            unit: r.text(3)?,
-            form: r.text(4)?,
-            subject: r.text_opt(5)?,
-            event_id: r.text_opt(6)?,
-            delivered_hash: r.text_opt(7)?,
-            delivered_payload: r.bytes_opt(8)?.map(|b| self.cipher.decrypt_json(&super::sealed::delivered_payload(&r.text(0)?), &b)).transpose()?,
-            state: r.text(9)?,
-        })
+        let (mut reg, sealed) = sealed_registration_from_row(r)?;
+        reg.delivered_payload = sealed.map(|b| self.cipher.decrypt_json(&super::sealed::delivered_payload(&reg.idem_key), &b)).transpose()?;
+        Ok(reg)
     }
 
     pub(super) fn record_from_row(&self, r: &dyn super::sql::Row) -> Result<OutboxRecord> {
@@ -408,22 +417,11 @@ impl Store {
             )
             .await?
         {
-            let reg = Registration {
-                idem_key: r.text(0)?,
-                register: r.text(1)?,
-                connector: r.text(2)?,
-                unit: r.text(3)?,
-                form: r.text(4)?,
-                subject: r.text_opt(5)?,
-                event_id: r.text_opt(6)?,
-                delivered_hash: r.text_opt(7)?,
-                delivered_payload: None,
-                state: r.text(9)?,
-            };
+            let (reg, sealed) = sealed_registration_from_row(&*r)?;
             if let Some(until) = r.text_opt(10)? {
                 out.lookup_window = until.parse::<i64>().is_ok_and(|u| u > now);
             }
-            out.registrations.insert(reg.idem_key.clone(), (reg, r.bytes_opt(8)?));
+            out.registrations.insert(reg.idem_key.clone(), (reg, sealed));
         }
         // Earlier attempts whose outcome we never learned, and the lookups of their versions.
         let mut b = vec![];
