@@ -7,13 +7,14 @@
 /// Must run before the runtime's threads exist. An operator's own setting
 /// (`MALLOC_ARENA_MAX`, or `arena_max` in `GLIBC_TUNABLES`) is left as it is.
 pub fn limit_malloc_arenas() {
-    let set_by_operator = std::env::var_os("MALLOC_ARENA_MAX").is_some() || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if !set_by_operator {
-        // SAFETY: mallopt only sets a parameter of the allocator; called before other threads run.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+    {
+        let set_by_operator = std::env::var_os("MALLOC_ARENA_MAX").is_some() || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+        if !set_by_operator {
+            // SAFETY: mallopt only sets a parameter of the allocator; called before other threads run.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
         }
     }
-    let _ = set_by_operator;
 }

@@ -220,7 +220,7 @@ impl DeliveryEngine {
             // The next batch's registers are chosen after this batch's outcomes reached the
             // breakers; none once shutting down.
             let next = if *shutdown.borrow() { vec![] } else { self.open_lanes() };
-            match self.settle(&claimed, sent, &next).await {
+            match self.settle(sent, &next).await {
                 Ok(b) => batch = b,
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery batch failed; retrying");
@@ -247,7 +247,7 @@ impl DeliveryEngine {
             return Ok(0);
         }
         let sent = self.send_batch(&claimed).await;
-        self.settle(&claimed, sent, &[]).await?;
+        self.settle(sent, &[]).await?;
         Ok(claimed.len())
     }
 
@@ -303,13 +303,12 @@ impl DeliveryEngine {
 
     /// Record a sent batch's outcomes and, if `next` names admitted registers, claim the next
     /// batch in the same transaction. Returns the next batch.
-    async fn settle(&self, claimed: &[Claimed], sent: SentBatch<'_>, next: &[(String, Admission)]) -> Result<Vec<Claimed>> {
+    async fn settle(&self, sent: SentBatch<'_>, next: &[(String, Admission)]) -> Result<Vec<Claimed>> {
         let (kept, next_batch) = if next.is_empty() {
             (self.store.finish_many(&self.owner, sent.done).await?, vec![])
         } else {
             self.claim_admitted(next, Some(sent.done)).await?
         };
-        debug_assert_eq!(kept.len(), claimed.len());
         let lost = kept.iter().filter(|k| !**k).count() as u64;
         if lost > 0 {
             self.counters.lost_leases.fetch_add(lost, Ordering::Relaxed);

@@ -206,7 +206,6 @@ struct SealedClaim {
 /// A batch's outcomes, ready to be written ([`Store::finish_many`]).
 struct PreparedFinish {
     now: i64,
-    owner: String,
     items: Vec<FinishItem>,
 }
 
@@ -351,7 +350,7 @@ impl Store {
     /// head (appended by the settling) is still the last lock the transaction takes. Returns,
     /// per attempt, whether the lease was still ours, and the next batch.
     pub async fn finish_and_claim(&self, owner: &str, done: Vec<(&Claimed, Outcome)>, registers: &[String], limit: u32, lease_seconds: u64) -> Result<(Vec<bool>, Vec<Claimed>)> {
-        let prepared = self.prepare_finish(owner, done);
+        let prepared = self.prepare_finish(done);
         let mut tx = self.begin().await?;
         let sealed = self.claim_in(&mut *tx, owner, registers, limit, lease_seconds).await?;
         let kept = self.finish_in(&mut *tx, owner, prepared).await?;
@@ -510,7 +509,7 @@ impl Store {
         if done.is_empty() {
             return Ok(vec![]);
         }
-        let prepared = self.prepare_finish(owner, done);
+        let prepared = self.prepare_finish(done);
         let mut tx = self.begin().await?;
         let kept = self.finish_in(&mut *tx, owner, prepared).await?;
         tx.commit().await?;
@@ -520,7 +519,7 @@ impl Store {
     /// Everything about a batch's outcomes that does not need the database (the row values,
     /// the delivered payloads encrypted, the audit events), built before the transaction so the
     /// writer lock is held for the statements only.
-    fn prepare_finish(&self, owner: &str, done: Vec<(&Claimed, Outcome)>) -> PreparedFinish {
+    fn prepare_finish(&self, done: Vec<(&Claimed, Outcome)>) -> PreparedFinish {
         let now = now_us();
         let mut items = Vec::with_capacity(done.len());
         for (c, o) in done {
@@ -597,7 +596,7 @@ impl Store {
                 delivered,
             });
         }
-        PreparedFinish { now, owner: owner.to_string(), items }
+        PreparedFinish { now, items }
     }
 
     /// The settling statements of [`Store::finish_many`], inside the caller's transaction.
@@ -605,7 +604,6 @@ impl Store {
         if p.items.is_empty() {
             return Ok(vec![]);
         }
-        debug_assert_eq!(owner, p.owner);
         let now = p.now;
         let mut b: Vec<Val> = vec![owner.into()];
         let ph = in_list(&mut b, p.items.iter().map(|i| Val::I64(i.id)).collect());
