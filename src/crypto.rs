@@ -188,7 +188,16 @@ impl Pseudonymizer {
 
     /// 24 hex characters (96 bits): enough to be unique in a region, short in a log line.
     pub fn patient_key(&self, id: &crate::model::PatientId) -> String {
-        self.hash_str(&format!("{:?}:{}", id.kind(), id.raw()))
+        hex::encode(self.patient_key_bytes(id))
+    }
+
+    /// The pseudonym's 12 bytes, for holding many of them compactly (hex is `patient_key`).
+    pub fn patient_key_bytes(&self, id: &crate::model::PatientId) -> [u8; 12] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]).expect("any key length");
+        mac.update(format!("{:?}:{}", id.kind(), id.raw()).as_bytes());
+        let mut out = [0u8; 12];
+        out.copy_from_slice(&mac.finalize().into_bytes()[..12]);
+        out
     }
 
     pub fn hash_str(&self, s: &str) -> String {

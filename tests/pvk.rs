@@ -1155,17 +1155,25 @@ fn listing_periods_give_a_snapshot_per_month() {
     let stays = pnr("19610101", 711);
     let pats = vec![patient(&moved, vec![diag(&moved, VC01, "2025-12-01", "I50.9")]), patient(&stays, vec![])];
     let listing = Listing::from_dated_rows(
+        // Patients interleaved, as a region's export may order them.
         vec![
-            (moved.raw().to_string(), VC01.to_string(), None, Some("2026-02-14".to_string())),
-            (moved.raw().to_string(), VC02.to_string(), Some("2026-02-15".to_string()), None),
             (stays.raw().to_string(), VC01.to_string(), Some("2025-01-01".to_string()), None),
+            (moved.raw().to_string(), VC01.to_string(), None, Some("2026-02-14".to_string())),
             // Overlapping period: refused by line.
             (stays.raw().to_string(), VC02.to_string(), Some("2026-01-01".to_string()), None),
+            (moved.raw().to_string(), VC02.to_string(), Some("2026-02-15".to_string()), None),
         ],
         today(),
         &pseudo(),
     );
-    assert_eq!(listing.refused_lines, vec![4]);
+    assert_eq!(listing.refused_lines, vec![3]);
+    assert_eq!(listing.len(), 3);
+    assert_eq!(listing.unit_of(&moved).map(|h| h.as_str()), Some(VC02), "listed now where the open period is");
+    assert_eq!(listing.unit_of(&stays).map(|h| h.as_str()), Some(VC01));
+    for e in listing.entries() {
+        assert_eq!(e.patient_key(), pseudo().patient_key(&e.patient()), "the pseudonym kept compactly is the pseudonym");
+        assert!([&moved, &stays].contains(&&e.patient()), "the identity kept compactly is the identity");
+    }
     let out = compute(&engine, &pats, Some(&listing), None, &[VC01, VC02], &[(2026, 1), MAR]);
     assert_eq!(counts(row(&out, 2026, VC01, (2026, 1), "Hj01")), (Some(1), Some(2)));
     assert_eq!(counts(row(&out, 2026, VC02, (2026, 1), "Hj01")), (Some(0), Some(0)));

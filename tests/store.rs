@@ -557,3 +557,26 @@ both_backends!(a_large_queue_refreshes_the_outbox_statistics, |ts: TestStore| as
         assert_eq!(believed().await, 5000);
     }
 });
+
+// Reading a connector's records back goes page by page (PATIENT_PAGE patients): every patient
+// comes once, in key order, with all of its records and none of another connector's.
+both_backends!(for_each_patient_reads_every_patient_once_across_pages, |ts: TestStore| async move {
+    let s = &ts.store;
+    let mut cs = ChangeSet::default();
+    for p in 0..257 {
+        for d in 0..(1 + p % 3) {
+            cs.documents.push(DocumentUpsert { connector: "c".into(), patient_key: format!("pk{p:04}"), record: contact(&format!("doc-{p}-{d}"), "191212121212", "SE2321000156-FT01"), content_hash: None });
+        }
+    }
+    cs.documents.push(DocumentUpsert { connector: "other".into(), patient_key: "pk0000".into(), record: contact("doc-other", "191212121212", "SE2321000156-FT01"), content_hash: None });
+    s.apply(cs).await.unwrap();
+    let mut seen: Vec<(String, usize)> = vec![];
+    s.for_each_patient("c", |pk, recs| {
+        seen.push((pk.to_string(), recs.len()));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let expected: Vec<(String, usize)> = (0..257).map(|p| (format!("pk{p:04}"), 1 + p % 3)).collect();
+    assert_eq!(seen, expected);
+});

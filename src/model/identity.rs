@@ -16,7 +16,7 @@ pub const OID_PERSONNUMMER: &str = "1.2.752.129.2.1.3.1";
 /// OID of samordningsnummer.
 pub const OID_SAMORDNINGSNUMMER: &str = "1.2.752.129.2.1.3.3";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdKind {
     Personnummer,
@@ -26,14 +26,15 @@ pub enum IdKind {
     Reserve,
 }
 
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PatientId {
     kind: IdKind,
     /// Normalised value: 12 digits for national ids, the trimmed raw value for reserve numbers.
-    value: String,
+    /// Boxed (no spare capacity): a run holds one per patient of the region.
+    value: Box<str>,
     /// The OID the source gave (kept for reserve numbers, whose OID names the issuing region).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    oid: Option<String>,
+    oid: Option<Box<str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +91,7 @@ impl PatientId {
 
     /// The 12-digit form `YYYYMMDDNNNC` for a register's SubjectKey. `None` for reserve numbers.
     pub fn national_12(&self) -> Option<&str> {
-        self.is_national().then_some(self.value.as_str())
+        self.is_national().then_some(&*self.value)
     }
 
     /// The normalised value whatever the kind (for the patient-key hash and for the source side).
@@ -189,7 +190,7 @@ impl PatientId {
             return Err(IdError::Future);
         }
         let value = format!("{full_year:04}{mm:02}{dd:02}{}", &rest[6..10]);
-        Ok(PatientId { kind, value, oid: None })
+        Ok(PatientId { kind, value: value.into(), oid: None })
     }
 
     /// Parse an id as given by a source together with its type OID. Personnummer and
@@ -223,7 +224,7 @@ impl PatientId {
         if !(6..=20).contains(&v.len()) || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(IdError::ReserveFormat);
         }
-        Ok(PatientId { kind: IdKind::Reserve, value: v.to_ascii_uppercase(), oid: Some(oid.to_string()) })
+        Ok(PatientId { kind: IdKind::Reserve, value: v.to_ascii_uppercase().into(), oid: Some(oid.into()) })
     }
 
     /// Age in whole years at `on` (None if the birth date is unknown).

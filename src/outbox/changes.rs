@@ -120,32 +120,71 @@ pub struct PvkResultRow {
     pub patient_list: Option<PatientList>,
 }
 
-/// A cell's patient list as compact JSON text: a region-year holds many large lists at once,
-/// and as text they take a fraction of the memory of `serde_json::Value` trees. Its `Debug`
-/// never shows the identities inside.
+/// A cell's patient list as it is stored: its compact JSON text, gzip-compressed. A region's
+/// base-population list names every listed patient of a vårdcentral; compressed it is a fifth
+/// of the text, and the engine writes it straight into the compressor
+/// ([`PatientList::writer`]), so the full text never sits in memory. Its `Debug` never shows
+/// the identities inside.
 #[derive(Clone, PartialEq)]
-pub struct PatientList(String);
+pub struct PatientList(Vec<u8>);
+
+/// gzip's magic bytes: what tells a compressed list from one stored as plain JSON text (lists
+/// written before compression, whose first byte is `{`).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 impl PatientList {
     pub fn new(list: &serde_json::Value) -> PatientList {
-        PatientList(list.to_string())
+        let mut w = PatientList::writer();
+        serde_json::to_writer(&mut w, list).expect("writing to memory does not fail");
+        w.finish().expect("writing to memory does not fail")
     }
-    /// From JSON text written by the PVK engine's list renderer (one object, compact).
-    pub fn from_json_text(text: String) -> PatientList {
-        PatientList(text)
+
+    /// Write a list's JSON text into this, then `finish`.
+    pub fn writer() -> PatientListWriter {
+        PatientListWriter(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()))
     }
-    pub fn json(&self) -> &str {
+
+    /// The stored form (what the store encrypts).
+    pub fn stored(&self) -> &[u8] {
         &self.0
     }
+
     /// The list as a JSON value (for reading it, e.g. in tests and the admin side).
     pub fn value(&self) -> serde_json::Value {
-        serde_json::from_str(&self.0).expect("a PatientList holds valid JSON")
+        PatientList::parse_stored(&self.0).expect("a PatientList holds valid compressed JSON")
+    }
+
+    /// Read a stored list: compressed, or plain JSON text as lists were first stored.
+    pub fn parse_stored(bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
+        if bytes.starts_with(&GZIP_MAGIC) {
+            Ok(serde_json::from_reader(flate2::read::GzDecoder::new(bytes))?)
+        } else {
+            Ok(serde_json::from_slice(bytes)?)
+        }
+    }
+}
+
+/// Compresses a patient list's JSON text as it is written.
+pub struct PatientListWriter(flate2::write::GzEncoder<Vec<u8>>);
+
+impl std::io::Write for PatientListWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl PatientListWriter {
+    pub fn finish(self) -> std::io::Result<PatientList> {
+        Ok(PatientList(self.0.finish()?))
     }
 }
 
 impl std::fmt::Debug for PatientList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PatientList({} bytes)", self.0.len())
+        write!(f, "PatientList({} bytes compressed)", self.0.len())
     }
 }
 
@@ -189,3 +228,26 @@ impl ChangeSet {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::PatientList;
+
+    #[test]
+    fn a_patient_list_is_stored_compressed_and_reads_back() {
+        let patients: Vec<_> = (0..2000).map(|i| serde_json::json!({"patient_key": format!("{i:024x}"), "roles": ["denominator"]})).collect();
+        let list = serde_json::json!({"list_format": 1, "patients": patients});
+        let stored = PatientList::new(&list);
+        assert!(stored.stored().starts_with(&super::GZIP_MAGIC), "stored compressed");
+        assert!(stored.stored().len() * 4 < list.to_string().len(), "{} bytes stored for {} of text", stored.stored().len(), list.to_string().len());
+        assert_eq!(stored.value(), list);
+        assert_eq!(PatientList::parse_stored(stored.stored()).unwrap(), list);
+    }
+
+    #[test]
+    fn a_list_stored_as_plain_json_text_still_reads() {
+        let list = serde_json::json!({"list_format": 1, "patients": [{"patient_key": "abc"}]});
+        assert_eq!(PatientList::parse_stored(list.to_string().as_bytes()).unwrap(), list);
+        assert!(PatientList::parse_stored(b"\x1f\x8bnot gzip").is_err(), "a damaged list is an error, not a panic");
+    }
+}

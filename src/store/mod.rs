@@ -40,8 +40,13 @@ const DOCUMENT_CHUNK: usize = 400;
 /// Outbox upserts per set-based chunk (twelve parameters a row) and PVK result rows per
 /// multi-row upsert (thirteen).
 const OUTBOX_CHUNK: usize = 200;
-/// Patient-list bytes after which a PVK result upsert is sent (see `apply_in`).
-const PVK_LIST_BYTES: usize = 4 << 20;
+/// Stored (compressed) patient-list bytes after which a PVK result upsert is sent (see
+/// `apply_in`): each is held three times until the statement ran (our ciphertext, the driver's
+/// argument, the database's bound copy), so this bounds the write's memory.
+const PVK_LIST_BYTES: usize = 1 << 20;
+/// Patients per page when a connector's stored records are read back (`for_each_patient`): a
+/// page's rows are held at once (their encrypted documents, then the records).
+const PATIENT_PAGE: i64 = 100;
 
 pub fn now_us() -> i64 {
     Utc::now().timestamp_micros()
@@ -397,8 +402,8 @@ impl Store {
                     sql::Val::from(r.suppressed),
                     sql::Val::from(r.note.clone()),
                     list.map(|l| {
-                        bytes += l.json().len();
-                        sql::Val::Bytes(self.cipher.encrypt(&sealed::pvk_patient_list(&r.connector, r.rule_year, &r.unit, r.year, r.month, &r.indicator), l.json().as_bytes()))
+                        bytes += l.stored().len();
+                        sql::Val::Bytes(self.cipher.encrypt(&sealed::pvk_patient_list(&r.connector, r.rule_year, &r.unit, r.year, r.month, &r.indicator), l.stored()))
                     })
                     .unwrap_or(sql::Val::Null(sql::NullKind::Bytes)),
                 ]);
@@ -484,15 +489,15 @@ impl Store {
     where
         F: FnMut(&str, Vec<Record>) -> Result<()> + Send,
     {
-        // Keyset pages of 500 patients: neither the region's key list nor its records are ever
-        // held at once, so memory stays flat as the region grows.
+        // Keyset pages of PATIENT_PAGE patients: neither the region's key list nor its records
+        // are ever held at once, so memory stays flat as the region grows.
         let mut after: Option<String> = None;
         loop {
             let mut tx = self.backend.read().await?;
             let page: Vec<String> = match &after {
-                None => tx.rows("SELECT DISTINCT patient_key FROM documents WHERE connector = $1 ORDER BY patient_key LIMIT 500", args![connector]).await?,
+                None => tx.rows("SELECT DISTINCT patient_key FROM documents WHERE connector = $1 ORDER BY patient_key LIMIT $2", args![connector, PATIENT_PAGE]).await?,
                 Some(a) => {
-                    tx.rows("SELECT DISTINCT patient_key FROM documents WHERE connector = $1 AND patient_key > $2 ORDER BY patient_key LIMIT 500", args![connector, a])
+                    tx.rows("SELECT DISTINCT patient_key FROM documents WHERE connector = $1 AND patient_key > $2 ORDER BY patient_key LIMIT $3", args![connector, a, PATIENT_PAGE])
                         .await?
                 }
             }

@@ -627,7 +627,7 @@ impl Store {
             )
             .await?;
         match r.and_then(|r| r.bytes_opt(0).ok().flatten()) {
-            Some(b) => Ok(Some(self.cipher.decrypt_json(&super::sealed::pvk_patient_list(connector, rule_year, unit, year, month, indicator), &b)?)),
+            Some(b) => Ok(Some(crate::outbox::PatientList::parse_stored(&self.cipher.decrypt(&super::sealed::pvk_patient_list(connector, rule_year, unit, year, month, indicator), &b)?)?)),
             None => Ok(None),
         }
     }

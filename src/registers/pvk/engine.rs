@@ -450,7 +450,7 @@ impl<'a> Computation<'a> {
     /// Add one patient (each patient once per computation).
     pub fn add(&mut self, patient_key: &str, patient: &PatientId, records: &[Record]) {
         if let Some(l) = self.listing {
-            for &i in l.periods_of(patient) {
+            for i in l.periods_of(patient) {
                 self.seen[i] = true;
             }
         }
@@ -610,8 +610,8 @@ impl<'a> Computation<'a> {
     pub fn finish_lists(mut self) -> std::io::Result<(PvkOutput, PatientLists<'a>)> {
         if let Some(listing) = self.listing {
             for (i, e) in listing.entries().iter().enumerate() {
-                if !self.seen[i] && self.unit_index.contains_key(e.unit.as_str()) {
-                    self.add(&e.patient_key, &e.patient, &[]);
+                if !self.seen[i] && self.unit_index.contains_key(listing.unit(e).as_str()) {
+                    self.add(&e.patient_key(), &e.patient(), &[]);
                 }
             }
         }
@@ -729,18 +729,21 @@ impl PatientLists<'_> {
             bytes.extend_from_slice(&self.spill.get(*h)?);
         }
         bytes.extend_from_slice(&cell.tail);
+        // One pass tallies professions and notes where each entry starts; the entries are
+        // sorted as (pseudonym, offset) pairs and decoded again as they are written, so a
+        // base-population list is never held decoded.
         let mut d = Decoder { bytes: &bytes, at: 0 };
-        let mut entries = vec![];
-        while d.at < bytes.len() {
-            entries.push(d.entry()?);
-        }
-        entries.sort_by(|a, b| a.key.cmp(b.key));
+        let mut order: Vec<(&str, usize)> = vec![];
         let mut by_prof: BTreeMap<&str, i64> = BTreeMap::new();
-        for e in &entries {
+        while d.at < bytes.len() {
+            let at = d.at;
+            let e = d.entry()?;
             for p in &e.entry.profs {
                 *by_prof.entry(self.profs[*p as usize].as_str()).or_default() += 1;
             }
+            order.push((e.key, at));
         }
+        order.sort_unstable();
         // The list's fields in the order `serde_json` writes an object (sorted keys), with the
         // patients written one at a time instead of as one value tree.
         let head = serde_json::json!({
@@ -757,23 +760,27 @@ impl PatientLists<'_> {
             "patients": null,
         });
         let serde_json::Value::Object(head) = head else { unreachable!("an object") };
-        let mut text = String::with_capacity(bytes.len() * 2 + 512);
-        text.push('{');
+        // Written straight into the list's compressor: the text of a large list never exists
+        // whole.
+        use std::io::Write;
+        let mut w = PatientList::writer();
+        w.write_all(b"{")?;
         for (i, (k, v)) in head.iter().enumerate() {
             if i > 0 {
-                text.push(',');
+                w.write_all(b",")?;
             }
-            text.push_str(&serde_json::Value::from(k.as_str()).to_string());
-            text.push(':');
+            serde_json::to_writer(&mut w, k)?;
+            w.write_all(b":")?;
             if k != "patients" {
-                text.push_str(&v.to_string());
+                serde_json::to_writer(&mut w, v)?;
                 continue;
             }
-            text.push('[');
-            for (j, e) in entries.iter().enumerate() {
+            w.write_all(b"[")?;
+            for (j, &(_, at)) in order.iter().enumerate() {
                 if j > 0 {
-                    text.push(',');
+                    w.write_all(b",")?;
                 }
+                let e = Decoder { bytes: &bytes, at }.entry()?;
                 // Every listed patient is in the denominator; prevalence and mångsökare lists
                 // hold only numerator patients (listing a whole base population helps nobody).
                 let mut roles = vec!["denominator"];
@@ -795,12 +802,12 @@ impl PatientLists<'_> {
                 if let Some(v) = e.entry.visits {
                     o["visits"] = serde_json::json!(v);
                 }
-                text.push_str(&o.to_string());
+                serde_json::to_writer(&mut w, &o)?;
             }
-            text.push(']');
+            w.write_all(b"]")?;
         }
-        text.push('}');
-        Ok(Some(PatientList::from_json_text(text)))
+        w.write_all(b"}")?;
+        Ok(Some(w.finish()?))
     }
 }
 

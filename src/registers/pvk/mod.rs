@@ -452,12 +452,16 @@ impl PvkEngine {
 // ------------------------------------------------------------------------------- listing
 
 /// One listing period: who (for the local patient list), their pseudonym, where listed, and
-/// from/until when (open ends: listed before the data begins / still listed).
+/// from/until when (open ends: listed before the data begins / still listed). Kept small: a
+/// region's listing is every inhabitant, so each period is read once and held for the whole
+/// computation (the pseudonym as its 12 bytes, the vårdcentral as an index into the listing's
+/// units).
 #[derive(Clone, Debug)]
 pub struct ListedPatient {
-    pub patient: PatientId,
-    pub patient_key: String,
-    pub unit: HsaId,
+    /// The personnummer or samordningsnummer, 12 digits (a listing holds national ids only).
+    id: [u8; 12],
+    key: [u8; 12],
+    unit: u16,
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
 }
@@ -465,6 +469,19 @@ pub struct ListedPatient {
 impl ListedPatient {
     fn covers(&self, d: NaiveDate) -> bool {
         self.from.map_or(true, |f| f <= d) && self.to.map_or(true, |t| d <= t)
+    }
+
+    /// The patient's pseudonym, as [`Pseudonymizer::patient_key`] writes it.
+    pub fn patient_key(&self) -> String {
+        hex::encode(self.key)
+    }
+
+    /// The patient's identity.
+    pub fn patient(&self) -> PatientId {
+        let digits = std::str::from_utf8(&self.id).expect("ASCII digits");
+        // Parsed when the listing was read, so it parses again; the date only matters for
+        // ten-digit input.
+        PatientId::parse_national(digits, NaiveDate::MAX).expect("a listing holds valid national ids")
     }
 }
 
@@ -474,8 +491,10 @@ impl ListedPatient {
 /// A listing without periods is one snapshot valid for every month.
 #[derive(Clone, Debug, Default)]
 pub struct Listing {
+    /// Sorted by the patient's identity, so a patient's periods are adjacent and found by
+    /// binary search (no map from identity to periods beside them).
     entries: Vec<ListedPatient>,
-    by_id: HashMap<String, Vec<usize>>,
+    units: Vec<HsaId>,
     /// Line numbers (1-based) refused: invalid identity, HSA id or date, or an overlapping period.
     pub refused_lines: Vec<usize>,
 }
@@ -490,6 +509,77 @@ fn opt_date(s: Option<&str>) -> Result<Option<NaiveDate>, ()> {
     match s.map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(s) => NaiveDate::parse_from_str(s, "%Y-%m-%d").map(Some).map_err(|_| ()),
+    }
+}
+
+/// A listing being read: periods that parsed, in input order with their row numbers; overlaps
+/// are settled once all rows are in ([`ListingBuilder::finish`]).
+struct ListingBuilder<'p> {
+    today: NaiveDate,
+    pseudo: &'p Pseudonymizer,
+    rows: Vec<(usize, ListedPatient)>,
+    units: Vec<HsaId>,
+    unit_index: HashMap<String, u16>,
+    refused_lines: Vec<usize>,
+}
+
+impl<'p> ListingBuilder<'p> {
+    fn new(today: NaiveDate, pseudo: &'p Pseudonymizer) -> ListingBuilder<'p> {
+        ListingBuilder { today, pseudo, rows: vec![], units: vec![], unit_index: HashMap::new(), refused_lines: vec![] }
+    }
+
+    fn row(&mut self, line: usize, id: &str, unit: &str, from: Option<&str>, to: Option<&str>) {
+        let (Ok(patient), Ok(unit), Ok(from), Ok(to)) = (PatientId::parse_national(id, self.today), HsaId::parse(unit), opt_date(from), opt_date(to)) else {
+            self.refused_lines.push(line);
+            return;
+        };
+        if from.zip(to).is_some_and(|(f, t)| f > t) {
+            self.refused_lines.push(line);
+            return;
+        }
+        let unit = match self.unit_index.get(unit.as_str()) {
+            Some(&u) => u,
+            None if self.units.len() < u16::MAX as usize => {
+                let u = self.units.len() as u16;
+                self.unit_index.insert(unit.as_str().to_string(), u);
+                self.units.push(unit);
+                u
+            }
+            // More vårdcentraler than any region has: the row is refused, not mislabelled.
+            None => {
+                self.refused_lines.push(line);
+                return;
+            }
+        };
+        let Ok(id) = <[u8; 12]>::try_from(patient.raw().as_bytes()) else {
+            self.refused_lines.push(line);
+            return;
+        };
+        let key = self.pseudo.patient_key_bytes(&patient);
+        self.rows.push((line, ListedPatient { id, key, unit, from, to }));
+    }
+
+    /// Sort by patient (stable, so each patient's rows keep their input order) and refuse a
+    /// period that overlaps one of the same patient's earlier rows.
+    fn finish(self) -> Listing {
+        let ListingBuilder { mut rows, units, mut refused_lines, .. } = self;
+        rows.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+        let mut entries: Vec<ListedPatient> = Vec::with_capacity(rows.len());
+        let mut group = 0;
+        for (line, e) in rows {
+            if entries.get(group).is_none_or(|g| g.id != e.id) {
+                group = entries.len();
+            }
+            let (lo, hi) = (e.from.unwrap_or(NaiveDate::MIN), e.to.unwrap_or(NaiveDate::MAX));
+            if entries[group..].iter().any(|p| p.from.unwrap_or(NaiveDate::MIN) <= hi && lo <= p.to.unwrap_or(NaiveDate::MAX)) {
+                refused_lines.push(line);
+                continue;
+            }
+            entries.push(e);
+        }
+        refused_lines.sort_unstable();
+        entries.shrink_to_fit();
+        Listing { entries, units, refused_lines }
     }
 }
 
@@ -515,75 +605,62 @@ impl Listing {
         C: AsRef<str>,
         D: AsRef<str>,
     {
-        let mut l = Listing::default();
+        let mut b = ListingBuilder::new(today, pseudo);
         for (i, (id, unit, from, to)) in rows.into_iter().enumerate() {
-            let (Ok(patient), Ok(unit), Ok(from), Ok(to)) = (
-                PatientId::parse_national(id.as_ref(), today),
-                HsaId::parse(unit.as_ref()),
-                opt_date(from.as_ref().map(|s| s.as_ref())),
-                opt_date(to.as_ref().map(|s| s.as_ref())),
-            ) else {
-                l.refused_lines.push(i + 1);
-                continue;
-            };
-            if from.zip(to).is_some_and(|(f, t)| f > t) {
-                l.refused_lines.push(i + 1);
-                continue;
-            }
-            let lo = from.unwrap_or(NaiveDate::MIN);
-            let hi = to.unwrap_or(NaiveDate::MAX);
-            let overlaps = l.by_id.get(patient.raw()).is_some_and(|ix| {
-                ix.iter().any(|&j| {
-                    let e = &l.entries[j];
-                    e.from.unwrap_or(NaiveDate::MIN) <= hi && lo <= e.to.unwrap_or(NaiveDate::MAX)
-                })
-            });
-            if overlaps {
-                l.refused_lines.push(i + 1);
-                continue;
-            }
-            let patient_key = pseudo.patient_key(&patient);
-            l.by_id.entry(patient.raw().to_string()).or_default().push(l.entries.len());
-            l.entries.push(ListedPatient { patient, patient_key, unit, from, to });
+            b.row(i + 1, id.as_ref(), unit.as_ref(), from.as_ref().map(|s| s.as_ref()), to.as_ref().map(|s| s.as_ref()));
         }
-        l
+        b.finish()
     }
 
     /// Read `personnummer;hsa_id[;listad_fran;listad_tom]` lines (header line required; `;`,
-    /// tab or `,` separated; `#` comments). Errors name the file and line, never a value.
+    /// tab or `,` separated; `#` comments). Errors name the file and line, never a value. The
+    /// file is read line by line: only the parsed periods are held.
     pub fn read_file(path: &Path, today: NaiveDate, pseudo: &Pseudonymizer) -> anyhow::Result<Listing> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read listing file {}: {e}", path.display()))?;
-        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-        let Some((_, header)) = lines.next() else { return Ok(Listing::default()) };
-        let cols: Vec<String> = split_line(header).iter().map(|c| c.to_ascii_lowercase()).collect();
-        let (Some(pi), Some(ui)) = (cols.iter().position(|c| c == "personnummer"), cols.iter().position(|c| c == "hsa_id" || c == "vardcentral")) else {
-            anyhow::bail!("listing file {}: header must name the columns personnummer and hsa_id (or vardcentral)", path.display());
-        };
-        let fi = cols.iter().position(|c| c == "listad_fran" || c == "listad_from" || c == "from");
-        let ti = cols.iter().position(|c| c == "listad_tom" || c == "listad_till" || c == "to");
-        let mut rows = vec![];
-        let mut line_nos = vec![];
-        for (n, line) in lines {
-            let f = split_line(line);
-            let get = |i: Option<usize>| i.and_then(|i| f.get(i)).map(|s| s.to_string());
-            rows.push((f.get(pi).copied().unwrap_or("").to_string(), f.get(ui).copied().unwrap_or("").to_string(), get(fi), get(ti)));
-            line_nos.push(n + 1);
+        use std::io::BufRead;
+        let cannot = |e: std::io::Error| anyhow::anyhow!("cannot read listing file {}: {e}", path.display());
+        let file = std::fs::File::open(path).map_err(cannot)?;
+        let mut b = ListingBuilder::new(today, pseudo);
+        let mut columns: Option<(usize, usize, Option<usize>, Option<usize>)> = None;
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(cannot)?;
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let f = split_line(&line);
+            let Some((pi, ui, fi, ti)) = columns else {
+                let cols: Vec<String> = f.iter().map(|c| c.to_ascii_lowercase()).collect();
+                let (Some(pi), Some(ui)) = (cols.iter().position(|c| c == "personnummer"), cols.iter().position(|c| c == "hsa_id" || c == "vardcentral")) else {
+                    anyhow::bail!("listing file {}: header must name the columns personnummer and hsa_id (or vardcentral)", path.display());
+                };
+                let fi = cols.iter().position(|c| c == "listad_fran" || c == "listad_from" || c == "from");
+                let ti = cols.iter().position(|c| c == "listad_tom" || c == "listad_till" || c == "to");
+                columns = Some((pi, ui, fi, ti));
+                continue;
+            };
+            let get = |i: Option<usize>| i.and_then(|i| f.get(i)).copied();
+            b.row(n + 1, get(Some(pi)).unwrap_or(""), get(Some(ui)).unwrap_or(""), get(fi), get(ti));
         }
-        let mut l = Listing::from_dated_rows(rows, today, pseudo);
-        l.refused_lines = l.refused_lines.iter().map(|r| line_nos[r - 1]).collect();
-        Ok(l)
+        Ok(b.finish())
+    }
+
+    /// A patient's listing periods, in their input order.
+    fn periods(&self, patient: &PatientId) -> &[ListedPatient] {
+        &self.entries[self.periods_of(patient)]
     }
 
     /// Where the patient is listed now (the period without an end, else the latest).
     pub fn unit_of(&self, patient: &PatientId) -> Option<&HsaId> {
-        let ix = self.by_id.get(patient.raw())?;
-        ix.iter().map(|&i| &self.entries[i]).max_by_key(|e| e.to.unwrap_or(NaiveDate::MAX)).map(|e| &e.unit)
+        self.periods(patient).iter().max_by_key(|e| e.to.unwrap_or(NaiveDate::MAX)).map(|e| self.unit(e))
     }
 
     /// Where the patient was listed on `date` (the snapshot of a computed month).
     pub fn unit_at(&self, patient: &PatientId, date: NaiveDate) -> Option<&HsaId> {
-        let ix = self.by_id.get(patient.raw())?;
-        ix.iter().map(|&i| &self.entries[i]).find(|e| e.covers(date)).map(|e| &e.unit)
+        self.periods(patient).iter().find(|e| e.covers(date)).map(|e| self.unit(e))
+    }
+
+    /// The vårdcentral of one of this listing's periods.
+    pub fn unit(&self, e: &ListedPatient) -> &HsaId {
+        &self.units[e.unit as usize]
     }
 
     pub fn entries(&self) -> &[ListedPatient] {
@@ -591,8 +668,11 @@ impl Listing {
     }
 
     /// Indices into `entries` of a patient's listing periods.
-    pub fn periods_of(&self, patient: &PatientId) -> &[usize] {
-        self.by_id.get(patient.raw()).map_or(&[], |v| v.as_slice())
+    pub fn periods_of(&self, patient: &PatientId) -> std::ops::Range<usize> {
+        let id = patient.raw().as_bytes();
+        let lo = self.entries.partition_point(|e| &e.id[..] < id);
+        let hi = lo + self.entries[lo..].partition_point(|e| &e.id[..] == id);
+        lo..hi
     }
 
     /// Listing periods (a patient who moved has more than one).

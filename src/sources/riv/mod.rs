@@ -27,7 +27,7 @@ use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use tokio::sync::mpsc;
 
 /// A GetUpdates chain longer than this is not paging but a loop.
@@ -102,8 +102,10 @@ impl RivSource {
             req.changed_since.unwrap_or_else(|| crate::model::stockholm(req.window_from.and_time(chrono::NaiveTime::MIN)).with_timezone(&Utc));
         let mut ctx = self.context(req);
         ctx.expected = Some(Contract::GetUpdates);
-        let mut seen = HashSet::new();
         let mut patients = vec![];
+        // A patient with many engagements comes back on many pages: repeats are dropped as the
+        // list doubles, so it never holds much more than the distinct patients.
+        let mut dedup_at = 4096;
         for domain in domains {
             let mut last: Option<parse::RawResidentId> = None;
             let mut pages = 0usize;
@@ -125,9 +127,13 @@ impl RivSource {
                     send(out, SourceItem::Refused { refusal: r, patient: None, raw: None, transient: false }).await?;
                 }
                 for res in page.residents {
-                    if res.engagements.iter().any(|e| self.engagement_counts(e, &req.units)) && seen.insert(res.patient.clone()) {
+                    if res.engagements.iter().any(|e| self.engagement_counts(e, &req.units)) {
                         patients.push(res.patient);
                     }
+                }
+                if patients.len() >= dedup_at {
+                    discovery::dedup_in_order(&mut patients);
+                    dedup_at = (patients.len() * 2).max(4096);
                 }
                 let info = page.updates.unwrap_or_default();
                 if info.complete {
@@ -142,6 +148,7 @@ impl RivSource {
                 }
             }
         }
+        discovery::dedup_in_order(&mut patients);
         Ok(patients)
     }
 
