@@ -56,6 +56,10 @@ pub enum Case {
         /// The source's `unit_filter` ("request" | "response"); absent: the configured one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unit_filter: Option<String>,
+        /// "process": the sandbox (journal, emulators, their population) runs in a process of
+        /// its own, so the peak RSS is the daemon's alone (full mode only); absent: in this one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sandbox: Option<String>,
     },
     /// Registrations from the outbox to the Stratum emulator.
     Delivery { backend: String, records: usize, workers: usize, batch_size: u32, mode: DeliveryMode },
@@ -67,9 +71,10 @@ impl Case {
             Case::ParseMixed { patients, mode } => format!("parse mixed {patients} patients, {mode:?}"),
             Case::ParseNotes { patients, mode } => format!("parse keyword notes {patients} patients, {mode:?}"),
             Case::ParseStream { contract, bytes, mode } => format!("parse stream {contract} {} MiB, {mode:?}", bytes >> 20),
-            Case::Pipeline { backend, contacts, connector, concurrency, mode, unit_filter } => {
+            Case::Pipeline { backend, contacts, connector, concurrency, mode, unit_filter, sandbox } => {
                 let uf = unit_filter.as_deref().map(|u| format!(", unit_filter {u}")).unwrap_or_default();
-                format!("pipeline {connector} {contacts} contacts on {backend}, concurrency {concurrency}{uf}, {mode:?}")
+                let sb = sandbox.as_deref().map(|s| format!(", sandbox in its own {s}")).unwrap_or_default();
+                format!("pipeline {connector} {contacts} contacts on {backend}, concurrency {concurrency}{uf}{sb}, {mode:?}")
             }
             Case::Delivery { backend, records, workers, batch_size, mode } => {
                 format!("delivery {records} records on {backend}, {workers} workers × batch {batch_size}, {mode:?}")
@@ -83,8 +88,13 @@ pub fn run_case(case: &Case) -> Result<Value> {
         Case::ParseMixed { patients, mode } => crate::parse::mixed(*patients, *mode),
         Case::ParseNotes { patients, mode } => crate::parse::notes(*patients, *mode),
         Case::ParseStream { contract, bytes, mode } => crate::parse::stream(contract, *bytes, *mode),
-        Case::Pipeline { backend, contacts, connector, concurrency, mode, unit_filter } => {
-            runtime()?.block_on(crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode, unit_filter.as_deref()))
+        Case::Pipeline { backend, contacts, connector, concurrency, mode, unit_filter, sandbox } => {
+            let apart = match sandbox.as_deref() {
+                None => false,
+                Some("process") => true,
+                Some(other) => bail!("unknown sandbox placement {other:?} (\"process\" or absent)"),
+            };
+            runtime()?.block_on(crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode, unit_filter.as_deref(), apart))
         }
         Case::Delivery { backend, records, workers, batch_size, mode } => {
             runtime()?.block_on(crate::delivery::run(backend, *records, *workers, *batch_size, *mode))
@@ -93,7 +103,7 @@ pub fn run_case(case: &Case) -> Result<Value> {
 }
 
 /// The daemon's runtime shape: multi-threaded, one worker per core.
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
@@ -170,14 +180,16 @@ pub fn plan(o: &Options) -> Result<Plan> {
     }
     let region: u64 = o.contacts.unwrap_or(if q { 20_000 } else { 1_000_000 });
     let concurrency = o.concurrency.unwrap_or(8);
-    let pipe = |backend: &str, contacts: u64, mode: PipeMode| Case::Pipeline {
+    let pipe_with = |backend: &str, contacts: u64, mode: PipeMode, sandbox: Option<&str>| Case::Pipeline {
         backend: backend.into(),
         contacts,
         connector: REGION_CONNECTOR.into(),
         concurrency,
         mode,
         unit_filter: o.unit_filter.clone(),
+        sandbox: sandbox.map(str::to_string),
     };
+    let pipe = |backend: &str, contacts: u64, mode: PipeMode| pipe_with(backend, contacts, mode, None);
     if o.wants("b") {
         // The source-only baseline shows the RIV consumer's own share (fetch + parse + join).
         groups.push(Group {
@@ -210,6 +222,9 @@ pub fn plan(o: &Options) -> Result<Plan> {
             repeats: reps(1),
             cases: vec![pipe(SQLITE, mid, PipeMode::Full), pipe(SQLITE, mid, PipeMode::Source), pipe(SQLITE, mid, PipeMode::Fetch), pipe(SQLITE, large, PipeMode::Full)],
         });
+        // The daemon's memory alone: the same two sizes with the sandbox in its own process.
+        let apart = |contacts: u64| pipe_with(SQLITE, contacts, PipeMode::Full, Some("process"));
+        groups.push(Group { name: "d_growth_sqlite_daemon_alone".into(), repeats: reps(1), cases: vec![apart(mid), apart(large)] });
         if backends.contains(&PG) && !q {
             groups.push(Group { name: "d_growth_postgres".into(), repeats: reps(1), cases: [30_000, mid, large].iter().map(|c| pipe(PG, *c, PipeMode::Full)).collect() });
         }

@@ -52,6 +52,11 @@ fn real_main(args: &[String]) -> Result<()> {
             println!("{RESULT_PREFIX}{}", serde_json::to_string(&out)?);
             Ok(())
         }
+        Some("sandbox") => {
+            // A pipeline case's sandbox in a process of its own (`"sandbox": "process"`).
+            let spec: Value = serde_json::from_str(args.get(1).context("sandbox needs a spec")?)?;
+            cases::runtime()?.block_on(pipeline::serve_sandbox(&spec))
+        }
         Some("run") => run(Options::parse(&args[1..])?),
         Some("report") => {
             // Regenerate BENCHMARKS.md from a results file without measuring again.

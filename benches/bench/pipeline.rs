@@ -50,12 +50,93 @@ pub async fn fresh_pg_url(prefix: &str) -> Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
-pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usize, mode: PipeMode, unit_filter: Option<&str>) -> Result<Value> {
+/// The sandbox of one case: in this process, or in a process of its own (`bench sandbox`), so
+/// that this process's peak RSS is the daemon's alone.
+enum Sandbox {
+    Here(SandboxEnv),
+    /// Its stdout stays open: the sandbox must not write into a closed pipe.
+    Apart { child: std::process::Child, config: PathBuf, _stdout: std::io::BufReader<std::process::ChildStdout> },
+}
+
+impl Sandbox {
+    async fn start(dir: &std::path::Path, patients: usize, today: chrono::NaiveDate, apart: bool) -> Result<Sandbox> {
+        if !apart {
+            return Ok(Sandbox::Here(SandboxEnv::start(dir, SandboxSpec::new(SEED, patients, today)).await?));
+        }
+        use std::io::{BufRead, Read};
+        let free_port = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+        let spec = json!({"dir": dir, "patients": patients, "seed": SEED, "journal_port": free_port()?, "stratum_port": free_port()?});
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .arg("sandbox")
+            .arg(spec.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the sandbox process")?;
+        // `registerbrygga sandbox` prints its last line once it serves.
+        let mut out = std::io::BufReader::new(child.stdout.take().context("sandbox stdout")?);
+        let ready = out.by_ref().lines().map_while(|l| l.ok()).any(|l| l.starts_with("Stop with Ctrl-C"));
+        if !ready {
+            let _ = child.kill();
+            bail!("the sandbox process ended before it served");
+        }
+        Ok(Sandbox::Apart { child, config: dir.join("sandbox.toml"), _stdout: out })
+    }
+
+    fn load_config(&self, overrides: Vec<(String, String)>) -> Result<registerbrygga::config::Loaded> {
+        match self {
+            Sandbox::Here(env) => env.load_config(overrides),
+            Sandbox::Apart { config, .. } => registerbrygga::config::load(&registerbrygga::config::LoadOptions {
+                config_dir: Some(PathBuf::from("config")),
+                extra_file: Some(config.clone()),
+                environment: Some("local".into()),
+                overrides,
+                skip_env: true,
+            }),
+        }
+    }
+
+    fn here(&self) -> Result<&SandboxEnv> {
+        match self {
+            Sandbox::Here(env) => Ok(env),
+            Sandbox::Apart { .. } => bail!("this mode needs the sandbox in the same process (only \"full\" runs with it apart)"),
+        }
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Sandbox::Here(env) => env.shutdown().await,
+            Sandbox::Apart { mut child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// `bench sandbox '<spec>'`: serve a sandbox region until killed (the other side of
+/// [`Sandbox::Apart`]).
+pub async fn serve_sandbox(spec: &Value) -> Result<()> {
+    let n = |k: &str| spec[k].as_u64().with_context(|| format!("sandbox spec needs {k}"));
+    registerbrygga::demo::sandbox(registerbrygga::demo::SandboxOptions {
+        patients: n("patients")? as u32,
+        seed: n("seed")?,
+        dir: PathBuf::from(spec["dir"].as_str().context("sandbox spec needs dir")?),
+        journal_port: n("journal_port")? as u16,
+        stratum_port: n("stratum_port")? as u16,
+    })
+    .await?;
+    Ok(())
+}
+
+pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usize, mode: PipeMode, unit_filter: Option<&str>, apart: bool) -> Result<Value> {
     let today = registerbrygga::pipeline::today_stockholm();
     let patients = patients_for(contacts, today);
     let dir = bench_dir("pipe")?;
     let t_setup = Instant::now();
-    let env = SandboxEnv::start(&dir, SandboxSpec::new(SEED, patients, today)).await?;
+    if apart && mode != PipeMode::Full {
+        bail!("the sandbox runs in its own process for full runs only");
+    }
+    let env = Sandbox::start(&dir, patients, today, apart).await?;
     let mut overrides = vec![
         ("admin.enabled".to_string(), "false".to_string()),
         ("scheduler.enabled".into(), "false".into()),
@@ -79,7 +160,7 @@ pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usi
     let app = App::open(loaded).await?;
     let rt = build_runtime(&app).await?;
     let c = find(&rt.connectors, connector)?.clone();
-    let stats = env.population.stats().clone();
+    let stats = env.here().ok().map(|e| e.population.stats().clone());
     let setup_s = t_setup.elapsed().as_secs_f64();
 
     let cpu0 = cpu_seconds();
@@ -111,6 +192,7 @@ pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usi
             })
         }
         PipeMode::Source => {
+            let env = env.here()?;
             let req = pull_request(&c.def, today, env.population.last_update());
             let (tx, mut rx) = tokio::sync::mpsc::channel::<SourceItem>(64);
             let counter = tokio::spawn(async move {
@@ -140,20 +222,25 @@ pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usi
         }
         PipeMode::Fetch => {
             let settings = app.settings().sources.get(&c.def.source).context("source settings")?.clone();
-            let (requests, bytes) = fetch_loop(&env, &settings, &c.def, today, concurrency).await?;
+            let env = env.here()?;
+            let (requests, bytes) = fetch_loop(env, &settings, &c.def, today, concurrency).await?;
             json!({"seconds": t.elapsed().as_secs_f64(), "requests": requests, "bytes": bytes, "patients": env.population.len()})
         }
     };
     let secs = out["seconds"].as_f64().unwrap_or(1.0);
     out["cpu_seconds"] = json!(cpu_seconds() - cpu0);
     out["setup_seconds"] = json!(setup_s);
+    let population_contacts = stats.as_ref().map(|s| s.care_contacts as f64);
     out["population"] = serde_json::to_value(&stats)?;
-    out["population_contacts"] = json!(stats.care_contacts);
-    out["contacts_per_second"] = json!(out.get("contacts").and_then(Value::as_f64).unwrap_or(stats.care_contacts as f64) / secs);
+    out["population_contacts"] = json!(population_contacts);
+    out["contacts_per_second"] = json!(out.get("contacts").and_then(Value::as_f64).or(population_contacts).unwrap_or(0.0) / secs);
     if let Some(r) = out.get("records").and_then(Value::as_f64) {
         out["records_per_second"] = json!(r / secs);
     }
-    out["journal_requests"] = json!(env.journal.requests().total);
+    if let Ok(env) = env.here() {
+        out["journal_requests"] = json!(env.journal.requests().total);
+    }
+    out["sandbox"] = json!(if apart { "process" } else { "here" });
     if backend == SQLITE {
         out["sqlite_bytes"] = json!(dir_size(&dir));
     }

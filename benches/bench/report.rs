@@ -477,25 +477,34 @@ pub fn ratios_markdown(rs: &[&Value]) -> String {
             lines.push(format!("| delivery, {b}: engine ÷ bare loop | {:.2} ({:.0}/s ÷ {:.0}/s) | ≥ 0.5 | {} |", e / x, e, x, yes(e / x >= 0.5)));
         }
     }
-    // Peak RSS: the largest full region run ÷ the one nearest 100k contacts, per backend.
+    // Peak RSS: the largest full region run ÷ the one nearest 100k contacts, per backend and
+    // per placement of the sandbox (in the measured process, or in its own: the daemon alone).
     for b in ["sqlite", "postgres"] {
-        let ns: Vec<u64> = sizes.iter().filter(|(x, _)| x == b).map(|(_, n)| *n).collect();
-        let (Some(big), Some(small)) = (ns.iter().max().copied(), ns.iter().min_by_key(|n| n.abs_diff(100_000)).copied()) else { continue };
-        if big == small {
-            continue;
-        }
-        let rss = |n: u64| med(rs.iter().filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full" && r["case"]["backend"] == b && r["case"]["contacts"] == n).filter_map(|r| get(r, "peak_rss_kb")).collect());
-        if let (Some(x), Some(y)) = (rss(big), rss(small)) {
-            let mib = x / 1024.0;
-            lines.push(format!(
-                "| peak RSS, {b}: {} ÷ {} contacts | {:.2} ({:.0} MiB ÷ {:.0} MiB) | ≤ 1.3 and ≤ 300 MiB | {} |",
-                fmt_num(big as f64, 0),
-                fmt_num(small as f64, 0),
-                x / y,
-                mib,
-                y / 1024.0,
-                yes(x / y <= 1.3 && mib <= 300.0)
-            ));
+        for (placement, label) in [(None, "sandbox in the process"), (Some("process"), "daemon alone, sandbox in its own process")] {
+            let runs: Vec<&&Value> = rs
+                .iter()
+                .filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full" && r["case"]["backend"] == b && r["case"]["sandbox"].as_str() == placement)
+                .collect();
+            let mut ns: Vec<u64> = runs.iter().filter_map(|r| r["case"]["contacts"].as_u64()).collect();
+            ns.sort_unstable();
+            ns.dedup();
+            let (Some(big), Some(small)) = (ns.iter().max().copied(), ns.iter().min_by_key(|n| n.abs_diff(100_000)).copied()) else { continue };
+            if big == small {
+                continue;
+            }
+            let rss = |n: u64| med(runs.iter().filter(|r| r["case"]["contacts"] == n).filter_map(|r| get(r, "peak_rss_kb")).collect());
+            if let (Some(x), Some(y)) = (rss(big), rss(small)) {
+                let mib = x / 1024.0;
+                lines.push(format!(
+                    "| peak RSS, {b} ({label}): {} ÷ {} contacts | {:.2} ({:.0} MiB ÷ {:.0} MiB) | ≤ 1.3 and ≤ 300 MiB | {} |",
+                    fmt_num(big as f64, 0),
+                    fmt_num(small as f64, 0),
+                    x / y,
+                    mib,
+                    y / 1024.0,
+                    yes(x / y <= 1.3 && mib <= 300.0)
+                ));
+            }
         }
     }
     // Parse + map on one core.
