@@ -118,6 +118,12 @@ fn is(case: &Value, kind: &str, field: &str, value: &str) -> bool {
     case["kind"] == kind && case[field] == value
 }
 
+/// A full region run with the sandbox in the measured process: the cases the time tables and
+/// the full ÷ fetch-only ratio compare (the daemon-alone runs only enter the RSS ratio).
+fn full_here(case: &Value) -> bool {
+    case["kind"] == "pipeline" && case["mode"] == "full" && case["sandbox"].is_null()
+}
+
 pub fn summarise(results: &Value) -> Value {
     let mut by_label: std::collections::BTreeMap<String, Vec<&Value>> = Default::default();
     for r in runs(results) {
@@ -141,7 +147,7 @@ pub fn growth_rows(results: &Value) -> Vec<(String, u64, Stat, Stat, Stat)> {
     let mut sizes: Vec<(String, u64)> = vec![];
     for r in runs(results) {
         let c = &r["case"];
-        if c["kind"] == "pipeline" && c["mode"] == "full" {
+        if full_here(c) {
             let key = (c["backend"].as_str().unwrap_or("").to_string(), c["contacts"].as_u64().unwrap_or(0));
             if !sizes.contains(&key) {
                 sizes.push(key);
@@ -152,7 +158,7 @@ pub fn growth_rows(results: &Value) -> Vec<(String, u64, Stat, Stat, Stat)> {
     sizes
         .into_iter()
         .filter_map(|(b, n)| {
-            let rs = matching(results, |c| c["kind"] == "pipeline" && c["mode"] == "full" && c["backend"] == b.as_str() && c["contacts"] == n);
+            let rs = matching(results, |c| full_here(c) && c["backend"] == b.as_str() && c["contacts"] == n);
             let contacts = metric(&rs, "contacts")?.median as u64;
             Some((b, contacts, metric(&rs, "seconds")?, metric(&rs, "peak_rss_kb")?, metric(&rs, "contacts_per_second")?))
         })
@@ -293,10 +299,10 @@ pub fn write_markdown(results: &Value, path: &Path) -> Result<()> {
     let full = |b: &str| {
         let largest = runs(results)
             .iter()
-            .filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["backend"] == b && r["case"]["mode"] == "full")
+            .filter(|r| full_here(&r["case"]) && r["case"]["backend"] == b)
             .filter_map(|r| r["case"]["contacts"].as_u64())
             .max();
-        matching(results, move |c| c["kind"] == "pipeline" && c["mode"] == "full" && c["backend"] == b && Some(c["contacts"].as_u64().unwrap_or(0)) == largest)
+        matching(results, move |c| full_here(c) && c["backend"] == b && Some(c["contacts"].as_u64().unwrap_or(0)) == largest)
     };
     let full_sqlite = full("sqlite");
     if !full_sqlite.is_empty() {
@@ -371,7 +377,7 @@ pub fn write_markdown(results: &Value, path: &Path) -> Result<()> {
         // Where the time goes: full vs source-only vs fetch-only at the size that has all three.
         let sizes: Vec<u64> = matching(results, |c| is(c, "pipeline", "mode", "source")).iter().filter_map(|r| r["case"]["contacts"].as_u64()).collect();
         if let Some(n) = sizes.iter().max() {
-            let at = |mode: &str| matching(results, |c| is(c, "pipeline", "mode", mode) && c["backend"] == "sqlite" && c["contacts"] == *n);
+            let at = |mode: &str| matching(results, |c| is(c, "pipeline", "mode", mode) && c["sandbox"].is_null() && c["backend"] == "sqlite" && c["contacts"] == *n);
             let (f, so, fe) = (at("full"), at("source"), at("fetch"));
             if let (Some(tf), Some(ts), Some(tx)) = (metric(&f, "seconds"), metric(&so, "seconds"), metric(&fe, "seconds")) {
                 let cpu = |rs: &[&Value]| metric(rs, "cpu_seconds").map(|x| x.median).unwrap_or(0.0);
@@ -450,16 +456,16 @@ pub fn ratios_markdown(rs: &[&Value]) -> String {
     // Region into the outbox vs fetch-only, by backend and size.
     let mut sizes: Vec<(String, u64)> = rs
         .iter()
-        .filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full")
+        .filter(|r| full_here(&r["case"]))
         .filter_map(|r| Some((r["case"]["backend"].as_str()?.to_string(), r["case"]["contacts"].as_u64()?)))
         .collect();
     sizes.sort();
     sizes.dedup();
     for (b, n) in &sizes {
-        let full = med(rs.iter().filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full" && r["case"]["backend"] == b.as_str() && r["case"]["contacts"] == *n).filter_map(|r| get(r, "seconds")).collect());
+        let full = med(rs.iter().filter(|r| full_here(&r["case"]) && r["case"]["backend"] == b.as_str() && r["case"]["contacts"] == *n).filter_map(|r| get(r, "seconds")).collect());
         // The baseline fetches what the case fetched: same size, same `unit_filter` (default "request").
         let filter = |r: &Value| r["case"]["unit_filter"].as_str().unwrap_or("request").to_string();
-        let case_filter = rs.iter().find(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "full" && r["case"]["backend"] == b.as_str() && r["case"]["contacts"] == *n).map(|r| filter(r));
+        let case_filter = rs.iter().find(|r| full_here(&r["case"]) && r["case"]["backend"] == b.as_str() && r["case"]["contacts"] == *n).map(|r| filter(r));
         let fetch = med(
             rs.iter()
                 .filter(|r| r["case"]["kind"] == "pipeline" && r["case"]["mode"] == "fetch" && r["case"]["contacts"] == *n && Some(filter(r)) == case_filter)
