@@ -193,17 +193,20 @@ impl Pseudonymizer {
 
     /// The pseudonym's 12 bytes, for holding many of them compactly (hex is `patient_key`).
     pub fn patient_key_bytes(&self, id: &crate::model::PatientId) -> [u8; 12] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]).expect("any key length");
-        mac.update(format!("{:?}:{}", id.kind(), id.raw()).as_bytes());
-        let mut out = [0u8; 12];
-        out.copy_from_slice(&mac.finalize().into_bytes()[..12]);
-        out
+        self.mac12(&format!("{:?}:{}", id.kind(), id.raw()))
     }
 
     pub fn hash_str(&self, s: &str) -> String {
+        hex::encode(self.mac12(s))
+    }
+
+    /// The first 12 bytes of the keyed HMAC-SHA256 of `s`.
+    fn mac12(&self, s: &str) -> [u8; 12] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key[..]).expect("any key length");
         mac.update(s.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..12])
+        let mut out = [0u8; 12];
+        out.copy_from_slice(&mac.finalize().into_bytes()[..12]);
+        out
     }
 }
 

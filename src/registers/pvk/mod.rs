@@ -471,6 +471,16 @@ impl ListedPatient {
         self.from.map_or(true, |f| f <= d) && self.to.map_or(true, |t| d <= t)
     }
 
+    /// The period with its open ends closed at the calendar's ends.
+    fn span(&self) -> (NaiveDate, NaiveDate) {
+        (self.from.unwrap_or(NaiveDate::MIN), self.to.unwrap_or(NaiveDate::MAX))
+    }
+
+    fn overlaps(&self, other: &ListedPatient) -> bool {
+        let ((a, b), (c, d)) = (self.span(), other.span());
+        a <= d && c <= b
+    }
+
     /// The patient's pseudonym, as [`Pseudonymizer::patient_key`] writes it.
     pub fn patient_key(&self) -> String {
         hex::encode(self.key)
@@ -529,34 +539,32 @@ impl<'p> ListingBuilder<'p> {
     }
 
     fn row(&mut self, line: usize, id: &str, unit: &str, from: Option<&str>, to: Option<&str>) {
+        match self.period(id, unit, from, to) {
+            Some(e) => self.rows.push((line, e)),
+            None => self.refused_lines.push(line),
+        }
+    }
+
+    /// One row as a period; `None` refuses it (bad identity, HSA id or dates, or more
+    /// vårdcentraler than a `u16` counts, which no region has).
+    fn period(&mut self, id: &str, unit: &str, from: Option<&str>, to: Option<&str>) -> Option<ListedPatient> {
         let (Ok(patient), Ok(unit), Ok(from), Ok(to)) = (PatientId::parse_national(id, self.today), HsaId::parse(unit), opt_date(from), opt_date(to)) else {
-            self.refused_lines.push(line);
-            return;
+            return None;
         };
         if from.zip(to).is_some_and(|(f, t)| f > t) {
-            self.refused_lines.push(line);
-            return;
+            return None;
         }
         let unit = match self.unit_index.get(unit.as_str()) {
             Some(&u) => u,
-            None if self.units.len() < u16::MAX as usize => {
-                let u = self.units.len() as u16;
+            None => {
+                let u = u16::try_from(self.units.len()).ok()?;
                 self.unit_index.insert(unit.as_str().to_string(), u);
                 self.units.push(unit);
                 u
             }
-            // More vårdcentraler than any region has: the row is refused, not mislabelled.
-            None => {
-                self.refused_lines.push(line);
-                return;
-            }
         };
-        let Ok(id) = <[u8; 12]>::try_from(patient.raw().as_bytes()) else {
-            self.refused_lines.push(line);
-            return;
-        };
-        let key = self.pseudo.patient_key_bytes(&patient);
-        self.rows.push((line, ListedPatient { id, key, unit, from, to }));
+        let id = <[u8; 12]>::try_from(patient.raw().as_bytes()).ok()?;
+        Some(ListedPatient { id, key: self.pseudo.patient_key_bytes(&patient), unit, from, to })
     }
 
     /// Sort by patient (stable, so each patient's rows keep their input order) and refuse a
@@ -570,8 +578,7 @@ impl<'p> ListingBuilder<'p> {
             if entries.get(group).is_none_or(|g| g.id != e.id) {
                 group = entries.len();
             }
-            let (lo, hi) = (e.from.unwrap_or(NaiveDate::MIN), e.to.unwrap_or(NaiveDate::MAX));
-            if entries[group..].iter().any(|p| p.from.unwrap_or(NaiveDate::MIN) <= hi && lo <= p.to.unwrap_or(NaiveDate::MAX)) {
+            if entries[group..].iter().any(|p| p.overlaps(&e)) {
                 refused_lines.push(line);
                 continue;
             }

@@ -84,16 +84,9 @@ mod tests {
 
     /// A personnummer with its Luhn check digit.
     fn pnr(date: &str, serial: &str) -> PatientId {
-        let nine = format!("{}{serial}", &date[2..]);
-        let sum: u32 = nine
-            .bytes()
-            .enumerate()
-            .map(|(i, b)| {
-                let d = (b - b'0') as u32 * if i % 2 == 0 { 2 } else { 1 };
-                d / 10 + d % 10
-            })
-            .sum();
-        PatientId::parse_national(&format!("{date}{serial}{}", (10 - sum % 10) % 10), NaiveDate::from_ymd_opt(2026, 12, 5).unwrap()).unwrap()
+        let nine: Vec<u8> = format!("{}{serial}", &date[2..]).bytes().map(|b| b - b'0').collect();
+        let check = crate::model::luhn_check_digit(&nine);
+        PatientId::parse_national(&format!("{date}{serial}{check}"), NaiveDate::from_ymd_opt(2026, 12, 5).unwrap()).unwrap()
     }
 
     #[test]
