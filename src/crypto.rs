@@ -1,17 +1,23 @@
 //! Encryption at rest (AES-256-GCM) and the keyed patient pseudonym (HMAC-SHA256).
 //!
-//! Ciphertext layout: `v2:<key id>:` + base64(nonce ‖ ciphertext‖tag). The key id lets a region
-//! rotate keys: new writes use the first key, reads accept every configured key.
+//! Ciphertext layout: `v3:<key id>:` ‖ nonce ‖ ciphertext‖tag, binary. The key id lets a region
+//! rotate keys: new writes use the first key, reads accept every configured key. The plaintext
+//! under the encryption starts with a form byte ([`pack`]): a document or a registration is
+//! deflated against a fixed dictionary of our record JSON first, which stores one in about a
+//! fifth of its size. Before `v3`, `v2:<key id>:` + base64(nonce ‖ ciphertext‖tag) held the bare
+//! plaintext; `v2` still reads, and `keys rotate` rewrites it as `v3`.
 //!
-//! A `v2` ciphertext is bound to where it is stored: its column and its row's identity are the
+//! A `v2`/`v3` ciphertext is bound to where it is stored: its column and its row's identity are the
 //! AES-GCM associated data ([`Aad`]), so a ciphertext copied into another row (one patient's
 //! payload under another's key) fails authentication instead of being read as that row's.
 //! `v1` ciphertexts (written before the binding) carry no associated data; they stay readable
 //! until `keys rotate` has rewritten them as `v2`, after which the store refuses them
 //! ([`Cipher::refuse_unbound`]), so an old unbound ciphertext cannot be planted either.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+
+mod pack;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -105,45 +111,62 @@ impl Cipher {
     /// The prefix every ciphertext written now starts with: a stored value with this prefix
     /// needs no rewriting by `keys rotate`.
     pub fn current_prefix(&self) -> String {
-        format!("v2:{}:", self.keys[0].0)
+        format!("v3:{}:", self.keys[0].0)
     }
 
     pub fn encrypt(&self, aad: &Aad, plaintext: &[u8]) -> Vec<u8> {
         let (id, aead) = &self.keys[0];
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let ct = aead
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad.0 })
-            .expect("AES-GCM encryption does not fail");
-        let mut body = nonce.to_vec();
-        body.extend_from_slice(&ct);
-        format!("v2:{id}:{}", B64.encode(body)).into_bytes()
+        // The form byte is inside the encryption, so it is authenticated with the rest.
+        let mut body = pack::pack(plaintext);
+        aead.encrypt_in_place(Nonce::from_slice(&nonce), &aad.0, &mut body).expect("AES-GCM encryption does not fail");
+        let mut out = Vec::with_capacity(4 + id.len() + nonce.len() + body.len());
+        out.extend_from_slice(b"v3:");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&body);
+        out
     }
 
     pub fn decrypt(&self, aad: &Aad, stored: &[u8]) -> Result<Vec<u8>> {
-        let s = std::str::from_utf8(stored).map_err(|_| anyhow!("stored ciphertext is not in the v1/v2 format"))?;
-        let mut parts = s.splitn(3, ':');
-        let (Some(version), Some(id), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
-            bail!("stored ciphertext is not in the v1/v2 format");
-        };
-        let bound = match version {
-            "v2" => true,
-            "v1" if self.accept_unbound => false,
-            "v1" => bail!("stored ciphertext is unbound (v1) but every payload was bound to its row by `keys rotate`: refused as planted"),
-            _ => bail!("stored ciphertext is not in the v1/v2 format"),
+        const FORMAT: &str = "stored ciphertext is not in the v1/v2/v3 format";
+        // `<version>:<key id>:<body>`; the version and the key id are short ASCII.
+        let mut colons = stored.iter().take(48).enumerate().filter(|(_, b)| **b == b':').map(|(i, _)| i);
+        let (Some(c1), Some(c2)) = (colons.next(), colons.next()) else { bail!(FORMAT) };
+        let (version, id, body) = (&stored[..c1], std::str::from_utf8(&stored[c1 + 1..c2]).map_err(|_| anyhow!(FORMAT))?, &stored[c2 + 1..]);
+        let (bound, packed) = match version {
+            b"v3" => (true, true),
+            b"v2" => (true, false),
+            b"v1" if self.accept_unbound => (false, false),
+            b"v1" => bail!("stored ciphertext is unbound (v1) but every payload was bound to its row by `keys rotate`: refused as planted"),
+            _ => bail!(FORMAT),
         };
         let (_, aead) = self
             .keys
             .iter()
             .find(|(k, _)| k == id)
             .ok_or_else(|| anyhow!("no configured key has id {id} (was a key removed too early?)"))?;
-        let body = B64.decode(body).context("ciphertext is not base64")?;
+        let decoded;
+        let body = if packed {
+            body
+        } else {
+            decoded = B64.decode(body).context("ciphertext is not base64")?;
+            &decoded[..]
+        };
         if body.len() < 12 + 16 {
             bail!("ciphertext too short");
         }
         let aad: &[u8] = if bound { &aad.0 } else { b"" };
-        aead.decrypt(Nonce::from_slice(&body[..12]), Payload { msg: &body[12..], aad })
-            .map_err(|_| anyhow!("ciphertext failed authentication (key {id}; a payload moved from another row fails here too)"))
+        let plain = aead
+            .decrypt(Nonce::from_slice(&body[..12]), Payload { msg: &body[12..], aad })
+            .map_err(|_| anyhow!("ciphertext failed authentication (key {id}; a payload moved from another row fails here too)"))?;
+        if packed {
+            pack::unpack(plain)
+        } else {
+            Ok(plain)
+        }
     }
 
     pub fn encrypt_json<T: serde::Serialize>(&self, aad: &Aad, v: &T) -> Vec<u8> {
@@ -165,6 +188,21 @@ impl Cipher {
         let mut body = nonce.to_vec();
         body.extend_from_slice(&ct);
         format!("v1:{id}:{}", B64.encode(body)).into_bytes()
+    }
+
+    /// Write a `v2` ciphertext (bound, base64, not packed) as the code before `v3` did: only for
+    /// tests of the migration path.
+    #[doc(hidden)]
+    pub fn encrypt_v2(&self, aad: &Aad, plaintext: &[u8]) -> Vec<u8> {
+        let (id, aead) = &self.keys[0];
+        let mut nonce = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let ct = aead
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad.0 })
+            .expect("AES-GCM encryption does not fail");
+        let mut body = nonce.to_vec();
+        body.extend_from_slice(&ct);
+        format!("v2:{id}:{}", B64.encode(body)).into_bytes()
     }
 }
 
@@ -240,6 +278,15 @@ mod tests {
         assert!(c.decrypt(&Aad::new("records.lookup", &["k1", "1"]), &ct).is_err(), "another column");
         // Part boundaries matter: ["a,b"] is not ["a", "b"].
         assert_ne!(Aad::new("x", &["a\",\"b"]), Aad::new("x", &["a", "b"]));
+        // `v2` (bound, base64, written before `v3`) still reads, under its own row only.
+        let row = Aad::new("records.payload", &["k1", "1"]);
+        let v2 = c.encrypt_v2(&row, b"{\"EventDate\":\"2026-04-14\"}");
+        assert!(v2.starts_with(b"v2:"));
+        assert_eq!(c.decrypt(&row, &v2).unwrap(), b"{\"EventDate\":\"2026-04-14\"}");
+        assert!(c.decrypt(&Aad::new("records.payload", &["k2", "1"]), &v2).is_err());
+        let v3 = c.encrypt(&row, &b"{\"record\":\"care_contact\",\"nullified\":false}".repeat(4));
+        assert!(v3.starts_with(c.current_prefix().as_bytes()) && c.current_prefix().starts_with("v3:"));
+        assert!(v3.len() < 4 * 42, "packed: {} bytes", v3.len());
         let legacy = c.encrypt_unbound_v1(b"old");
         assert_eq!(c.decrypt(&Aad::new("any", &[]), &legacy).unwrap(), b"old");
         let mut strict = c.clone();

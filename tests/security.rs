@@ -57,6 +57,15 @@ both_backends!(keys_rotate_rewrites_every_payload_so_the_old_key_can_go, |ts: Te
     let legacy = old.cipher().encrypt_unbound_v1(&serde_json::to_vec(&original).unwrap());
     exec(&old, "UPDATE records SET payload = $1 WHERE id = $2", &[Val::Bytes(legacy), Val::I64(seeded.dead_id)]).await;
     assert_eq!(old.record(seeded.dead_id).await.unwrap().unwrap().payload.as_ref(), Some(&original), "old rows stay readable");
+    // And one written as the release before `v3` wrote it (bound, base64, not packed).
+    let delivered = old.record(seeded.delivered_id).await.unwrap().unwrap();
+    let version: i64 = {
+        let mut tx = old.read().await.unwrap();
+        tx.rows("SELECT version FROM records WHERE id = $1", &[Val::I64(seeded.delivered_id)]).await.unwrap()[0].i64(0).unwrap()
+    };
+    let v2 = old.cipher().encrypt_v2(&sealed::record_payload(&delivered.idem_key, version), &serde_json::to_vec(&delivered.payload).unwrap());
+    exec(&old, "UPDATE records SET payload = $1 WHERE id = $2", &[Val::Bytes(v2), Val::I64(seeded.delivered_id)]).await;
+    assert_eq!(old.record(seeded.delivered_id).await.unwrap().unwrap().payload, delivered.payload, "v2 rows stay readable");
 
     // New key first, old key after it: rotate.
     let both = reopen(&ts, &[NEW_KEY, common::TEST_KEY]).await;
@@ -73,7 +82,8 @@ both_backends!(keys_rotate_rewrites_every_payload_so_the_old_key_can_go, |ts: Te
     assert_eq!(new_only.worklist(None, None).await.unwrap().len(), 1);
     let list = new_only.pvk_patient_list("pvk-vc", 2026, UNIT, 2026, 3, "KOL_spirometri").await.unwrap().unwrap();
     assert_eq!(list[0]["namn"], PATIENT_NAME);
-    let prefix = format!("v2:{}:", key_id(&NEW_KEY));
+    assert_eq!(new_only.record(seeded.delivered_id).await.unwrap().unwrap().payload, delivered.payload);
+    let prefix = format!("v3:{}:", key_id(&NEW_KEY));
     let mut tx = new_only.read().await.unwrap();
     for col in sealed::SEALED {
         for r in tx.rows(&format!("SELECT {} FROM {} WHERE {} IS NOT NULL", col.column, col.table, col.column), &[]).await.unwrap() {

@@ -66,12 +66,12 @@ both_backends!(documents_are_idempotent_and_encrypted, |ts: TestStore| async mov
     let docs = s.patient_documents("c", "pk1").await.unwrap();
     assert_eq!(docs, vec![changed]);
     assert_eq!(s.document_count("c").await.unwrap(), 1);
-    // At rest the payload is ciphertext bound to its row (v2): the personnummer is nowhere in the table.
+    // At rest the payload is ciphertext bound to its row (v3): the personnummer is nowhere in the table.
     let mut tx = s.read().await.unwrap();
     let rows = tx.rows("SELECT payload FROM documents", &[]).await.unwrap();
     let raw = rows[0].bytes(0).unwrap();
     let text = String::from_utf8_lossy(&raw);
-    assert!(text.starts_with("v2:"), "{text}");
+    assert!(text.starts_with("v3:"), "{text}");
     assert!(!text.contains("191212121212") && !text.contains("doc-1"));
 });
 
