@@ -29,22 +29,37 @@ pub(super) const PACK_MAX: usize = 16 * 1024;
 
 thread_local! {
     // One stream each per thread, reset per use: a fresh deflate state is ~256 KiB to allocate.
-    static DEFLATER: RefCell<Compress> = RefCell::new(Compress::new(Compression::fast(), false));
+    // Level 2: zlib-rs 0.6.8's level 1 ("quick") panicked on incompressible inputs of some sizes
+    // (its pending buffer overflowed); the test below walks those sizes.
+    static DEFLATER: RefCell<Compress> = RefCell::new(deflater());
     static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
+fn deflater() -> Compress {
+    Compress::new(Compression::new(2), false)
 }
 
 /// The form byte and the plaintext in that form, with room for the AEAD tag.
 pub(super) fn pack(plaintext: &[u8]) -> Vec<u8> {
     if (PACK_MIN..=PACK_MAX).contains(&plaintext.len()) {
-        let mut out = Vec::with_capacity(plaintext.len() + 1 + 16);
+        // Room for deflate's worst case (stored blocks: 5 bytes per 16 KiB, plus its end), so
+        // the stream always ends; `compress_vec` must never run out of output.
+        let mut out = Vec::with_capacity(1 + plaintext.len() + plaintext.len() / 1024 + 64 + 16);
         out.push(DEFLATE_1);
-        let done = DEFLATER.with(|d| {
-            let mut d = d.borrow_mut();
-            d.reset();
-            d.set_dictionary(DICTIONARY_1).is_ok() && matches!(d.compress_vec(plaintext, &mut out, FlushCompress::Finish), Ok(Status::StreamEnd))
+        // Should the compressor ever panic (a bug of its own, as level 1 had), the payload is
+        // stored plain and the thread gets a fresh compressor: a write is never lost to it.
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            DEFLATER.with(|d| {
+                let mut d = d.borrow_mut();
+                d.reset();
+                d.set_dictionary(DICTIONARY_1).is_ok() && matches!(d.compress_vec(plaintext, &mut out, FlushCompress::Finish), Ok(Status::StreamEnd))
+            })
+        }))
+        .unwrap_or_else(|_| {
+            DEFLATER.with(|d| *d.borrow_mut() = deflater());
+            false
         });
-        // Kept only when it is smaller; `out` cannot grow past its capacity, so an incompressible
-        // input ends without StreamEnd and goes plain.
+        // Kept only when it is smaller.
         if done && out.len() <= plaintext.len() {
             return out;
         }
@@ -96,13 +111,30 @@ mod tests {
         assert_eq!(p[0], DEFLATE_1);
         assert!(p.len() * 2 < doc.len(), "{} of {}", p.len(), doc.len());
         assert_eq!(unpack(p).unwrap(), doc);
-        // Below the range, random (incompressible) and above the range: stored plain.
-        let mut noise = vec![0u8; 4000];
+        // Below the range, random (incompressible: already compressed lists) and above the
+        // range: stored plain. Every size of noise, as deflate's stored blocks vary with it.
+        let mut noise = vec![0u8; PACK_MAX];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut noise);
-        for x in [&b"{}"[..], &noise[..], &vec![b'a'; PACK_MAX + 1][..], &[][..]] {
+        for n in (PACK_MIN..=PACK_MAX).step_by(61).chain([PACK_MAX]) {
+            let p = pack(&noise[..n]);
+            assert_eq!(p[0], PLAIN, "{n}");
+            assert_eq!(unpack(p).unwrap(), &noise[..n]);
+        }
+        for x in [&b"{}"[..], &vec![b'a'; PACK_MAX + 1][..], &[][..]] {
             let p = pack(x);
             assert_eq!(p[0], PLAIN);
             assert_eq!(unpack(p).unwrap(), x);
+        }
+        // Half JSON, half noise, at random sizes: whatever deflate makes of it round trips.
+        let mut rng = rand::thread_rng();
+        for _ in 0..300 {
+            let n = rand::Rng::gen_range(&mut rng, 0..PACK_MAX);
+            let mut x = doc.repeat(n / doc.len() + 1);
+            x.truncate(n);
+            for b in x.iter_mut().skip(rand::Rng::gen_range(&mut rng, 0..=n)) {
+                *b = rand::Rng::gen(&mut rng);
+            }
+            assert_eq!(unpack(pack(&x)).unwrap(), x);
         }
         // Repetitive inputs at the top of the range still round trip (the output grows).
         let big = doc.repeat(PACK_MAX / doc.len());
