@@ -37,6 +37,15 @@ pub enum DeliveryMode {
     Bare,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SealMode {
+    /// The store's format now (`v3`: compressed against the dictionary, binary).
+    Current,
+    /// The format before it (`v2`: JSON, AES-GCM, base64 text): the baseline.
+    V2,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Case {
@@ -61,6 +70,8 @@ pub enum Case {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sandbox: Option<String>,
     },
+    /// Every record of `patients` patients sealed as the store seals a document, then opened.
+    Seal { patients: usize, mode: SealMode },
     /// Registrations from the outbox to the Stratum emulator.
     Delivery { backend: String, records: usize, workers: usize, batch_size: u32, mode: DeliveryMode },
 }
@@ -76,6 +87,7 @@ impl Case {
                 let sb = sandbox.as_deref().map(|s| format!(", sandbox in its own {s}")).unwrap_or_default();
                 format!("pipeline {connector} {contacts} contacts on {backend}, concurrency {concurrency}{uf}{sb}, {mode:?}")
             }
+            Case::Seal { patients, mode } => format!("seal documents of {patients} patients, {mode:?}"),
             Case::Delivery { backend, records, workers, batch_size, mode } => {
                 format!("delivery {records} records on {backend}, {workers} workers × batch {batch_size}, {mode:?}")
             }
@@ -96,6 +108,7 @@ pub fn run_case(case: &Case) -> Result<Value> {
             };
             runtime()?.block_on(crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode, unit_filter.as_deref(), apart))
         }
+        Case::Seal { patients, mode } => crate::seal::run(*patients, *mode),
         Case::Delivery { backend, records, workers, batch_size, mode } => {
             runtime()?.block_on(crate::delivery::run(backend, *records, *workers, *batch_size, *mode))
         }

@@ -14,6 +14,7 @@ mod delivery;
 mod parse;
 mod pipeline;
 mod report;
+mod seal;
 
 use anyhow::{bail, Context, Result};
 use cases::Case;

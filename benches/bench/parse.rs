@@ -67,6 +67,14 @@ async fn bare<R: AsyncBufRead + Unpin>(reader: R, c: &mut Counted) -> Result<()>
 }
 
 /// Every patient's four documents rendered up front, then parsed one after the other.
+/// The records of `patients` patients' four clinical documents (for the seal case).
+pub fn records(patients: usize) -> Result<Vec<registerbrygga::model::Record>> {
+    let today = registerbrygga::pipeline::today_stockholm();
+    let pop = population(patients, today);
+    let docs: Vec<Vec<u8>> = (0..patients).flat_map(|p| CONTRACTS.iter().map(|c| render_patient(&pop, *c, p)).collect::<Vec<_>>()).collect();
+    crate::seal::parse_all(&docs, &context(today))
+}
+
 pub fn mixed(patients: usize, mode: ParseMode) -> Result<Value> {
     let today = registerbrygga::pipeline::today_stockholm();
     let pop = population(patients, today);

@@ -41,11 +41,9 @@ const DOCUMENT_CHUNK: usize = 400;
 /// multi-row upsert (thirteen).
 const OUTBOX_CHUNK: usize = 200;
 /// Stored (compressed) patient-list bytes after which a PVK result upsert is sent (see
-/// `apply_in`): each is held three times until the statement ran on SQLite (our ciphertext, the
-/// driver's argument, the database's bound copy), four on PostgreSQL (its write buffer too), so
-/// this bounds the write's memory. 1 MiB left PostgreSQL's peak growing with the region's
-/// largest lists (`BENCHMARKS.md`, fifth round).
-const PVK_LIST_BYTES: usize = 256 << 10;
+/// `apply_in`): each is held three times until the statement ran (our ciphertext, the driver's
+/// argument, the database's bound copy), so this bounds the write's memory.
+const PVK_LIST_BYTES: usize = 1 << 20;
 /// Patients per page when a connector's stored records are read back (`for_each_patient`): a
 /// page's rows are held at once (their encrypted documents, then the records).
 const PATIENT_PAGE: i64 = 100;
