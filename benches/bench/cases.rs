@@ -183,6 +183,11 @@ pub fn plan(o: &Options) -> Result<Plan> {
         });
         let bytes = if q { 64u64 << 20 } else { 1u64 << 30 };
         groups.push(Group {
+            name: "a_seal".into(),
+            repeats: reps(3),
+            cases: [SealMode::Current, SealMode::V2].into_iter().map(|mode| Case::Seal { patients: if q { 500 } else { 4_000 }, mode }).collect(),
+        });
+        groups.push(Group {
             name: "a_stream".into(),
             repeats: reps(3),
             cases: [ParseMode::Ours, ParseMode::Bare, ParseMode::Generator]

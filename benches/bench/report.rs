@@ -518,6 +518,11 @@ pub fn ratios_markdown(rs: &[&Value]) -> String {
     if let Some(p) = per_core {
         lines.push(format!("| parse + map, mixed corpus: records per CPU second | {} | ≥ 100,000 | {} |", fmt_num(p, 0), yes(p >= 100_000.0)));
     }
+    // Sealing a document: the current format against v2 (no target; it explains the store's size).
+    let seal = |mode: &str, k: &str| med(rs.iter().filter(|r| r["case"]["kind"] == "seal" && r["case"]["mode"] == mode).filter_map(|r| get(r, k)).collect());
+    if let (Some(cb), Some(vb), Some(cs), Some(vs)) = (seal("current", "stored_bytes_per_record"), seal("v2", "stored_bytes_per_record"), seal("current", "seal_us_per_record"), seal("v2", "seal_us_per_record")) {
+        lines.push(format!("| sealing a document, current ÷ v2: stored bytes; CPU to seal | {:.2} ({cb:.0} ÷ {vb:.0} bytes); {:.2} ({cs:.2} ÷ {vs:.2} µs) | – | – |", cb / vb, cs / vs));
+    }
     if lines.is_empty() {
         return String::new();
     }
