@@ -5,6 +5,10 @@
 use std::path::Path;
 
 fn main() {
+    // sqlx's `migrate!` reads its folder when the crate compiles; a migration added to it is no
+    // change to any Rust file, so without this an incremental build would leave it out.
+    println!("cargo:rerun-if-changed=src/store/sqlite/migrations");
+    println!("cargo:rerun-if-changed=src/store/postgres/migrations");
     let dir = Path::new("src/sandbox/stratum/registers");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<String> = std::fs::read_dir(dir)
