@@ -1,6 +1,7 @@
 //! Builds the list of the Stratum emulator's sandbox registers: every `*.json` under
 //! `src/sandbox/stratum/registers/` is built into the binary (`sandbox::stratum::
-//! sandbox_registers`), so a sandbox register is added as data, without a Rust change.
+//! sandbox_registers`), so a sandbox register is added as data, without a Rust change. It also
+//! has cargo rebuild when a store migration is added.
 
 use std::path::Path;
 
