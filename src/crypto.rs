@@ -3,21 +3,19 @@
 //! Ciphertext layout: `v3:<key id>:` ‖ nonce ‖ ciphertext‖tag, binary. The key id lets a region
 //! rotate keys: new writes use the first key, reads accept every configured key. The plaintext
 //! under the encryption starts with a form byte ([`pack`]): a document or a registration is
-//! deflated against a fixed dictionary of our record JSON first, which stores one in about a
-//! fifth of its size. Before `v3`, `v2:<key id>:` + base64(nonce ‖ ciphertext‖tag) held the bare
+//! zstd-compressed against a fixed dictionary of our record JSON first, which stores one in
+//! about a third of its size. Before `v3`, `v2:<key id>:` + base64(nonce ‖ ciphertext‖tag) held the bare
 //! plaintext; `v2` still reads, and `keys rotate` rewrites it as `v3`.
 //!
 //! A `v2`/`v3` ciphertext is bound to where it is stored: its column and its row's identity are the
 //! AES-GCM associated data ([`Aad`]), so a ciphertext copied into another row (one patient's
 //! payload under another's key) fails authentication instead of being read as that row's.
 //! `v1` ciphertexts (written before the binding) carry no associated data; they stay readable
-//! until `keys rotate` has rewritten them as `v2`, after which the store refuses them
+//! until `keys rotate` has rewritten them as `v3`, after which the store refuses them
 //! ([`Cipher::refuse_unbound`]), so an old unbound ciphertext cannot be planted either.
 
 use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-
-mod pack;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -25,6 +23,8 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+
+mod pack;
 
 #[derive(Clone)]
 pub struct Cipher {
@@ -181,28 +181,25 @@ impl Cipher {
     /// tests of the migration path.
     #[doc(hidden)]
     pub fn encrypt_unbound_v1(&self, plaintext: &[u8]) -> Vec<u8> {
-        let (id, aead) = &self.keys[0];
-        let mut nonce = [0u8; 12];
-        rand::thread_rng().fill_bytes(&mut nonce);
-        let ct = aead.encrypt(Nonce::from_slice(&nonce), plaintext).expect("AES-GCM encryption does not fail");
-        let mut body = nonce.to_vec();
-        body.extend_from_slice(&ct);
-        format!("v1:{id}:{}", B64.encode(body)).into_bytes()
+        self.encrypt_base64("v1", b"", plaintext)
     }
 
     /// Write a `v2` ciphertext (bound, base64, not packed) as the code before `v3` did: only for
     /// tests of the migration path.
     #[doc(hidden)]
     pub fn encrypt_v2(&self, aad: &Aad, plaintext: &[u8]) -> Vec<u8> {
+        self.encrypt_base64("v2", &aad.0, plaintext)
+    }
+
+    /// The layout before `v3`: `<version>:<key id>:` + base64(nonce ‖ ciphertext‖tag).
+    fn encrypt_base64(&self, version: &str, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let (id, aead) = &self.keys[0];
         let mut nonce = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let ct = aead
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad.0 })
-            .expect("AES-GCM encryption does not fail");
+        let ct = aead.encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad }).expect("AES-GCM encryption does not fail");
         let mut body = nonce.to_vec();
         body.extend_from_slice(&ct);
-        format!("v2:{id}:{}", B64.encode(body)).into_bytes()
+        format!("{version}:{id}:{}", B64.encode(body)).into_bytes()
     }
 }
 

@@ -66,24 +66,33 @@ async fn bare<R: AsyncBufRead + Unpin>(reader: R, c: &mut Counted) -> Result<()>
     }
 }
 
-/// Every patient's four documents rendered up front, then parsed one after the other.
+/// Each patient's four clinical documents, with the index of their contract.
+fn rendered(pop: &SharedPopulation, patients: usize) -> Vec<(usize, Vec<u8>)> {
+    (0..patients).flat_map(|p| CONTRACTS.iter().enumerate().map(move |(ci, c)| (ci, render_patient(pop, *c, p)))).collect()
+}
+
 /// The records of `patients` patients' four clinical documents (for the seal case).
 pub fn records(patients: usize) -> Result<Vec<registerbrygga::model::Record>> {
     let today = registerbrygga::pipeline::today_stockholm();
-    let pop = population(patients, today);
-    let docs: Vec<Vec<u8>> = (0..patients).flat_map(|p| CONTRACTS.iter().map(|c| render_patient(&pop, *c, p)).collect::<Vec<_>>()).collect();
-    crate::seal::parse_all(&docs, &context(today))
+    let docs = rendered(&population(patients, today), patients);
+    let ctx = context(today);
+    let mut out = vec![];
+    for (_, d) in &docs {
+        futures::executor::block_on(parse_response_with(&d[..], "bench document", &ctx, |item| {
+            if let Item::Record(r) = item {
+                out.push(r)
+            }
+        }))
+        .map_err(|e| anyhow::anyhow!("document refused: {e}"))?;
+    }
+    Ok(out)
 }
 
+/// Every patient's four documents rendered up front, then parsed one after the other.
 pub fn mixed(patients: usize, mode: ParseMode) -> Result<Value> {
     let today = registerbrygga::pipeline::today_stockholm();
     let pop = population(patients, today);
-    let mut docs: Vec<(usize, Vec<u8>)> = Vec::with_capacity(patients * 4);
-    for p in 0..patients {
-        for (ci, c) in CONTRACTS.iter().enumerate() {
-            docs.push((ci, render_patient(&pop, *c, p)));
-        }
-    }
+    let docs = rendered(&pop, patients);
     let stats = pop.stats().clone();
     drop(pop);
     let bytes: u64 = docs.iter().map(|(_, d)| d.len() as u64).sum();

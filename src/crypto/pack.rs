@@ -36,7 +36,7 @@ const LEVEL: i32 = -4;
 /// Plaintexts in this range are compressed: documents and registrations. Larger ones are
 /// patient lists, which their writers compress as they write them; tiny ones do not gain.
 const PACK_MIN: usize = 48;
-pub(super) const PACK_MAX: usize = 16 * 1024;
+const PACK_MAX: usize = 16 * 1024;
 
 fn encoder_dictionary() -> &'static EncoderDictionary<'static> {
     static D: OnceLock<EncoderDictionary<'static>> = OnceLock::new();
