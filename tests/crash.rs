@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+const LEASE_SECONDS: &str = "6";
+
 struct Harness {
     env: SandboxEnv,
     dir: PathBuf,
@@ -39,7 +41,7 @@ impl Harness {
             // A short client timeout so the emulator's held answers become timeouts.
             ("RB__REGISTERS__SAR__TIMEOUT_SECONDS".into(), "2".into()),
             ("RB__REGISTERS__PVK__TIMEOUT_SECONDS".into(), "2".into()),
-            ("RB__DELIVERY__LEASE_SECONDS".into(), "6".into()),
+            ("RB__DELIVERY__LEASE_SECONDS".into(), LEASE_SECONDS.into()),
             // SIGKILL interrupts sends, and an interrupted send counts as an attempt: give the
             // retry budget room so nothing ends as a dead letter under this much abuse.
             ("RB__REGISTERS__SAR__RETRY__MAX_ATTEMPTS".into(), "200".into()),
@@ -85,22 +87,31 @@ impl Harness {
     }
 
     /// Until the daemon has nothing left to deliver (retries included): `run --once` repeatedly.
+    /// Each run drains for at most a minute (leases left by the killed runs expire within
+    /// `LEASE_SECONDS` and are taken over by the drain), so a handful of runs is plenty.
     fn finish(&mut self) {
-        for _ in 0..30 {
+        for _ in 0..8 {
             let status = self.command(&["run", "--once"], "final").status().unwrap();
             assert!(status.success(), "run --once failed; see the logs in {}", self.dir.display());
-            if self.queue_depth() == 0 {
+            if self.queued().is_empty() {
                 return;
             }
         }
-        panic!("work left after the final runs");
+        let left: Vec<String> = self
+            .queued()
+            .iter()
+            .take(10)
+            .map(|r| format!("{} {} attempts={} next={} lease={} error={}", r["id"], r["state"], r["attempts"], r["next_attempt"], r["lease_owner"], r["last_error"]))
+            .collect();
+        panic!("work left after the final runs (logs in {}):\n{}", self.dir.display(), left.join("\n"));
     }
 
-    fn queue_depth(&mut self) -> i64 {
+    /// Records still pending or sending.
+    fn queued(&mut self) -> Vec<serde_json::Value> {
         let out = self.command(&["transfers", "list", "--json", "--limit", "100000"], "check").stdout(Stdio::piped()).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("transfers list: {e}: {text}"));
-        v.as_array().unwrap().iter().filter(|r| r["state"] == "pending" || r["state"] == "sending").count() as i64
+        v.as_array().unwrap().iter().filter(|r| r["state"] == "pending" || r["state"] == "sending").cloned().collect()
     }
 
     fn audit_ok(&mut self) -> bool {

@@ -5,7 +5,8 @@
 //! breaker is never stuck; an older version never overwrites a newer one or undoes a withdrawal;
 //! shutdown leaves the leases of sends still in flight; keys re-created after a restore are
 //! looked up first (against an emulator without the 409 rule, which would accept a duplicate);
-//! the alert rules name only metrics `/metrics` publishes.
+//! a drain takes over the leases a dead process left; the alert rules name only metrics
+//! `/metrics` publishes.
 
 mod admin_support;
 mod common;
@@ -107,9 +108,8 @@ impl<T> Tap for T {}
 async fn deliver_all(ts: &TestStore, e: &DeliveryEngine, within: Duration) {
     let end = std::time::Instant::now() + within;
     loop {
+        // The drain itself rescues leases lost to injected timeouts.
         e.drain(Duration::from_secs(1)).await.unwrap();
-        // Rescue leases lost to injected timeouts so the test does not wait for the rescuer task.
-        ts.store.rescue_expired().await.unwrap();
         if ts.store.queue_depth().await.unwrap() == 0 {
             return;
         }
@@ -348,6 +348,26 @@ both_backends!(shutdown_leaves_the_leases_of_sends_still_in_flight, |ts: TestSto
     let again = ts.store.claim("w2", &[], 10, 60).await.unwrap().remove(0);
     assert_eq!(again.record.id, id);
     assert!(again.outcome_unknown_before);
+});
+
+// A process killed mid-send leaves its records `sending` under a lease nobody renews. A later
+// `run --once` (a drain, with no daemon running and so no rescuer task) must take them over
+// when the lease expires, not wait out its deadline with the work still queued.
+both_backends!(a_drain_takes_over_the_leases_a_dead_process_left, |ts: TestStore| async move {
+    let env = start(&ts).await;
+    let n = 3;
+    ts.store.apply(ChangeSet { outbox: (0..n).map(|i| upsert(i, 5)).collect(), ..Default::default() }).await.unwrap();
+    let dead = ts.store.claim("dead", &[], 10, 1).await.unwrap();
+    assert_eq!(dead.len(), n);
+    let e = engine(&ts, &env, "next", env.settings.clone());
+    let sent = e.drain(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(sent, n, "every record the dead process held was sent once its lease expired");
+    assert_eq!(ts.store.queue_depth().await.unwrap(), 0);
+    assert_eq!(e.counters.rescued.load(std::sync::atomic::Ordering::Relaxed), n as u64);
+    assert_eq!(env.emu.counts().total().post, n as u64);
+    for c in &dead {
+        assert_eq!(ts.store.record(c.record.id).await.unwrap().unwrap().state, RecordState::Delivered);
+    }
 });
 
 both_backends!(keys_recreated_after_a_restore_are_looked_up_before_they_are_created, |ts: TestStore| async move {

@@ -134,20 +134,25 @@ impl DeliveryEngine {
     async fn rescuer(&self, mut shutdown: watch::Receiver<bool>) {
         let every = Duration::from_secs(self.settings.rescue_interval_seconds.max(1));
         while !*shutdown.borrow() {
-            match self.store.rescue_expired().await {
-                Ok(n) if n > 0 => {
-                    self.counters.rescued.fetch_add(n, Ordering::Relaxed);
-                    tracing::info!(rescued = n, "returned expired leases to pending");
-                    self.wake.notify_waiters();
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "lease rescue failed"),
+            if let Err(e) = self.rescue().await {
+                tracing::warn!(error = %e, "lease rescue failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {},
                 _ = shutdown.changed() => {},
             }
         }
+    }
+
+    /// Return expired leases to `pending`, counted, and wake the idle workers.
+    async fn rescue(&self) -> Result<u64> {
+        let n = self.store.rescue_expired().await?;
+        if n > 0 {
+            self.counters.rescued.fetch_add(n, Ordering::Relaxed);
+            tracing::info!(rescued = n, "returned expired leases to pending");
+            self.wake.notify_waiters();
+        }
+        Ok(n)
     }
 
     /// Registers we may send to right now (circuit closed, or this caller holds the half-open
@@ -343,10 +348,19 @@ impl DeliveryEngine {
 
     /// Deliver until nothing is due (or `deadline` passes): for `run --once`, backfills and tests.
     /// Records waiting for a later retry are left for the running daemon.
+    /// Leases left by a process that died (or whose workers were aborted at shutdown) are
+    /// rescued here too once they expire, as the daemon's rescuer would: without it, a
+    /// `run --once` after a crash found the crashed process's records forever `sending`.
     pub async fn drain(&self, deadline: Duration) -> Result<usize> {
         let end = Instant::now() + deadline;
+        let rescue_every = Duration::from_secs(self.settings.rescue_interval_seconds.max(1));
+        let mut next_rescue = Instant::now();
         let mut total = 0;
         loop {
+            if Instant::now() >= next_rescue {
+                self.rescue().await?;
+                next_rescue = Instant::now() + rescue_every;
+            }
             let lanes = self.open_lanes();
             let n = if lanes.is_empty() { 0 } else { self.deliver_admitted(&lanes).await? };
             total += n;

@@ -79,6 +79,13 @@ impl CertSet {
     /// rustls server configuration: our server certificate; client certificates required and
     /// verified against the sandbox CA (mTLS).
     pub fn server_config_mtls(&self) -> Result<Arc<rustls::ServerConfig>> {
+        self.server_config_mtls_versions(rustls::DEFAULT_VERSIONS)
+    }
+
+    /// The same, limited to some protocol versions: under TLS 1.2 a missing client certificate
+    /// is refused inside the handshake, where TLS 1.3 refuses it only after the client has
+    /// finished its side (and may already be sending).
+    pub fn server_config_mtls_versions(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> Result<Arc<rustls::ServerConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for c in load_certs(&self.ca)? {
@@ -86,7 +93,7 @@ impl CertSet {
         }
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+            .with_protocol_versions(versions)?
             .with_client_cert_verifier(verifier)
             .with_single_cert(load_certs(&self.server_cert)?, load_key(&self.server_key)?)?;
         Ok(Arc::new(cfg))
