@@ -624,6 +624,11 @@ impl crate::pipeline::AfterPull for PvkAfter {
                 .await?;
             c.finish_lists().context("PVK patient lists: temporary file")?
         };
+        // The lists are made: the listing and drug list (one entry per inhabitant and per
+        // prescription, so they grow with the region) are not needed for the write below,
+        // which is where the step's memory peaks.
+        drop(listing);
+        drop(drugs);
         let mut cs = crate::store::ChangeSet::default();
         let intents = match &self.metadata {
             Some(m) => crate::registers::pvk::aggregate_intents(&out.results, m, &self.bindings, &self.def.register, today),

@@ -80,6 +80,9 @@ pub fn luhn_check_digit(digits: &[u8]) -> u8 {
     ((10 - (sum % 10)) % 10) as u8
 }
 
+/// [`PatientId::pack`]'s flag for a samordningsnummer, above any twelve-digit number.
+const PACKED_SAMORDNINGSNUMMER: u64 = 1 << 62;
+
 impl PatientId {
     pub fn kind(&self) -> IdKind {
         self.kind
@@ -227,6 +230,24 @@ impl PatientId {
         Ok(PatientId { kind: IdKind::Reserve, value: v.to_ascii_uppercase().into(), oid: Some(oid.into()) })
     }
 
+    /// A national identity in eight bytes: its twelve digits as a number, with a flag for a
+    /// samordningsnummer. `None` for a reserve number (text, with its OID). For lists that hold
+    /// every inhabitant of a region ([`PatientId::unpack`] gives the identity back).
+    pub fn pack(&self) -> Option<u64> {
+        if !self.is_national() || self.oid.is_some() {
+            return None;
+        }
+        let n: u64 = self.value.parse().ok()?;
+        Some(n | if self.kind == IdKind::Samordningsnummer { PACKED_SAMORDNINGSNUMMER } else { 0 })
+    }
+
+    /// The identity a [`PatientId::pack`] gave. Only for values `pack` returned: any other
+    /// number is not an identity.
+    pub fn unpack(packed: u64) -> PatientId {
+        let kind = if packed & PACKED_SAMORDNINGSNUMMER != 0 { IdKind::Samordningsnummer } else { IdKind::Personnummer };
+        PatientId { kind, value: format!("{:012}", packed & !PACKED_SAMORDNINGSNUMMER).into(), oid: None }
+    }
+
     /// Age in whole years at `on` (None if the birth date is unknown).
     pub fn age_at(&self, on: NaiveDate) -> Option<u32> {
         let b = self.birth_date()?;
@@ -270,6 +291,24 @@ mod tests {
     fn luhn_of_known_number() {
         // 811218-9876 is the classic example from the Skatteverket leaflet.
         assert_eq!(luhn_check_digit(&[8, 1, 1, 2, 1, 8, 9, 8, 7]), 6);
+    }
+
+    /// A national identity with its Luhn check digit (`ymd` eight digits, `serial` three).
+    fn national(ymd: &str, serial: &str) -> PatientId {
+        let nine: Vec<u8> = format!("{}{serial}", &ymd[2..]).bytes().map(|b| b - b'0').collect();
+        PatientId::parse_national(&format!("{ymd}{serial}{}", luhn_check_digit(&nine)), today()).unwrap()
+    }
+
+    #[test]
+    fn packed_national_identities_come_back_equal_and_reserve_numbers_are_not_packed() {
+        let samordning = national("19701063", "239");
+        assert_eq!(samordning.kind(), IdKind::Samordningsnummer);
+        for id in [national("19121212", "121"), national("20010101", "111"), samordning] {
+            let packed = id.pack().expect("a national identity packs");
+            assert_eq!(PatientId::unpack(packed), id);
+            assert_eq!(PatientId::unpack(packed).kind(), id.kind());
+        }
+        assert!(PatientId::parse_reserve("19500101R123", "1.2.752.97.3.1.3").unwrap().pack().is_none());
     }
 
     #[test]

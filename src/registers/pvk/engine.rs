@@ -96,28 +96,28 @@ impl PvkEngine {
 
     /// Start a streaming computation: `add` each patient once, then `finish`. Patient lists
     /// are kept in memory until `finish`; a region's computation uses [`PvkEngine::begin_spilled`].
-    pub fn begin<'a>(
+    pub fn begin<'a, 'd>(
         &'a self,
-        listing: Option<&'a Listing>,
-        drugs: Option<&'a DrugList>,
+        listing: Option<&'d Listing>,
+        drugs: Option<&'d DrugList>,
         units: &[HsaId],
         months: &[(i32, u32)],
         today: NaiveDate,
-    ) -> Computation<'a> {
+    ) -> Computation<'a, 'd> {
         Computation::new(self, listing, drugs, units, months, today, Box::new(MemorySpill::default()))
     }
 
     /// As `begin`, with the patient-list entries kept in `spill` until
     /// [`Computation::finish_lists`] renders them one cell at a time.
-    pub fn begin_spilled<'a>(
+    pub fn begin_spilled<'a, 'd>(
         &'a self,
-        listing: Option<&'a Listing>,
-        drugs: Option<&'a DrugList>,
+        listing: Option<&'d Listing>,
+        drugs: Option<&'d DrugList>,
         units: &[HsaId],
         months: &[(i32, u32)],
         today: NaiveDate,
         spill: Box<dyn ListSpill + 'a>,
-    ) -> Computation<'a> {
+    ) -> Computation<'a, 'd> {
         Computation::new(self, listing, drugs, units, months, today, spill)
     }
 }
@@ -238,10 +238,12 @@ struct Plan {
     blocked: Vec<Option<String>>,
 }
 
-pub struct Computation<'a> {
+/// `'a` is what the patient lists keep after [`Computation::finish_lists`] (the engine, the
+/// spill); `'d` the listing and drug list, which the caller may drop once the lists are made.
+pub struct Computation<'a, 'd> {
     engine: &'a PvkEngine,
-    listing: Option<&'a Listing>,
-    drugs: Option<&'a DrugList>,
+    listing: Option<&'d Listing>,
+    drugs: Option<&'d DrugList>,
     units: Vec<(HsaId, UnitKind)>,
     unit_index: HashMap<String, u16>,
     months: Vec<MonthCtx>,
@@ -261,7 +263,7 @@ pub struct Computation<'a> {
     quality: QualityTally,
 }
 
-impl std::fmt::Debug for Computation<'_> {
+impl std::fmt::Debug for Computation<'_, '_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Computation({} units, {} months, {} cells)", self.units.len(), self.months.len(), self.cells.len())
     }
@@ -365,11 +367,11 @@ fn age_at(birth: NaiveDate, at: NaiveDate) -> i32 {
     age
 }
 
-impl<'a> Computation<'a> {
+impl<'a, 'd> Computation<'a, 'd> {
     fn new(
         engine: &'a PvkEngine,
-        listing: Option<&'a Listing>,
-        drugs: Option<&'a DrugList>,
+        listing: Option<&'d Listing>,
+        drugs: Option<&'d DrugList>,
         units: &[HsaId],
         months: &[(i32, u32)],
         today: NaiveDate,

@@ -70,7 +70,7 @@ impl RivSource {
     }
 
     /// Patients to fetch, per the connector's discovery mode. Refused entries go to `out`.
-    async fn discover(&self, req: &PullRequest, out: &mpsc::Sender<SourceItem>, summary: &mut PullSummary) -> Result<Vec<PatientId>> {
+    async fn discover(&self, req: &PullRequest, out: &mpsc::Sender<SourceItem>, summary: &mut PullSummary) -> Result<discovery::PatientQueue> {
         let list = match &req.discovery {
             PatientDiscovery::EngagementIndex { service_domains } => return self.discover_updates(req, service_domains, out, summary).await,
             PatientDiscovery::File { path } => {
@@ -97,12 +97,12 @@ impl RivSource {
         domains: &[String],
         out: &mpsc::Sender<SourceItem>,
         summary: &mut PullSummary,
-    ) -> Result<Vec<PatientId>> {
+    ) -> Result<discovery::PatientQueue> {
         let since: DateTime<Utc> =
             req.changed_since.unwrap_or_else(|| crate::model::stockholm(req.window_from.and_time(chrono::NaiveTime::MIN)).with_timezone(&Utc));
         let mut ctx = self.context(req);
         ctx.expected = Some(Contract::GetUpdates);
-        let mut patients = vec![];
+        let mut patients = discovery::PatientQueue::default();
         // A patient with many engagements comes back on many pages: repeats are dropped as the
         // list doubles, so it never holds much more than the distinct patients.
         let mut dedup_at = 4096;
@@ -132,7 +132,7 @@ impl RivSource {
                     }
                 }
                 if patients.len() >= dedup_at {
-                    discovery::dedup_in_order(&mut patients);
+                    patients.dedup_in_order();
                     dedup_at = (patients.len() * 2).max(4096);
                 }
                 let info = page.updates.unwrap_or_default();
@@ -148,7 +148,7 @@ impl RivSource {
                 }
             }
         }
-        discovery::dedup_in_order(&mut patients);
+        patients.dedup_in_order();
         Ok(patients)
     }
 

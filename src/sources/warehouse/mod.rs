@@ -454,7 +454,7 @@ impl Source for WarehouseSource {
                         summary.refused += 1;
                         send(SourceItem::Refused { refusal: r, patient: None, raw: None, transient: false })?;
                     }
-                    l.patients
+                    l.patients.into_iter().collect()
                 }
                 None => {
                     let q = settings.queries.patients.as_deref().unwrap_or_default();
