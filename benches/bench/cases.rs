@@ -106,12 +106,18 @@ pub fn run_case(case: &Case) -> Result<Value> {
                 Some("process") => true,
                 Some(other) => bail!("unknown sandbox placement {other:?} (\"process\" or absent)"),
             };
-            runtime()?.block_on(crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode, unit_filter.as_deref(), apart))
+            runtime()?.block_on(async {
+                let r = crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode, unit_filter.as_deref(), apart).await;
+                crate::pipeline::clean_up().await;
+                r
+            })
         }
         Case::Seal { patients, mode } => crate::seal::run(*patients, *mode),
-        Case::Delivery { backend, records, workers, batch_size, mode } => {
-            runtime()?.block_on(crate::delivery::run(backend, *records, *workers, *batch_size, *mode))
-        }
+        Case::Delivery { backend, records, workers, batch_size, mode } => runtime()?.block_on(async {
+            let r = crate::delivery::run(backend, *records, *workers, *batch_size, *mode).await;
+            crate::pipeline::clean_up().await;
+            r
+        }),
     }
 }
 

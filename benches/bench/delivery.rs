@@ -178,6 +178,5 @@ pub async fn run(backend: &str, records: usize, workers: usize, batch_size: u32,
     };
     out["concurrency"] = json!(concurrency);
     emu.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
 }

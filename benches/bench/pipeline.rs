@@ -23,11 +23,37 @@ use std::time::{Duration, Instant};
 
 pub const SEED: u64 = 20_260_101;
 
+/// What this child made to run its case (folders, databases), removed by [`clean_up`] when
+/// the case ends, failed or not: a region-year is gigabytes, and left behind they filled the disk.
+static SCRATCH: std::sync::Mutex<(Vec<PathBuf>, Vec<String>)> = std::sync::Mutex::new((vec![], vec![]));
+
 /// A fresh folder for one child under `target/bench-tmp` (on disk, like a real database).
 pub fn bench_dir(name: &str) -> Result<PathBuf> {
     let root = PathBuf::from("target/bench-tmp");
     std::fs::create_dir_all(&root)?;
-    Ok(tempfile::Builder::new().prefix(name).tempdir_in(&root)?.keep())
+    let dir = tempfile::Builder::new().prefix(name).tempdir_in(&root)?.keep();
+    SCRATCH.lock().expect("scratch").0.push(dir.clone());
+    Ok(dir)
+}
+
+/// Remove the case's folders and drop its databases.
+pub async fn clean_up() {
+    let (dirs, dbs) = std::mem::take(&mut *SCRATCH.lock().expect("scratch"));
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    if dbs.is_empty() {
+        return;
+    }
+    use sqlx::Connection;
+    let Ok(admin) = std::env::var("RB_BENCH_PG_URL") else { return };
+    let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await else { return };
+    for name in dbs {
+        if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await {
+            eprintln!("bench: could not drop the benchmark database {name}: {e}");
+        }
+    }
+    conn.close().await.ok();
 }
 
 /// Patients needed for at least `contacts` care contacts (estimated from a small population
@@ -46,6 +72,7 @@ pub async fn fresh_pg_url(prefix: &str) -> Result<String> {
     let mut conn = sqlx::PgConnection::connect(&admin).await?;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
     conn.close().await.ok();
+    SCRATCH.lock().expect("scratch").1.push(name.clone());
     let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
     Ok(format!("{base}/{name}"))
 }
@@ -246,7 +273,6 @@ pub async fn run(backend: &str, contacts: u64, connector: &str, concurrency: usi
     }
     app.store.close().await;
     env.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
 }
 
