@@ -106,19 +106,20 @@ pub fn run_case(case: &Case) -> Result<Value> {
                 Some("process") => true,
                 Some(other) => bail!("unknown sandbox placement {other:?} (\"process\" or absent)"),
             };
-            runtime()?.block_on(async {
-                let r = crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode, unit_filter.as_deref(), apart).await;
-                crate::pipeline::clean_up().await;
-                r
-            })
+            with_clean_up(crate::pipeline::run(backend, *contacts, connector, *concurrency, *mode, unit_filter.as_deref(), apart))
         }
         Case::Seal { patients, mode } => crate::seal::run(*patients, *mode),
-        Case::Delivery { backend, records, workers, batch_size, mode } => runtime()?.block_on(async {
-            let r = crate::delivery::run(backend, *records, *workers, *batch_size, *mode).await;
-            crate::pipeline::clean_up().await;
-            r
-        }),
+        Case::Delivery { backend, records, workers, batch_size, mode } => with_clean_up(crate::delivery::run(backend, *records, *workers, *batch_size, *mode)),
     }
+}
+
+/// Run a case that makes folders or databases, and remove them when it ends, failed or not.
+fn with_clean_up(case: impl std::future::Future<Output = Result<Value>>) -> Result<Value> {
+    runtime()?.block_on(async {
+        let r = case.await;
+        crate::pipeline::clean_up().await;
+        r
+    })
 }
 
 /// The daemon's runtime shape: multi-threaded, one worker per core.
