@@ -530,6 +530,40 @@ both_backends!(finish_and_claim_settles_one_batch_and_claims_the_next, |ts: Test
     assert_eq!(s.record(next[0].record.id).await.unwrap().unwrap().state, RecordState::Sending);
 });
 
+// Attempts are indexed by key only while open (migration 0009 SQLite, 0010 PostgreSQL): the next
+// claim of a retried key still finds its transient attempt, settling closes it, and a key's
+// history (read through its records) lists every attempt of every version. Full batches run
+// the same statement texts twice here, kept prepared the second time.
+both_backends!(attempts_open_by_key_and_history_by_version, |ts: TestStore| async move {
+    let s = &ts.store;
+    s.apply(ChangeSet { outbox: vec![upsert("h1", 1), upsert("h2", 2), upsert("h3", 3)], ..Default::default() }).await.unwrap();
+    let first = s.claim("w", &[], 2, 60).await.unwrap();
+    let (retried, sent) = (first[0].record.idem_key.clone(), first[1].record.idem_key.clone());
+    let (kept, second) = s.finish_and_claim("w", vec![(&first[0], retry_now()), (&first[1], delivered("E-sent"))], &[], 2, 60).await.unwrap();
+    assert_eq!(kept, vec![true, true]);
+    // The claim came first in that transaction, while the retried key was still in flight.
+    assert_eq!(second.iter().map(|c| (c.record.idem_key.as_str(), c.outcome_unknown_before)).collect::<Vec<_>>(), vec![("h3", false)]);
+    let (kept, third) = s.finish_and_claim("w", vec![(&second[0], delivered("E-h3"))], &[], 1, 60).await.unwrap();
+    assert_eq!(kept, vec![true]);
+    assert_eq!(third.iter().map(|c| c.record.idem_key.as_str()).collect::<Vec<_>>(), vec![retried.as_str()], "the retried key is due again");
+    assert!(third[0].outcome_unknown_before, "its transient attempt is still open and found by key");
+    let (kept, none) = s.finish_and_claim("w", vec![(&third[0], delivered("E-retried"))], &[], 1, 60).await.unwrap();
+    assert_eq!((kept, none.len()), (vec![true], 0));
+    let outcomes = |a: Vec<registerbrygga::store::Attempt>| a.into_iter().map(|a| a.outcome).collect::<Vec<_>>();
+    assert_eq!(outcomes(s.attempts(&retried).await.unwrap()), ["settled", "ok"]);
+    assert_eq!(outcomes(s.attempts(&sent).await.unwrap()), ["ok"]);
+    // A new version of the delivered key: its attempts join the key's history, in order.
+    s.apply(ChangeSet { outbox: vec![upsert(&retried, 9)], ..Default::default() }).await.unwrap();
+    let v2 = s.claim("w", &[], 2, 60).await.unwrap();
+    assert_eq!((v2.len(), v2[0].record.version, v2[0].outcome_unknown_before), (1, 2, false));
+    assert_eq!(s.finish_many("w", vec![(&v2[0], delivered("E-v2"))]).await.unwrap(), vec![true]);
+    let history = s.attempts(&retried).await.unwrap();
+    assert_eq!(outcomes(history.clone()), ["settled", "ok", "ok"]);
+    assert!(history.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(history[2].record_id, v2[0].record.id);
+    assert!(s.audit_verify().await.unwrap().ok);
+});
+
 // A backfill queues thousands of records in seconds; on PostgreSQL the store refreshes the
 // statistics of `records` itself once 5,000 new versions arrived, so the claim is planned for
 // the outbox as it is (not as autovacuum last saw it: empty). SQLite keeps no statistics.

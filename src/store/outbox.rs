@@ -353,7 +353,8 @@ impl Store {
         let prepared = self.prepare_finish(done);
         let mut tx = self.begin().await?;
         let sealed = self.claim_in(&mut *tx, owner, registers, limit, lease_seconds).await?;
-        let kept = self.finish_in(&mut *tx, owner, prepared).await?;
+        let full = prepared.items.len() == limit as usize;
+        let kept = self.finish_in(&mut *tx, owner, prepared, full).await?;
         tx.commit().await?;
         Ok((kept, self.open_claim(sealed)?))
     }
@@ -404,18 +405,14 @@ impl Store {
         if records.is_empty() {
             return Ok(out);
         }
+        // A full batch's statements have the same text batch after batch: kept prepared.
+        let full = records.len() == limit as usize;
         let keys: Vec<Val> = records.iter().map(|(r, _)| Val::Text(r.idem_key.clone())).collect();
         // With the registrations: whether a restore's lookup window is open (see
         // `mark_unknown_after_restore`), read in the same statement.
         let mut b = vec![Val::Text(LOOKUP_UNTIL_KEY.into())];
         let ph = in_list(&mut b, keys.clone());
-        for r in tx
-            .rows(
-                &format!("SELECT {REGISTRATION_COLS}, (SELECT value FROM kv WHERE key = $1) FROM registrations WHERE idem_key IN ({ph})"),
-                &b,
-            )
-            .await?
-        {
+        for r in batch_rows(tx, full, &format!("SELECT {REGISTRATION_COLS}, (SELECT value FROM kv WHERE key = $1) FROM registrations WHERE idem_key IN ({ph})"), &b).await? {
             let (reg, sealed) = sealed_registration_from_row(&*r)?;
             if let Some(until) = r.text_opt(10)? {
                 out.lookup_window = until.parse::<i64>().is_ok_and(|u| u > now);
@@ -425,15 +422,16 @@ impl Store {
         // Earlier attempts whose outcome we never learned, and the lookups of their versions.
         let mut b = vec![];
         let ph = in_list(&mut b, keys);
-        for u in tx
-            .rows(
-                &format!(
-                    "SELECT DISTINCT a.idem_key, a.record_id, r.lookup, r.version FROM attempts a JOIN records r ON r.id = a.record_id
-                     WHERE a.idem_key IN ({ph}) AND a.outcome IN ('in_flight', 'unknown', 'transient')"
-                ),
-                &b,
-            )
-            .await?
+        for u in batch_rows(
+            tx,
+            full,
+            &format!(
+                "SELECT DISTINCT a.idem_key, a.record_id, r.lookup, r.version FROM attempts a JOIN records r ON r.id = a.record_id
+                 WHERE a.idem_key IN ({ph}) AND a.outcome IN ('in_flight', 'unknown', 'transient')"
+            ),
+            &b,
+        )
+        .await?
         {
             out.earlier.entry(u.text(0)?).or_default().push((u.i64(3)?, u.bytes_opt(2)?));
         }
@@ -444,7 +442,7 @@ impl Store {
             tuples.push(format!("(${}, ${}, ${}, ${}, 'send', 'in_flight')", base + 1, base + 2, base + 3, base + 4));
             b.extend([Val::I64(r.id), Val::Text(r.idem_key.clone()), owner.into(), now.into()]);
         }
-        for r in tx.rows(&format!("INSERT INTO attempts (record_id, idem_key, owner, started_us, operation, outcome) VALUES {} RETURNING id, record_id", tuples.join(", ")), &b).await? {
+        for r in batch_rows(tx, full, &format!("INSERT INTO attempts (record_id, idem_key, owner, started_us, operation, outcome) VALUES {} RETURNING id, record_id", tuples.join(", ")), &b).await? {
             out.attempt_of.insert(r.i64(1)?, r.i64(0)?);
         }
         out.records = records;
@@ -511,7 +509,7 @@ impl Store {
         }
         let prepared = self.prepare_finish(done);
         let mut tx = self.begin().await?;
-        let kept = self.finish_in(&mut *tx, owner, prepared).await?;
+        let kept = self.finish_in(&mut *tx, owner, prepared, false).await?;
         tx.commit().await?;
         Ok(kept)
     }
@@ -600,10 +598,14 @@ impl Store {
     }
 
     /// The settling statements of [`Store::finish_many`], inside the caller's transaction.
-    async fn finish_in(&self, tx: &mut dyn Tx, owner: &str, p: PreparedFinish) -> Result<Vec<bool>> {
+    /// `full`: a full delivery batch, whose statements are kept prepared when every one of its
+    /// records takes the same path (their texts then repeat batch after batch).
+    async fn finish_in(&self, tx: &mut dyn Tx, owner: &str, p: PreparedFinish, full: bool) -> Result<Vec<bool>> {
         if p.items.is_empty() {
             return Ok(vec![]);
         }
+        let n = p.items.len();
+        let keep = |rows: usize| full && rows == n;
         let now = p.now;
         let mut b: Vec<Val> = vec![owner.into()];
         let ph = in_list(&mut b, p.items.iter().map(|i| Val::I64(i.id)).collect());
@@ -613,7 +615,7 @@ impl Store {
         // counted another attempt.
         let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE" } else { "" };
         let mut ours: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
-        for r in tx.rows(&format!("SELECT id, attempts FROM records WHERE id IN ({ph}) AND {BY_ID_STATE} = 'sending' AND lease_owner = $1{lock}"), &b).await? {
+        for r in batch_rows(tx, keep(n), &format!("SELECT id, attempts FROM records WHERE id IN ({ph}) AND {BY_ID_STATE} = 'sending' AND lease_owner = $1{lock}"), &b).await? {
             ours.insert(r.i64(0)?, r.i64(1)?);
         }
         let ours = |i: &FinishItem| ours.get(&i.id) == Some(&i.attempts);
@@ -645,7 +647,7 @@ impl Store {
                  RETURNING records.id",
                 tuples.join(", ")
             );
-            for r in tx.rows(&sql, &vals).await? {
+            for r in batch_rows(tx, keep(tuples.len()), &sql, &vals).await? {
                 kept.insert(r.i64(0)?);
             }
         }
@@ -674,6 +676,7 @@ impl Store {
             }
         }
         if !present.is_empty() {
+            let rows = present.len();
             let mut a: Vec<Val> = vec![now.into()];
             let mut t = vec![];
             for (key, eid, hash, payload) in present {
@@ -681,7 +684,9 @@ impl Store {
                 t.push(format!("(${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4));
                 a.extend([Val::from(key), Val::from(eid.cloned()), Val::from(hash.cloned()), payload.map(|p| Val::Bytes(p.clone())).unwrap_or(Val::Null(super::sql::NullKind::Bytes))]);
             }
-            tx.exec(
+            batch_exec(
+                tx,
+                keep(rows),
                 &format!(
                     "UPDATE registrations SET event_id = COALESCE(v.column2, registrations.event_id), delivered_hash = v.column3, delivered_payload = v.column4,
                        state = 'present', updated_us = $1 FROM (VALUES {}) AS v WHERE registrations.idem_key = v.column1",
@@ -729,13 +734,16 @@ impl Store {
             out.push(still_ours);
         }
         if !settled.is_empty() {
+            let rows = settled.len();
             let mut b = vec![];
             let ph = in_list(&mut b, settled);
-            tx.exec(&format!("UPDATE attempts SET outcome = 'settled' WHERE idem_key IN ({ph}) AND outcome IN ('in_flight', 'unknown', 'transient')"), &b).await?;
+            batch_exec(tx, keep(rows), &format!("UPDATE attempts SET outcome = 'settled' WHERE idem_key IN ({ph}) AND outcome IN ('in_flight', 'unknown', 'transient')"), &b).await?;
         }
         // The in-flight rows written at claim time become the final attempt rows (after the
         // settling above, which would otherwise catch them), updated in place.
-        tx.exec(
+        batch_exec(
+            tx,
+            keep(attempt_rows.len()),
             &format!(
                 "UPDATE attempts SET ended_us = v.column2, operation = v.column3, outcome = v.column4, http_status = v.column5, detail = v.column6, register_ref = v.column7
                  FROM (VALUES {}) AS v WHERE attempts.id = v.column1",
@@ -745,8 +753,9 @@ impl Store {
         )
         .await?;
         // The audit head is locked last, after every row this transaction touches: taking it
-        // early would let two transactions wait on each other (PostgreSQL deadlock).
-        self.append_audit(tx, &events).await?;
+        // early would let two transactions wait on each other (PostgreSQL deadlock). A full
+        // batch delivered has two events a record, the same count (and text) every time.
+        super::audit_chain::append_as(tx, self.audit_mac.as_ref(), &events, full && events.len() == 2 * n).await?;
         Ok(out)
     }
 
@@ -1010,6 +1019,24 @@ fn held_event(key: &RecordKey, version: i64, correlation_id: &str, by: &str, rea
 }
 
 /// Append `vals` to the parameter list and return their placeholders (`$n, $n+1, …`).
+/// A statement of a delivery batch: kept prepared when `keep` (a full batch, see
+/// [`Tx::exec_kept`]).
+async fn batch_rows(tx: &mut dyn Tx, keep: bool, sql: &str, args: &[Val]) -> Result<super::sql::Rows> {
+    if keep {
+        tx.rows_kept(sql, args).await
+    } else {
+        tx.rows(sql, args).await
+    }
+}
+
+async fn batch_exec(tx: &mut dyn Tx, keep: bool, sql: &str, args: &[Val]) -> Result<u64> {
+    if keep {
+        tx.exec_kept(sql, args).await
+    } else {
+        tx.exec(sql, args).await
+    }
+}
+
 pub(super) fn in_list(params: &mut Vec<Val>, vals: Vec<Val>) -> String {
     let mut ph = Vec::with_capacity(vals.len());
     for v in vals {

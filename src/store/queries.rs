@@ -317,7 +317,10 @@ impl Store {
         let mut tx = self.read().await?;
         let rows = tx
             .rows(
-                "SELECT id, record_id, owner, started_us, ended_us, operation, outcome, http_status, detail, register_ref FROM attempts WHERE idem_key = $1 ORDER BY id",
+                // Through the key's records: attempts are indexed by key only while open
+                // (migration 0009 SQLite, 0010 PostgreSQL), and every attempt names its record.
+                "SELECT id, record_id, owner, started_us, ended_us, operation, outcome, http_status, detail, register_ref FROM attempts
+                 WHERE record_id IN (SELECT id FROM records WHERE idem_key = $1) ORDER BY id",
                 args![idem_key],
             )
             .await?;

@@ -24,6 +24,10 @@ pub(crate) fn persistent(args: &[Val]) -> bool {
     args.len() <= 16
 }
 
+/// The most parameters a statement kept by [`Tx::exec_kept`] may have (a delivery batch of 64
+/// settles with 128 audit events of 9 parameters each).
+pub(crate) const KEPT_MAX_PARAMETERS: usize = 2048;
+
 /// A bound parameter.
 #[derive(Clone, Debug)]
 pub enum Val {
@@ -145,6 +149,18 @@ pub trait Tx: Send {
 
     async fn row(&mut self, sql: &str, args: &[Val]) -> Result<Option<Box<dyn Row>>> {
         Ok(self.rows(sql, args).await?.into_iter().next())
+    }
+
+    /// [`Tx::exec`] for a statement its caller runs again and again with this very text (those
+    /// of a full delivery batch): the backend may keep it prepared although it has more
+    /// parameters than [`persistent`] allows. The caller bounds how many such texts there are.
+    async fn exec_kept(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
+        self.exec(sql, args).await
+    }
+
+    /// [`Tx::rows`] for a statement run again and again with this very text (see [`Tx::exec_kept`]).
+    async fn rows_kept(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
+        self.rows(sql, args).await
     }
 }
 

@@ -33,7 +33,9 @@ pub fn pg_admin_url() -> String {
 pub async fn fresh_pg_url(prefix: &str) -> String {
     use sqlx::Connection;
     let admin = pg_admin_url();
-    let name = format!("rb_{}_{}", prefix.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), &uuid::Uuid::new_v4().simple().to_string()[..10]).to_lowercase();
+    // PostgreSQL cuts names at 63 bytes: a long test name must not cut off the unique part.
+    let prefix: String = prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).take(48).collect();
+    let name = format!("rb_{}_{}", prefix, &uuid::Uuid::new_v4().simple().to_string()[..10]).to_lowercase();
     let mut conn = sqlx::PgConnection::connect(&admin).await.expect("the test PostgreSQL cluster is reachable");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
     conn.close().await.ok();
