@@ -143,24 +143,36 @@ pub type Rows = Vec<Box<dyn Row>>;
 #[async_trait]
 pub trait Tx: Send {
     fn dialect(&self) -> Dialect;
-    async fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64>;
-    async fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows>;
+    /// Run a statement; `keep`: prepare it once and keep it in the connection's statement cache.
+    async fn exec_as(&mut self, sql: &str, args: &[Val], keep: bool) -> Result<u64>;
+    /// Run a statement and read its rows; `keep` as for [`Tx::exec_as`].
+    async fn rows_as(&mut self, sql: &str, args: &[Val], keep: bool) -> Result<Rows>;
     async fn commit(self: Box<Self>) -> Result<()>;
+
+    async fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
+        self.exec_as(sql, args, persistent(args)).await
+    }
+
+    async fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
+        self.rows_as(sql, args, persistent(args)).await
+    }
 
     async fn row(&mut self, sql: &str, args: &[Val]) -> Result<Option<Box<dyn Row>>> {
         Ok(self.rows(sql, args).await?.into_iter().next())
     }
 
     /// [`Tx::exec`] for a statement its caller runs again and again with this very text (those
-    /// of a full delivery batch): the backend may keep it prepared although it has more
-    /// parameters than [`persistent`] allows. The caller bounds how many such texts there are.
+    /// of a full delivery batch): kept prepared although it has more parameters than
+    /// [`persistent`] allows. The caller bounds how many such texts there are. Why: preparing a
+    /// full batch's multi-row statements was about a seventh of the SQLite thread's time in
+    /// delivery, while every batch ran the same texts (BENCHMARKS.md, issue 18 seventh round).
     async fn exec_kept(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
-        self.exec(sql, args).await
+        self.exec_as(sql, args, args.len() <= KEPT_MAX_PARAMETERS).await
     }
 
     /// [`Tx::rows`] for a statement run again and again with this very text (see [`Tx::exec_kept`]).
     async fn rows_kept(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
-        self.rows(sql, args).await
+        self.rows_as(sql, args, args.len() <= KEPT_MAX_PARAMETERS).await
     }
 }
 

@@ -73,7 +73,11 @@ fn bind<'q>(mut q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
     q
 }
 
-impl PgTx {
+#[async_trait]
+impl Tx for PgTx {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
     async fn exec_as(&mut self, sql: &str, args: &[Val], keep: bool) -> Result<u64> {
         let r = bind(sqlx::query(sql).persistent(keep), args)
             .execute(&mut *self.0)
@@ -87,26 +91,6 @@ impl PgTx {
             .await
             .with_context(|| format!("SQL failed: {}", crate::store::sqlite::first_line(sql)))?;
         Ok(rows.into_iter().map(|r| Box::new(PRow(r)) as Box<dyn Row>).collect())
-    }
-}
-
-#[async_trait]
-impl Tx for PgTx {
-    fn dialect(&self) -> Dialect {
-        Dialect::Postgres
-    }
-    async fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
-        self.exec_as(sql, args, crate::store::sql::persistent(args)).await
-    }
-    async fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
-        self.rows_as(sql, args, crate::store::sql::persistent(args)).await
-    }
-    /// A kept statement is parsed once per connection instead of with every batch.
-    async fn exec_kept(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
-        self.exec_as(sql, args, args.len() <= crate::store::sql::KEPT_MAX_PARAMETERS).await
-    }
-    async fn rows_kept(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
-        self.rows_as(sql, args, args.len() <= crate::store::sql::KEPT_MAX_PARAMETERS).await
     }
     async fn commit(self: Box<Self>) -> Result<()> {
         self.0.commit().await?;

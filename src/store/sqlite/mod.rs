@@ -48,19 +48,27 @@ impl Tx for SqliteRead {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
-    async fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
-        let (text, vals) = anonymous(sql, args);
-        let r = bind(sqlx::query(&text).persistent(crate::store::sql::persistent(args)), &vals).execute(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
-        Ok(r.rows_affected())
+    async fn exec_as(&mut self, sql: &str, args: &[Val], keep: bool) -> Result<u64> {
+        exec_on(&mut self.0, sql, args, keep).await
     }
-    async fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
-        let (text, vals) = anonymous(sql, args);
-        let rows = bind(sqlx::query(&text).persistent(crate::store::sql::persistent(args)), &vals).fetch_all(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
-        Ok(rows.into_iter().map(|r| Box::new(SRow(r)) as Box<dyn Row>).collect())
+    async fn rows_as(&mut self, sql: &str, args: &[Val], keep: bool) -> Result<Rows> {
+        rows_on(&mut self.0, sql, args, keep).await
     }
     async fn commit(self: Box<Self>) -> Result<()> {
         Ok(())
     }
+}
+
+async fn exec_on(conn: &mut sqlx::SqliteConnection, sql: &str, args: &[Val], keep: bool) -> Result<u64> {
+    let (text, vals) = anonymous(sql, args);
+    let r = bind(sqlx::query(&text).persistent(keep), &vals).execute(conn).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
+    Ok(r.rows_affected())
+}
+
+async fn rows_on(conn: &mut sqlx::SqliteConnection, sql: &str, args: &[Val], keep: bool) -> Result<Rows> {
+    let (text, vals) = anonymous(sql, args);
+    let rows = bind(sqlx::query(&text).persistent(keep), &vals).fetch_all(conn).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
+    Ok(rows.into_iter().map(|r| Box::new(SRow(r)) as Box<dyn Row>).collect())
 }
 
 struct SRow(SqliteRow);
@@ -152,37 +160,16 @@ fn rewrite<'a>(sql: &str, args: &'a [Val]) -> Option<(String, Vec<&'a Val>)> {
     Some((out, vals))
 }
 
-impl SqliteTx {
-    async fn exec_as(&mut self, sql: &str, args: &[Val], keep: bool) -> Result<u64> {
-        let (text, vals) = anonymous(sql, args);
-        let r = bind(sqlx::query(&text).persistent(keep), &vals).execute(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
-        Ok(r.rows_affected())
-    }
-    async fn rows_as(&mut self, sql: &str, args: &[Val], keep: bool) -> Result<Rows> {
-        let (text, vals) = anonymous(sql, args);
-        let rows = bind(sqlx::query(&text).persistent(keep), &vals).fetch_all(&mut *self.0).await.with_context(|| format!("SQL failed: {}", first_line(sql)))?;
-        Ok(rows.into_iter().map(|r| Box::new(SRow(r)) as Box<dyn Row>).collect())
-    }
-}
-
 #[async_trait]
 impl Tx for SqliteTx {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
-    async fn exec(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
-        self.exec_as(sql, args, crate::store::sql::persistent(args)).await
+    async fn exec_as(&mut self, sql: &str, args: &[Val], keep: bool) -> Result<u64> {
+        exec_on(&mut self.0, sql, args, keep).await
     }
-    async fn rows(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
-        self.rows_as(sql, args, crate::store::sql::persistent(args)).await
-    }
-    /// Preparing a full delivery batch's multi-row statements was about a seventh of the SQLite
-    /// thread's time, while every batch ran the same texts (BENCHMARKS.md, seventh round).
-    async fn exec_kept(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
-        self.exec_as(sql, args, args.len() <= crate::store::sql::KEPT_MAX_PARAMETERS).await
-    }
-    async fn rows_kept(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
-        self.rows_as(sql, args, args.len() <= crate::store::sql::KEPT_MAX_PARAMETERS).await
+    async fn rows_as(&mut self, sql: &str, args: &[Val], keep: bool) -> Result<Rows> {
+        rows_on(&mut self.0, sql, args, keep).await
     }
     async fn commit(self: Box<Self>) -> Result<()> {
         self.0.commit().await?;
