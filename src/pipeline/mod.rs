@@ -12,7 +12,7 @@ pub mod register;
 use crate::app::App;
 use crate::audit::{kind, NewAuditEvent};
 use crate::config::ConnectorDef;
-use crate::model::{HsaId, PatientId, Record};
+use crate::model::{HsaId, Record};
 use crate::outbox::{reconcile, Existing, Incomplete, RegisterIntent};
 use crate::sources::{PullRequest, PullSummary, Source, SourceItem};
 use crate::store::{ApplyOutcome, ChangeSet, DocumentUpsert, EpisodeRow, NewQuarantine};
@@ -24,17 +24,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// What a per-patient mapper reads.
-#[derive(Clone, Copy, Debug)]
-pub struct MapInput<'a> {
-    pub connector: &'a str,
-    pub register: &'a str,
-    pub patient: &'a PatientId,
-    pub patient_key: &'a str,
-    /// Every stored record of the patient for this connector (nullified ones included).
-    pub records: &'a [Record],
-    pub today: NaiveDate,
-}
+/// What a per-patient mapper reads: one patient's journal, as the register engine defines it.
+pub use crate::registers::engine::PatientInput;
 
 /// What a per-patient mapper wants the register to hold.
 #[derive(Clone, Debug, Default)]
@@ -49,7 +40,7 @@ pub struct MapOutput {
 
 /// A register mapper that works patient by patient (SAR).
 pub trait PatientMapper: Send + Sync {
-    fn map_patient(&self, input: &MapInput<'_>) -> MapOutput;
+    fn map_patient(&self, input: &PatientInput<'_>) -> MapOutput;
 }
 
 /// Work after the pull (PVK: recompute indicators for the units and months from stored data).
@@ -353,7 +344,7 @@ async fn handle_items(app: &App, rt: &ConnectorRuntime, info: &RunInfo, items: V
                         all.insert(r.key(), r.clone());
                     }
                     let records: Vec<Record> = all.into_values().collect();
-                    let out = mapper.map_patient(&MapInput { connector, register: &rt.def.register, patient: &batch.patient, patient_key: &pk, records: &records, today: info.today });
+                    let out = mapper.map_patient(&PatientInput { connector, register: &rt.def.register, patient: &batch.patient, patient_key: &pk, records: &records, today: info.today });
                     let existing = if seen_before {
                         Existing {
                             intents: store.intents_of_subject(connector, &pk).await?.into_iter().map(|(k, op, st)| (k, (op, st))).collect(),

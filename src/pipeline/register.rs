@@ -3,7 +3,7 @@
 //! occasions, forms and keys, is the connector folder's data (`registers::engine`); nothing
 //! here knows a register by name.
 
-use super::{MapInput, MapOutput, PatientMapper};
+use super::{MapOutput, PatientMapper};
 use crate::config::ConnectorDef;
 use crate::registers::engine::{PatientInput, RegisterEngine};
 use crate::registers::metadata::RegisterMetadata;
@@ -14,15 +14,8 @@ use std::sync::Arc;
 pub struct EngineMapper(pub RegisterEngine);
 
 impl PatientMapper for EngineMapper {
-    fn map_patient(&self, i: &MapInput<'_>) -> MapOutput {
-        let out = self.0.map_patient(&PatientInput {
-            connector: i.connector,
-            register: i.register,
-            patient: i.patient,
-            patient_key: i.patient_key,
-            records: i.records,
-            today: i.today,
-        });
+    fn map_patient(&self, i: &PatientInput<'_>) -> MapOutput {
+        let out = self.0.map_patient(i);
         MapOutput {
             intents: out.intents,
             incomplete: out.incomplete,
