@@ -92,7 +92,7 @@ pub(super) async fn append(tx: &mut dyn Tx, mac: Option<&AuditMac>, events: &[Ne
 }
 
 /// [`append`]; `keep`: the caller appends this many events again and again (a full delivery
-/// batch), so the insert is kept prepared ([`Tx::exec_kept`]).
+/// batch), so the insert is kept prepared ([`Tx::exec_repeated`]).
 pub(super) async fn append_as(tx: &mut dyn Tx, mac: Option<&AuditMac>, events: &[NewAuditEvent], keep: bool) -> Result<()> {
     if events.is_empty() {
         return Ok(());
@@ -119,12 +119,7 @@ pub(super) async fn append_as(tx: &mut dyn Tx, mac: Option<&AuditMac>, events: &
             prev = hash;
             last_at = at;
         }
-        let sql = format!("INSERT INTO audit_events (seq, at_us, actor, kind, correlation_id, subject, detail, prev_hash, hash) VALUES {}", rows.join(", "));
-        if keep {
-            tx.exec_kept(&sql, &vals).await?;
-        } else {
-            tx.exec(&sql, &vals).await?;
-        }
+        tx.exec_repeated(&format!("INSERT INTO audit_events (seq, at_us, actor, kind, correlation_id, subject, detail, prev_hash, hash) VALUES {}", rows.join(", ")), &vals, keep).await?;
     }
     tx.exec("UPDATE audit_head SET seq = $1, hash = $2, at_us = $3 WHERE id = 1", args![seq, prev, last_at]).await?;
     Ok(())

@@ -412,7 +412,7 @@ impl Store {
         // `mark_unknown_after_restore`), read in the same statement.
         let mut b = vec![Val::Text(LOOKUP_UNTIL_KEY.into())];
         let ph = in_list(&mut b, keys.clone());
-        for r in batch_rows(tx, full, &format!("SELECT {REGISTRATION_COLS}, (SELECT value FROM kv WHERE key = $1) FROM registrations WHERE idem_key IN ({ph})"), &b).await? {
+        for r in tx.rows_repeated(&format!("SELECT {REGISTRATION_COLS}, (SELECT value FROM kv WHERE key = $1) FROM registrations WHERE idem_key IN ({ph})"), &b, full).await? {
             let (reg, sealed) = sealed_registration_from_row(&*r)?;
             if let Some(until) = r.text_opt(10)? {
                 out.lookup_window = until.parse::<i64>().is_ok_and(|u| u > now);
@@ -422,16 +422,16 @@ impl Store {
         // Earlier attempts whose outcome we never learned, and the lookups of their versions.
         let mut b = vec![];
         let ph = in_list(&mut b, keys);
-        for u in batch_rows(
-            tx,
-            full,
-            &format!(
+        for u in tx
+            .rows_repeated(
+                &format!(
                 "SELECT DISTINCT a.idem_key, a.record_id, r.lookup, r.version FROM attempts a JOIN records r ON r.id = a.record_id
-                 WHERE a.idem_key IN ({ph}) AND a.outcome IN ('in_flight', 'unknown', 'transient')"
-            ),
-            &b,
-        )
-        .await?
+                     WHERE a.idem_key IN ({ph}) AND a.outcome IN ('in_flight', 'unknown', 'transient')"
+                ),
+                &b,
+                full,
+            )
+            .await?
         {
             out.earlier.entry(u.text(0)?).or_default().push((u.i64(3)?, u.bytes_opt(2)?));
         }
@@ -442,7 +442,7 @@ impl Store {
             tuples.push(format!("(${}, ${}, ${}, ${}, 'send', 'in_flight')", base + 1, base + 2, base + 3, base + 4));
             b.extend([Val::I64(r.id), Val::Text(r.idem_key.clone()), owner.into(), now.into()]);
         }
-        for r in batch_rows(tx, full, &format!("INSERT INTO attempts (record_id, idem_key, owner, started_us, operation, outcome) VALUES {} RETURNING id, record_id", tuples.join(", ")), &b).await? {
+        for r in tx.rows_repeated(&format!("INSERT INTO attempts (record_id, idem_key, owner, started_us, operation, outcome) VALUES {} RETURNING id, record_id", tuples.join(", ")), &b, full).await? {
             out.attempt_of.insert(r.i64(1)?, r.i64(0)?);
         }
         out.records = records;
@@ -615,7 +615,7 @@ impl Store {
         // counted another attempt.
         let lock = if tx.dialect() == Dialect::Postgres { " FOR UPDATE" } else { "" };
         let mut ours: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
-        for r in batch_rows(tx, keep(n), &format!("SELECT id, attempts FROM records WHERE id IN ({ph}) AND {BY_ID_STATE} = 'sending' AND lease_owner = $1{lock}"), &b).await? {
+        for r in tx.rows_repeated(&format!("SELECT id, attempts FROM records WHERE id IN ({ph}) AND {BY_ID_STATE} = 'sending' AND lease_owner = $1{lock}"), &b, keep(n)).await? {
             ours.insert(r.i64(0)?, r.i64(1)?);
         }
         let ours = |i: &FinishItem| ours.get(&i.id) == Some(&i.attempts);
@@ -647,7 +647,7 @@ impl Store {
                  RETURNING records.id",
                 tuples.join(", ")
             );
-            for r in batch_rows(tx, keep(tuples.len()), &sql, &vals).await? {
+            for r in tx.rows_repeated(&sql, &vals, keep(tuples.len())).await? {
                 kept.insert(r.i64(0)?);
             }
         }
@@ -684,15 +684,14 @@ impl Store {
                 t.push(format!("(${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4));
                 a.extend([Val::from(key), Val::from(eid.cloned()), Val::from(hash.cloned()), payload.map(|p| Val::Bytes(p.clone())).unwrap_or(Val::Null(super::sql::NullKind::Bytes))]);
             }
-            batch_exec(
-                tx,
-                keep(rows),
+            tx.exec_repeated(
                 &format!(
                     "UPDATE registrations SET event_id = COALESCE(v.column2, registrations.event_id), delivered_hash = v.column3, delivered_payload = v.column4,
                        state = 'present', updated_us = $1 FROM (VALUES {}) AS v WHERE registrations.idem_key = v.column1",
                     t.join(", ")
                 ),
                 &a,
+                keep(rows),
             )
             .await?;
         }
@@ -737,19 +736,19 @@ impl Store {
             let rows = settled.len();
             let mut b = vec![];
             let ph = in_list(&mut b, settled);
-            batch_exec(tx, keep(rows), &format!("UPDATE attempts SET outcome = 'settled' WHERE idem_key IN ({ph}) AND outcome IN ('in_flight', 'unknown', 'transient')"), &b).await?;
+            tx.exec_repeated(&format!("UPDATE attempts SET outcome = 'settled' WHERE idem_key IN ({ph}) AND outcome IN ('in_flight', 'unknown', 'transient')"), &b, keep(rows)).await?;
         }
         // The in-flight rows written at claim time become the final attempt rows (after the
         // settling above, which would otherwise catch them), updated in place.
-        batch_exec(
-            tx,
-            keep(attempt_rows.len()),
+        let rows = attempt_rows.len();
+        tx.exec_repeated(
             &format!(
                 "UPDATE attempts SET ended_us = v.column2, operation = v.column3, outcome = v.column4, http_status = v.column5, detail = v.column6, register_ref = v.column7
                  FROM (VALUES {}) AS v WHERE attempts.id = v.column1",
                 attempt_rows.join(", ")
             ),
             &attempts,
+            keep(rows),
         )
         .await?;
         // The audit head is locked last, after every row this transaction touches: taking it
@@ -1019,24 +1018,6 @@ fn held_event(key: &RecordKey, version: i64, correlation_id: &str, by: &str, rea
 }
 
 /// Append `vals` to the parameter list and return their placeholders (`$n, $n+1, …`).
-/// A statement of a delivery batch: kept prepared when `keep` (a full batch, see
-/// [`Tx::exec_kept`]).
-async fn batch_rows(tx: &mut dyn Tx, keep: bool, sql: &str, args: &[Val]) -> Result<super::sql::Rows> {
-    if keep {
-        tx.rows_kept(sql, args).await
-    } else {
-        tx.rows(sql, args).await
-    }
-}
-
-async fn batch_exec(tx: &mut dyn Tx, keep: bool, sql: &str, args: &[Val]) -> Result<u64> {
-    if keep {
-        tx.exec_kept(sql, args).await
-    } else {
-        tx.exec(sql, args).await
-    }
-}
-
 pub(super) fn in_list(params: &mut Vec<Val>, vals: Vec<Val>) -> String {
     let mut ph = Vec::with_capacity(vals.len());
     for v in vals {

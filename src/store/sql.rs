@@ -24,9 +24,9 @@ pub(crate) fn persistent(args: &[Val]) -> bool {
     args.len() <= 16
 }
 
-/// The most parameters a statement kept by [`Tx::exec_kept`] may have (a delivery batch of 64
+/// The most parameters a statement kept by [`Tx::exec_repeated`] may have (a delivery batch of 64
 /// settles with 128 audit events of 9 parameters each).
-pub(crate) const KEPT_MAX_PARAMETERS: usize = 2048;
+const KEPT_MAX_PARAMETERS: usize = 2048;
 
 /// A bound parameter.
 #[derive(Clone, Debug)]
@@ -161,19 +161,23 @@ pub trait Tx: Send {
         Ok(self.rows(sql, args).await?.into_iter().next())
     }
 
-    /// [`Tx::exec`] for a statement its caller runs again and again with this very text (those
-    /// of a full delivery batch): kept prepared although it has more parameters than
+    /// [`Tx::exec`]; `repeats`: the caller runs this very text again and again (the statements
+    /// of a full delivery batch), so it is kept prepared although it has more parameters than
     /// [`persistent`] allows. The caller bounds how many such texts there are. Why: preparing a
     /// full batch's multi-row statements was about a seventh of the SQLite thread's time in
     /// delivery, while every batch ran the same texts (BENCHMARKS.md, issue 18 seventh round).
-    async fn exec_kept(&mut self, sql: &str, args: &[Val]) -> Result<u64> {
-        self.exec_as(sql, args, args.len() <= KEPT_MAX_PARAMETERS).await
+    async fn exec_repeated(&mut self, sql: &str, args: &[Val], repeats: bool) -> Result<u64> {
+        self.exec_as(sql, args, kept(args, repeats)).await
     }
 
-    /// [`Tx::rows`] for a statement run again and again with this very text (see [`Tx::exec_kept`]).
-    async fn rows_kept(&mut self, sql: &str, args: &[Val]) -> Result<Rows> {
-        self.rows_as(sql, args, args.len() <= KEPT_MAX_PARAMETERS).await
+    /// [`Tx::rows`]; `repeats` as for [`Tx::exec_repeated`].
+    async fn rows_repeated(&mut self, sql: &str, args: &[Val], repeats: bool) -> Result<Rows> {
+        self.rows_as(sql, args, kept(args, repeats)).await
     }
+}
+
+fn kept(args: &[Val], repeats: bool) -> bool {
+    persistent(args) || (repeats && args.len() <= KEPT_MAX_PARAMETERS)
 }
 
 /// A database: opens transactions and runs its own migrations.
